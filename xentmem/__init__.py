@@ -1,0 +1,3 @@
+"""xentmem: Xen transcendent memory (tmem) and self-ballooning toolkit."""
+
+__version__ = "0.1.0"
