@@ -41,22 +41,29 @@ __all__ = [
     "IOCTL_PRIVCMD_RESTRICT",
     "MAX_GLOBAL_SHARED_POOLS",
     "MAX_POOLS_PER_DOMAIN",
+    "MULTICALL_ENTRY",
     "PAGE_SIZE",
     "SYSCTL_INTERFACE_VERSION",
+    "SYSCTL_TMEM_OP",
     "TMEM_CLI_ID_NULL",
     "TMEM_HANDLE",
     "TMEM_OP_CREAT",
     "TMEM_OP_CTRL",
     "TMEM_OP_GEN",
     "TMEM_SPEC_VERSION",
+    "XEN_TMEM_CLIENT",
+    "XEN_TMEM_POOL_INFO",
     "ClientInfoFlags",
     "Hypercall",
     "PoolFlags",
     "PoolInfoFlags",
+    "SaveClientFlags",
     "SysctlTmemOp",
+    "SysctlTmemOpFields",
     "TmemCmd",
     "TmemOpFields",
     "TmemcSubop",
+    "XEN_SYSCTL_tmem_op",
     "XenErrno",
     "XenMemOp",
     "XenVersion",
@@ -119,6 +126,8 @@ struct xen_tmem_client {
 struct xen_tmem_pool_info {
     uint32_t flags; uint32_t id; uint64_t n_pages; uint64_t uuid[2];
 };
+
+struct multicall_entry { uint64_t op; uint64_t result; uint64_t args[6]; };
 
 struct privcmd_hypercall { uint64_t op; uint64_t arg[5]; };
 struct privcmd_mmapbatch_v2 {
@@ -404,6 +413,7 @@ TMEM_HANDLE = struct.Struct("<II3Q")
 SYSCTL_TMEM_OP = struct.Struct("<IIIiIIII3QQ72x")  # xen_sysctl header + tmem_op, 136 bytes
 XEN_TMEM_CLIENT = struct.Struct("<5I")
 XEN_TMEM_POOL_INFO = struct.Struct("<IIQ2Q")
+MULTICALL_ENTRY = struct.Struct("<8Q")  # op, result, args[6]
 
 _CREAT_CMDS = frozenset({TmemCmd.TMEM_NEW_POOL, TmemCmd.TMEM_AUTH, TmemCmd.TMEM_RESTORE_NEW})
 

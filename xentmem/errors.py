@@ -131,7 +131,7 @@ class TransportError(XentmemError, OSError):
 
 
 class XenStoreError(XentmemError):
-    """A xenstore request failed. ``errno`` is positive (0 when not an errno), ``path`` may be None."""
+    """A xenstore request failed. ``errno`` is positive (0 if none); ``path`` may be None."""
 
     def __init__(self, message: str, errno: int = 0, path: str | None = None) -> None:
         self.errno = errno
