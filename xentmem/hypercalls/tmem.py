@@ -1,0 +1,519 @@
+"""The typed tmem client: one object per calling domain, on any ``Hypervisor`` transport.
+
+Guest commands go out as ``tmem_op`` (hypercall 38). The control plane goes out as TMEM_CONTROL
+for Xen <= 4.5 and as ``XEN_SYSCTL_tmem_op`` (hypercall 35) for 4.6-4.12, chosen from the Xen
+version given or probed. Argument structs, buffers and page frames come from the transport, so
+the same code runs on privcmd and on the emulator.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from xentmem.abi import (
+    MULTICALL_ENTRY,
+    PAGE_SIZE,
+    TMEM_CLI_ID_NULL,
+    TMEM_HANDLE,
+    TMEM_OP_CREAT,
+    TMEM_OP_CTRL,
+    TMEM_OP_GEN,
+    XEN_TMEM_CLIENT,
+    XEN_TMEM_POOL_INFO,
+    ClientInfoFlags,
+    Hypercall,
+    PoolInfoFlags,
+    SaveClientFlags,
+    TmemCmd,
+    XenVersion,
+    XenVersionCmd,
+    control_subop,
+    pack_sysctl_tmem_op,
+    pool_flags,
+)
+from xentmem.errors import TmemEmpty, TmemError, TmemPermissionError
+from xentmem.hypercalls._base import Buffer, Frame, Hypervisor, check_page
+
+__all__ = ["ALL_CLIENTS", "ClientImage", "PoolImage", "Tmem", "xen_version"]
+
+ALL_CLIENTS = TMEM_CLI_ID_NULL
+DEFAULT_XEN_VERSION = XenVersion(4, 12)
+LIST_BUFFER_BYTES = 32768  # what libxl_tmem_list uses
+_U32 = 0xFFFFFFFF
+_U64 = 0xFFFFFFFFFFFFFFFF
+_MC_RESULT = struct.Struct("<q")  # multicall_entry.result, read back as a signed long
+
+Oid = tuple[int, int, int]
+
+
+def xen_version(hv: Hypervisor) -> tuple[XenVersion, str]:
+    """Probe ``xen_version``: the release and its extraversion (e.g. ``(4.17, ".5")``)."""
+    word = hv.hypercall(Hypercall.xen_version, XenVersionCmd.XENVER_version, 0)
+    buf = hv.alloc_buffer(16)
+    try:
+        hv.hypercall(Hypercall.xen_version, XenVersionCmd.XENVER_extraversion, buf.address)
+        extra = buf.read(16).split(b"\0", 1)[0].decode("ascii", "replace")
+    finally:
+        buf.close()
+    return XenVersion.from_word(word), extra
+
+
+def _oid(oid: int | Sequence[int]) -> Oid:
+    words = (oid, 0, 0) if isinstance(oid, int) else tuple(oid)
+    if len(words) != 3:
+        raise ValueError(f"oid must be an int or a 3-tuple of 64-bit words, not {oid!r}")
+    for w in words:
+        if not isinstance(w, int) or not 0 <= w <= _U64:
+            raise ValueError(f"oid word {w!r} is not a 64-bit unsigned int")
+    return words  # type: ignore[return-value]
+
+
+def _index(index: int) -> int:
+    if not isinstance(index, int) or not 0 <= index <= _U32:
+        raise ValueError(f"page index {index!r} out of range [0, 2**32-1]")
+    return index
+
+
+def _pool(pool_id: int) -> int:
+    if not isinstance(pool_id, int) or not -(1 << 31) <= pool_id < (1 << 31):
+        raise ValueError(f"pool id {pool_id!r} is not a 32-bit int")
+    return pool_id
+
+
+def _uuid(uuid: Sequence[int]) -> tuple[int, int]:
+    words = tuple(uuid)
+    if len(words) != 2 or not all(isinstance(w, int) and 0 <= w <= _U64 for w in words):
+        raise ValueError(f"uuid must be two 64-bit words (lo, hi), not {uuid!r}")
+    return words  # type: ignore[return-value]
+
+
+def _cli(cli_id: int) -> int:
+    if not isinstance(cli_id, int) or not 0 <= cli_id <= _U32:
+        raise ValueError(f"client id {cli_id!r} out of range")
+    return cli_id
+
+
+def _named(exc: TmemError, cmd: int) -> TmemError:
+    try:
+        name = TmemCmd(cmd).name
+    except ValueError:
+        name = str(cmd)
+    return type(exc)(exc.errno, f"tmem_op {name}")
+
+
+@dataclass
+class PoolImage:
+    """One saved pool: its slot, flags, uuid and (persistent) pages."""
+
+    pool_id: int
+    persistent: bool
+    shared: bool
+    uuid: tuple[int, int] = (0, 0)
+    pages: list[tuple[Oid, int, bytes]] = field(default_factory=list)
+
+
+@dataclass
+class ClientImage:
+    """A client's saved tmem state: what SAVE_* produced and RESTORE_* consumes."""
+
+    weight: int = 0
+    compress: bool = False
+    frozen: bool = False
+    pools: list[PoolImage] = field(default_factory=list)
+    invalidated: list[tuple[int, Oid, int]] = field(default_factory=list)
+
+
+class Tmem:
+    """tmem as the calling domain of ``hypervisor`` sees it.
+
+    ``version`` selects the control-plane encoding; ``None`` probes ``xen_version`` and falls
+    back to 4.12 when the probe fails.
+    """
+
+    def __init__(self, hypervisor: Hypervisor, version: XenVersion | str | None = None) -> None:
+        self.hv = hypervisor
+        if version is None:
+            try:
+                version = xen_version(hypervisor)[0]
+            except TmemError:
+                version = DEFAULT_XEN_VERSION
+        self.version = XenVersion.parse(version)
+        self._op: Buffer = hypervisor.alloc_buffer(TMEM_OP_GEN.size)
+        self._op_address = self._op.address
+        self._frame: Frame | None = None
+        self._sysctl: Buffer | None = None
+        self._batch: tuple[Buffer, Buffer, list[Frame]] | None = None
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Give back every buffer and frame this client holds (not the transport)."""
+        for mem in (self._op, self._frame, self._sysctl):
+            if mem is not None:
+                mem.close()
+        if self._batch is not None:
+            self._batch[0].close()
+            self._batch[1].close()
+            for frame in self._batch[2]:
+                frame.close()
+        self._frame = self._sysctl = self._batch = None
+
+    def __enter__(self) -> Tmem:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def frame(self) -> Frame:
+        if self._frame is None:
+            self._frame = self.hv.alloc_frame()
+        return self._frame
+
+    def issue(self, op_bytes: bytes) -> int:
+        """Issue one raw 56-byte ``tmem_op``; return the result or raise ``TmemError``
+        (its ``op`` names the command, e.g. ``tmem_op TMEM_PUT_PAGE``)."""
+        self._op.write(op_bytes)
+        try:
+            return self.hv.hypercall(Hypercall.tmem_op, self._op_address)
+        except TmemError as exc:
+            raise _named(exc, int.from_bytes(op_bytes[:4], "little")) from None
+
+    def _gen(self, cmd: int, pool_id: int, oid: Oid, index: int = 0, cmfn: int = 0) -> int:
+        self._op.write(TMEM_OP_GEN.pack(cmd, pool_id, *oid, index, 0, 0, 0, cmfn))
+        try:
+            return self.hv.hypercall(Hypercall.tmem_op, self._op_address)
+        except TmemError as exc:
+            raise _named(exc, cmd) from None
+
+    # -- guest commands --------------------------------------------------------------------------
+
+    def new_pool(self, *, persistent: bool, shared: bool = False,
+                 uuid: Sequence[int] = (0, 0)) -> int:
+        """Create (or join, when shared) a pool; return its local id 0..15."""
+        flags = pool_flags(persistent=persistent, shared=shared)
+        return self.issue(TMEM_OP_CREAT.pack(TmemCmd.TMEM_NEW_POOL, 0, *_uuid(uuid), flags, 0))
+
+    def destroy_pool(self, pool_id: int) -> bool:
+        """Release a pool slot; False when the slot was already empty."""
+        return self._gen(TmemCmd.TMEM_DESTROY_POOL, _pool(pool_id), (0, 0, 0)) == 1
+
+    def put_page(self, pool_id: int, oid: int | Sequence[int], index: int, data: bytes) -> None:
+        """Store one page; raises ``TmemError`` (e.g. ``TmemNoMemory``, ``TmemFrozen``)."""
+        frame = self.frame
+        frame.write(check_page(data))
+        self._gen(TmemCmd.TMEM_PUT_PAGE, _pool(pool_id), _oid(oid), _index(index), frame.number)
+
+    def get_page(self, pool_id: int, oid: int | Sequence[int], index: int) -> bytes | None:
+        """Fetch one page; ``None`` on a miss (including -EEMPTY, as Linux treats it)."""
+        frame = self.frame
+        try:
+            hit = self._gen(TmemCmd.TMEM_GET_PAGE, _pool(pool_id), _oid(oid), _index(index),
+                            frame.number)
+        except TmemEmpty:
+            return None
+        return frame.read() if hit == 1 else None
+
+    def flush_page(self, pool_id: int, oid: int | Sequence[int], index: int) -> None:
+        self._gen(TmemCmd.TMEM_FLUSH_PAGE, _pool(pool_id), _oid(oid), _index(index))
+
+    def flush_object(self, pool_id: int, oid: int | Sequence[int]) -> None:
+        self._gen(TmemCmd.TMEM_FLUSH_OBJECT, _pool(pool_id), _oid(oid))
+
+    # -- batched data path: one multicall of many tmem_ops -----------------------------------
+
+    BATCH = 64
+
+    def _batch_memory(self) -> tuple[Buffer, Buffer, list[Frame]]:
+        if self._batch is None:
+            ops = self.hv.alloc_buffer(TMEM_OP_GEN.size * self.BATCH)
+            entries = self.hv.alloc_buffer(MULTICALL_ENTRY.size * self.BATCH)
+            frames = [self.hv.alloc_frame() for _ in range(self.BATCH)]
+            self._batch = (ops, entries, frames)
+        return self._batch
+
+    def _multicall(self, cmd: int, pool_id: int, keys: Sequence[tuple[Oid, int]],
+                   pages: Sequence[bytes] | None) -> list[int]:
+        """One multicall of up to ``BATCH`` gen ops, op ``i`` naming batch frame ``i``."""
+        ops, entries, frames = self._batch_memory()
+        op_size, entry_size = TMEM_OP_GEN.size, MULTICALL_ENTRY.size
+        op_bytes = bytearray(op_size * len(keys))
+        entry_bytes = bytearray(entry_size * len(keys))
+        for i, (oid, index) in enumerate(keys):
+            frame = frames[i]
+            if pages is not None:
+                frame.write(pages[i])
+            TMEM_OP_GEN.pack_into(op_bytes, i * op_size, cmd, pool_id, *oid, index, 0, 0, 0,
+                                  frame.number)
+            MULTICALL_ENTRY.pack_into(entry_bytes, i * entry_size, Hypercall.tmem_op, 0,
+                                      ops.address + i * op_size, 0, 0, 0, 0, 0)
+        ops.write(bytes(op_bytes))
+        entries.write(bytes(entry_bytes))
+        self.hv.hypercall(Hypercall.multicall, entries.address, len(keys))
+        raw = entries.read(entry_size * len(keys))
+        return [_MC_RESULT.unpack_from(raw, i * entry_size + 8)[0] for i in range(len(keys))]
+
+    def put_pages(self, pool_id: int, items: Iterable[tuple[int | Sequence[int], int, bytes]]
+                  ) -> list[int]:
+        """Store many pages, ``BATCH`` per multicall; return each op's raw result (1, or a
+        negative errno) without raising."""
+        pool_id = _pool(pool_id)
+        keys, pages = [], []
+        for oid, index, data in items:
+            keys.append((_oid(oid), _index(index)))
+            pages.append(check_page(data))
+        results: list[int] = []
+        for start in range(0, len(keys), self.BATCH):
+            results += self._multicall(TmemCmd.TMEM_PUT_PAGE, pool_id,
+                                       keys[start:start + self.BATCH],
+                                       pages[start:start + self.BATCH])
+        return results
+
+    def get_pages(self, pool_id: int, keys: Iterable[tuple[int | Sequence[int], int]]
+                  ) -> list[bytes | None]:
+        """Fetch many pages, ``BATCH`` per multicall; ``None`` for each miss or error."""
+        pool_id = _pool(pool_id)
+        checked = [(_oid(oid), _index(index)) for oid, index in keys]
+        frames = self._batch_memory()[2]
+        out: list[bytes | None] = []
+        for start in range(0, len(checked), self.BATCH):
+            results = self._multicall(TmemCmd.TMEM_GET_PAGE, pool_id,
+                                      checked[start:start + self.BATCH], None)
+            out += [frames[i].read() if r == 1 else None for i, r in enumerate(results)]
+        return out
+
+    # -- control plane ---------------------------------------------------------------------------
+
+    def control(self, name: str, *, cli_id: int = ALL_CLIENTS, pool_id: int = 0, arg1: int = 0,
+                arg2: int = 0, oid: Sequence[int] = (0, 0, 0), buf: int = 0) -> int:
+        """Issue one control op by name (e.g. ``"FREEZE"``), encoded for this Xen version.
+
+        ``arg1``/``arg2`` are the first and second argument words: ``ctrl.arg1/arg2`` up to 4.5,
+        ``arg1/arg2`` of the 4.6-4.7 sysctl, ``len/arg`` from 4.8.
+        """
+        subop = control_subop(self.version, name)
+        oid = _oid(oid)
+        if not self.version.control_via_sysctl:
+            return self.issue(TMEM_OP_CTRL.pack(TmemCmd.TMEM_CONTROL, _pool(pool_id), subop,
+                                                _cli(cli_id), arg1, arg2, *oid, buf))
+        if self._sysctl is None:
+            self._sysctl = self.hv.alloc_buffer(136)
+        self._sysctl.write(pack_sysctl_tmem_op(self.version, subop, pool_id=_pool(pool_id),
+                                               cli_id=_cli(cli_id), length=arg1, arg=arg2,
+                                               oid=oid, buf=buf))
+        return self.hv.hypercall(Hypercall.sysctl, self._sysctl.address)
+
+    @property
+    def _new_info(self) -> bool:  # 4.8 replaced SET_WEIGHT/CAP/COMPRESS by client info structs
+        return self.version >= XenVersion(4, 8)
+
+    def _arg(self, value: int) -> dict[str, int]:
+        # FLUSH and SAVE_BEGIN moved their argument from the first word to ``arg`` in 4.8.
+        return {"arg2": value} if self._new_info else {"arg1": value}
+
+    def freeze(self, cli_id: int = ALL_CLIENTS) -> None:
+        self.control("FREEZE", cli_id=cli_id)
+
+    def thaw(self, cli_id: int = ALL_CLIENTS) -> None:
+        self.control("THAW", cli_id=cli_id)
+
+    def flush_kib(self, kib: int) -> int:
+        """TMEMC_FLUSH: evict ephemeral pages until ``kib`` is free; return KiB released."""
+        return self.control("FLUSH", cli_id=ALL_CLIENTS, **self._arg(kib))
+
+    def freeable_mb(self) -> int:
+        return self.control("QUERY_FREEABLE_MB", cli_id=ALL_CLIENTS)
+
+    def list(self, cli_id: int = ALL_CLIENTS, *, long: bool = False,
+             buffer_size: int = LIST_BUFFER_BYTES) -> str:
+        """The ``tmem-list`` text for one client or all (``xl tmem-list [-l]``)."""
+        buf = self.hv.alloc_buffer(buffer_size)
+        try:
+            buf.write(b"\0" * buffer_size)
+            self.control("LIST", cli_id=cli_id, arg1=buffer_size, arg2=int(long),
+                         buf=buf.address)
+            return buf.read(buffer_size).split(b"\0", 1)[0].decode("ascii", "replace")
+        finally:
+            buf.close()
+
+    def client_info(self, cli_id: int) -> dict[str, int | bool]:
+        """Weight, compress and frozen state of a client (GET_CLIENT_INFO on 4.8+, the SAVE_GET_*
+        queries before)."""
+        if self._new_info:
+            buf = self.hv.alloc_buffer(XEN_TMEM_CLIENT.size)
+            try:
+                self.control("GET_CLIENT_INFO", cli_id=cli_id, buf=buf.address)
+                version, maxpools, nr_pools, flags, weight = XEN_TMEM_CLIENT.unpack(buf.read())
+            finally:
+                buf.close()
+            return {"version": version, "maxpools": maxpools, "nr_pools": nr_pools,
+                    "weight": weight, "compress": bool(flags & ClientInfoFlags.COMPRESS),
+                    "frozen": bool(flags & ClientInfoFlags.FROZEN)}
+        flags = self.control("SAVE_GET_CLIENT_FLAGS", cli_id=cli_id)
+        return {"weight": self.control("SAVE_GET_CLIENT_WEIGHT", cli_id=cli_id),
+                "compress": bool(flags & SaveClientFlags.COMPRESS),
+                "frozen": bool(flags & SaveClientFlags.FROZEN)}
+
+    def set_client(self, cli_id: int, *, weight: int | None = None, compress: bool | None = None,
+                   cap: int | None = None) -> None:
+        """``xl tmem-set``: weight / compress (and cap, which only Xen <= 4.7 stores)."""
+        if cap is not None and self._new_info:
+            raise ValueError(f"Xen {self.version} retired cap: valid sets are weight|compress")
+        if not self._new_info:
+            for name, value in (("SET_WEIGHT", weight), ("SET_CAP", cap),
+                                ("SET_COMPRESS", None if compress is None else int(compress))):
+                if value is not None:
+                    self.control(name, cli_id=cli_id, arg1=value & _U32)
+            return
+        if weight is None and compress is None:
+            return
+        buf = self.hv.alloc_buffer(XEN_TMEM_CLIENT.size)
+        try:
+            self.control("GET_CLIENT_INFO", cli_id=cli_id, buf=buf.address)
+            version, maxpools, nr_pools, flags, old_weight = XEN_TMEM_CLIENT.unpack(buf.read())
+            if compress is not None:
+                flags = (flags | ClientInfoFlags.COMPRESS if compress
+                         else flags & ~ClientInfoFlags.COMPRESS)
+            buf.write(XEN_TMEM_CLIENT.pack(version, maxpools, nr_pools, flags,
+                                           old_weight if weight is None else weight & _U32))
+            self.control("SET_CLIENT_INFO", cli_id=cli_id, buf=buf.address)
+        finally:
+            buf.close()
+
+    def shared_auth(self, cli_id: int, uuid: Sequence[int], authorise: bool = True) -> int:
+        """``xl tmem-shared-auth``: allow (or revoke) ``cli_id`` joining shared pool ``uuid``."""
+        lo, hi = _uuid(uuid)
+        if self.version < XenVersion(4, 9):
+            return self.issue(TMEM_OP_CREAT.pack(TmemCmd.TMEM_AUTH, 0, lo, hi, int(authorise),
+                                                 _cli(cli_id)))
+        buf = self.hv.alloc_buffer(XEN_TMEM_POOL_INFO.size)
+        try:
+            buf.write(XEN_TMEM_POOL_INFO.pack(PoolInfoFlags.AUTH if authorise else 0, 0, 0,
+                                              lo, hi))
+            return self.control("SET_AUTH", cli_id=cli_id, arg1=XEN_TMEM_POOL_INFO.size,
+                                buf=buf.address)
+        finally:
+            buf.close()
+
+    # -- save / restore (the libxc xc_tmem_save / xc_tmem_restore sequences) ----------------
+
+    def pools(self, cli_id: int) -> list[PoolImage]:
+        """The client's pools (GET_POOLS on 4.8+, SAVE_GET_POOL_* before), without pages."""
+        pools: list[PoolImage] = []
+        if self._new_info:
+            size = XEN_TMEM_POOL_INFO.size * 16
+            buf = self.hv.alloc_buffer(size)
+            try:
+                count = self.control("GET_POOLS", cli_id=cli_id, arg1=size, buf=buf.address)
+                raw = buf.read(size)
+            finally:
+                buf.close()
+            for i in range(count):
+                flags, pool_id, _, lo, hi = XEN_TMEM_POOL_INFO.unpack_from(raw, i * 32)
+                pools.append(PoolImage(pool_id, bool(flags & PoolInfoFlags.PERSIST),
+                                       bool(flags & PoolInfoFlags.SHARED), (lo, hi)))
+            return pools
+        buf = self.hv.alloc_buffer(16)
+        try:
+            for pool_id in range(16):
+                try:
+                    flags = self.control("SAVE_GET_POOL_FLAGS", cli_id=cli_id, pool_id=pool_id)
+                except TmemPermissionError:  # -1: empty slot
+                    continue
+                self.control("SAVE_GET_POOL_UUID", cli_id=cli_id, pool_id=pool_id,
+                             arg1=16, buf=buf.address)
+                lo, hi = struct.unpack("<2Q", buf.read(16))
+                pools.append(PoolImage(pool_id, bool(flags & 1), bool(flags & 2), (lo, hi)))
+        finally:
+            buf.close()
+        return pools
+
+    def save(self, cli_id: int, *, live: bool = False) -> ClientImage | None:
+        """Save a client's persistent pages; ``None`` when it has nothing to save.
+
+        Raises ``TmemError`` where the hypervisor refuses (a real 4.12.4 refuses every page
+        stored uncompressed with -EINVAL).
+        """
+        try:
+            begun = self.control("SAVE_BEGIN", cli_id=cli_id, **self._arg(int(live)))
+        except TmemError as exc:
+            if exc.errno == 2:  # 4.8+: -ENOENT, no client or no pools
+                return None
+            raise
+        if not self._new_info and begun == 0:
+            return None
+        try:
+            info = self.client_info(cli_id)
+            image = ClientImage(weight=int(info["weight"]), compress=bool(info["compress"]),
+                                frozen=bool(info["frozen"]), pools=self.pools(cli_id))
+            size = TMEM_HANDLE.size + PAGE_SIZE
+            buf = self.hv.alloc_buffer(size)
+            try:
+                for pool in image.pools:
+                    if pool.persistent:
+                        pool.pages = self._saved_pages(cli_id, pool.pool_id, buf, size)
+                image.invalidated = self._saved_invalidations(cli_id, buf)
+            finally:
+                buf.close()
+        finally:
+            self.control("SAVE_END", cli_id=cli_id)
+        return image
+
+    def _saved_pages(self, cli_id: int, pool_id: int, buf: Buffer, size: int
+                     ) -> list[tuple[Oid, int, bytes]]:
+        pages = []
+        while True:
+            try:
+                got = self.control("SAVE_GET_NEXT_PAGE", cli_id=cli_id, pool_id=pool_id,
+                                   arg1=size, buf=buf.address)
+            except TmemPermissionError:  # -1: end of the pool's list
+                break
+            if got != 1:
+                break
+            raw = buf.read(size)
+            _, index, o0, o1, o2 = TMEM_HANDLE.unpack_from(raw)
+            pages.append(((o0, o1, o2), index, raw[TMEM_HANDLE.size:]))
+        return pages
+
+    def _saved_invalidations(self, cli_id: int, buf: Buffer) -> list[tuple[int, Oid, int]]:
+        out = []
+        while self.control("SAVE_GET_NEXT_INV", cli_id=cli_id, arg1=TMEM_HANDLE.size,
+                           buf=buf.address) == 1:
+            pool_id, index, o0, o1, o2 = TMEM_HANDLE.unpack_from(buf.read(TMEM_HANDLE.size))
+            out.append((pool_id, (o0, o1, o2), index))
+        return out
+
+    def restore(self, cli_id: int, image: ClientImage) -> None:
+        """Recreate a saved client on this host under ``cli_id`` (RESTORE_* sequence)."""
+        self.control("RESTORE_BEGIN", cli_id=cli_id)
+        self.set_client(cli_id, weight=image.weight, compress=image.compress)
+        for pool in image.pools:
+            flags = pool_flags(persistent=pool.persistent, shared=pool.shared)
+            if self.version < XenVersion(4, 9):
+                self.issue(TMEM_OP_CREAT.pack(TmemCmd.TMEM_RESTORE_NEW, pool.pool_id, *pool.uuid,
+                                              flags, cli_id))
+            else:
+                buf = self.hv.alloc_buffer(XEN_TMEM_POOL_INFO.size)
+                try:
+                    buf.write(XEN_TMEM_POOL_INFO.pack(flags, pool.pool_id, 0, *pool.uuid))
+                    self.control("SET_POOLS", cli_id=cli_id, arg1=XEN_TMEM_POOL_INFO.size,
+                                 buf=buf.address)
+                finally:
+                    buf.close()
+        page = self.hv.alloc_buffer(PAGE_SIZE)
+        try:
+            for pool in image.pools:
+                for oid, index, data in pool.pages:
+                    page.write(check_page(data))
+                    self.control("RESTORE_PUT_PAGE", cli_id=cli_id, pool_id=pool.pool_id,
+                                 oid=oid, arg1=PAGE_SIZE, arg2=index, buf=page.address)
+            for pool_id, oid, index in image.invalidated:
+                self.control("RESTORE_FLUSH_PAGE", cli_id=cli_id, pool_id=pool_id, oid=oid,
+                             arg2=index)
+        finally:
+            page.close()
+        if image.frozen:
+            self.freeze(cli_id)
+
