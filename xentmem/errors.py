@@ -27,6 +27,31 @@ from __future__ import annotations
 
 import errno as _errno
 
+__all__ = [
+    "EEMPTY",
+    "EFROZEN",
+    "TMEM_ERRORS",
+    "GuestError",
+    "LibvirtError",
+    "TmemEmpty",
+    "TmemError",
+    "TmemFault",
+    "TmemFrozen",
+    "TmemNoMemory",
+    "TmemNoPoolError",
+    "TmemNotAvailable",
+    "TmemPermissionError",
+    "TransportError",
+    "XenStoreError",
+    "XenStoreNotFound",
+    "XenStorePermission",
+    "XenStoreTimeout",
+    "XenStoreUnavailable",
+    "XentmemError",
+    "errno_name",
+    "tmem_error",
+]
+
 EFROZEN = 1000
 EEMPTY = 1001
 
@@ -46,13 +71,14 @@ class TmemError(XentmemError):
     """A hypercall returned a negative Xen errno. ``errno`` is positive, ``op`` names the call."""
 
     def __init__(self, errno: int, op: str, message: str | None = None) -> None:
-        self.errno = errno
-        self.op = op
         detail = message or _DEFAULT_MESSAGES.get(errno, "")
         text = f"{op}: -{errno_name(errno)} ({-errno})"
         if detail:
             text += f": {detail}"
         super().__init__(text)
+        # Set after __init__: OSError-derived subclasses reset errno there.
+        self.errno = errno
+        self.op = op
 
     def __reduce__(self):  # keep pickling (multiprocessing, pytest-xdist) working
         return (type(self), (self.errno, self.op, None))
@@ -134,9 +160,9 @@ class XenStoreError(XentmemError):
     """A xenstore request failed. ``errno`` is positive (0 if none); ``path`` may be None."""
 
     def __init__(self, message: str, errno: int = 0, path: str | None = None) -> None:
-        self.errno = errno
-        self.path = path
         super().__init__(message)
+        self.errno = errno  # after __init__, which OSError-derived subclasses use to reset it
+        self.path = path
 
 
 class XenStoreNotFound(XenStoreError, KeyError):

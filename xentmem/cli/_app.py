@@ -11,8 +11,8 @@ import importlib
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
+from typer._click import exceptions as click_exc  # typer vendors Click since 0.26 (pinned)
 from typer.core import TyperGroup
 
 from xentmem.errors import XentmemError
@@ -36,14 +36,17 @@ def _status(args: list[str], call) -> int:
     debug = "--debug" in args
     try:
         call()
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except typer.Abort:
         return _fail("aborted", 1)
-    except (click.exceptions.UsageError, UsageError) as exc:
+    except click_exc.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help() if exc.ctx else "")
+        return 0
+    except (click_exc.UsageError, UsageError) as exc:
         if debug:
             raise
-        text = exc.format_message() if isinstance(exc, click.exceptions.UsageError) else str(exc)
+        text = exc.format_message() if isinstance(exc, click_exc.UsageError) else str(exc)
         return _fail(text, 2)
     except (XentmemError, OSError, TimeoutError) as exc:
         if debug:
