@@ -155,6 +155,9 @@ def tmem_error(result: int, op: str, message: str | None = None) -> TmemError:
 class TransportError(XentmemError, OSError):
     """The transport itself failed: device missing, socket closed, daemon not running."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+        return self.strerror or super().__str__()
+
 
 class XenStoreError(XentmemError):
     """A xenstore request failed. ``errno`` is positive (0 if none); ``path`` may be None."""

@@ -91,6 +91,7 @@ def _global_options(
 # Command-group modules register themselves on ``app`` when imported; add new groups here.
 _COMMAND_MODULES = (
     "xentmem.cli.doctor",
+    "xentmem.cli.tmem",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)
