@@ -1,0 +1,42 @@
+"""The guest kernel model: swap devices, filesystems and page cache, frontswap and cleancache
+with lazy backend registration (the seed) and backend unload, the tmem and compressed backends,
+the balloon and self-balloon drivers, and their sysfs/debugfs view.
+"""
+
+from xentmem.guest.backends import BackendModule, UnloadReport, XenTmem, Zcache
+from xentmem.guest.balloon import Balloon, InMemoryTargetSource, SelfBalloon, TargetSource
+from xentmem.guest.cleancache import Cleancache, CleancacheOps
+from xentmem.guest.frontswap import DrainReport, Frontswap, FrontswapOps
+from xentmem.guest.fs import Filesystem, FsDisk
+from xentmem.guest.guest import Guest, GuestStats, anon_content
+from xentmem.guest.selfballoon import MemorySnapshot, SelfBalloonKnobs
+from xentmem.guest.swap import FileSlotStore, MemorySlotStore, SlotStore, SwapDevice
+from xentmem.guest.sysfs import SysfsView
+
+__all__ = [
+    "BackendModule",
+    "Balloon",
+    "Cleancache",
+    "CleancacheOps",
+    "DrainReport",
+    "FileSlotStore",
+    "Filesystem",
+    "Frontswap",
+    "FrontswapOps",
+    "FsDisk",
+    "Guest",
+    "GuestStats",
+    "InMemoryTargetSource",
+    "MemorySlotStore",
+    "MemorySnapshot",
+    "SelfBalloon",
+    "SelfBalloonKnobs",
+    "SlotStore",
+    "SwapDevice",
+    "SysfsView",
+    "TargetSource",
+    "UnloadReport",
+    "XenTmem",
+    "Zcache",
+    "anon_content",
+]
