@@ -51,6 +51,7 @@ __all__ = [
     "TMEM_OP_CTRL",
     "TMEM_OP_GEN",
     "TMEM_SPEC_VERSION",
+    "XEN_MEMORY_RESERVATION",
     "XEN_TMEM_CLIENT",
     "XEN_TMEM_POOL_INFO",
     "ClientInfoFlags",
@@ -414,6 +415,8 @@ SYSCTL_TMEM_OP = struct.Struct("<IIIiIIII3QQ72x")  # xen_sysctl header + tmem_op
 XEN_TMEM_CLIENT = struct.Struct("<5I")
 XEN_TMEM_POOL_INFO = struct.Struct("<IIQ2Q")
 MULTICALL_ENTRY = struct.Struct("<8Q")  # op, result, args[6]
+# extent_start, nr_extents, extent_order, mem_flags, domid (+6 bytes tail padding): 32 bytes
+XEN_MEMORY_RESERVATION = struct.Struct("<QQIIH6x")
 
 _CREAT_CMDS = frozenset({TmemCmd.TMEM_NEW_POOL, TmemCmd.TMEM_AUTH, TmemCmd.TMEM_RESTORE_NEW})
 

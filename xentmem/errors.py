@@ -12,6 +12,8 @@
      │    ├── TmemEmpty                                 -EEMPTY (-1001)
      │    └── TmemFault                                 -EFAULT
      ├── TransportError (+OSError)          the transport itself failed (no device, socket gone)
+     ├── EmulatorError                      the emulated host refused a host-API call
+     │    └── HostCrashed                   the imitated hypervisor crashed (ref §9): host gone
      ├── XenStoreError (.errno, .path)      a xenstore request failed
      │    ├── XenStoreNotFound (+KeyError)  ENOENT
      │    ├── XenStorePermission (+PermissionError)  EACCES / EPERM
@@ -157,6 +159,15 @@ class TransportError(XentmemError, OSError):
 
     def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
         return self.strerror or super().__str__()
+
+
+class EmulatorError(XentmemError):
+    """The emulated host refused a host-API call (unknown domain, no memory left, ...)."""
+
+
+class HostCrashed(EmulatorError):
+    """The imitated hypervisor crashed, as the real release did on that path; every domain is
+    gone and every further call on that host raises this again."""
 
 
 class XenStoreError(XentmemError):

@@ -1,0 +1,521 @@
+"""Behaviour tables of ref/xen-tmem-abi.md §2.2, §3, §7 and §9, one row per rule.
+
+Each row names the rule, the imitated releases it is checked on, a scenario written against
+raw hypercalls, and the expected observation (one value, or one per release where the rule
+differs). Default hosts imitate the real releases (defects included); rows marked ``designed``
+build the host with ``designed=True``.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from xentmem import abi
+from xentmem.abi import PAGE_SIZE, TmemCmd
+
+from .driver import ALL, PRIV_EPH, PRIV_PERS, SHARED_EPH, SHARED_PERS, make, page, text_page
+
+C = TmemCmd
+U = (0x1122334455667788, 0x8877665544332211)
+
+
+def _pool_then(flags, fn):
+    def run(host, g):
+        pid = g[0].new_pool(flags)
+        return fn(host, g, pid)
+    return run
+
+
+def _stat(host, pool_key: str, domid: int = 0, slot: int = 0) -> int:
+    line = next(ln for ln in host.tmem_list(domid, long=True).splitlines()
+            if ln.startswith(f"P=CI:{domid},PI:{slot},"))
+    return int(dict(kv.split(":") for kv in line[2:].split(","))[pool_key])
+
+
+def _g(host, key: str) -> int:
+    line = host.tmem_list(long=True).splitlines()[0]
+    return int(dict(kv.split(":") for kv in line[2:].split(","))[key])
+
+
+def _seq(*steps):
+    """Run callables in order, return every result."""
+    def run(host, g):
+        return tuple(step(host, g) for step in steps)
+    return run
+
+
+# --- §2.2 / §9.1 pool and page operations -----------------------------------------------------
+
+POOL_RULES = [
+    ("new_pool_lowest_slot", "*", lambda h, g: (g[0].new_pool(), g[0].new_pool()), (0, 1)),
+    ("new_pool_version_not_1_eperm", "*", lambda h, g: g[0].new_pool(0x02000001), -1),
+    ("new_pool_pagesize_field_eperm", "*", lambda h, g: g[0].new_pool(0x01000011), -1),
+    ("new_pool_precompressed_eperm", "*", lambda h, g: g[0].new_pool(0x01000005), -1),
+    ("new_pool_reserved_bits_eperm", "*", lambda h, g: g[0].new_pool(0x01000101), -1),
+    ("new_pool_bit3_accepted", "*", lambda h, g: g[0].new_pool(0x01000009), 0),
+    ("new_pool_ignores_pool_id_and_arg1", "*",
+     lambda h, g: g[0].op(C.TMEM_NEW_POOL, 7, flags=PRIV_PERS, arg1=99), 0),
+    ("new_pool_17th_eperm", "*",
+     lambda h, g: [g[0].new_pool() for _ in range(17)][-1], -1),
+    ("shared_persistent_refused_from_4_5", "*",
+     lambda h, g: g[0].new_pool(SHARED_PERS, U), {"4.1": 0, "4.5": -1, "4.12": -1}),
+    ("destroy_out_of_range_or_empty_is_0", "*",
+     lambda h, g: tuple(g[0].destroy(i) for i in (0, 16, 17, -1, 1000, 0x7FFFFFFF, -16)),
+     (0,) * 7),
+    ("destroy_existing_is_1", "*", _pool_then(PRIV_PERS, lambda h, g, p: g[0].destroy(p)), 1),
+    ("bogus_cmd_creates_client", "*",
+     lambda h, g: (g[0].op(200, 0), 0 in h.tmem.clients), (-19, True)),
+    ("unknown_cmd_valid_pool", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: tuple(
+         g[0].op(c, p) for c in (11, 12, 100, 200, 0xFFFFFFFF, 0x80000004))),
+     {"4.1": (0,) * 6, "4.5": (-38,) * 6, "4.12": (-38,) * 6}),
+    ("removed_cmds_enosys_from_4_4", ("4.5", "4.12"),
+     _pool_then(PRIV_PERS, lambda h, g, p: tuple(g[0].op(c, p) for c in (3, 8, 9, 10))),
+     (-38,) * 4),
+    ("xchg_returns_0_on_4_1", ("4.1",),
+     _pool_then(PRIV_PERS, lambda h, g, p: g[0].op(C.TMEM_XCHG, p)), 0),
+    ("new_page_puts_zero_page_on_4_1", ("4.1",),
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].op(C.TMEM_NEW_PAGE, p, oid=(1, 0, 0)),
+                                             g[0].get(p, 1, 0))),
+     (1, (1, bytes(PAGE_SIZE)))),
+    ("unknown_cmd_invalid_pool_enodev", "*", lambda h, g: g[0].op(200, 5), -19),
+    ("control_cmds_eopnotsupp_on_4_12", ("4.12",),
+     lambda h, g: tuple(g[0].op(c, p) for c in (0, 101, 102) for p in (0, 99)), (-95,) * 6),
+    ("get_empty_pool_eempty_not_counted", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].get(p, 1, 0)[0], _stat(h, "gt"))), (-1001, 0)),
+    ("get_miss_is_0", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1)), g[0].get(p, 1, 1)[0],
+                                             g[0].get(p, 2, 0)[0])), (1, 0, 0)),
+    ("miss_leaves_frame_untouched", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1)),
+                                             g[0].get(p, 1, 9)[1] == b"\xee" * PAGE_SIZE)),
+     (1, True)),
+    ("private_ephemeral_get_is_destructive", "*",
+     _pool_then(PRIV_EPH, lambda h, g, p: (g[0].put(p, 1, 0, page(1)), g[0].get(p, 1, 0),
+                                            g[0].get(p, 1, 0)[0])),
+     (1, (1, page(1)), -1001)),
+    ("persistent_get_non_destructive", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1)), g[0].get(p, 1, 0)[0],
+                                             g[0].get(p, 1, 0))),
+     (1, 1, (1, page(1)))),
+    ("flush_absent_is_1", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].flush(p, 1, 0), g[0].flush_object(p, 1))),
+     (1, 1)),
+    ("flush_page_and_object_remove", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (
+         g[0].put(p, 1, 0, page(1)), g[0].put(p, 1, 1, page(2)), g[0].put(p, 2, 0, page(3)),
+         g[0].flush(p, 1, 0), g[0].get(p, 1, 0)[0], g[0].flush_object(p, 1),
+         g[0].get(p, 1, 1)[0], g[0].get(p, 2, 0)[0], _stat(h, "Oc"))),
+     (1, 1, 1, 1, 0, 1, 0, 1, 1)),
+    ("duplicate_put_replaces_in_place", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1)), g[0].put(p, 1, 0, page(2)),
+                                             g[0].get(p, 1, 0), _stat(h, "pr"), _stat(h, "Pc"))),
+     (1, 1, (1, page(2)), 1, 1)),
+    ("put_bad_frame_efault", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1), cmfn=0),
+                                             g[0].put(p, 1, 0, page(1), cmfn=1 << 40),
+                                             _stat(h, "px"))), (-14, -14, 2)),
+    ("duplicate_put_bad_frame_discards_old", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1)),
+                                             g[0].put(p, 1, 0, page(2), cmfn=0),
+                                             g[0].get(p, 1, 0)[0], _stat(h, "pd"))),
+     (1, -14, -1001, 1)),
+    ("private_ephemeral_get_bad_frame_consumes_page", "*",
+     _pool_then(PRIV_EPH, lambda h, g, p: (g[0].put(p, 1, 0, page(1)), g[0].get(p, 1, 0, cmfn=0)[0],
+                                            g[0].get(p, 1, 0)[0], _g(h, "Ec"))),
+     {"4.1": (1, -14, 1, 0), "4.5": (1, -14, -1001, 1), "4.12": (1, -14, -1001, 1)}),
+    ("persistent_get_bad_frame_keeps_page", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1)),
+                                             g[0].get(p, 1, 0, cmfn=0)[0],
+                                             g[0].get(p, 1, 0)[0])), (1, -14, 1)),
+    ("null_struct_pointer_efault_counted", "*",
+     lambda h, g: (h.hypercall(0, 38, 0), h.hypercall(0, 38, 1 << 50), _g(h, "Tt"), _g(h, "Te")),
+     (-14, -14, 2, 2)),
+    ("oid_uses_all_192_bits", "*",
+     _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, (1, 2, 3), 0, page(1)),
+                                             g[0].get(p, (1, 2, 4), 0)[0],
+                                             g[0].get(p, (1, 2, 3), 0)[0])), (1, 0, 1)),
+]
+
+
+# --- §3.6 freeze / thaw / destroy ---------------------------------------------------------------
+
+def _frozen(host, g):
+    t = g[0]
+    p = t.new_pool(PRIV_EPH)
+    t.put(p, 1, 0, page(1))
+    t.put(p, 1, 1, page(2))
+    freeze = t.ctl("FREEZE", 0)
+    return (freeze, t.put(p, 1, 2, page(3)), t.put(p, 1, 0, page(4)), t.get(p, 1, 0),
+            t.flush(p, 1, 1), t.get(p, 1, 1)[0], t.new_pool(), t.destroy(1),
+            t.ctl("DESTROY", 0), t.put(p, 1, 2, page(3)))
+
+
+def _freeze_all_then_new_client(host, g):
+    rc = g[0].ctl("FREEZE", ALL)
+    p = g[1].new_pool(PRIV_PERS)
+    return rc, g[1].put(p, 1, 0, page(1))
+
+
+FREEZE_RULES = [
+    ("frozen_client_semantics", "*", _frozen,
+     (0, -1000, 1, (1, page(4)), -1000, -1001, 1, 1, 0, 1)),
+    ("freeze_unknown_client_or_domid_self_eperm", "*",
+     lambda h, g: (g[0].ctl("FREEZE", 5), g[0].ctl("THAW", abi.DOMID_SELF)), (-1, -1)),
+    ("freeze_all_spares_later_clients", "*", _freeze_all_then_new_client, (0, 1)),
+]
+
+
+# --- §3.3-§3.5 memory, eviction, weights, flush, freeable ---------------------------------------
+
+def _eviction_order(host, g):
+    t = g[0]
+    p = t.new_pool(PRIV_EPH)
+    n = 0
+    while n < 20000:
+        if t.put(p, 1, n, page(n & 7)) != 1:
+            break
+        n += 1
+    results = [t.get(p, 1, i)[0] for i in range(n)]
+    gone = results.index(1)
+    return (n, all(r in (0, -1001) for r in results[:gone]),
+            all(r == 1 for r in results[gone:]), _g(host, "Et") == _g(host, "Ea") == gone)
+
+
+def _persistent_ceiling(host, g):
+    dom = host.create_domain("small", 4, 6)  # 512 frames headroom of tmem pages
+    from .driver import Guest
+    t = Guest(host, dom)
+    p = t.new_pool(PRIV_PERS)
+    n = 0
+    while t.put(p, 1, n, page(n & 3)) == 1:
+        n += 1
+    last = t.put(p, 1, n, page(0))
+    info = host.domain_info(dom)
+    return n, last, info["tot_pages"] == info["max_pages"], _g(host, "Pf") >= 1
+
+
+def _flush_kib(host, g):
+    t = g[0]
+    p = t.new_pool(PRIV_EPH)
+    for i in range(40):
+        t.put(p, 1, i, page(i))
+    first = t.ctl("FLUSH", ALL, **t.value_arg(64))
+    oldest = [t.get(p, 1, i)[0] for i in (15, 16)]
+    return first, oldest, t.ctl("FLUSH", ALL, **t.value_arg(1)), t.ctl("FLUSH", 0, **t.value_arg(4))
+
+
+def _freeable(host, g):
+    t = g[0]
+    p = t.new_pool(PRIV_EPH)
+    q = t.new_pool(PRIV_PERS)
+    for i in range(600):
+        t.put(p, 1, i, page(i))
+        t.put(q, 1, i, page(i))
+    return t.ctl("QUERY_FREEABLE_MB"), (600 + host.tmem.free_list) >> 8
+
+
+MEMORY_RULES = [
+    ("eviction_oldest_first_et_equals_ea", ("4.12",), _eviction_order, (20000, True, True, True)),
+    ("persistent_pages_charged_to_domain", "*", _persistent_ceiling, (512, -12, True, True)),
+    ("flush_kib_evicts_oldest_returns_kib", "*", _flush_kib, (64, [0, 1], 4, -1)),
+    ("freeable_is_free_list_plus_ephemeral", "*", _freeable, (2, 2)),
+]
+
+
+# --- §3.9 shared pools and authorisation ---------------------------------------------------------
+
+def _shared_unauthorised(host, g):
+    t = g[0]
+    p = t.new_pool(SHARED_EPH, U)
+    return p, t.list(0)[1].splitlines()[1]
+
+
+def _shared_authorised(host, g):
+    t = g[0]
+    a = t.auth(0, U) if host.version.minor >= 9 else None
+    if host.version.minor < 9:
+        t.new_pool()  # ≤4.8 TMEM_AUTH needs an existing client
+        t.destroy(0)
+        a = t.auth(0, U)
+    p = t.new_pool(SHARED_EPH, U)
+    q = t.new_pool(SHARED_EPH, U)
+    return a, p, q, [ln for ln in t.list()[1].splitlines() if ln.startswith(("S=", "P="))]
+
+
+def _uuid_all_ones(host, g):
+    t = g[0]
+    return t.new_pool(SHARED_EPH, (2**64 - 1, 2**64 - 1)), t.list(0)[1].splitlines()[1]
+
+
+def _set_auth_rules(host, g):
+    t = g[0]
+    outcomes = [t.auth(0, (i, i)) for i in range(17)]
+    return (outcomes[0], outcomes[-1], t.auth(0, (99, 99), enable=False), t.auth(ALL, U),
+            t.auth(77, U))
+
+
+def _set_auth_args(host, g):
+    t = g[0]
+    t.out.write(abi.XEN_TMEM_POOL_INFO.pack(4, 0, 5, *U))
+    return (t.ctl("SET_AUTH", 0, arg1=32), t.ctl("SET_AUTH", 0, arg1=31),
+            t.ctl("SET_AUTH", 0, arg1=0), t.ctl("SET_AUTH", 0, arg1=17 * 32))
+
+
+def _tmem_auth_45(host, g):
+    t = g[0]
+    before = t.auth(0, U)
+    t.new_pool()
+    outcomes = [t.auth(0, (i, i)) for i in range(17)]
+    t.auth(0, (0, 0), enable=False)
+    return (before, outcomes[0], outcomes[-1], t.auth(0, (1, 1)), t.auth(0, (99, 99), False),
+            t.auth(77, U), t.auth(abi.DOMID_SELF, U), t.auth(ALL, U), host.tmem.auth_disabled)
+
+
+def _cross_domain_share(host, g):
+    d0, d1 = g[0], g[1]
+    for d in (d0, d1):
+        d0.auth(d.domid, U)  # SET_AUTH is dom0's (privileged) business
+    p0 = d0.new_pool(PRIV_PERS)  # slot 0 taken: the shared pool lands in slot 1 for dom0
+    s0 = d0.new_pool(SHARED_EPH, U)
+    s1 = d1.new_pool(SHARED_EPH, U)
+    d0.put(s0, 5, 0, page(1))
+    got = d1.get(s1, 5, 0)
+    again = d1.get(s1, 5, 0)[0]
+    d1.put(s1, 5, 0, page(2))
+    back = d0.get(s0, 5, 0)
+    sline = [ln for ln in d0.list()[1].splitlines() if ln.startswith("S=")]
+    return p0, s0, s1, got, again, back, sline
+
+
+SHARED_RULES = [
+    ("shared_without_auth_is_private_on_4_12", ("4.12",), _shared_unauthorised,
+     (0, "P=CI:0,PI:0,PT:EP,U0:0,U1:0")),
+    ("shared_needs_no_auth_on_4_5", ("4.1", "4.5"), _shared_unauthorised,
+     (0, f"P=CI:0,PI:0,PT:ES,U0:{U[0]:x},U1:{U[1]:x}")),
+    ("shared_uuid_all_ones_is_private", "*", _uuid_all_ones, (0, "P=CI:0,PI:0,PT:EP,U0:0,U1:0")),
+    ("authorised_same_uuid_twice_two_slots_one_pool", ("4.12",), _shared_authorised,
+     (1, 0, 1, [f"S=SI:0,PT:ES,U0:{U[0]:x},U1:{U[1]:x},SC:0,SC:0",
+                f"P=CI:0,PI:0,PT:ES,U0:{U[0]:x},U1:{U[1]:x}",
+                f"P=CI:0,PI:0,PT:ES,U0:{U[0]:x},U1:{U[1]:x}"])),
+    ("set_auth_limits", ("4.12",), _set_auth_rules, (1, -12, 1, -12, -12)),
+    ("set_auth_argument_checks", ("4.12",), _set_auth_args, (-22, -22, 0, -7)),
+    ("tmem_auth_4_5", ("4.5",), _tmem_auth_45, (-22, 1, -12, 1, 0, -22, -22, 1, True)),
+    ("cross_domain_shared_pool", ("4.12",), _cross_domain_share,
+     (0, 1, 0, (1, page(1)), 1, (1, page(2)),
+      [f"S=SI:0,PT:ES,U0:{U[0]:x},U1:{U[1]:x},SC:0,SC:1"])),
+]
+
+
+# --- §2.3/§2.4/§9 control plane ------------------------------------------------------------------
+
+def _sysctl_checks(host, g):
+    t = g[0]
+    raw = abi.pack_sysctl_tmem_op(host.version, 1, cli_id=ALL, interface_version=0x11)
+    t.opbuf.write(raw)
+    bad_iv = host.hypercall(0, 35, t.opbuf.address)
+    pad = t.ctl("FREEZE", ALL, pad=1)
+    t.opbuf.write(abi.pack_sysctl_tmem_op(host.version, 25, cli_id=ALL))
+    unassigned = host.hypercall(0, 35, t.opbuf.address)
+    g[1].out.write(b"\x55" * 64)
+    domu = g[1].ctl("LIST", ALL, arg1=64)
+    untouched = g[1].out.read(64) == b"\x55" * 64
+    return bad_iv, pad, unassigned, domu, untouched, host.hypercall(0, 35, 0)
+
+
+def _client_info(host, g):
+    t = g[0]
+    t.out.write(bytes(20))
+    before = t.ctl("GET_CLIENT_INFO", 0), abi.XEN_TMEM_CLIENT.unpack(t.out.read(20))
+    t.out.write(abi.XEN_TMEM_CLIENT.pack(1, 16, 0, 2, 7))
+    missing = t.ctl("SET_CLIENT_INFO", 0)
+    t.new_pool()
+    t.out.write(abi.XEN_TMEM_CLIENT.pack(2, 16, 0, 2, 7))
+    bad_version = t.ctl("SET_CLIENT_INFO", 0)
+    t.out.write(abi.XEN_TMEM_CLIENT.pack(1, 17, 0, 2, 7))
+    bad_max = t.ctl("SET_CLIENT_INFO", 0)
+    t.out.write(abi.XEN_TMEM_CLIENT.pack(1, 16, 0, 1 | 2 | 4, 7))
+    ok = t.ctl("SET_CLIENT_INFO", 0)
+    t.ctl("GET_CLIENT_INFO", 0)
+    after = abi.XEN_TMEM_CLIENT.unpack(t.out.read(20))
+    return before, missing, bad_version, bad_max, ok, after
+
+
+def _get_pools(host, g):
+    t = g[0]
+    none = t.ctl("GET_POOLS", 0, arg1=32)
+    t.new_pool(PRIV_PERS)
+    t.new_pool(PRIV_EPH)
+    zero = t.ctl("GET_POOLS", 0, arg1=0)
+    one = t.ctl("GET_POOLS", 0, arg1=32)
+    return (none, zero, one, t.ctl("GET_POOLS", ALL, arg1=32), t.ctl("GET_POOLS", 0, arg1=544),
+            t.ctl("GET_POOLS", 0, arg1=33), t.ctl("GET_POOLS", 0, arg1=64))
+
+
+def _control_45(host, g):
+    t = g[0]
+    before = (t.ctl("FREEZE", 0), t.ctl("SAVE_GET_VERSION", 0), t.ctl("SAVE_GET_MAXPOOLS", 0),
+              t.ctl("SAVE_BEGIN", 0), t.ctl("SAVE_END", 0))
+    p = t.new_pool(PRIV_PERS)
+    t.ctl("SET_WEIGHT", 0, arg1=0xFFFFFFFF)
+    t.ctl("SET_CAP", 0, arg1=5)
+    t.ctl("SET_COMPRESS", 0, arg1=7)
+    after = (t.ctl("SAVE_GET_CLIENT_WEIGHT", 0), t.ctl("SAVE_GET_CLIENT_CAP", 0),
+             t.ctl("SAVE_GET_CLIENT_FLAGS", 0), t.ctl("SAVE_GET_POOL_FLAGS", 0, pool_id=p),
+             t.ctl("SAVE_GET_POOL_FLAGS", 0, pool_id=3), t.ctl("SAVE_GET_POOL_UUID", 0, buf=0),
+             t.ctl("RESTORE_BEGIN", 0), t.ctl("RESTORE_BEGIN", 42))
+    cline = t.list(0)[1].splitlines()[0]
+    return before, after, cline
+
+
+def _restore_new_45(host, g):
+    t = g[0]
+    t.new_pool()
+    return (t.op(C.TMEM_RESTORE_NEW, 0, flags=PRIV_PERS, arg1=0),
+            t.op(C.TMEM_RESTORE_NEW, 5, flags=PRIV_PERS, arg1=0),
+            t.op(C.TMEM_RESTORE_NEW, 16, flags=PRIV_PERS, arg1=0),
+            t.op(C.TMEM_RESTORE_NEW, 6, flags=0x02000001, arg1=0),
+            t.op(C.TMEM_RESTORE_NEW, 9, flags=PRIV_PERS, arg1=ALL),
+            t.op(C.TMEM_RESTORE_NEW, 3, flags=PRIV_PERS, arg1=42))
+
+
+def _no_tmem_boot(host, g):
+    t = g[0]
+    rc, text = t.list()
+    return t.new_pool(), t.op(C.TMEM_PUT_PAGE, 0), rc, text
+
+
+CONTROL_RULES = [
+    ("sysctl_iv_pad_unassigned_privilege", ("4.12",), _sysctl_checks,
+     (-13, -22, -1, -1, True, -14)),
+    ("client_info_4_12", ("4.12",), _client_info,
+     ((0, (1, 16, 0, 0, 0)), -2, -95, -34, 0, (1, 16, 1, 2, 7))),
+    ("get_pools_ignores_length_on_4_12", ("4.12",),
+     _get_pools, (-22, 2, 2, -22, -7, -22, 2)),
+    ("control_plane_4_5", ("4.5",), _control_45,
+     ((-1, 1, 16, 0, -1), (-2, 5, 1, 0x01000001, -1, -14, -1, -1),
+      "C=CI:0,ww:-1,ca:5,co:1,fr:0,Tc:0,Ge:0,Pp:0,Gp:0")),
+    ("restore_new_4_5", ("4.5",), _restore_new_45, (-1, 5, -1, -1, 1, -1)),
+    ("tmem_control_privileged_from_4_3", ("4.1", "4.5"),
+     lambda h, g: g[1].ctl("FREEZE", ALL), {"4.1": 0, "4.5": -1}),
+    ("sysctl_from_domu_eperm", ("4.12",), lambda h, g: g[1].ctl("FREEZE", ALL), -1),
+]
+
+
+def _designed(fn):
+    """The same scenario on a host built with ``designed=True``."""
+    def run(host, g):
+        return fn(host, g)
+    run.designed = True
+    return run
+
+
+DESIGNED_RULES = [
+    ("designed_get_pools_respects_length", ("4.12",),
+     _designed(_get_pools), (-22, 0, 1, -22, -7, -22, 2)),
+    ("designed_private_ephemeral_bad_frame_keeps_page", ("4.12",),
+     _designed(_pool_then(PRIV_EPH, lambda h, g, p: (
+         g[0].put(p, 1, 0, page(1)), g[0].get(p, 1, 0, cmfn=0)[0], g[0].get(p, 1, 0)[0]))),
+     (1, -14, 1)),
+]
+
+ALL_RULES = POOL_RULES + FREEZE_RULES + MEMORY_RULES + SHARED_RULES + CONTROL_RULES \
+    + DESIGNED_RULES
+
+
+def _cases():
+    for name, versions, fn, expected in ALL_RULES:
+        for v in ("4.1", "4.5", "4.12") if versions == "*" else versions:
+            want = expected[v] if isinstance(expected, dict) else expected
+            yield pytest.param(v, fn, want, id=f"{name}-{v}")
+
+
+@pytest.mark.parametrize(("version", "scenario", "expected"), list(_cases()))
+def test_rule(version, scenario, expected):
+    host, guests = make(version, memory_mb=256, guests=1,
+                        designed=getattr(scenario, "designed", False))
+    assert scenario(host, guests) == expected
+
+
+def test_no_tmem_boot_option():
+    """Without `tmem` every tmem_op is -ENODEV but the 4.12 sysctl still answers (§9.1)."""
+    host, g = make("4.12", tmem=False)
+    assert _no_tmem_boot(host, g) == (
+        -19, -19, 0, "G=Tt:0,Te:0,Cf:0,Af:0,Pf:0,Ta:0,Lm:0,Et:0,Ea:0,Rt:0,Ra:0,Rx:0,Fp:0\nT\n")
+    host, g = make("4.5", tmem=False)
+    assert (g[0].new_pool(), g[0].ctl("QUERY_FREEABLE_MB")) == (-19, -19)
+
+
+def test_tmem_compress_boot_option_sets_new_clients():
+    _host, g = make("4.12", tmem_compress=True)
+    g[0].new_pool()
+    assert ",co:1," in g[0].list(0)[1]
+
+
+def test_absent_hypercall_on_4_13():
+    """Xen 4.13 removed tmem: slot 38 answers -ENOSYS (§3.8)."""
+    host, g = make("4.13")
+    g[0].opbuf.write(abi.pack_sysctl_tmem_op(abi.XenVersion(4, 12), 1, cli_id=ALL,
+                                             interface_version=0x13))
+    assert (g[0].new_pool(), host.hypercall(0, 35, g[0].opbuf.address)) == (-38, -38)
+
+
+def test_weights_steer_eviction():
+    """Literal over_quota (§3.5, §9.3): a domU with a small share and a positive weight evicts
+    its own pages; with weight 0 it evicts dom0's oldest pages."""
+    host, g = make("4.12", memory_mb=128, guests=1)
+    d0, d1 = g
+    tm = host.tmem
+    p0, p1 = d0.new_pool(PRIV_EPH), d1.new_pool(PRIV_EPH)
+    n = 0
+    while tm.free_mb() >= 1 or n < 100:
+        assert d0.put(p0, 1, n, page(n & 15)) == 1
+        n += 1
+        if tm.Et:
+            break
+    for i in range(n // 20):
+        d1.put(p1, 1, i, page(i))
+    tm.set_weight(tm.clients[0], 1)
+    tm.set_weight(tm.clients[d1.domid], 1)
+    assert tm.over_quota(tm.clients[d1.domid])
+    own_before = tm.clients[d1.domid].eph_count
+    dom0_before = tm.clients[0].eph_count
+    for i in range(n // 20, n // 20 + 30):
+        assert d1.put(p1, 1, i, page(i)) == 1
+    assert tm.clients[0].eph_count == dom0_before  # dom0 untouched
+    assert tm.clients[d1.domid].eph_count == own_before  # each PUT evicted one of its own
+    tm.set_weight(tm.clients[d1.domid], 0)
+    for i in range(n // 20 + 30, n // 20 + 60):
+        assert d1.put(p1, 1, i, page(i)) == 1
+    assert tm.clients[0].eph_count == dom0_before - 30
+    assert tm.Et == tm.Ea
+
+
+def test_shared_get_moves_to_young_end_duplicate_put_does_not():
+    host, g = make("4.5", memory_mb=64)
+    t = g[0]
+    s = t.new_pool(SHARED_EPH, U)
+    tm = host.tmem
+    n = 0
+    while not tm.Et:
+        t.put(s, 1, n, page(n & 7))
+        n += 1
+        if n == 2:
+            t.get(s, 1, 0)  # index 0 becomes young
+            t.put(s, 1, 1, page(99))  # index 1 stays old
+    assert t.get(s, 1, 0)[0] == 1
+    assert t.get(s, 1, 1)[0] == 0
+
+
+def test_text_pages_compress_and_count():
+    _host, g = make("4.12", tmem_compress=True)
+    t = g[0]
+    p = t.new_pool(PRIV_PERS)
+    assert t.put(p, 1, 0, text_page(1)) == 1
+    assert t.put(p, 1, 1, page(1)) == 1
+    assert t.get(p, 1, 0) == (1, text_page(1))
+    assert t.get(p, 1, 1) == (1, page(1))
+    cline = t.list(0, use_long=True)[1].splitlines()[0]
+    keys = dict(kv.split(":") for kv in cline[2:].split(","))
+    assert (keys["cp"], keys["cn"]) == ("1", "1")
+    assert 0 < int(keys["cb"]) < 4096

@@ -1,0 +1,420 @@
+"""The tmem control plane: TMEM_CONTROL subops (<= 4.5), the sysctl tmem op (4.6+), and the
+TMEM_AUTH / TMEM_RESTORE_NEW commands (<= 4.8) — ref §2.3, §2.4, §3.6, §3.9, §3.10, §9."""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING
+
+from xentmem.abi import (
+    MAX_POOLS_PER_DOMAIN,
+    PAGE_SIZE,
+    TMEM_CLI_ID_NULL,
+    TMEM_HANDLE,
+    XEN_TMEM_CLIENT,
+    XEN_TMEM_POOL_INFO,
+    ClientInfoFlags,
+    PoolFlags,
+    PoolInfoFlags,
+    SaveClientFlags,
+    SysctlTmemOp,
+    TmemcSubop,
+    XenErrno,
+)
+from xentmem.emulator import _listing
+from xentmem.emulator._tmem import HypervisorCrash
+
+if TYPE_CHECKING:
+    from xentmem.emulator._host import Domain, EmulatedHost
+    from xentmem.emulator._tmem import Client, Pool
+
+ALL = TMEM_CLI_ID_NULL
+EPERM = -XenErrno.EPERM
+ENOENT = -XenErrno.ENOENT
+E2BIG = -XenErrno.E2BIG
+ENOMEM = -XenErrno.ENOMEM
+EFAULT = -XenErrno.EFAULT
+EEXIST = -XenErrno.EEXIST
+EINVAL = -XenErrno.EINVAL
+ERANGE = -XenErrno.ERANGE
+EOPNOTSUPP = -XenErrno.EOPNOTSUPP
+_UUID = struct.Struct("<2Q")
+
+_TMEMC = {int(op): op.name.removeprefix("TMEMC_") for op in TmemcSubop}
+_SYSCTL48 = {int(op): op.name for op in SysctlTmemOp}
+_V49_ONLY = {"SET_POOLS", "SET_AUTH"}
+
+
+def _s32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+class Control:
+    """Control operations on one host's tmem; results are Xen's return values."""
+
+    def __init__(self, host: EmulatedHost) -> None:
+        self.host = host
+
+    @property
+    def tm(self):
+        return self.host.tmem
+
+    # ---- entry points -----------------------------------------------------------------------
+
+    def tmem_control(self, dom: Domain, t: tuple[int, ...]) -> int:
+        """TMEM_CONTROL (cmd 0, <= 4.5): ``t`` is the decoded ``u.ctrl`` struct."""
+        _, pool_id, subop, cli_id, arg1, arg2, o0, o1, o2, buf = t
+        name = _TMEMC.get(subop)
+        if name is None:
+            return EPERM
+        return self._op(dom, name, pool_id, cli_id & 0xFFFF, arg1, arg2, arg1, (o0, o1, o2),
+                        buf, sysctl=False)
+
+    def sysctl(self, dom: Domain, f: tuple[int, ...]) -> int:
+        """XEN_SYSCTL_tmem_op (4.6+): ``f`` is the decoded 136-byte ``xen_sysctl``."""
+        _, _, tcmd, pool_id, cli_id, length, arg, pad, o0, o1, o2, buf = f
+        if pad:
+            return EINVAL
+        b = self.host.behaviour
+        name = (_SYSCTL48 if b.sysctl_v48 else _TMEMC).get(tcmd)
+        if name is None or (name in _V49_ONLY and not b.sysctl_v49):
+            return EPERM
+        value = arg if b.sysctl_v48 else length
+        return self._op(dom, name, pool_id, cli_id & 0xFFFF, length, arg, value, (o0, o1, o2),
+                        buf, sysctl=True)
+
+    def tmem_auth(self, dom: Domain, cli_arg: int, flags: int, uuid: tuple[int, int]) -> int:
+        """TMEM_AUTH (cmd 101, <= 4.8; no privilege check in the code)."""
+        tm = self.tm
+        cli, enable = cli_arg & 0xFFFF, bool(flags & 0xFF)
+        if cli == ALL:
+            tm.auth_disabled = enable
+            return 1
+        client = tm.clients.get(cli)
+        if client is None:
+            return EINVAL
+        return tm.auth(client, uuid, enable)
+
+    def restore_new(self, dom: Domain, pool_id: int, cli_arg: int, flags: int,
+                    uuid: tuple[int, int]) -> int:
+        """TMEM_RESTORE_NEW (cmd 102, <= 4.8): create a pool in a given slot of a client."""
+        tm = self.tm
+        cli = cli_arg & 0xFFFF
+        if cli == ALL:
+            caller = tm.clients.get(dom.domid) or tm.create_client(dom)
+            return tm.new_pool(caller, flags, uuid)
+        client = tm.clients.get(cli)
+        if client is None:
+            return EPERM
+        return tm.new_pool(client, flags, uuid, slot=pool_id)
+
+    # ---- guest buffers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _put(dom: Domain, buf: int, data: bytes) -> bool:
+        return buf != 0 and dom.write(buf, data)
+
+    # ---- the subops -------------------------------------------------------------------------
+
+    def _op(self, dom: Domain, name: str, pool_id: int, cli: int, arg1: int, arg2: int,
+            value: int, oid: tuple[int, int, int], buf: int, *, sysctl: bool) -> int:
+        tm, b = self.tm, self.host.behaviour
+        client = tm.clients.get(cli)
+        if name in ("THAW", "FREEZE", "DESTROY"):
+            frozen = name == "FREEZE"
+            targets = list(tm.clients.values()) if cli == ALL else [client] if client else []
+            if cli != ALL and client is None:
+                return EPERM
+            for c in targets:
+                c.frozen = frozen
+            return 0
+        if name == "FLUSH":
+            if cli != ALL:
+                return EPERM
+            current = tm.clients.get(dom.domid)
+            while tm.free_list * 4 < value and tm.evict(current):
+                pass
+            released = tm.give_back_free_list() * 4
+            return released
+        if name == "LIST":
+            return self._list(dom, cli, buf, arg1, arg2 & 0xFF)
+        if name == "QUERY_FREEABLE_MB":
+            return (tm.free_list + tm.eph_count) >> 8
+        if name in ("SET_WEIGHT", "SET_CAP", "SET_COMPRESS"):
+            if cli != ALL and client is None:
+                return EPERM
+            for c in list(tm.clients.values()) if cli == ALL else [client]:
+                if name == "SET_WEIGHT":
+                    tm.set_weight(c, _s32(value))
+                elif name == "SET_CAP":
+                    c.cap = _s32(value)
+                else:
+                    c.compress = bool(value)
+            return 0
+        if name == "SAVE_GET_VERSION":
+            return 1
+        if name == "SAVE_GET_MAXPOOLS":
+            return MAX_POOLS_PER_DOMAIN
+        if name == "RESTORE_BEGIN":
+            if client is not None:
+                return EEXIST if sysctl else EPERM
+            target = self.host.domains.get(cli)
+            if target is None:
+                return ENOMEM if sysctl else EPERM
+            tm.create_client(target)
+            return 0 if sysctl else 1
+        if name == "GET_CLIENT_INFO":
+            return self._get_client_info(dom, client, cli, buf)
+        if name == "SET_CLIENT_INFO":
+            return self._set_client_info(dom, client, cli, buf)
+        if name == "GET_POOLS":
+            return self._get_pools(dom, client, cli, buf, arg1)
+        if name == "SET_POOLS":
+            return self._set_pools(dom, cli, buf, arg1)
+        if name == "SET_AUTH":
+            return self._set_auth(dom, cli, buf, arg1)
+        # everything below needs the client
+        if client is None:
+            if name in ("SAVE_BEGIN", "SAVE_END"):
+                return ENOENT if sysctl else (0 if name == "SAVE_BEGIN" else EPERM)
+            return EPERM
+        if name == "SAVE_BEGIN":
+            if not any(client.pools):
+                return ENOENT if sysctl else 0
+            client.was_frozen = client.frozen
+            client.frozen = True
+            client.saving = True
+            client.migrating = bool(value)
+            return 0 if sysctl else 1
+        if name == "SAVE_END":
+            return self._save_end(client)
+        if name == "SAVE_GET_CLIENT_WEIGHT":
+            return -2 if client.weight == -1 else client.weight
+        if name == "SAVE_GET_CLIENT_CAP":
+            return -2 if client.cap == -1 else client.cap
+        if name == "SAVE_GET_CLIENT_FLAGS":
+            return (SaveClientFlags.COMPRESS * client.compress
+                    | SaveClientFlags.FROZEN * client.was_frozen)
+        if name == "SAVE_GET_NEXT_INV":
+            return self._next_inv(dom, client, buf, arg1)
+        pool = client.pools[pool_id] if 0 <= pool_id < MAX_POOLS_PER_DOMAIN else None
+        if pool is None:
+            return EPERM
+        if name == "SAVE_GET_POOL_FLAGS":
+            return (int(pool.persistent) | int(pool.shared) << 1
+                    | (1 << 24 if b.pool_flags_version_bits else 0))
+        if name == "SAVE_GET_POOL_NPAGES":
+            return pool.npages
+        if name == "SAVE_GET_POOL_UUID":
+            return 0 if self._put(dom, buf, _UUID.pack(*pool.uuid)) else EFAULT
+        if name == "SAVE_GET_NEXT_PAGE":
+            return self._next_page(dom, pool, buf, arg1)
+        if name == "RESTORE_PUT_PAGE":
+            if sysctl and arg1 != PAGE_SIZE:
+                return EINVAL
+            if b.bug_save_raw_einval:
+                return EINVAL  # 4.5/4.12 copy routines refuse a guest buffer (§9.1)
+            data = dom.read(buf, PAGE_SIZE) if buf else None
+            if data is None:
+                return EFAULT
+            if not tm.ensure_free(client):
+                return ENOMEM
+            return tm.put(client, pool, oid, arg2, data)
+        if name == "RESTORE_FLUSH_PAGE":
+            return tm.flush_page(client, pool, oid, arg2)
+        return EPERM
+
+    def _list(self, dom: Domain, cli: int, buf: int, length: int, use_long: int) -> int:
+        tm, b = self.tm, self.host.behaviour
+        if cli == ALL and any(p is not None and p.freed for p in tm.shared):
+            raise HypervisorCrash("LIST walked a shared pool that Xen 4.5 had freed")
+        recs = _listing.records(tm, b, cli, bool(use_long))
+        if recs is None:
+            return EPERM
+        if buf:
+            data = _listing.render(recs, length, b)
+            if not dom.write(buf, data):
+                # copy_to_guest stops at the first bad page; LIST still returns 0
+                for i in range(0, len(data), 256):
+                    if not dom.write(buf + i, data[i:i + 256]):
+                        break
+        return 0
+
+    def _save_end(self, client: Client) -> int:
+        b = self.host.behaviour
+        if b.bug_live_save:
+            if client.dangling_inv:
+                raise HypervisorCrash("SAVE_END freed a stale invalidation list (live save)")
+            if client.inv or client.inv_logged:
+                client.dangling_inv = True
+        client.migrating = False
+        client.inv.clear()
+        client.inv_logged = False
+        client.frozen = client.was_frozen
+        client.saving = False
+        if not b.bug_save_skips_first:
+            for pool in client.pools:
+                if pool is not None:
+                    pool.cursor = None
+        return 0
+
+    def _next_page(self, dom: Domain, pool: Pool, buf: int, length: int) -> int:
+        tm, b = self.tm, self.host.behaviour
+        if not pool.persistent or pool.npages == 0:
+            return EPERM
+        if length < PAGE_SIZE + TMEM_HANDLE.size:
+            return ENOMEM
+        head = pool.head
+        if b.bug_save_skips_first:
+            if pool.cursor is None:
+                pool.cursor = head.next
+            pg = pool.cursor.next
+            pool.cursor = pg
+            if pg is head:  # walked onto the list head: a garbage handle (§9.1)
+                handle = TMEM_HANDLE.pack(pool.slot, 1, 0, 0, tm.next_pointer())
+                self._put(dom, buf, handle)
+                return 0
+        else:
+            pg = (pool.cursor or head).next
+            if pg is head:
+                pool.cursor = None
+                return EPERM
+            pool.cursor = pg
+        handle = TMEM_HANDLE.pack(pool.slot, pg.index, *pg.obj.oid)  # type: ignore[union-attr]
+        if b.bug_save_raw_einval and not pg.csize:
+            self._put(dom, buf, handle)
+            return EINVAL
+        if not self._put(dom, buf, handle + tm.page_bytes(pg)):
+            return EFAULT
+        return 1
+
+    def _next_inv(self, dom: Domain, client: Client, buf: int, length: int) -> int:
+        if length < TMEM_HANDLE.size:
+            return ENOMEM
+        if not client.inv:
+            return 0
+        slot, index, oid = client.inv.pop(0)
+        if self.host.behaviour.bug_live_save:
+            oid = (self.tm.next_pointer(), oid[1], oid[2])
+        return 1 if self._put(dom, buf, TMEM_HANDLE.pack(slot, index, *oid)) else EFAULT
+
+    # ---- 4.8+ client / pool info ------------------------------------------------------------
+
+    def _get_client_info(self, dom: Domain, client: Client | None, cli: int, buf: int) -> int:
+        if client is None or cli == ALL:
+            info = XEN_TMEM_CLIENT.pack(1, MAX_POOLS_PER_DOMAIN, 0, 0, 0)
+        else:
+            flags = (ClientInfoFlags.FROZEN * client.frozen
+                     | ClientInfoFlags.COMPRESS * client.compress
+                     | ClientInfoFlags.MIGRATING * client.migrating)
+            info = XEN_TMEM_CLIENT.pack(1, MAX_POOLS_PER_DOMAIN,
+                                        sum(p is not None for p in client.pools), int(flags),
+                                        client.weight & 0xFFFFFFFF)
+        return 0 if self._put(dom, buf, info) else EFAULT
+
+    def _set_client_info(self, dom: Domain, client: Client | None, cli: int, buf: int) -> int:
+        raw = dom.read(buf, XEN_TMEM_CLIENT.size) if buf else None
+        if raw is None:
+            return EFAULT
+        version, maxpools, _, flags, weight = XEN_TMEM_CLIENT.unpack(raw)
+        if version != 1:
+            return EOPNOTSUPP
+        if maxpools > MAX_POOLS_PER_DOMAIN:
+            return ERANGE
+        tm = self.tm
+        if cli == ALL:
+            targets = list(tm.clients.values())
+        elif client is None:
+            return ENOENT
+        else:
+            targets = [client]
+        for c in targets:
+            tm.set_weight(c, _s32(weight))
+            c.compress = bool(flags & ClientInfoFlags.COMPRESS)
+        return 0
+
+    def _get_pools(self, dom: Domain, client: Client | None, cli: int, buf: int,
+                   length: int) -> int:
+        if cli == ALL or client is None or length % XEN_TMEM_POOL_INFO.size:
+            return EINVAL
+        if length // XEN_TMEM_POOL_INFO.size > MAX_POOLS_PER_DOMAIN:
+            return E2BIG
+        limit = MAX_POOLS_PER_DOMAIN if self.host.behaviour.bug_get_pools_ignores_length \
+            else length // XEN_TMEM_POOL_INFO.size
+        out = bytearray()
+        for slot, pool in enumerate(client.pools):
+            if pool is None:
+                continue
+            if len(out) // XEN_TMEM_POOL_INFO.size >= limit:
+                break
+            flags = (PoolInfoFlags.PERSIST * pool.persistent | PoolInfoFlags.SHARED * pool.shared
+                     | 1 << 24)
+            out += XEN_TMEM_POOL_INFO.pack(int(flags), slot, pool.npages, *pool.uuid)
+        if out and not self._put(dom, buf, bytes(out)):
+            return EFAULT
+        return len(out) // XEN_TMEM_POOL_INFO.size
+
+    def _entries(self, dom: Domain, buf: int, length: int) -> list[tuple[int, ...]] | int:
+        if length % XEN_TMEM_POOL_INFO.size:
+            return EINVAL
+        count = length // XEN_TMEM_POOL_INFO.size
+        if count > MAX_POOLS_PER_DOMAIN:
+            return E2BIG
+        raw = dom.read(buf, length) if buf else None
+        if raw is None:
+            return EFAULT
+        entries = [XEN_TMEM_POOL_INFO.unpack_from(raw, i * XEN_TMEM_POOL_INFO.size)
+                   for i in range(count)]
+        if any(e[2] for e in entries):
+            return EINVAL
+        return entries
+
+    def _client_for(self, cli: int) -> Client | None:
+        """The client of ``cli``, created if its domain exists (4.9+ SET_POOLS / SET_AUTH)."""
+        tm = self.tm
+        client = tm.clients.get(cli)
+        if client is None and cli != ALL:
+            target = self.host.domains.get(cli)
+            if target is not None:
+                client = tm.create_client(target)
+        return client
+
+    def _set_pools(self, dom: Domain, cli: int, buf: int, length: int) -> int:
+        if length % XEN_TMEM_POOL_INFO.size:
+            return EINVAL
+        if length // XEN_TMEM_POOL_INFO.size > MAX_POOLS_PER_DOMAIN:
+            return E2BIG
+        client = self._client_for(cli)
+        if client is None:
+            return ENOMEM
+        entries = self._entries(dom, buf, length) if length else []
+        if isinstance(entries, int):
+            return entries
+        last = 0
+        for flags, slot, _, lo, hi in entries:
+            last = self.tm.new_pool(client, flags & ~PoolFlags.PRECOMPRESSED, (lo, hi),
+                                    slot=slot)
+            if last < 0:
+                return last
+        return last or len(entries)
+
+    def _set_auth(self, dom: Domain, cli: int, buf: int, length: int) -> int:
+        if length == 0:
+            return 0
+        if length % XEN_TMEM_POOL_INFO.size:
+            return EINVAL
+        if length // XEN_TMEM_POOL_INFO.size > MAX_POOLS_PER_DOMAIN:
+            return E2BIG
+        client = self._client_for(cli)
+        if client is None:
+            return ENOMEM
+        entries = self._entries(dom, buf, length)
+        if isinstance(entries, int):
+            return entries
+        last = 0
+        for flags, _, _, lo, hi in entries:
+            last = self.tm.auth(client, (lo, hi), bool(flags & PoolInfoFlags.AUTH))
+            if last < 0:
+                return last
+        return last or len(entries)

@@ -1,0 +1,520 @@
+"""The emulated host: memory budget, domains with guest frames, and the hypercall entry."""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from typing import Any, NoReturn
+
+from xentmem.abi import (
+    DOMID_SELF,
+    MULTICALL_ENTRY,
+    PAGE_SIZE,
+    SYSCTL_INTERFACE_VERSION,
+    SYSCTL_TMEM_OP,
+    TMEM_CLI_ID_NULL,
+    TMEM_OP_CREAT,
+    TMEM_OP_CTRL,
+    TMEM_OP_GEN,
+    XEN_MEMORY_RESERVATION,
+    Hypercall,
+    TmemCmd,
+    XEN_SYSCTL_tmem_op,
+    XenErrno,
+    XenMemOp,
+    XenVersion,
+    XenVersionCmd,
+)
+from xentmem.emulator import _listing
+from xentmem.emulator._behaviour import Behaviour
+from xentmem.emulator._control import Control
+from xentmem.emulator._tmem import HypervisorCrash, Tmem
+from xentmem.errors import EmulatorError, HostCrashed
+
+PAGE = PAGE_SIZE
+STRUCT_SIZE = TMEM_OP_GEN.size
+ENODEV = -XenErrno.ENODEV
+EFAULT = -XenErrno.EFAULT
+ENOSYS = -XenErrno.ENOSYS
+ENOMEM = -XenErrno.ENOMEM
+EINVAL = -XenErrno.EINVAL
+EACCES = -XenErrno.EACCES
+EPERM = -XenErrno.EPERM
+EOPNOTSUPP = -XenErrno.EOPNOTSUPP
+U64 = (1 << 64) - 1
+
+_PUT = int(TmemCmd.TMEM_PUT_PAGE)
+_GET = int(TmemCmd.TMEM_GET_PAGE)
+_unpack_gen = TMEM_OP_GEN.unpack_from
+_unpack_head = struct.Struct("<Ii").unpack_from
+_unpack_entry = MULTICALL_ENTRY.unpack_from
+_pack_result = struct.Struct("<q").pack_into
+_U32 = struct.Struct("<I")
+
+
+class Domain:
+    """One domain: its guest-physical address space of 4 KiB frames.
+
+    Frames ``0 .. max_pages-1`` are addressable; ``populated[f]`` says whether frame ``f`` is RAM
+    of the domain (``nr_pages`` of them). Frame 0 is never handed out and never accepted as a
+    buffer or ``cmfn`` (the null page). Guest addresses are ``frame * 4096 + offset``. Memory is
+    an anonymous mapping, so untouched frames cost nothing.
+    """
+
+    __slots__ = (
+        "avail",
+        "domid",
+        "dying",
+        "max_pages",
+        "mem",
+        "mv",
+        "name",
+        "nr_pages",
+        "populated",
+        "privileged",
+        "size",
+        "tmem_pages",
+    )
+
+    def __init__(self, domid: int, name: str, nr_pages: int, max_pages: int) -> None:
+        self.domid = domid
+        self.name = name
+        self.max_pages = max_pages
+        self.size = max_pages * PAGE
+        self.mem = mmap.mmap(-1, self.size)
+        self.mv = memoryview(self.mem)
+        self.populated = bytearray(max_pages)
+        self.populated[:nr_pages] = b"\x01" * nr_pages
+        self.nr_pages = nr_pages
+        self.avail = bytearray(self.populated)  # RAM frames not yet handed out
+        self.avail[0] = 0
+        self.privileged = domid == 0
+        self.dying = False
+        self.tmem_pages = 0  # persistent tmem pages charged to this domain
+
+    @property
+    def tot_pages(self) -> int:
+        return self.nr_pages + self.tmem_pages
+
+    def valid(self, address: int, size: int) -> bool:
+        """``size`` bytes at guest ``address`` lie in populated frames (never frame 0)."""
+        if address < PAGE or size < 0 or address + size > self.size:
+            return False
+        if size == 0:
+            return True
+        first, last = address >> 12, (address + size - 1) >> 12
+        if first == last:
+            return bool(self.populated[first])
+        return 0 not in self.populated[first:last + 1]
+
+    def frame_offset(self, cmfn: int) -> int:
+        """Byte offset of frame ``cmfn`` if it is a RAM page of this domain, else -1."""
+        if 0 < cmfn < self.max_pages and self.populated[cmfn]:
+            return cmfn << 12
+        return -1
+
+    def read(self, address: int, size: int) -> bytes | None:
+        if not self.valid(address, size):
+            return None
+        return self.mem[address:address + size]
+
+    def write(self, address: int, data: bytes) -> bool:
+        if not self.valid(address, len(data)):
+            return False
+        self.mem[address:address + len(data)] = data
+        return True
+
+    def alloc(self, count: int, *, top: bool) -> int:
+        """``count`` contiguous free RAM frames (from the top for buffers); -1 if none."""
+        run = b"\x01" * count
+        first = self.avail.rfind(run) if top else self.avail.find(run)
+        if first > 0:
+            self.avail[first:first + count] = bytes(count)
+        return first if first > 0 else -1
+
+    def free(self, first: int, count: int) -> None:
+        self.mem[first * PAGE:(first + count) * PAGE] = bytes(count * PAGE)
+        self.avail[first:first + count] = self.populated[first:first + count]
+
+    def close(self) -> None:
+        self.mv.release()
+        self.mem.close()
+
+
+def _parse_version(xen_version: str | XenVersion) -> tuple[XenVersion, str]:
+    version = XenVersion.parse(xen_version)
+    parts = str(xen_version).strip().split(".")
+    extra = "." + parts[2] if len(parts) > 2 and parts[2] else ".0"
+    if not XenVersion(4, 1) <= version:
+        raise ValueError(f"Xen {version} is not emulated (4.1 and later)")
+    return version, extra
+
+
+class EmulatedHost:
+    """A Xen host imitating one release; see the package docstring for the API."""
+
+    def __init__(self, memory_mb: int = 2048, *, xen_version: str | XenVersion = "4.12",
+                 tmem: bool = True, tmem_compress: bool = False,
+                 tmem_shared_auth: bool = False, designed: bool = False,
+                 dom0_memory_mb: int | None = None,
+                 dom0_max_memory_mb: int | None = None) -> None:
+        if memory_mb < 16:
+            raise ValueError(f"host memory must be at least 16 MiB, not {memory_mb}")
+        if dom0_memory_mb is None:
+            dom0_memory_mb = min(256, memory_mb // 4)
+        if not 1 <= dom0_memory_mb < memory_mb:
+            raise ValueError(f"dom0 memory {dom0_memory_mb} MiB does not fit the host "
+                             f"({memory_mb} MiB)")
+        self.version, self.extraversion = _parse_version(xen_version)
+        self.memory_mb = memory_mb
+        self.boot = {"tmem": tmem, "tmem_compress": tmem_compress,
+                     "tmem_shared_auth": tmem_shared_auth}
+        self.designed = designed
+        self.behaviour = Behaviour.for_version(self.version, designed=designed)
+        self.has_tmem = self.version.has_tmem
+        self.tmem_enabled = tmem and self.has_tmem
+        self.heap_free = memory_mb * 256
+        self.tmem = Tmem(self, self.behaviour, compress=tmem_compress,
+                         shared_auth=tmem_shared_auth)
+        self.control = Control(self)
+        self.domains: dict[int, Domain] = {}
+        self.leaked_pools: list[Any] = []
+        self.dangling_shared = False
+        self.crashed: str | None = None
+        self._next_domid = 1
+        dom0_max = dom0_max_memory_mb if dom0_max_memory_mb is not None else memory_mb
+        self._add_domain(0, "Domain-0", dom0_memory_mb, dom0_max)
+        self.tmem.note_heap()  # seed the mid-size reserve from the boot-time free memory
+        self._handlers = {
+            int(Hypercall.tmem_op): self._hc_tmem_op,
+            int(Hypercall.sysctl): self._hc_sysctl,
+            int(Hypercall.xen_version): self._hc_xen_version,
+            int(Hypercall.multicall): self._hc_multicall,
+            int(Hypercall.memory_op): self._hc_memory_op,
+        }
+
+    # ---- domains ----------------------------------------------------------------------------
+
+    def _alive(self) -> None:
+        if self.crashed is not None:
+            raise HostCrashed(f"the emulated Xen {self.version} host crashed: {self.crashed}; "
+                              "every domain is gone")
+
+    def _add_domain(self, domid: int, name: str, memory_mb: int, max_memory_mb: int) -> int:
+        pages = memory_mb * 256
+        if pages > self.heap_free:
+            got = self.tmem.relinquish(pages - self.heap_free)
+            self.heap_free += got
+            if pages > self.heap_free:
+                raise EmulatorError(f"not enough free host memory for {memory_mb} MiB "
+                                    f"({self.heap_free // 256} MiB free)")
+        self.heap_free -= pages
+        self.domains[domid] = Domain(domid, name, pages, max_memory_mb * 256)
+        return domid
+
+    def create_domain(self, name: str, memory_mb: int, max_memory_mb: int | None = None) -> int:
+        """Create a guest with ``memory_mb`` MiB of frames (up to ``max_memory_mb``); its domid."""
+        self._alive()
+        max_memory_mb = memory_mb if max_memory_mb is None else max_memory_mb
+        if not name or any(d.name == name for d in self.domains.values()):
+            raise EmulatorError(f"domain name {name!r} is empty or already used")
+        if not 1 <= memory_mb <= max_memory_mb:
+            raise EmulatorError(f"need 1 <= memory ({memory_mb}) <= max memory "
+                                f"({max_memory_mb}) MiB")
+        domid = self._next_domid
+        if domid >= DOMID_SELF:
+            raise EmulatorError("out of domain ids")
+        self._add_domain(domid, name, memory_mb, max_memory_mb)
+        self._next_domid += 1
+        return domid
+
+    def destroy_domain(self, domid: int) -> None:
+        """Kill a domain: tmem teardown (ref §3.2), then its memory goes back to Xen."""
+        self._alive()
+        dom = self._domain(domid)
+        if domid == 0:
+            raise EmulatorError("domain 0 cannot be destroyed")
+        dom.dying = True
+        client = self.tmem.clients.get(domid)
+        if client is not None:
+            try:
+                self.tmem.destroy_client(client)
+            except HypervisorCrash as crash:
+                self._crash(str(crash))
+        del self.domains[domid]
+        self.heap_free += dom.nr_pages
+        self.tmem.note_heap()
+        dom.close()
+
+    def _domain(self, domid: int) -> Domain:
+        try:
+            return self.domains[domid]
+        except KeyError:
+            raise EmulatorError(f"no domain {domid}") from None
+
+    def domain_info(self, domid: int) -> dict[str, Any]:
+        """Name, memory and tmem charge of one domain."""
+        self._alive()
+        dom = self._domain(domid)
+        return {"domid": domid, "name": dom.name, "nr_pages": dom.nr_pages,
+                "max_pages": dom.max_pages, "tot_pages": dom.tot_pages,
+                "tmem_pages": dom.tmem_pages}
+
+    def tmem_list(self, domid: int | None = None, *, long: bool = False) -> str:
+        """What ``xl tmem-list [-l] <domid>|-a`` prints (the LIST text of ref §4.2 plus the
+        newline xl adds), read through a 32 KiB buffer as libxl does."""
+        self._alive()
+        cli = TMEM_CLI_ID_NULL if domid is None else domid
+        if cli == TMEM_CLI_ID_NULL and any(p is not None and p.freed for p in self.tmem.shared):
+            self._crash("LIST walked a shared pool that Xen 4.5 had freed")
+        recs = _listing.records(self.tmem, self.behaviour, cli, long)
+        if recs is None:
+            raise EmulatorError(f"domain {domid} is not a tmem client")
+        text = _listing.render(recs, 32768, self.behaviour)
+        return text[:text.index(b"\0")].decode() + "\n"
+
+    def _crash(self, reason: str) -> NoReturn:
+        self.crashed = reason
+        for dom in self.domains.values():
+            dom.close()
+        self.domains.clear()
+        self.tmem.close()
+        self.tmem = Tmem(self, self.behaviour, compress=False, shared_auth=False)
+        raise HostCrashed(f"the emulated Xen {self.version} host crashed: {reason}; every "
+                          "domain is gone")
+
+    # ---- guest memory (what transports use for buffers and frames) ---------------------------
+
+    def alloc_frames(self, domid: int, count: int = 1, *, buffer: bool = False) -> int:
+        """Reserve ``count`` contiguous RAM frames of ``domid``; the first frame number.
+
+        Hypercall buffers (``buffer=True``) come from the top of the domain's memory, page
+        frames for PUT/GET from the bottom.
+        """
+        self._alive()
+        if count < 1:
+            raise ValueError(f"frame count must be positive, not {count}")
+        first = self._domain(domid).alloc(count, top=buffer)
+        if first < 0:
+            raise EmulatorError(f"domain {domid} has no {count} free contiguous frame(s)")
+        return first
+
+    def free_frames(self, domid: int, first: int, count: int = 1) -> None:
+        """Give back frames from ``alloc_frames`` (zeroed)."""
+        dom = self.domains.get(domid)
+        if dom is not None:
+            dom.free(first, count)
+
+    def read_memory(self, domid: int, address: int, size: int) -> bytes:
+        """Bytes of guest memory; ``EmulatorError`` outside the domain's RAM."""
+        self._alive()
+        data = self._domain(domid).read(address, size)
+        if data is None:
+            raise EmulatorError(f"domain {domid}: no RAM at {address:#x}+{size}")
+        return data
+
+    def write_memory(self, domid: int, address: int, data: bytes) -> None:
+        """Write guest memory; ``EmulatorError`` outside the domain's RAM."""
+        self._alive()
+        if not self._domain(domid).write(address, bytes(data)):
+            raise EmulatorError(f"domain {domid}: no RAM at {address:#x}+{len(data)}")
+
+    # ---- the hypercall entry ----------------------------------------------------------------
+
+    def hypercall(self, domid: int, op: int, *args: int) -> int:
+        """Issue hypercall ``op`` as domain ``domid``; returns Xen's (signed) result.
+
+        Never raises for anything the guest passed: bad pointers, frames, fields and commands
+        give the negative errno Xen would. Raises ``HostCrashed`` when this call crashed the
+        imitated hypervisor (or it had crashed before) and ``EmulatorError`` for an unknown
+        ``domid`` (a caller bug, not guest input).
+        """
+        if self.crashed is not None:
+            self._alive()
+        dom = self.domains.get(domid)
+        if dom is None:
+            raise EmulatorError(f"no domain {domid}")
+        try:
+            if op == 38 and len(args) >= 1:  # the data path: skip the generic argument shuffle
+                return self._hc_tmem_op(dom, args[0] & U64)
+            handler = self._handlers.get(op)
+            if handler is None:
+                return ENOSYS
+            a = [x & U64 for x in args[:6]]
+            a += [0] * (6 - len(a))
+            return handler(dom, *a)
+        except HypervisorCrash as crash:
+            self._crash(str(crash))
+
+    def _hc_tmem_op(self, dom: Domain, addr: int, *_: int) -> int:
+        """``do_tmem_op`` in the dispatch order of ref §2.1."""
+        if not self.has_tmem:
+            return ENOSYS
+        if not self.tmem_enabled:
+            return ENODEV
+        tm = self.tmem
+        tm.Tt += 1
+        cc = tm.clients.get(dom.domid)
+        if cc is not None and dom.dying:
+            tm.Te += 1
+            return ENODEV
+        if addr < PAGE or addr + STRUCT_SIZE > dom.size or not dom.populated[addr >> 12] \
+                or not dom.populated[(addr + STRUCT_SIZE - 1) >> 12]:
+            tm.Te += 1
+            return EFAULT
+        mem = dom.mem
+        cmd, pool_id = _unpack_head(mem, addr)
+        if cmd in (_PUT, _GET):  # the hot path
+            if cc is None:
+                cc = tm.create_client(dom)
+            if not 0 <= pool_id < 16 or (pool := cc.pools[pool_id]) is None:
+                tm.Te += 1
+                return ENODEV
+            t = _unpack_gen(mem, addr)
+            cmfn = t[9]
+            off = cmfn << 12 if 0 < cmfn < dom.max_pages and dom.populated[cmfn] else -1
+            if cmd == _PUT:
+                if not tm.ensure_free(cc):
+                    tm.Te += 1
+                    return ENOMEM
+                rc = tm.put(cc, pool, t[2:5], t[5], dom.mv[off:off + PAGE] if off > 0 else None)
+            else:
+                rc = tm.get(cc, pool, t[2:5], t[5], mem, off)
+            if rc < 0:
+                tm.Te += 1
+            return rc
+        rc = self._tmem_other(dom, cc, cmd, pool_id, addr)
+        if rc < 0:
+            tm.Te += 1
+        return rc
+
+    def _tmem_other(self, dom: Domain, cc: Any, cmd: int, pool_id: int, addr: int) -> int:
+        tm, b, mem = self.tmem, self.behaviour, dom.mem
+        if cmd == TmemCmd.TMEM_CONTROL:
+            if not b.control_hypercall:
+                return EOPNOTSUPP
+            if b.control_privileged and not dom.privileged:
+                return EPERM
+            return self.control.tmem_control(dom, TMEM_OP_CTRL.unpack_from(mem, addr))
+        if cmd in (TmemCmd.TMEM_AUTH, TmemCmd.TMEM_RESTORE_NEW):
+            if not b.auth_restore_hypercall:
+                return EOPNOTSUPP
+            _, _, lo, hi, flags, arg1 = TMEM_OP_CREAT.unpack_from(mem, addr)
+            if cmd == TmemCmd.TMEM_AUTH:
+                return self.control.tmem_auth(dom, arg1, flags, (lo, hi))
+            return self.control.restore_new(dom, pool_id, arg1, flags, (lo, hi))
+        if cc is None:
+            cc = tm.create_client(dom)
+        t = _unpack_gen(mem, addr)
+        if cmd == TmemCmd.TMEM_NEW_POOL:
+            _, _, lo, hi, flags, _ = TMEM_OP_CREAT.unpack_from(mem, addr)
+            return tm.new_pool(cc, flags, (lo, hi))
+        if cmd == TmemCmd.TMEM_DESTROY_POOL:
+            return tm.destroy_pool(cc, pool_id)
+        if not 0 <= pool_id < 16 or (pool := cc.pools[pool_id]) is None:
+            return ENODEV
+        oid, index = t[2:5], t[5]
+        if cmd == TmemCmd.TMEM_FLUSH_PAGE:
+            return tm.flush_page(cc, pool, oid, index)
+        if cmd == TmemCmd.TMEM_FLUSH_OBJECT:
+            return tm.flush_object(cc, pool, oid)
+        if b.old_page_ops:
+            off = dom.frame_offset(t[9])
+            if cmd == TmemCmd.TMEM_NEW_PAGE:
+                if not tm.ensure_free(cc):
+                    return ENOMEM
+                return tm.put(cc, pool, oid, index, bytes(PAGE))
+            if cmd in (TmemCmd.TMEM_READ, TmemCmd.TMEM_WRITE):
+                return tm.partial(cc, pool, oid, index, mem, off, t[6], t[7], t[8],
+                                  cmd == TmemCmd.TMEM_WRITE)
+            return 0  # TMEM_XCHG and unknown commands
+        return ENOSYS
+
+    def _hc_sysctl(self, dom: Domain, addr: int, *_: int) -> int:
+        """``do_sysctl``: copy-in, interface version, privilege, then the tmem op only."""
+        raw = dom.read(addr, SYSCTL_TMEM_OP.size)
+        if raw is None:
+            return EFAULT
+        fields = SYSCTL_TMEM_OP.unpack(raw)
+        expected = SYSCTL_INTERFACE_VERSION.get(self.version)
+        if expected is not None and fields[1] != expected:
+            return EACCES
+        if not dom.privileged:
+            return EPERM
+        if fields[0] != XEN_SYSCTL_tmem_op or not self.behaviour.sysctl or not self.has_tmem:
+            return ENOSYS
+        return self.control.sysctl(dom, fields)
+
+    def _hc_xen_version(self, dom: Domain, cmd: int, arg: int, *_: int) -> int:
+        if cmd == XenVersionCmd.XENVER_version:
+            return self.version.word
+        if cmd == XenVersionCmd.XENVER_extraversion:
+            text = self.extraversion.encode()[:15].ljust(16, b"\0")
+            return 0 if dom.write(arg, text) else EFAULT
+        if cmd == XenVersionCmd.XENVER_pagesize:
+            return PAGE
+        return ENOSYS
+
+    def _hc_multicall(self, dom: Domain, addr: int, count: int, *_: int) -> int:
+        """Run ``count`` 64-byte ``multicall_entry``s, writing each result back in place."""
+        size = MULTICALL_ENTRY.size
+        if count > 0x10000 or not dom.valid(addr, count * size):
+            return EFAULT
+        mem = dom.mem
+        handlers = self._handlers
+        tmem_op = self._hc_tmem_op
+        for pos in range(addr, addr + count * size, size):
+            op, _, a0, a1, a2, a3, a4, a5 = _unpack_entry(mem, pos)
+            if op == 38:
+                rc = tmem_op(dom, a0)
+            elif op == Hypercall.multicall:
+                rc = EINVAL  # Xen refuses multicall reentry
+            else:
+                handler = handlers.get(op)
+                rc = handler(dom, a0, a1, a2, a3, a4, a5) if handler is not None else ENOSYS
+            _pack_result(mem, pos + 8, rc)
+        return 0
+
+    def _hc_memory_op(self, dom: Domain, cmd: int, addr: int, *_: int) -> int:
+        """XENMEM_increase/decrease_reservation for DOMID_SELF (how a PV domain gets frames)."""
+        if cmd not in (XenMemOp.XENMEM_increase_reservation,
+                       XenMemOp.XENMEM_decrease_reservation):
+            return ENOSYS
+        raw = dom.read(addr, XEN_MEMORY_RESERVATION.size)
+        if raw is None:
+            return EFAULT
+        extents, nr, order, _flags, domid = XEN_MEMORY_RESERVATION.unpack(raw)
+        if domid not in (DOMID_SELF, dom.domid):
+            return EPERM if not dom.privileged else ENOSYS
+        if order != 0 or nr > 1 << 20:
+            return EINVAL
+        if not dom.valid(extents, nr * 8):
+            return EFAULT
+        done = 0
+        if cmd == XenMemOp.XENMEM_increase_reservation:
+            for _ in range(nr):
+                frame = dom.populated.find(0, 1)
+                if dom.tot_pages >= dom.max_pages or frame < 0:
+                    break
+                if self.heap_free <= 0:
+                    self.heap_free += self.tmem.relinquish(1)
+                    if self.heap_free <= 0:
+                        break
+                dom.write(extents + done * 8, frame.to_bytes(8, "little"))
+                dom.populated[frame] = 1
+                dom.avail[frame] = 1
+                dom.nr_pages += 1
+                self.heap_free -= 1
+                done += 1
+            return done
+        for i in range(nr):
+            frame = int.from_bytes(dom.mem[extents + i * 8:extents + i * 8 + 8], "little")
+            if not 0 < frame < dom.max_pages or not dom.populated[frame]:
+                break
+            dom.populated[frame] = 0
+            dom.avail[frame] = 0
+            dom.mem[frame * PAGE:(frame + 1) * PAGE] = bytes(PAGE)
+            dom.nr_pages -= 1
+            self.heap_free += 1
+            done += 1
+        return done

@@ -1,0 +1,785 @@
+"""Hypervisor-side tmem: clients, pools, objects, pages, LRU lists, eviction (ref §3).
+
+This module knows nothing about bytes on the wire: the entry (``_entry.py``) decodes structs and
+resolves guest addresses, then calls ``Tmem`` methods with plain values, a domain's memory and a
+byte offset into it (``-1`` when the frame is not a RAM page of the caller). Methods return what
+Xen's C functions return (ints, negative errno). The one exception that may leave this module on
+purpose is ``HypervisorCrash``: a path where the imitated release dereferenced freed memory.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import lz4.block
+
+from xentmem.abi import (
+    MAX_GLOBAL_SHARED_POOLS,
+    MAX_POOLS_PER_DOMAIN,
+    PAGE_SIZE,
+    TMEM_SPEC_VERSION,
+    PoolFlags,
+    XenErrno,
+)
+
+if TYPE_CHECKING:
+    from xentmem.emulator._behaviour import Behaviour
+    from xentmem.emulator._host import Domain, EmulatedHost
+
+PAGE = PAGE_SIZE
+# Xen's sub-page allocator (xmem pool) serves at most one page minus two block headers; a
+# compressed page only pays when it fits there (§3.7), else it is stored raw and counted in `cn`.
+SUBPAGE_MAX = PAGE - 32
+# Stand-in for the addresses of hypervisor objects that leaked into guest-visible handles (§9.1).
+XEN_POINTER = 0xFFFF830000000000
+UUID_NONE = (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
+
+EPERM = -XenErrno.EPERM
+ENOENT = -XenErrno.ENOENT
+ENOMEM = -XenErrno.ENOMEM
+EFAULT = -XenErrno.EFAULT
+EINVAL = -XenErrno.EINVAL
+ENOSPC = -XenErrno.ENOSPC
+EFROZEN = -XenErrno.EFROZEN
+EEMPTY = -XenErrno.EEMPTY
+
+_compress = lz4.block.compress
+_decompress = lz4.block.decompress
+
+
+class HypervisorCrash(Exception):
+    """The imitated hypervisor would have crashed here (ref §9); ``str()`` says why."""
+
+
+class Page:
+    """A page descriptor (Xen's ``pgp``). A raw page's ``data`` is its byte offset in the
+    host's page arena (``csize`` 0); a compressed page's ``data`` is the compressed bytes.
+    ``prev``/``next`` link persistent pages in put order (save walks it)."""
+
+    __slots__ = ("csize", "data", "index", "next", "obj", "prev")
+
+    def __init__(self, obj: Obj | None, index: int, data: bytes | int, csize: int) -> None:
+        self.obj = obj
+        self.index = index
+        self.data = data
+        self.csize = csize
+        self.prev: Page = self
+        self.next: Page = self
+
+
+class Obj:
+    """An object: the pages of one 192-bit oid in one pool."""
+
+    __slots__ = ("last_client", "oid", "pages", "pool")
+
+    def __init__(self, pool: Pool, oid: tuple[int, int, int]) -> None:
+        self.pool = pool
+        self.oid = oid
+        self.pages: dict[int, Page] = {}
+        self.last_client = -1
+
+
+class Pool:
+    """A tmem pool. ``client`` is the owner; ``slot`` its local id in the owner's table."""
+
+    __slots__ = (
+        "Nm",
+        "Om",
+        "Pm",
+        "client",
+        "cursor",
+        "dangerous",
+        "flags",
+        "freed",
+        "fs",
+        "ft",
+        "gs",
+        "gslot",
+        "gt",
+        "head",
+        "npages",
+        "objs",
+        "os",
+        "ot",
+        "pd",
+        "persistent",
+        "pr",
+        "ps",
+        "pt",
+        "px",
+        "shared",
+        "sharers",
+        "slot",
+        "uuid",
+    )
+
+    def __init__(self, client: Client, slot: int, flags: int, persistent: bool, shared: bool,
+                 uuid: tuple[int, int]) -> None:
+        self.client = client
+        self.slot = slot
+        self.flags = flags
+        self.persistent = persistent
+        self.shared = shared
+        self.uuid = uuid
+        self.objs: dict[tuple[int, int, int], Obj] = {}
+        self.npages = 0
+        self.sharers: list[Client] = []
+        self.gslot = -1
+        self.head = Page(None, 0, b"", 0)  # sentinel of the persistent page list
+        self.cursor: Page | None = None  # SAVE_GET_NEXT_PAGE position
+        self.freed = False  # freed by Xen but still referenced (4.5 share-list defects)
+        self.dangerous = False  # a later related call dereferences it: hypervisor crash
+        self.pt = self.ps = self.pr = self.pd = self.px = 0
+        self.gt = self.gs = self.ft = self.fs = self.ot = self.os = 0
+        self.Pm = self.Om = self.Nm = 0
+
+    @property
+    def type_letters(self) -> str:
+        return ("P" if self.persistent else "E") + ("S" if self.shared else "P")
+
+    def pages_in_order(self) -> list[Page]:
+        """Persistent pages in put order."""
+        out, p = [], self.head.next
+        while p is not self.head:
+            out.append(p)
+            p = p.next
+        return out
+
+    def radix_nodes(self) -> int:
+        """Radix-tree nodes of all objects (64-slot nodes; Xen's ``Nc``), computed on demand."""
+        total = 0
+        for obj in self.objs.values():
+            top = max(obj.pages)
+            height = 1
+            while top >> (6 * height):
+                height += 1
+            for level in range(1, height + 1):
+                total += len({i >> (6 * level) for i in obj.pages})
+        return total
+
+
+class Client:
+    """One tmem client per domain (``cli_id`` = domid)."""
+
+    __slots__ = (
+        "Em", "Ge", "Gp", "Pp", "auth", "cap", "cb", "cm", "cn", "compress", "cp", "dangling_inv",
+        "dom", "domid", "eph", "eph_count", "frozen", "inv", "inv_logged", "migrating", "pools",
+        "saving", "was_frozen", "weight",
+    )
+
+    def __init__(self, dom: Domain, compress: bool) -> None:
+        self.dom = dom
+        self.domid = dom.domid
+        self.weight = 0
+        self.cap = 0
+        self.compress = compress
+        self.frozen = False
+        self.was_frozen = False
+        self.saving = False
+        self.migrating = False
+        self.pools: list[Pool | None] = [None] * MAX_POOLS_PER_DOMAIN
+        self.auth: list[tuple[int, int]] = []
+        self.eph: OrderedDict[Page, None] = OrderedDict()
+        self.eph_count = 0
+        self.inv: list[tuple[int, int, tuple[int, int, int]]] = []
+        self.inv_logged = False
+        self.dangling_inv = False
+        self.Em = self.Ge = self.Pp = self.Gp = 0
+        self.cp = self.cb = self.cn = self.cm = 0
+
+
+def _cdiv(a: int, b: int) -> int:
+    """C integer division (truncates toward zero)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+class Tmem:
+    """The hypervisor's tmem state and the guest operations on it."""
+
+    def __init__(self, host: EmulatedHost, behaviour: Behaviour, *, compress: bool,
+                 shared_auth: bool) -> None:
+        self.host = host
+        self.b = behaviour
+        self.compress_default = compress
+        self.shared_auth = shared_auth
+        self.clients: dict[int, Client] = {}
+        self.shared: list[Pool | None] = [None] * MAX_GLOBAL_SHARED_POOLS
+        self.auth_disabled = False  # global "authorisation not required" flag
+        self.g_eph: OrderedDict[Page, None] = OrderedDict()
+        self.eph_count = 0
+        self.weight_sum = 0
+        self.raw_pages = 0  # pages holding one raw page each
+        self.cbytes = 0  # bytes of compressed pages (packed into sub-page allocations)
+        self.free_list = 0  # `Ta`: pages tmem keeps for reuse
+        self.reserve = 0  # Xen's mid-size reserve: max ever seen of free/128
+        self.npages = 0  # page descriptors
+        self.nobjs = 0
+        # Raw pages live in one arena the size of host RAM (tmem can never hold more): a PUT
+        # copies into a slot and a GET copies out, no allocation per page. Freed slots are
+        # reused first, like tmem's own free list.
+        self.arena = mmap.mmap(-1, host.memory_mb << 20)
+        self.av = memoryview(self.arena)
+        self.free_slots: list[int] = []
+        self.next_slot = 0
+        self.leak_pages = 0  # counters that real releases never decremented (§9)
+        self.leak_frames = 0
+        self.ptr_seq = 0
+        self.Tt = self.Te = self.Cf = self.Af = self.Pf = self.Lm = self.Et = self.Ea = 0
+        self.Rt = self.Ra = self.Rx = self.Fp = self.Ep = 0
+        self.Em = self.Om = self.Pm = self.Fm = self.Nm = 0
+
+    # ---- memory -----------------------------------------------------------------------------
+
+    @property
+    def used_pages(self) -> int:
+        return self.raw_pages + ((self.cbytes + PAGE - 1) >> 12)
+
+    def _grow(self, pages: int) -> bool:
+        """Take ``pages`` (0 or 1) more pages for storage: tmem's free list, then Xen's heap."""
+        if pages <= 0:
+            if pages < 0:
+                self.free_list -= pages
+            return True
+        if self.free_list:
+            self.free_list -= 1
+            return True
+        host = self.host
+        if host.heap_free > 0:
+            host.heap_free -= 1
+            return True
+        return False
+
+    def _store(self, client: Client, src) -> tuple[bytes | int, int] | None:
+        """Storage for one page: compressed bytes when the owner compresses and it pays,
+        else a slot of the page arena. Returns ``(data, csize)`` for ``Page``."""
+        if client.compress:
+            packed = _compress(src, store_size=False)
+            size = len(packed)
+            if size < SUBPAGE_MAX:
+                before = (self.cbytes + PAGE - 1) >> 12
+                after = (self.cbytes + size + PAGE - 1) >> 12
+                if not self._grow(after - before):
+                    client.cm += 1
+                    return None
+                self.cbytes += size
+                client.cp += 1
+                client.cb += size
+                return packed, size
+            client.cn += 1
+        if not self._grow(1):
+            return None
+        self.raw_pages += 1
+        slots = self.free_slots
+        if slots:
+            at = slots.pop()
+        else:
+            at = self.next_slot
+            self.next_slot = at + PAGE
+        self.av[at:at + PAGE] = src
+        return at, 0
+
+    def _release(self, pg: Page) -> None:
+        csize = pg.csize
+        if csize:
+            before = (self.cbytes + PAGE - 1) >> 12
+            self.cbytes -= csize
+            self.free_list += before - ((self.cbytes + PAGE - 1) >> 12)
+        else:
+            self.raw_pages -= 1
+            self.free_list += 1
+            self.free_slots.append(pg.data)
+
+    def note_heap(self) -> None:
+        """Pages went back to Xen's heap: the mid-size reserve is the max ever seen of
+        free/128 (``init_heap_pages``)."""
+        reserve = self.host.heap_free // 128
+        if reserve > self.reserve:
+            self.reserve = reserve
+
+    def free_mb(self) -> int:
+        return (self.free_list + max(0, self.host.heap_free - self.reserve)) >> 8
+
+    def ensure_free(self, cc: Client) -> bool:
+        """The "ensure 1 MiB free" step before every PUT (§3.4)."""
+        if self.free_list + self.host.heap_free - self.reserve >= 256:
+            return True
+        failed = 0
+        while self.free_mb() < 1:
+            if not self.evict(cc):
+                failed += 1
+                if failed >= 10:
+                    return not self.b.ensure_free_gives_up
+        return True
+
+    def relinquish(self, pages: int) -> int:
+        """Xen's allocator taking pages back from tmem (free list, else evictions)."""
+        self.Ra += 1
+        got = evictions = 0
+        while got < pages:
+            if self.free_list:
+                self.free_list -= 1
+                got += 1
+                continue
+            if evictions >= 10 or not self.evict(None):
+                break
+            evictions += 1
+        self.Rx = max(self.Rx, evictions)
+        self.Rt += got
+        return got
+
+    def close(self) -> None:
+        self.av.release()
+        self.arena.close()
+
+    def give_back_free_list(self) -> int:
+        """Return tmem's whole free list to Xen's heap; the number of pages."""
+        pages, self.free_list = self.free_list, 0
+        self.host.heap_free += pages
+        self.note_heap()
+        return pages
+
+    # ---- clients ----------------------------------------------------------------------------
+
+    def client(self, domid: int) -> Client | None:
+        return self.clients.get(domid)
+
+    def create_client(self, dom: Domain) -> Client:
+        client = Client(dom, self.compress_default)
+        self.clients[dom.domid] = client
+        return client
+
+    def set_weight(self, client: Client, weight: int) -> None:
+        self.weight_sum += weight - client.weight
+        client.weight = weight
+
+    # ---- eviction ---------------------------------------------------------------------------
+
+    def over_quota(self, c: Client) -> bool:
+        """Literal ``tmem_client_over_quota`` (§3.5), inverted as the code was."""
+        total = self.weight_sum
+        if total == 0 or c.weight == 0 or c.eph_count == 0:
+            return False
+        return _cdiv(self.eph_count * 100, c.eph_count) > _cdiv(total * 100, c.weight)
+
+    def evict(self, cc: Client | None) -> bool:
+        self.Ea += 1
+        if cc is not None and cc.eph and self.over_quota(cc):
+            victim = next(iter(cc.eph))
+        elif self.g_eph:
+            victim = next(iter(self.g_eph))
+        else:
+            return False
+        self.remove_page(victim)
+        self.Et += 1
+        return True
+
+    # ---- pages ------------------------------------------------------------------------------
+
+    def remove_page(self, pg: Page, *, leak: bool = False, release: bool = True) -> None:
+        """Drop a page (and its object when it was the last). ``leak`` keeps the global and
+        client counters one too high, as 4.5/4.12 did on a failed destructive GET."""
+        obj = pg.obj
+        pool = obj.pool  # type: ignore[union-attr]
+        del obj.pages[pg.index]  # type: ignore[union-attr]
+        pool.npages -= 1
+        if not obj.pages:  # type: ignore[union-attr]
+            del pool.objs[obj.oid]  # type: ignore[union-attr]
+            self.nobjs -= 1
+        if release:
+            self._release(pg)
+        owner = pool.client
+        if pool.persistent:
+            if pool.cursor is pg:
+                pool.cursor = pg.prev if pg.prev is not pool.head else None
+            pg.prev.next = pg.next
+            pg.next.prev = pg.prev
+            owner.dom.tmem_pages -= 1
+            self.npages -= 1
+            return
+        del self.g_eph[pg]
+        del owner.eph[pg]
+        if leak:
+            self.leak_pages += 1
+            self.leak_frames += 1
+            return
+        self.npages -= 1
+        self.eph_count -= 1
+        owner.eph_count -= 1
+
+    def put(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int,
+            data) -> int:
+        """PUT (§2.2): ``data`` is the 4 KiB page (any buffer), or None when the frame is
+        bad."""
+        pool.pt += 1
+        if pool.dangerous:
+            raise HypervisorCrash("PUT into a shared pool that Xen 4.5 had already freed")
+        obj = pool.objs.get(oid)
+        if obj is not None:
+            pg = obj.pages.get(index)
+            if pg is not None:
+                return self._dup_put(cc, pool, obj, pg, data)
+        if cc.frozen:
+            pool.px += 1
+            return EFROZEN
+        owner = pool.client
+        if pool.persistent:
+            dom = owner.dom
+            if dom.tmem_pages + dom.nr_pages >= dom.max_pages:
+                pool.px += 1
+                self.Pf += 1
+                return ENOMEM
+        if data is None:
+            pool.px += 1
+            self.Cf += 1
+            return EFAULT
+        stored = self._store(owner, data)
+        if stored is None:
+            pool.px += 1
+            self.Pf += 1
+            return ENOMEM
+        if obj is None:
+            obj = pool.objs[oid] = Obj(pool, oid)
+            self.nobjs += 1
+            if self.nobjs > self.Om:
+                self.Om = self.nobjs
+            if len(pool.objs) > pool.Om:
+                pool.Om = len(pool.objs)
+        pg = Page(obj, index, stored[0], stored[1])
+        obj.pages[index] = pg
+        pool.npages += 1
+        if pool.npages > pool.Pm:
+            pool.Pm = pool.npages
+        self.npages += 1
+        if self.npages > self.Pm:
+            self.Pm = self.npages
+        if pool.persistent:
+            head = pool.head
+            tail = head.prev
+            pg.prev = tail
+            pg.next = head
+            tail.next = pg
+            head.prev = pg
+            owner.dom.tmem_pages += 1
+            cc.Pp += 1
+        else:
+            self.g_eph[pg] = None
+            owner.eph[pg] = None
+            self.eph_count += 1
+            owner.eph_count += 1
+            if self.eph_count > self.Em:
+                self.Em = self.eph_count
+            if owner.eph_count > owner.Em:
+                owner.Em = owner.eph_count
+            self.Ep += 1
+        obj.last_client = owner.domid if self.b.bug_owner_marks_objects else cc.domid
+        pool.ps += 1
+        return 1
+
+    def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, data) -> int:
+        owner = pool.client
+        if owner.migrating:
+            self._flush_one(pool, pg)
+            pool.pd += 1
+            return ENOSPC
+        if data is None:
+            self._flush_one(pool, pg)
+            pool.pd += 1
+            self.Cf += 1
+            return EFAULT
+        self._release(pg)  # the old copy goes first, as in Xen
+        stored = self._store(owner, data)
+        if stored is None:
+            self._flush_one(pool, pg, release=False)
+            pool.pd += 1
+            return ENOSPC
+        pg.data, pg.csize = stored
+        obj.last_client = owner.domid if self.b.bug_owner_marks_objects else cc.domid
+        pool.pr += 1
+        pool.ps += 1
+        return 1
+
+    def _flush_one(self, pool: Pool, pg: Page, *, release: bool = True) -> None:
+        owner = pool.client
+        if pool.persistent and owner.migrating:
+            owner.inv.append((pool.slot, pg.index, pg.obj.oid))  # type: ignore[union-attr]
+            owner.inv_logged = True
+        self.remove_page(pg, release=release)
+
+    def page_bytes(self, pg: Page) -> bytes:
+        """The 4 KiB content of a page."""
+        if pg.csize:
+            return _decompress(pg.data, uncompressed_size=PAGE)
+        at = pg.data
+        return self.arena[at:at + PAGE]
+
+    def get(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int, mem,
+            off: int) -> int:
+        """GET (§2.2) into ``mem[off:off+4096]``; ``off`` < 0 means a bad frame."""
+        if pool.npages == 0:
+            return EEMPTY
+        pool.gt += 1
+        obj = pool.objs.get(oid)
+        if obj is None:
+            return 0
+        pg = obj.pages.get(index)
+        if pg is None:
+            return 0
+        persistent = pool.persistent
+        if off < 0:
+            self.Cf += 1
+            if not persistent and not pool.shared and self.b.bug_get_fault_consumes:
+                self.remove_page(pg, leak=True)
+            return EFAULT
+        if pg.csize:
+            mem[off:off + PAGE] = _decompress(pg.data, uncompressed_size=PAGE)
+        else:
+            at = pg.data
+            mem[off:off + PAGE] = self.av[at:at + PAGE]
+        if persistent:
+            cc.Gp += 1
+        elif pool.shared:
+            self.g_eph.move_to_end(pg)
+            pool.client.eph.move_to_end(pg)
+            obj.last_client = cc.domid
+            cc.Ge += 1
+        else:
+            self.remove_page(pg)
+            cc.Ge += 1
+        pool.gs += 1
+        return 1
+
+    def flush_page(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int) -> int:
+        pool.ft += 1
+        obj = pool.objs.get(oid)
+        if obj is not None:
+            pg = obj.pages.get(index)
+            if pg is not None:
+                self._flush_one(pool, pg)
+                pool.fs += 1
+        return EFROZEN if cc.frozen else 1
+
+    def flush_object(self, cc: Client, pool: Pool, oid: tuple[int, int, int]) -> int:
+        pool.ot += 1
+        obj = pool.objs.get(oid)
+        if obj is not None:
+            for pg in list(obj.pages.values()):
+                self._flush_one(pool, pg)
+            pool.os += 1
+        return EFROZEN if cc.frozen else 1
+
+    def partial(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int, mem,
+                off: int, tmem_offset: int, pfn_offset: int, length: int, write: bool) -> int:
+        """TMEM_READ / TMEM_WRITE (<= 4.3): a byte range of a page."""
+        if tmem_offset > PAGE or pfn_offset > PAGE or length > PAGE \
+                or tmem_offset + length > PAGE or pfn_offset + length > PAGE:
+            return EINVAL
+        if off < 0:
+            return EFAULT
+        obj = pool.objs.get(oid)
+        pg = obj.pages.get(index) if obj is not None else None
+        if write:
+            page = bytearray(self.page_bytes(pg) if pg is not None else bytes(PAGE))
+            page[tmem_offset:tmem_offset + length] = mem[off + pfn_offset:
+                                                         off + pfn_offset + length]
+            return self.put(cc, pool, oid, index, bytes(page))
+        if pool.npages == 0:
+            return EEMPTY
+        if pg is None:
+            return 0
+        data = self.page_bytes(pg)
+        mem[off + pfn_offset:off + pfn_offset + length] = data[tmem_offset:tmem_offset + length]
+        if not pool.persistent and not pool.shared:
+            self.remove_page(pg)
+        return 1
+
+    # ---- pools ------------------------------------------------------------------------------
+
+    def check_flags(self, flags: int) -> int:
+        """NEW_POOL flag validation in Xen's order; 0 when acceptable, else -EPERM."""
+        if flags >> 24 != TMEM_SPEC_VERSION:
+            return EPERM
+        if (self.b.shared_persist_refused and flags & PoolFlags.PERSIST
+                and flags & PoolFlags.SHARED):
+            return EPERM
+        if flags & PoolFlags.PAGESIZE_MASK:
+            return EPERM
+        if flags & PoolFlags.PRECOMPRESSED:
+            return EPERM
+        if flags & PoolFlags.RESERVED_BITS:
+            return EPERM
+        return 0
+
+    def new_pool(self, cc: Client, flags: int, uuid: tuple[int, int],
+                 slot: int | None = None) -> int:
+        """NEW_POOL (or RESTORE_NEW / SET_POOLS with a requested ``slot``)."""
+        rc = self.check_flags(flags)
+        if rc:
+            return rc
+        if slot is None:
+            slot = next((i for i, p in enumerate(cc.pools) if p is None), -1)
+            if slot < 0:
+                return EPERM
+        elif not 0 <= slot < MAX_POOLS_PER_DOMAIN or cc.pools[slot] is not None:
+            return EPERM
+        persistent = bool(flags & PoolFlags.PERSIST)
+        shared = bool(flags & PoolFlags.SHARED)
+        if shared:
+            if any(p is not None and p.dangerous for p in self.shared):
+                raise HypervisorCrash("shared NEW_POOL walked a freed pool in the global table")
+            needs_auth = (self.b.auth_always or self.shared_auth) and not self.auth_disabled
+            if uuid == UUID_NONE or (needs_auth and uuid not in cc.auth):
+                shared = False  # silently a private pool (§3.9)
+        if shared:
+            for pool in self.shared:
+                if pool is not None and pool.uuid == uuid and not pool.freed:
+                    cc.pools[slot] = pool
+                    pool.sharers.append(cc)
+                    return slot
+            gslot = next((i for i, p in enumerate(self.shared) if p is None), -1)
+            if gslot < 0:
+                return EPERM
+            pool = Pool(cc, slot, flags, persistent, True, uuid)
+            pool.gslot = gslot
+            self.shared[gslot] = pool
+            if not self.b.bug_creator_not_sharer:
+                pool.sharers.append(cc)
+        else:
+            pool = Pool(cc, slot, flags, persistent, False, uuid)
+        cc.pools[slot] = pool
+        return slot
+
+    def _drop_pages(self, pool: Pool, *, leak: bool = False) -> None:
+        for obj in list(pool.objs.values()):
+            for pg in list(obj.pages.values()):
+                self.remove_page(pg, leak=leak)
+
+    def destroy_pool(self, cc: Client, pool_id: int) -> int:
+        """DESTROY_POOL: 1 if a pool was in the slot, else 0."""
+        if not 0 <= pool_id < MAX_POOLS_PER_DOMAIN:
+            return 0
+        pool = cc.pools[pool_id]
+        if pool is None:
+            return 0
+        if pool.dangerous:
+            raise HypervisorCrash("DESTROY_POOL of a shared pool that Xen 4.5 had already freed")
+        if self.b.bug_live_save and pool.client.migrating and pool.client is cc:
+            # 4.12.4: the slot empties but the pages stay counted, forever
+            cc.pools[pool_id] = None
+            self.host.leaked_pools.append(pool)
+            return 1
+        if pool.shared:
+            self.leave_shared(cc, pool_id)
+        else:
+            cc.pools[pool_id] = None
+            self._drop_pages(pool)
+        return 1
+
+    def _set_owner(self, pool: Pool, new: Client) -> None:
+        old = pool.client
+        if new is not old:
+            moved = [pg for pg in old.eph if pg.obj.pool is pool]  # type: ignore[union-attr]
+            for pg in moved:
+                del old.eph[pg]
+                new.eph[pg] = None
+            old.eph_count -= len(moved)
+            new.eph_count += len(moved)
+            new.Em = max(new.Em, new.eph_count)
+            pool.client = new
+        pool.slot = next(i for i, p in enumerate(new.pools) if p is pool)
+
+    def _free_shared(self, pool: Pool) -> None:
+        self._drop_pages(pool)
+        if pool.gslot >= 0 and self.shared[pool.gslot] is pool:
+            self.shared[pool.gslot] = None
+
+    def leave_shared(self, cc: Client, slot: int) -> None:
+        """``cc`` drops its ``slot`` of a shared pool (DESTROY_POOL or domain death, §3.9)."""
+        pool = cc.pools[slot]
+        assert pool is not None
+        if self.b.bug_creator_not_sharer:
+            self._leave_shared_45(cc, slot, pool)
+            return
+        cc.pools[slot] = None
+        for obj in list(pool.objs.values()):
+            if obj.last_client == cc.domid:
+                for pg in list(obj.pages.values()):
+                    self.remove_page(pg)
+        if cc in pool.sharers:
+            pool.sharers.remove(cc)
+        if not pool.sharers:
+            self._free_shared(pool)
+            return
+        if pool.client is cc:
+            self._set_owner(pool, cc if cc in pool.sharers else pool.sharers[0])
+
+    def _leave_shared_45(self, cc: Client, slot: int, pool: Pool) -> None:
+        """Xen 4.5.5: the creator never joined its own share list (§9.2, §9.3)."""
+        if pool.client is not cc:
+            # a joiner leaving takes the whole pool, counters never decremented
+            self._drop_pages(pool, leak=True)
+            for client in [pool.client, *pool.sharers]:
+                for i, p in enumerate(client.pools):
+                    if p is pool:
+                        client.pools[i] = None
+            if self.shared[pool.gslot] is pool:
+                self.shared[pool.gslot] = None
+            return
+        if slot != pool.slot:
+            # the owner destroying its own joiner slot clears its owner slot instead
+            cc.pools[pool.slot] = None
+            if cc in pool.sharers:
+                pool.sharers.remove(cc)
+            self._drop_pages(pool)
+            pool.slot = slot
+            return
+        cc.pools[slot] = None
+        others = [i for i, p in enumerate(cc.pools) if p is pool]
+        if others:
+            if cc in pool.sharers:
+                pool.sharers.remove(cc)
+            self._drop_pages(pool)
+            pool.slot = others[0]
+            return
+        # the creator leaving frees the pool but the global table (and any joiner) keep it
+        self._drop_pages(pool)
+        pool.freed = True
+        pool.dangerous = bool(pool.sharers)
+        self.host.dangling_shared = True
+
+    def destroy_client(self, cc: Client) -> None:
+        """Domain death (§3.2): flush every slot, free the client."""
+        for slot, pool in enumerate(cc.pools):
+            if pool is None:
+                continue
+            if pool.dangerous:
+                raise HypervisorCrash("domain death walked a shared pool Xen 4.5 had freed")
+            if pool.shared:
+                self.leave_shared(cc, slot)
+            else:
+                cc.pools[slot] = None
+                self._drop_pages(pool)
+        self.weight_sum -= cc.weight
+        del self.clients[cc.domid]
+
+    # ---- auth ---------------------------------------------------------------------------------
+
+    def auth(self, cc: Client, uuid: tuple[int, int], enable: bool) -> int:
+        """Authorise (1 / -ENOMEM when full) or de-authorise (1 found / 0 absent) a uuid."""
+        if enable:
+            if self.b.auth_dedup and uuid in cc.auth:
+                return 1
+            if len(cc.auth) >= 16:
+                return ENOMEM
+            cc.auth.append(uuid)
+            return 1
+        if uuid in cc.auth:
+            cc.auth.remove(uuid)
+            return 1
+        return 0
+
+    def next_pointer(self) -> int:
+        self.ptr_seq += 1
+        return XEN_POINTER + self.ptr_seq * 0x40

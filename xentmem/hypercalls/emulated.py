@@ -1,0 +1,101 @@
+"""``EmulatedHypervisor``: the in-process transport to an ``EmulatedHost`` (DESIGN §3).
+
+Pointers stay pointers: buffers and frames live in the calling domain's emulated guest memory,
+their addresses are guest addresses (``frame * 4096 + offset``), and the host's entry resolves
+them exactly as Xen resolves a guest's, answering -EFAULT for bad ones.
+"""
+
+from __future__ import annotations
+
+from xentmem.abi import PAGE_SIZE, Hypercall
+from xentmem.emulator import EmulatedHost
+from xentmem.errors import TransportError, tmem_error
+
+__all__ = ["EmulatedBuffer", "EmulatedFrame", "EmulatedHypervisor"]
+
+_OP_NAMES = {int(h): h.name for h in Hypercall}
+
+
+class EmulatedBuffer:
+    """Hypercall argument memory inside the domain (whole frames, from the top of its RAM)."""
+
+    def __init__(self, host: EmulatedHost, domid: int, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"buffer size must be positive, not {size}")
+        self._host, self._domid, self.size = host, domid, size
+        self._count = (size + PAGE_SIZE - 1) // PAGE_SIZE
+        self._first = host.alloc_frames(domid, self._count, buffer=True)
+        self.address = self._first * PAGE_SIZE
+        self._mem = host.domains[domid].mem
+
+    def write(self, data: bytes, offset: int = 0) -> None:
+        if offset < 0 or offset + len(data) > self.size:
+            raise ValueError(f"{len(data)} bytes at offset {offset} overflow a "
+                             f"{self.size}-byte buffer")
+        start = self.address + offset
+        self._mem[start:start + len(data)] = data
+
+    def read(self, size: int | None = None, offset: int = 0) -> bytes:
+        size = self.size - offset if size is None else size
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise ValueError(f"{size} bytes at offset {offset} overflow a {self.size}-byte buffer")
+        start = self.address + offset
+        return self._mem[start:start + size]
+
+    def close(self) -> None:
+        if self._first:
+            self._host.free_frames(self._domid, self._first, self._count)
+            self._first = 0
+
+
+class EmulatedFrame:
+    """One RAM frame of the domain; ``number`` is what goes into ``cmfn``."""
+
+    def __init__(self, host: EmulatedHost, domid: int) -> None:
+        self._host, self._domid = host, domid
+        self.number = host.alloc_frames(domid, 1)
+        self._mem = host.domains[domid].mem
+        self._off = self.number * PAGE_SIZE
+
+    def write(self, data: bytes) -> None:
+        if len(data) != PAGE_SIZE:
+            raise ValueError(f"a frame holds {PAGE_SIZE} bytes, got {len(data)}")
+        self._mem[self._off:self._off + PAGE_SIZE] = data
+
+    def read(self) -> bytes:
+        return self._mem[self._off:self._off + PAGE_SIZE]
+
+    def close(self) -> None:
+        if self.number:
+            self._host.free_frames(self._domid, self.number, 1)
+            self.number = 0
+
+
+class EmulatedHypervisor:
+    """Issue hypercalls as domain ``domid`` of an in-process ``EmulatedHost``."""
+
+    def __init__(self, host: EmulatedHost, domid: int = 0) -> None:
+        if domid not in host.domains:
+            raise TransportError(f"emulated host has no domain {domid}")
+        self.host = host
+        self.domid = domid
+        self._entry = host.hypercall
+
+    def hypercall(self, op: int, *args: int) -> int:
+        """Xen's result; a negative one raises the matching ``TmemError``.
+
+        ``HostCrashed`` propagates when the call crashed the imitated hypervisor.
+        """
+        result = self._entry(self.domid, op, *args)
+        if result < 0:
+            raise tmem_error(result, _OP_NAMES.get(op, f"hypercall {op}"))
+        return result
+
+    def alloc_buffer(self, size: int) -> EmulatedBuffer:
+        return EmulatedBuffer(self.host, self.domid, size)
+
+    def alloc_frame(self) -> EmulatedFrame:
+        return EmulatedFrame(self.host, self.domid)
+
+    def close(self) -> None:
+        """Nothing to release: the host owns the domain's memory."""
