@@ -1,0 +1,74 @@
+"""xenstore for xentmem: our ``XenStore`` protocol, a client that never hangs, and a xenstored.
+
+::
+
+    from xentmem.xenstore import XenStoreClient, transaction
+
+    xs = XenStoreClient()                       # XENSTORED_PATH / XENSTORED_RUNDIR / xenbus
+    xs.write("/local/domain/5/memory/target", "524288")
+    untrusted_used = xs.read("/local/domain/5/data/used-kib", None)
+    used = sanitize_kib(untrusted_used)         # int or None, never raises
+    with xs.watch("/local/domain/5/memory/target", timeout=10) as w:
+        for event in w:                         # XenStoreTimeout after 10 s of silence
+            ...
+    transaction(xs, lambda tx: tx.write("a", tx.read("b")))   # retried on EAGAIN
+
+    server = XenStoreServer("/tmp/xs/socket").start()           # the emulator's xenstored
+    server.introduce_domain(5, "guest5", memory_kib=524288, max_kib=1048576)
+    guest = XenStoreClient(server.domain_socket(5))             # acts as domain 5
+
+Errors are those of :mod:`xentmem.errors`: ``XenStoreNotFound`` (ENOENT), ``XenStorePermission``
+(EACCES/EPERM), ``XenStoreTimeout``, ``XenStoreUnavailable``, else ``XenStoreError`` with
+``.errno`` (EAGAIN for a conflict, E2BIG, EDQUOT for oxenstored's EQUOTA, ...).
+"""
+
+from ._client import (
+    LocalXenStore,
+    Transaction,
+    Watch,
+    WatchEvent,
+    XenStore,
+    XenStoreClient,
+    XenStoreOps,
+    resolve_path,
+    transaction,
+)
+from ._store import Quota
+from ._wire import Op, Perm
+from .sanitize import (
+    sanitize_bool,
+    sanitize_choice,
+    sanitize_domid,
+    sanitize_int,
+    sanitize_kib,
+    sanitize_meminfo,
+    sanitize_text,
+)
+from .server import XenStoreServer
+from .toolstack import layout_dom0, layout_domain, teardown_domain
+
+__all__ = [
+    "LocalXenStore",
+    "Op",
+    "Perm",
+    "Quota",
+    "Transaction",
+    "Watch",
+    "WatchEvent",
+    "XenStore",
+    "XenStoreClient",
+    "XenStoreOps",
+    "XenStoreServer",
+    "layout_dom0",
+    "layout_domain",
+    "resolve_path",
+    "sanitize_bool",
+    "sanitize_choice",
+    "sanitize_domid",
+    "sanitize_int",
+    "sanitize_kib",
+    "sanitize_meminfo",
+    "sanitize_text",
+    "teardown_domain",
+    "transaction",
+]

@@ -1,0 +1,831 @@
+"""The emulator's xenstored: the xenstore wire protocol on unix sockets, over :mod:`._store`.
+
+One thread runs a ``selectors`` loop over every socket; requests are dispatched under one lock,
+which the in-process API (``introduce_domain``, ``connect``...) takes as well, so the emulator may
+call it from any thread.
+
+Who a connection is
+-------------------
+* ``path`` (the main socket) connects as **dom0**, privileged, as every unix-socket client of a
+  real xenstored does.
+* Each introduced domain N gets its own socket, ``domain_socket(N)`` = ``<path>.dom<N>``: a client
+  of that socket *is* domain N (unprivileged, its own relative paths, quotas and permission
+  checks), the way a guest's ring connection is on real Xen. Point ``XENSTORED_PATH`` at it and
+  the C tools, pyxs or our client act as that guest. Several clients may share it (like processes
+  sharing a guest's /dev/xen/xenbus); quotas are per domain.
+* A dom0 connection may also send ``RESTRICT <domid>`` (op 128, or the legacy number 20), after
+  which it acts as that domain for good, as with C xenstored's XS_RESTRICT.
+* The wire INTRODUCE/RELEASE from dom0 create/remove the domain socket and fire
+  ``@introduceDomain`` / ``@releaseDomain``. ``introduce_domain()`` additionally lays out
+  ``/local/domain/N`` the way libxl does (:func:`~xentmem.xenstore.toolstack.layout_domain`), and
+  ``release_domain()`` removes it again, as the toolstack does on destroy.
+
+Robustness: a header announcing more than 4096 bytes gets an EINVAL reply and the connection is
+closed; any other malformed request gets an ERROR reply; a client that lets more than
+``max_output`` bytes of replies and events pile up is disconnected; one bad client never stops
+the loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno as E
+import logging
+import os
+import selectors
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from . import _wire
+from ._store import DOM0, Caller, Event, Quota, Store, Transaction, XsError, allowed, split, walk
+from ._wire import HEADER, NUL, PAYLOAD_MAX, Op, Perm
+
+__all__ = ["XenStoreServer"]
+
+log = logging.getLogger(__name__)
+
+_OK = b"OK\0"
+_MAX_OUTPUT = 8 << 20  # bytes of unsent replies/events before a client is dropped
+
+
+class _Domain:
+    __slots__ = ("domid", "listener", "socket_path", "target", "transactions", "watches")
+
+    def __init__(self, domid: int) -> None:
+        self.domid = domid
+        self.listener: socket.socket | None = None
+        self.socket_path: str | None = None
+        self.target: int | None = None
+        self.watches = 0
+        self.transactions = 0
+
+
+class _Watch:
+    __slots__ = ("conn", "path", "prefix", "token")
+
+    def __init__(self, conn: Connection, path: str, token: bytes, prefix: str | None) -> None:
+        self.conn = conn
+        self.path = path  # absolute
+        self.token = token
+        self.prefix = prefix  # set for a relative watch: stripped from event paths
+
+
+class Connection:
+    """One client connection (socket or in-process)."""
+
+    __slots__ = ("caller", "closed", "domain", "inbuf", "out", "sock", "transactions", "watches")
+
+    def __init__(self, sock: socket.socket | None, domain: _Domain) -> None:
+        self.sock = sock
+        self.domain = domain
+        self.caller = Caller(domain.domid, domain.target)
+        self.inbuf = bytearray()
+        self.out = bytearray()
+        self.transactions: dict[int, Transaction] = {}
+        self.watches: list[_Watch] = []
+        self.closed = False
+
+    def deliver(self, data: bytes) -> None:
+        self.out += data
+
+
+class _LocalConnection(Connection):
+    """An in-process connection: replies are handed back, events go to ``on_event``."""
+
+    __slots__ = ("on_close", "on_event")
+
+    def __init__(self, domain: _Domain, on_event: Callable[[bytes, bytes], None],
+                 on_close: Callable[[], None]) -> None:  # fmt: skip
+        super().__init__(None, domain)
+        self.on_event = on_event
+        self.on_close = on_close
+
+    def deliver(self, data: bytes) -> None:
+        op = HEADER.unpack_from(data)[0]
+        if op == Op.WATCH_EVENT:
+            path, token = ([*_wire.split_strings(data[_wire.HEADER_SIZE :]), b"", b""])[:2]
+            self.on_event(path, token)
+        else:
+            self.out += data
+
+
+class XenStoreServer:
+    """A xenstored on the unix socket ``path`` (see the module docstring for the design)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, quota: Quota | None = None,
+                 max_output: int = _MAX_OUTPUT) -> None:  # fmt: skip
+        self.path = str(path)
+        self.quota = quota or Quota()
+        self.max_output = max_output
+        self.store = Store(self.quota)
+        self.lock = threading.RLock()
+        self._domains: dict[int, _Domain] = {0: _Domain(0)}
+        self._conns: set[Connection] = set()
+        self._watches: dict[str, list[_Watch]] = {}
+        self._dirty: set[Connection] = set()
+        self._next_tx = 0
+        self._sel: selectors.BaseSelector | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._handlers: dict[int, Callable[[Connection, int, bytes], bytes]] = {
+            Op.CONTROL: self._op_control,
+            Op.DIRECTORY: self._op_directory,
+            Op.READ: self._op_read,
+            Op.GET_PERMS: self._op_get_perms,
+            Op.WATCH: self._op_watch,
+            Op.UNWATCH: self._op_unwatch,
+            Op.TRANSACTION_START: self._op_transaction_start,
+            Op.TRANSACTION_END: self._op_transaction_end,
+            Op.INTRODUCE: self._op_introduce,
+            Op.RELEASE: self._op_release,
+            Op.GET_DOMAIN_PATH: self._op_get_domain_path,
+            Op.WRITE: self._op_write,
+            Op.MKDIR: self._op_mkdir,
+            Op.RM: self._op_rm,
+            Op.SET_PERMS: self._op_set_perms,
+            Op.IS_DOMAIN_INTRODUCED: self._op_is_domain_introduced,
+            Op.RESUME: self._op_resume,
+            Op.SET_TARGET: self._op_set_target,
+            Op.RESET_WATCHES: self._op_reset_watches,
+            Op.DIRECTORY_PARTIAL: self._op_directory_partial,
+            Op.RESTRICT: self._op_restrict,
+            Op.RESTRICT_LEGACY: self._op_restrict,
+        }
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> XenStoreServer:
+        """Bind the dom0 socket (replacing a stale one) and start serving in a thread."""
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._listen(self._domains[0], self.path)
+        with self.lock:
+            for dom in self._domains.values():
+                if dom.domid and dom.listener is None:
+                    self._listen(dom, self.domain_socket(dom.domid))
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="xenstored", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving: close every connection and socket, remove the socket files."""
+        if self._thread is None:
+            return
+        self._stopping = True
+        self._wake()
+        self._thread.join(10)
+        self._thread = None
+        with self.lock:
+            for conn in list(self._conns):
+                if conn.sock is not None:
+                    self._close(conn)
+            for dom in self._domains.values():
+                self._unlisten(dom)
+            assert self._sel is not None
+            self._sel.close()
+            self._sel = None
+            for s in (self._wake_r, self._wake_w):
+                if s is not None:
+                    s.close()
+            self._wake_r = self._wake_w = None
+
+    def __enter__(self) -> XenStoreServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- the in-process API (any thread) ------------------------------------------------------
+
+    def domain_socket(self, domid: int) -> str:
+        """The socket whose clients act as domain ``domid`` (dom0: the main socket)."""
+        return self.path if domid == 0 else f"{self.path}.dom{domid}"
+
+    @property
+    def domains(self) -> list[int]:
+        """Introduced domains, dom0 included."""
+        with self.lock:
+            return sorted(self._domains)
+
+    def is_introduced(self, domid: int) -> bool:
+        with self.lock:
+            return domid in self._domains
+
+    def introduce_domain(self, domid: int, name: str, memory_kib: int, max_kib: int) -> None:
+        """Create domain ``domid`` as the toolstack would: lay out ``/local/domain/<domid>``
+        (name, domid, memory/target, memory/static-max, control/, data/, ...), then INTRODUCE it
+        (its socket appears and ``@introduceDomain`` fires)."""
+        from .toolstack import layout_domain
+
+        if not 0 < domid < 0x7FF0:  # DOMID_FIRST_RESERVED
+            raise ValueError(f"domid must be 1..32751: {domid}")
+        with self.lock:
+            if domid in self._domains:
+                raise ValueError(f"domain {domid} already exists")
+            xs = self.connect(0)
+            try:
+                layout_domain(xs, domid, name, memory_kib, max_kib)
+            finally:
+                xs.close()
+            self._introduce(domid)
+
+    def release_domain(self, domid: int) -> None:
+        """Destroy domain ``domid`` as the toolstack would: remove ``/local/domain/<domid>``,
+        then RELEASE it (its connections close, ``@releaseDomain`` fires)."""
+        with self.lock:
+            if domid == 0 or domid not in self._domains:
+                raise ValueError(f"no such domain: {domid}")
+            with contextlib.suppress(XsError):
+                self._fire(self.store.mutate("rm", DOM0, f"/local/domain/{domid}"))
+            self._release(domid)
+        self._wake()
+
+    def connect(self, domid: int = 0):
+        """An in-process client acting as ``domid`` (a :class:`~xentmem.xenstore.XenStore`)."""
+        from ._client import LocalXenStore
+
+        return LocalXenStore(self, domid)
+
+    # used by LocalXenStore
+    def _local_connection(self, domid: int, on_event: Callable[[bytes, bytes], None],
+                          on_close: Callable[[], None]) -> Connection:  # fmt: skip
+        with self.lock:
+            dom = self._domains.get(domid)
+            if dom is None:
+                raise ValueError(f"domain {domid} is not introduced")
+            conn = _LocalConnection(dom, on_event, on_close)
+            self._conns.add(conn)
+            return conn
+
+    def _local_request(
+        self, conn: Connection, op: int, tx_id: int, payload: bytes
+    ) -> tuple[int, bytes]:
+        with self.lock:
+            if conn.closed:
+                raise ConnectionError("connection closed")
+            self._dispatch(conn, op, 0, tx_id, payload)
+            data = bytes(conn.out)
+            conn.out.clear()
+            dirty = bool(self._dirty)
+        if dirty:
+            self._wake()
+        rop, _rq, _tx, size = HEADER.unpack_from(data)
+        return rop, data[_wire.HEADER_SIZE : _wire.HEADER_SIZE + size]
+
+    def _local_close(self, conn: Connection) -> None:
+        with self.lock:
+            if not conn.closed:
+                self._drop(conn)
+
+    # --- sockets ------------------------------------------------------------------------------
+
+    def _listen(self, dom: _Domain, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(path)
+        s.listen(64)
+        s.setblocking(False)
+        dom.listener, dom.socket_path = s, path
+        if self._sel is not None:
+            self._sel.register(s, selectors.EVENT_READ, dom)
+
+    def _unlisten(self, dom: _Domain) -> None:
+        if dom.listener is None:
+            return
+        if self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(dom.listener)
+        dom.listener.close()
+        if dom.socket_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(dom.socket_path)
+        dom.listener = None
+
+    def _wake(self) -> None:
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+
+    def _run(self) -> None:
+        sel = self._sel
+        assert sel is not None
+        while not self._stopping:
+            try:
+                ready = sel.select(1.0)
+            except OSError:  # a socket closed under us by stop()
+                continue
+            with self.lock:
+                for key, mask in ready:
+                    data = key.data
+                    try:
+                        if data is None:
+                            with contextlib.suppress(OSError):
+                                key.fileobj.recv(4096)  # type: ignore[union-attr]
+                        elif isinstance(data, _Domain):
+                            self._accept(data)
+                        else:
+                            if mask & selectors.EVENT_READ:
+                                self._readable(data)
+                            if mask & selectors.EVENT_WRITE and not data.closed:
+                                self._dirty.add(data)
+                    except Exception:  # never let one client take the loop down
+                        log.exception("xenstored: error serving %r", data)
+                        if isinstance(data, Connection) and not data.closed:
+                            self._close(data)
+                self._flush_dirty()
+
+    def _accept(self, dom: _Domain) -> None:
+        assert dom.listener is not None
+        try:
+            sock, _ = dom.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        if dom.domid not in self._domains or self._domains[dom.domid] is not dom:
+            sock.close()
+            return
+        sock.setblocking(False)
+        conn = Connection(sock, dom)
+        self._conns.add(conn)
+        assert self._sel is not None
+        self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _readable(self, conn: Connection) -> None:
+        assert conn.sock is not None
+        try:
+            chunk = conn.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._close(conn)
+            return
+        buf = conn.inbuf
+        buf += chunk
+        pos = 0
+        end = len(buf)
+        header_size = _wire.HEADER_SIZE
+        while end - pos >= header_size:
+            op, rq_id, tx_id, size = HEADER.unpack_from(buf, pos)
+            if size > PAYLOAD_MAX:
+                # Cannot resynchronise on a stream that lies about lengths: answer, then hang up.
+                conn.deliver(_wire.pack(Op.ERROR, rq_id, tx_id, b"EINVAL\0"))
+                self._flush(conn)
+                self._close(conn)
+                return
+            if end - pos < header_size + size:
+                break
+            payload = bytes(buf[pos + header_size : pos + header_size + size])
+            pos += header_size + size
+            self._dispatch(conn, op, rq_id, tx_id, payload)
+            if conn.closed:
+                return
+        if pos:
+            del buf[:pos]
+        self._dirty.add(conn)
+
+    def _flush_dirty(self) -> None:
+        while self._dirty:
+            conn = self._dirty.pop()
+            if not conn.closed and conn.sock is not None:
+                self._flush(conn)
+
+    def _flush(self, conn: Connection) -> None:
+        assert conn.sock is not None
+        out = conn.out
+        if out:
+            try:
+                sent = conn.sock.send(out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            del out[:sent]
+        if self._sel is None:
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
+        with contextlib.suppress(KeyError, ValueError):
+            if self._sel.get_key(conn.sock).events != want:
+                self._sel.modify(conn.sock, want, conn)
+        if len(out) > self.max_output:
+            log.warning(
+                "xenstored: dropping dom%d client: %d bytes unread", conn.caller.domid, len(out)
+            )
+            self._close(conn)
+
+    def _close(self, conn: Connection) -> None:
+        if conn.sock is not None and self._sel is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.unregister(conn.sock)
+        if conn.sock is not None:
+            conn.sock.close()
+        self._drop(conn)
+
+    def _drop(self, conn: Connection) -> None:
+        if conn.closed:
+            return
+        conn.closed = True
+        if isinstance(conn, _LocalConnection):
+            conn.on_close()
+        self._conns.discard(conn)
+        self._dirty.discard(conn)
+        self._remove_watches(conn)
+        conn.domain.transactions -= len(conn.transactions)
+        conn.transactions.clear()
+
+    # --- dispatch -----------------------------------------------------------------------------
+
+    def _dispatch(self, conn: Connection, op: int, rq_id: int, tx_id: int, payload: bytes) -> None:
+        # A handler returns the reply payload, or (reply, after): ``after`` is a list of events
+        # to fire or a message for this connection, sent once the reply is queued.
+        handler = self._handlers.get(op)
+        after = None
+        try:
+            if handler is None:
+                raise XsError(E.ENOSYS)
+            reply = handler(conn, tx_id, payload)
+            if type(reply) is tuple:
+                reply, after = reply
+            conn.deliver(_wire.pack(op, rq_id, tx_id, reply))
+        except XsError as exc:
+            conn.deliver(
+                _wire.pack(Op.ERROR, rq_id, tx_id, _wire.errno_to_name(exc.errno).encode() + NUL)
+            )
+        except Exception:
+            log.exception("xenstored: internal error on op %d", op)
+            conn.deliver(_wire.pack(Op.ERROR, rq_id, tx_id, b"EIO\0"))
+        if after:
+            if type(after) is bytes:
+                conn.deliver(after)
+            else:
+                self._fire(after)
+
+    # argument parsing: payloads are NUL-terminated strings
+
+    @staticmethod
+    def _strings(payload: bytes, n: int) -> list[bytes]:
+        """Exactly ``n`` NUL-terminated strings, else EINVAL."""
+        if not payload.endswith(NUL):
+            raise XsError(E.EINVAL)
+        parts = payload[:-1].split(NUL)
+        if len(parts) != n:
+            raise XsError(E.EINVAL)
+        return parts
+
+    @staticmethod
+    def _int(raw: bytes) -> int:
+        if not raw.isdigit() or len(raw) > 10:
+            raise XsError(E.EINVAL)
+        return int(raw)
+
+    def _path(self, conn: Connection, raw: bytes) -> str:
+        if not _wire.path_is_valid(raw):
+            raise XsError(E.EINVAL)
+        path = raw.decode("ascii")
+        if path[0] == "/":
+            if path.startswith("/@"):  # "/@introduceDomain" names the same node
+                return path[1:]
+            return path
+        if path[0] == "@":
+            return path
+        return f"/local/domain/{conn.caller.domid}/{path}"
+
+    def _tx(self, conn: Connection, tx_id: int) -> Transaction | None:
+        if not tx_id:
+            return None
+        tx = conn.transactions.get(tx_id)
+        if tx is None:
+            raise XsError(E.ENOENT)
+        return tx
+
+    @staticmethod
+    def _privileged(conn: Connection) -> None:
+        if not conn.caller.privileged:
+            raise XsError(E.EACCES)
+
+    # node ops
+
+    def _op_read(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        (raw,) = self._strings(payload, 1)
+        path = self._path(conn, raw)
+        tx = self._tx(conn, tx_id)
+        node = tx.read(path) if tx else self.store.read(conn.caller, path)
+        return node.value
+
+    def _listing(self, conn: Connection, tx_id: int, raw: bytes):
+        path = self._path(conn, raw)
+        tx = self._tx(conn, tx_id)
+        node = tx.directory(path) if tx else self.store.read(conn.caller, path)
+        return node, b"".join(name.encode() + NUL for name in sorted(node.children))
+
+    def _op_directory(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        (raw,) = self._strings(payload, 1)
+        _node, data = self._listing(conn, tx_id, raw)
+        if len(data) > PAYLOAD_MAX:
+            raise XsError(E.E2BIG)  # the client should use DIRECTORY_PARTIAL
+        return data
+
+    def _op_directory_partial(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        # C xenstored's format: "<generation hex>\0" then whole names from byte offset ``off``
+        # of the full listing; a final extra "\0" marks the end.
+        raw, raw_off = self._strings(payload, 2)
+        off = self._int(raw_off)
+        node, data = self._listing(conn, tx_id, raw)
+        gen = b"%x\0" % node.cgen
+        if off >= len(data):
+            return gen + NUL
+        maxlen = PAYLOAD_MAX - len(gen) - 1
+        end = off
+        while end < len(data):
+            nxt = data.index(NUL, end) + 1
+            if nxt - off > maxlen:
+                break
+            end = nxt
+        if end == off:
+            raise XsError(E.E2BIG)  # cannot happen: names are shorter than a payload
+        return gen + data[off:end] + (NUL if end == len(data) else b"")
+
+    def _op_get_perms(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        (raw,) = self._strings(payload, 1)
+        path = self._path(conn, raw)
+        tx = self._tx(conn, tx_id)
+        node = tx.read(path) if tx else self.store.read(conn.caller, path)
+        return _wire.format_perms(list(node.perms))
+
+    def _mutate(self, conn: Connection, tx_id: int, name: str, path: str, *args: object):
+        tx = self._tx(conn, tx_id)
+        if tx is not None:
+            tx.mutate(name, path, *args)
+            return _OK
+        return _OK, self.store.mutate(name, conn.caller, path, *args)
+
+    def _op_write(self, conn: Connection, tx_id: int, payload: bytes):
+        i = payload.find(NUL)
+        if i < 0:
+            raise XsError(E.EINVAL)
+        path = self._path(conn, payload[:i])
+        return self._mutate(conn, tx_id, "write", path, payload[i + 1 :])
+
+    def _op_mkdir(self, conn: Connection, tx_id: int, payload: bytes):
+        (raw,) = self._strings(payload, 1)
+        return self._mutate(conn, tx_id, "mkdir", self._path(conn, raw))
+
+    def _op_rm(self, conn: Connection, tx_id: int, payload: bytes):
+        (raw,) = self._strings(payload, 1)
+        return self._mutate(conn, tx_id, "rm", self._path(conn, raw))
+
+    def _op_set_perms(self, conn: Connection, tx_id: int, payload: bytes):
+        if not payload.endswith(NUL):
+            raise XsError(E.EINVAL)
+        parts = payload[:-1].split(NUL)
+        if len(parts) < 2:
+            raise XsError(E.EINVAL)
+        path = self._path(conn, parts[0])
+        try:
+            perms = tuple(Perm.parse(p) for p in parts[1:])
+        except (ValueError, UnicodeDecodeError):
+            raise XsError(E.EINVAL) from None
+        return self._mutate(conn, tx_id, "set_perms", path, perms)
+
+    # transactions
+
+    def _op_transaction_start(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        if tx_id:
+            raise XsError(E.EBUSY)  # nested transactions are not supported (oxenstored: EBUSY)
+        dom = conn.domain
+        if not conn.caller.privileged and dom.transactions >= self.quota.max_transactions:
+            raise XsError(E.EDQUOT)
+        self._next_tx = self._next_tx % 0xFFFFFFFF + 1
+        while self._next_tx in conn.transactions:
+            self._next_tx = self._next_tx % 0xFFFFFFFF + 1
+        tx = self.store.begin(self._next_tx, conn.caller)
+        conn.transactions[tx.id] = tx
+        dom.transactions += 1
+        return b"%d\0" % tx.id
+
+    def _op_transaction_end(self, conn: Connection, tx_id: int, payload: bytes):
+        (arg,) = self._strings(payload, 1)
+        if arg not in (b"T", b"F"):
+            raise XsError(E.EINVAL)
+        tx = self._tx(conn, tx_id)
+        if tx is None:
+            raise XsError(E.ENOENT)
+        del conn.transactions[tx_id]
+        conn.domain.transactions -= 1
+        if arg == b"F":
+            return _OK
+        return _OK, self.store.commit(tx)
+
+    # watches
+
+    def _op_watch(self, conn: Connection, tx_id: int, payload: bytes) -> tuple[bytes, bytes]:
+        raw, token = self._strings(payload, 2)
+        path = self._path(conn, raw)
+        for w in conn.watches:
+            if w.path == path and w.token == token:
+                raise XsError(E.EEXIST)
+        dom = conn.domain
+        if not conn.caller.privileged and dom.watches >= self.quota.max_watches:
+            raise XsError(E.EDQUOT)
+        prefix = None if raw[:1] in (b"/", b"@") else f"/local/domain/{conn.caller.domid}/"
+        watch = _Watch(conn, path, token, prefix)
+        conn.watches.append(watch)
+        self._watches.setdefault(path, []).append(watch)
+        dom.watches += 1
+        # The reply goes first, then the initial event (oxenstored's order).
+        return _OK, _wire.pack(Op.WATCH_EVENT, 0, 0, raw + NUL + token + NUL)
+
+    def _op_unwatch(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        raw, token = self._strings(payload, 2)
+        path = self._path(conn, raw)
+        for w in conn.watches:
+            if w.path == path and w.token == token:
+                self._remove_watch(w)
+                return _OK
+        raise XsError(E.ENOENT)
+
+    def _op_reset_watches(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._remove_watches(conn)
+        conn.domain.transactions -= len(conn.transactions)
+        conn.transactions.clear()
+        return _OK
+
+    def _remove_watches(self, conn: Connection) -> None:
+        for w in list(conn.watches):
+            self._remove_watch(w)
+
+    def _remove_watch(self, w: _Watch) -> None:
+        w.conn.watches.remove(w)
+        w.conn.domain.watches -= 1
+        lst = self._watches.get(w.path)
+        if lst is not None:
+            lst.remove(w)
+            if not lst:
+                del self._watches[w.path]
+
+    def _fire(self, events: list[Event]) -> None:
+        watches = self._watches
+        if not watches:
+            return
+        for ev in events:
+            path = ev.path
+            # Watches on the path itself and on each ancestor.
+            probe = path
+            while True:
+                lst = watches.get(probe)
+                if lst:
+                    for w in lst:
+                        self._notify(w, path, ev.perms, ev.old_perms)
+                if probe == "/" or probe[0] != "/":
+                    break
+                probe = probe.rsplit("/", 1)[0] or "/"
+            # A removed subtree fires the watches inside it, each with its own path.
+            if ev.removed is not None:
+                base = path + "/"
+                for wpath, lst in list(watches.items()):
+                    if wpath.startswith(base):
+                        node = walk(ev.removed, split(wpath)[len(split(path)) :])
+                        perms = node.perms if node is not None else ev.perms
+                        for w in list(lst):
+                            self._notify(w, wpath, perms, None)
+
+    def _notify(self, w: _Watch, path: str, perms, old_perms) -> None:
+        conn = w.conn
+        caller = conn.caller
+        if not (
+            allowed(caller, perms, "r")
+            or (old_perms is not None and allowed(caller, old_perms, "r"))
+        ):
+            return
+        if w.prefix is not None and path.startswith(w.prefix):
+            path = path[len(w.prefix) :]
+        conn.deliver(_wire.pack(Op.WATCH_EVENT, 0, 0, path.encode() + NUL + w.token + NUL))
+        if conn.sock is not None:
+            self._dirty.add(conn)
+
+    # domains
+
+    def _op_introduce(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._privileged(conn)
+        raw_dom, raw_mfn, raw_port = self._strings(payload, 3)
+        domid = self._int(raw_dom)
+        self._int(raw_mfn)
+        self._int(raw_port)
+        if domid == 0 or domid >= 0x7FF0:
+            raise XsError(E.EINVAL)
+        if domid not in self._domains:
+            self._introduce(domid)
+        return _OK
+
+    def _introduce(self, domid: int) -> None:
+        dom = _Domain(domid)
+        self._domains[domid] = dom
+        if self._sel is not None:
+            self._listen(dom, self.domain_socket(domid))
+        self._fire([Event("@introduceDomain", self._special_perms("@introduceDomain"))])
+
+    def _special_perms(self, name: str) -> tuple[Perm, ...]:
+        node = self.store.get(name)
+        return node.perms if node is not None else (Perm("n", 0),)
+
+    def _op_release(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._privileged(conn)
+        (raw,) = self._strings(payload, 1)
+        domid = self._int(raw)
+        if domid == 0 or domid not in self._domains:
+            raise XsError(E.EINVAL)
+        self._release(domid)
+        return _OK
+
+    def _release(self, domid: int) -> None:
+        dom = self._domains.pop(domid)
+        self._unlisten(dom)
+        for c in list(self._conns):
+            if c.domain is dom:
+                if c.sock is not None:
+                    self._flush(c)
+                    self._close(c)
+                else:
+                    self._drop(c)
+        for other in self._domains.values():
+            if other.target == domid:
+                self._set_target(other, None)
+        # oxenstored: nodes the domain owns go, and it leaves every ACL (no watch fires).
+        self.store.strip_domain(domid)
+        self._fire([Event("@releaseDomain", self._special_perms("@releaseDomain"))])
+
+    def _op_is_domain_introduced(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._privileged(conn)
+        (raw,) = self._strings(payload, 1)
+        return b"T\0" if self._int(raw) in self._domains else b"F\0"
+
+    def _op_get_domain_path(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        (raw,) = self._strings(payload, 1)
+        return b"/local/domain/%d\0" % self._int(raw)
+
+    def _op_resume(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._privileged(conn)
+        (raw,) = self._strings(payload, 1)
+        domid = self._int(raw)
+        if domid == 0 or domid not in self._domains:
+            raise XsError(E.EINVAL)
+        return _OK
+
+    def _op_set_target(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._privileged(conn)
+        raw_dom, raw_target = self._strings(payload, 2)
+        domid, target = self._int(raw_dom), self._int(raw_target)
+        if domid not in self._domains or target not in self._domains or domid == 0:
+            raise XsError(E.ENOENT)
+        self._set_target(self._domains[domid], target)
+        return _OK
+
+    def _set_target(self, dom: _Domain, target: int | None) -> None:
+        dom.target = target
+        for c in self._conns:
+            if c.domain is dom:
+                c.caller = Caller(dom.domid, target)
+
+    def _op_restrict(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._privileged(conn)
+        (raw,) = self._strings(payload, 1)
+        domid = self._int(raw)
+        dom = self._domains.get(domid)
+        if dom is None:
+            raise XsError(E.ENOENT)
+        if conn.transactions:
+            raise XsError(E.EBUSY)
+        if domid:
+            conn.domain.watches -= len(conn.watches)
+            conn.domain = dom
+            conn.caller = Caller(domid, dom.target)
+            dom.watches += len(conn.watches)
+        return _OK
+
+    def _op_control(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
+        self._privileged(conn)
+        parts = _wire.split_strings(payload)
+        if not parts:
+            raise XsError(E.EINVAL)
+        cmd = parts[0]
+        if cmd == b"print":
+            log.info("xenstored: %s", b" ".join(parts[1:]).decode("ascii", "replace"))
+            return _OK
+        if cmd == b"check":
+            return _OK
+        if cmd == b"help":
+            return b"check\nprint <text>\n\0"
+        raise XsError(E.EINVAL)
