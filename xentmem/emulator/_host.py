@@ -25,7 +25,7 @@ from xentmem.abi import (
     XenVersion,
     XenVersionCmd,
 )
-from xentmem.emulator import _listing
+from xentmem.emulator import _listing, _state
 from xentmem.emulator._behaviour import Behaviour
 from xentmem.emulator._control import Control
 from xentmem.emulator._tmem import HypervisorCrash, Tmem
@@ -272,6 +272,16 @@ class EmulatedHost:
             raise EmulatorError(f"domain {domid} is not a tmem client")
         text = _listing.render(recs, 32768, self.behaviour)
         return text[:text.index(b"\0")].decode() + "\n"
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything persistent (config, domains, tmem clients/pools/pages, counters) as plain,
+        picklable data; guest frame contents are not kept."""
+        return _state.to_state(self)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> EmulatedHost:
+        """A host rebuilt from ``to_state()`` output."""
+        return _state.from_state(cls, state)
 
     def _crash(self, reason: str) -> NoReturn:
         self.crashed = reason

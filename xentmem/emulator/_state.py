@@ -1,0 +1,175 @@
+"""Everything persistent about an ``EmulatedHost`` as plain data, and back.
+
+The state is a dict of ints, strings, bytes, lists and dicts (picklable, and JSON-able once bytes
+are encoded), so the daemon can write it atomically. It keeps the configuration, domains (names,
+sizes, which frames are RAM), every tmem client, pool, object and page (compressed pages stay
+compressed), the ephemeral LRU order, the save cursors and every counter. Guest frame contents
+and handed-out buffers are not kept: they belong to connections, which a restart ends.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from xentmem.abi import PAGE_SIZE
+from xentmem.emulator._tmem import Obj, Page, Pool
+
+if TYPE_CHECKING:
+    from xentmem.emulator._host import EmulatedHost
+
+FORMAT = 1
+_TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
+         "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
+         "raw_pages", "cbytes", "npages", "nobjs", "eph_count", "leak_pages", "leak_frames",
+         "ptr_seq")
+_CLIENT = ("weight", "cap", "compress", "frozen", "was_frozen", "saving", "migrating",
+           "eph_count", "Em", "Ge", "Pp", "Gp", "cp", "cb", "cn", "cm", "inv_logged",
+           "dangling_inv")
+_POOL = ("slot", "flags", "persistent", "shared", "gslot", "freed", "dangerous", "pt", "ps",
+         "pr", "pd", "px", "gt", "gs", "ft", "fs", "ot", "os", "Pm", "Om", "Nm")
+
+
+def _pool_state(tm, pool: Pool) -> dict[str, Any]:
+    pages = []
+    order = pool.pages_in_order() if pool.persistent else \
+        [pg for obj in pool.objs.values() for pg in obj.pages.values()]
+    for pg in order:
+        data = pg.data if pg.csize else tm.page_bytes(pg)
+        pages.append((pg.obj.oid, pg.index, data, pg.csize, pg.obj.last_client))
+    cursor = -1
+    if pool.cursor is pool.head:
+        cursor = -2
+    elif pool.cursor is not None:
+        cursor = order.index(pool.cursor)
+    out = {name: getattr(pool, name) for name in _POOL}
+    out.update(owner=pool.client.domid, uuid=list(pool.uuid),
+               sharers=[c.domid for c in pool.sharers], cursor=cursor, pages=pages)
+    return out
+
+
+def to_state(host: EmulatedHost) -> dict[str, Any]:
+    tm = host.tmem
+    pools: dict[int, Pool] = {}
+    for client in tm.clients.values():
+        for pool in client.pools:
+            if pool is not None:
+                pools.setdefault(id(pool), pool)
+    for pool in tm.shared:
+        if pool is not None:
+            pools.setdefault(id(pool), pool)
+    ref = {key: i for i, key in enumerate(pools)}
+    page_ref = {}
+    for key, pool in pools.items():
+        if not pool.persistent:
+            for obj in pool.objs.values():
+                for pg in obj.pages.values():
+                    page_ref[pg] = (ref[key], obj.oid, pg.index)
+    return {
+        "format": FORMAT,
+        "config": {"memory_mb": host.memory_mb,
+                   "xen_version": f"{host.version}{host.extraversion}",
+                   **host.boot, "designed": host.designed},
+        "crashed": host.crashed,
+        "next_domid": host._next_domid,
+        "heap_free": host.heap_free,
+        "domains": [{"domid": d.domid, "name": d.name, "nr_pages": d.nr_pages,
+                     "max_pages": d.max_pages, "tmem_pages": d.tmem_pages,
+                     "populated": zlib.compress(bytes(d.populated))}
+                    for d in host.domains.values()],
+        "tmem": {
+            **{name: getattr(tm, name) for name in _TMEM},
+            "clients": [{"domid": c.domid, **{n: getattr(c, n) for n in _CLIENT},
+                         "auth": [list(u) for u in c.auth],
+                         "inv": [(s, i, list(o)) for s, i, o in c.inv],
+                         "pools": [None if p is None else ref[id(p)] for p in c.pools]}
+                        for c in tm.clients.values()],
+            "pools": [_pool_state(tm, pool) for pool in pools.values()],
+            "shared": [None if p is None else ref[id(p)] for p in tm.shared],
+            "eph_order": [page_ref[pg] for pg in tm.g_eph],
+        },
+    }
+
+
+def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
+    if state.get("format") != FORMAT:
+        raise ValueError(f"unknown emulator state format {state.get('format')!r}")
+    cfg = state["config"]
+    host = cls(cfg["memory_mb"], xen_version=cfg["xen_version"], tmem=cfg["tmem"],
+               tmem_compress=cfg["tmem_compress"], tmem_shared_auth=cfg["tmem_shared_auth"],
+               designed=cfg["designed"], dom0_memory_mb=1)
+    from xentmem.emulator._host import Domain
+
+    for dom in host.domains.values():
+        dom.close()
+    host.domains = {}
+    for d in state["domains"]:
+        dom = Domain(d["domid"], d["name"], 0, d["max_pages"])
+        dom.populated[:] = zlib.decompress(d["populated"])
+        dom.avail[:] = dom.populated
+        dom.avail[0] = 0
+        dom.nr_pages = d["nr_pages"]
+        dom.tmem_pages = d["tmem_pages"]
+        host.domains[dom.domid] = dom
+    host._next_domid = state["next_domid"]
+    host.heap_free = state["heap_free"]
+    host.crashed = state["crashed"]
+
+    tm = host.tmem
+    t = state["tmem"]
+    clients = {}
+    for c in t["clients"]:
+        client = tm.create_client(host.domains[c["domid"]])
+        for name in _CLIENT:
+            setattr(client, name, c[name])
+        client.auth = [tuple(u) for u in c["auth"]]
+        client.inv = [(s, i, tuple(o)) for s, i, o in c["inv"]]
+        clients[client.domid] = client
+    pools: list[Pool | None] = []
+    page_at: dict[tuple[int, tuple[int, int, int], int], Page] = {}
+    for i, p in enumerate(t["pools"]):
+        owner = clients.get(p["owner"])
+        if owner is None:  # a pool only a freed 4.5 global slot still points at
+            pools.append(None)
+            continue
+        pool = Pool(owner, p["slot"], p["flags"], p["persistent"], p["shared"], tuple(p["uuid"]))
+        for name in _POOL:
+            setattr(pool, name, p[name])
+        pool.uuid = tuple(p["uuid"])
+        pool.sharers = [clients[d] for d in p["sharers"] if d in clients]
+        order = []
+        for oid, index, data, csize, last in p["pages"]:
+            oid = tuple(oid)
+            obj = pool.objs.get(oid)
+            if obj is None:
+                obj = pool.objs[oid] = Obj(pool, oid)
+            obj.last_client = last
+            if not csize:
+                at = tm.next_slot
+                tm.next_slot += PAGE_SIZE
+                tm.av[at:at + PAGE_SIZE] = data
+                data = at
+            pg = Page(obj, index, data, csize)
+            obj.pages[index] = pg
+            pool.npages += 1
+            order.append(pg)
+            page_at[(i, oid, index)] = pg
+        if pool.persistent:
+            head = pool.head
+            for pg in order:
+                pg.prev, pg.next = head.prev, head
+                head.prev.next = pg
+                head.prev = pg
+        cursor = p["cursor"]
+        pool.cursor = None if cursor == -1 else pool.head if cursor == -2 else order[cursor]
+        pools.append(pool)
+    for c in t["clients"]:
+        clients[c["domid"]].pools = [None if r is None else pools[r] for r in c["pools"]]
+    tm.shared = [None if r is None else pools[r] for r in t["shared"]]
+    for i, oid, index in t["eph_order"]:
+        pg = page_at[(i, tuple(oid), index)]
+        tm.g_eph[pg] = None
+        pg.obj.pool.client.eph[pg] = None
+    for name in _TMEM:
+        setattr(tm, name, t[name])
+    return host
