@@ -665,7 +665,7 @@ class Tmem:
             return 0
         if pool.dangerous:
             raise HypervisorCrash("DESTROY_POOL of a shared pool that Xen 4.5 had already freed")
-        if self.b.bug_live_save and pool.client.migrating and pool.client is cc:
+        if self.b.bug_live_save and cc.migrating and not pool.shared:
             # 4.12.4: the slot empties but the pages stay counted, forever
             cc.pools[pool_id] = None
             self.host.leaked_pools.append(pool)
@@ -713,7 +713,11 @@ class Tmem:
             self._free_shared(pool)
             return
         if pool.client is cc:
-            self._set_owner(pool, cc if cc in pool.sharers else pool.sharers[0])
+            holders = [c for c in pool.sharers if pool in c.pools]
+            if not holders:  # every remaining sharer lost its slot already
+                self._free_shared(pool)
+                return
+            self._set_owner(pool, cc if cc in holders else holders[0])
 
     def _leave_shared_45(self, cc: Client, slot: int, pool: Pool) -> None:
         """Xen 4.5.5: the creator never joined its own share list (§9.2, §9.3)."""
