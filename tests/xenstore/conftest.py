@@ -38,6 +38,7 @@ class ServerUnderTest:
         self.name = name
         self.dom0_path = dom0_path
         self._guests: dict[int, str] = {}
+        self._guest_clients: dict[int, XenStoreClient] = {}
         self._clients: list[XenStoreClient] = []
         self._domids = itertools.count(100)
         self.dom0 = self.client()
@@ -61,14 +62,21 @@ class ServerUnderTest:
             self._guests[domid] = self._introduce(domid)
         return self._guests[domid]
 
-    def guest(self, domid: int, timeout: float = 5.0) -> XenStoreClient:
-        return self.client(self.guest_path(domid), timeout)
+    def guest(self, domid: int) -> XenStoreClient:
+        """The one client of guest ``domid`` (a ring carries one connection per domain)."""
+        path = self.guest_path(domid)
+        if domid not in self._guest_clients:
+            self._guest_clients[domid] = self.client(path)
+        return self._guest_clients[domid]
 
     def fresh_domid(self) -> int:
         return next(self._domids)
 
     def release(self, domid: int) -> None:
         self._guests.pop(domid, None)
+        client = self._guest_clients.pop(domid, None)
+        if client is not None:
+            client.close()
         self._release(domid)
 
     def _introduce(self, domid: int) -> str:

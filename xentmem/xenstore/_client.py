@@ -598,6 +598,19 @@ def resolve_path(env: dict[str, str] | None = None) -> str:
     return sock
 
 
+def _connect(sock: socket.socket, path: str, timeout: float) -> None:
+    """connect(), retrying while the server's listen backlog is full (EAGAIN on AF_UNIX)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(E.ETIMEDOUT, "listen backlog full") from None
+            time.sleep(0.005)
+
+
 class _UnixTransport:
     """pyxs's socket transport with a connect/send/recv timeout."""
 
@@ -605,7 +618,7 @@ class _UnixTransport:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
         try:
-            self.sock.connect(path)
+            _connect(self.sock, path, timeout)
         except BaseException:
             self.sock.close()
             raise

@@ -156,8 +156,9 @@ class RingProxy:
     The page (``ring_file``, 4096 bytes, ``struct xenstore_domain_interface``) is mapped before
     INTRODUCE; requests are copied to ``req`` and the server is kicked by writing the 4-byte
     domid into the event-channel FIFO; replies and watch events are polled from ``rsp`` (the fake
-    event channel never notifies the guest). One client at a time; the domain's xenstore state
-    (watches, transactions) lives on between clients as it would for a real guest.
+    event channel never notifies the guest). One client at a time: a new client disconnects the
+    previous one. The domain's xenstore state (watches, transactions) lives on between clients, as
+    the ring of a real guest does, so use one client per guest.
     """
 
     def __init__(self, ring_file: Path, fifo: Path, domid: int, socket_path: str):
@@ -241,9 +242,10 @@ class RingProxy:
                 for key, _ in sel.select(timeout):
                     if key.fileobj is self._listener:
                         conn, _ = self._listener.accept()
-                        if client is not None:
-                            conn.close()  # one client at a time
-                            continue
+                        if client is not None:  # the newest client wins the ring
+                            sel.unregister(client)
+                            client.close()
+                            pending = b""
                         client = conn
                         sel.register(client, selectors.EVENT_READ)
                     elif client is not None:
@@ -291,7 +293,16 @@ class RawClient:
     def __init__(self, path: str, timeout: float = 5.0):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
-        self.sock.connect(path)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock.connect(path)
+                break
+            except BlockingIOError:  # listen backlog full: oxenstored's is short
+                if time.monotonic() > deadline:
+                    self.sock.close()
+                    raise
+                time.sleep(0.005)
         self.events: list[tuple[bytes, bytes]] = []
         self._rq = 0
 
@@ -354,6 +365,10 @@ def _wait_gone(pid: int, timeout: float) -> None:
                 if os.waitpid(pid, os.WNOHANG)[0] == pid:
                     return
             os.kill(pid, 0)
-        except ProcessLookupError:
+            # A zombie (dead, not yet reaped by whoever inherited it) is gone for our purposes.
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                    return
+        except (ProcessLookupError, FileNotFoundError):
             return
         time.sleep(0.005)
