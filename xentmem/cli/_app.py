@@ -35,7 +35,8 @@ def _fail(message: str, code: int) -> int:
 def _status(args: list[str], call) -> int:
     debug = "--debug" in args
     try:
-        call()
+        # standalone_mode=False: click returns a typer.Exit's code instead of raising it
+        result = call()
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -54,7 +55,7 @@ def _status(args: list[str], call) -> int:
         return _fail(str(exc) or type(exc).__name__, 1)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    return 0
+    return result if type(result) is int else 0
 
 
 class XentmemGroup(TyperGroup):
@@ -92,6 +93,9 @@ def _global_options(
 _COMMAND_MODULES = (
     "xentmem.cli.doctor",
     "xentmem.cli.tmem",
+    "xentmem.cli.emulator",
+    "xentmem.cli.emulator_run",
+    "xentmem.cli.demo",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

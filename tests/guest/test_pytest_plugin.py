@@ -1,0 +1,51 @@
+"""The pytest11 plugin, run the way another project would use it: a separate pytest process on
+a test file that only uses the fixtures (the README example)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+README_EXAMPLE = '''
+def test_pages_survive_unload(xentmem_guest):
+    guest = xentmem_guest("app", memory_mb=64, swap_mb=128, backend="tmem")
+    pids = guest.alloc_anon(12_000)  # more than fits in RAM
+    guest.balance()                  # kswapd: frontswap stores into tmem
+    assert guest.unload_backend().drained > 0
+    assert guest.verify_anon() == len(pids)
+
+def test_tmem_client(xentmem_tmem):
+    pool = xentmem_tmem.new_pool(persistent=True)
+    xentmem_tmem.put_page(pool, (1, 0, 0), 0, b"x" * 4096)
+    assert xentmem_tmem.get_page(pool, (1, 0, 0), 0) == b"x" * 4096
+
+def test_lost_page_fails_at_teardown(xentmem_guest):
+    from xentmem.guest import MemorySlotStore
+    guest = xentmem_guest("broken", memory_mb=32, backend=None)
+    guest.swap_info[0].store.write = lambda offset, data: None  # a disk that drops writes
+    guest.alloc_anon(8000)
+    guest.balance()
+'''
+
+
+def _pytest(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    (tmp_path / "test_example.py").write_text(README_EXAMPLE)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-o", "addopts=", *args, str(tmp_path)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+
+
+def test_plugin_fixtures_work_and_teardown_catches_lost_pages(tmp_path):
+    proc = _pytest(tmp_path)
+    assert "3 passed, 1 error" in proc.stdout, proc.stdout + proc.stderr
+    assert "xentmem: pages came back wrong: broken:" in proc.stdout
+
+
+def test_plugin_xen_version_option(tmp_path):
+    (tmp_path / "test_v.py").write_text(
+        "def test_v(xentmem_host):\n    assert str(xentmem_host.version) == '4.4'\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-o", "addopts=", "--xentmem-xen-version", "4.4",
+                           str(tmp_path / "test_v.py")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert "1 passed" in proc.stdout, proc.stdout + proc.stderr

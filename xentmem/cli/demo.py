@@ -1,0 +1,24 @@
+"""``xentmem demo``: the built-in scenario — backends loading after swapon/mount (the seed),
+then unloading with every frontswap page drained back to swap — on an emulated host."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from typing import Annotated
+
+import typer
+
+from xentmem.cli._app import app
+from xentmem.cli.emulator_run import run_and_report
+from xentmem.guest.scenario import load_scenario
+
+__all__ = ["demo"]
+
+
+@app.command()
+def demo(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Run the built-in scenario on an emulated Xen host (no Xen needed); exit 1 if any page
+    was lost or stale."""
+    scenario = load_scenario(files("xentmem.guest") / "demo.toml")
+    if not run_and_report(scenario, as_json=as_json).ok:
+        raise typer.Exit(1)
