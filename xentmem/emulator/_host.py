@@ -43,10 +43,7 @@ EPERM = -XenErrno.EPERM
 EOPNOTSUPP = -XenErrno.EOPNOTSUPP
 U64 = (1 << 64) - 1
 
-_PUT = int(TmemCmd.TMEM_PUT_PAGE)
-_GET = int(TmemCmd.TMEM_GET_PAGE)
 _unpack_gen = TMEM_OP_GEN.unpack_from
-_unpack_head = struct.Struct("<Ii").unpack_from
 _unpack_entry = MULTICALL_ENTRY.unpack_from
 _pack_result = struct.Struct("<q").pack_into
 _U32 = struct.Struct("<I")
@@ -82,6 +79,7 @@ class Domain:
         self.max_pages = max_pages
         self.size = max_pages * PAGE
         self.mem = mmap.mmap(-1, self.size)
+        self.mem.madvise(mmap.MADV_HUGEPAGE)
         self.mv = memoryview(self.mem)
         self.populated = bytearray(max_pages)
         self.populated[:nr_pages] = b"\x01" * nr_pages
@@ -368,23 +366,25 @@ class EmulatedHost:
         if cc is not None and dom.dying:
             tm.Te += 1
             return ENODEV
-        if addr < PAGE or addr + STRUCT_SIZE > dom.size or not dom.populated[addr >> 12] \
-                or not dom.populated[(addr + STRUCT_SIZE - 1) >> 12]:
+        pop = dom.populated
+        if addr < PAGE or addr + STRUCT_SIZE > dom.size or not pop[addr >> 12] \
+                or not pop[(addr + STRUCT_SIZE - 1) >> 12]:
             tm.Te += 1
             return EFAULT
         mem = dom.mem
-        cmd, pool_id = _unpack_head(mem, addr)
-        if cmd in (_PUT, _GET):  # the hot path
+        t = _unpack_gen(mem, addr)
+        cmd = t[0]
+        if cmd in (4, 5):  # TMEM_PUT_PAGE, TMEM_GET_PAGE: the hot path
             if cc is None:
                 cc = tm.create_client(dom)
+            pool_id = t[1]
             if not 0 <= pool_id < 16 or (pool := cc.pools[pool_id]) is None:
                 tm.Te += 1
                 return ENODEV
-            t = _unpack_gen(mem, addr)
             cmfn = t[9]
-            off = cmfn << 12 if 0 < cmfn < dom.max_pages and dom.populated[cmfn] else -1
-            if cmd == _PUT:
-                if not tm.ensure_free(cc):
+            off = cmfn << 12 if 0 < cmfn < dom.max_pages and pop[cmfn] else -1
+            if cmd == 4:
+                if tm.free_list + self.heap_free - tm.reserve < 256 and not tm.ensure_free(cc):
                     tm.Te += 1
                     return ENOMEM
                 rc = tm.put(cc, pool, t[2:5], t[5], dom.mv[off:off + PAGE] if off > 0 else None)
@@ -393,6 +393,7 @@ class EmulatedHost:
             if rc < 0:
                 tm.Te += 1
             return rc
+        pool_id = t[1]
         rc = self._tmem_other(dom, cc, cmd, pool_id, addr)
         if rc < 0:
             tm.Te += 1

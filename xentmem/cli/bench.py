@@ -1,0 +1,38 @@
+"""``xentmem bench ...``: measurements of our own data paths (not timed tests)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from xentmem.abi import XenVersion
+from xentmem.cli._app import UsageError, app
+from xentmem.cli._render import render
+from xentmem.emulator import bench_tmem
+
+bench_app = typer.Typer(help="Benchmarks of the emulated data paths.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("tmem")
+def tmem(
+    pages: Annotated[int, typer.Option("--pages", "-n", help="Pages per run (>= 100).")] = 20000,
+    xen_version: Annotated[str, typer.Option("--xen-version", help="Imitated Xen.")] = "4.12",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """PUT then GET of 4 KiB pages through Tmem client -> struct -> entry -> pool, against a
+    plain dict in the same process: pages/s, ratio and GB/s per scenario."""
+    if pages < 100:
+        raise UsageError(f"--pages must be at least 100, not {pages}")
+    try:
+        XenVersion.parse(xen_version)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    rows, per_page = bench_tmem(pages, xen_version=xen_version)
+    data = [row.as_dict() for row in rows]
+    if as_json:
+        render({"rows": data, "resident_bytes_per_page": round(per_page)}, as_json=True)
+        return
+    render(data, as_json=False, title=f"tmem data path, {pages} pages of 4 KiB "
+           f"(resident memory per stored page: {per_page:.0f} bytes)")

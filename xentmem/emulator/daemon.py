@@ -1,0 +1,745 @@
+"""The emulator daemon: one ``EmulatedHost`` served to ``SocketHypervisor`` clients over a unix
+socket, with the emulator's xenstored beside it (what ``xentmem emulator up`` starts).
+
+State directory (``--state``, default :func:`~xentmem.hypercalls.socket.default_state_dir`)::
+
+    hypercall.sock            the hypercall socket (wire protocol: xentmem.hypercalls.socket)
+    xenstore.sock[.domN]      xenstored: dom0's socket, and one per guest
+    daemon.lock / daemon.pid  the lock held while running, and who holds it
+    daemon.log                the daemon's messages (a host crash is reported here)
+    host.state, journal       durable state: snapshot + write-ahead journal (_daemon_store)
+
+Durability: every hypercall but ``xen_version`` is journaled before its reply is sent, and the
+journal is fsync'ed once per batch of replies, so a daemon killed at any instant loses nothing
+it acknowledged. ``down`` (SIGTERM) and domain creation/destruction write a snapshot; start-up
+replays the journal onto the last snapshot and writes a fresh snapshot.
+
+A crash of the imitated hypervisor (``HostCrashed``) is logged, every guest leaves xenstore,
+and every later request is answered with the crash message; ``down`` + ``up`` boots a new host
+with the same configuration (as a rebooted machine would come back, empty).
+
+``python -m xentmem.emulator.daemon --state DIR [options]`` runs it (double-forking into the
+background unless ``--foreground``) and prints one line, ``READY {json}`` or ``ERROR message``,
+on stdout once it serves or has failed. :func:`start`, :func:`stop`, :func:`running` and
+:func:`control` are the library side the CLI uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import select
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from xentmem.abi import PAGE_SIZE, Hypercall
+from xentmem.emulator import EmulatedHost
+from xentmem.emulator._daemon_store import Record, StateStore
+from xentmem.errors import EmulatorError, HostCrashed, TransportError
+from xentmem.hypercalls.socket import (
+    ADDR,
+    ALLOC,
+    ALLOC_BODY,
+    CALL,
+    CALL_HEAD,
+    CALL_REPLY,
+    CHUNK,
+    CONTROL,
+    CRASHED,
+    EMULATOR,
+    FRAME,
+    HEAD,
+    HELLO,
+    HELLO_BODY,
+    HYPERCALL_SOCKET,
+    MAX_FRAME,
+    OK,
+    PROTOCOL,
+    REFUSED,
+    SocketHypervisor,
+    default_state_dir,
+)
+from xentmem.xenstore.server import XenStoreServer
+from xentmem.xenstore.toolstack import layout_dom0
+
+__all__ = ["XENSTORE_SOCKET", "Daemon", "HostConfig", "control", "main", "running", "start",
+           "stop"]
+
+log = logging.getLogger("xentmem.emulator.daemon")
+
+XENSTORE_SOCKET = "xenstore.sock"
+LOCK, PIDFILE, LOGFILE = "daemon.lock", "daemon.pid", "daemon.log"
+JOURNAL_LIMIT = 256 << 20  # compact into a snapshot beyond this many journal bytes
+MAX_ALLOC_FRAMES = 1 << 14  # 64 MiB in one buffer is more than any hypercall reads
+_UNIX_PATH_MAX = 107
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """How to boot a new host; ``None`` fields keep the saved host's (or the default)."""
+
+    xen_version: str | None = None
+    memory_mb: int | None = None
+    tmem_compress: bool | None = None
+    designed: bool | None = None
+    guests: int = 0
+    guest_memory_mb: int = 128
+
+    def boot(self) -> EmulatedHost:
+        host = EmulatedHost(self.memory_mb or 2048, xen_version=self.xen_version or "4.12",
+                            tmem_compress=bool(self.tmem_compress), designed=bool(self.designed))
+        for i in range(1, self.guests + 1):
+            host.create_domain(f"guest{i}", self.guest_memory_mb,
+                               max(self.guest_memory_mb, 2 * self.guest_memory_mb))
+        return host
+
+    def conflicts(self, saved: dict[str, Any]) -> list[str]:
+        """Options given on the command line that differ from a saved host's."""
+        wanted = {"xen_version": self.xen_version, "memory_mb": self.memory_mb,
+                  "tmem_compress": self.tmem_compress, "designed": self.designed}
+        return [f"{k}={saved[k]} (not {v})" for k, v in wanted.items()
+                if v is not None and str(saved.get(k)) != str(v)]
+
+
+# ---- the server ----------------------------------------------------------------------------
+
+
+class _Refused(Exception):
+    """A malformed or out-of-order request: answered with REFUSED."""
+
+
+@dataclass(eq=False)
+class _Region:
+    address: int
+    first: int
+    frames: int
+    size: int
+    shadow: bytes  # the content the client's mirror holds
+    epoch: int = -1  # snapshot epoch whose journal knows this content (-1: not journaled)
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    inbuf: bytearray = field(default_factory=bytearray)
+    out: bytearray = field(default_factory=bytearray)
+    domid: int | None = None
+    regions: dict[int, _Region] = field(default_factory=dict)
+    closing: bool = False
+
+
+class Daemon:
+    """Serve ``host`` on ``directory/hypercall.sock`` with xenstored beside it; state in
+    ``store``. ``open()``, then ``serve()`` until ``request_stop()``, then ``close()``."""
+
+    def __init__(self, directory: Path, host: EmulatedHost, store: StateStore) -> None:
+        self.directory = directory
+        self.host = host
+        self.store = store
+        self.epoch = 0
+        self.started = time.time()
+        self.socket_path = directory / HYPERCALL_SOCKET
+        self.xenstore = XenStoreServer(directory / XENSTORE_SOCKET)
+        self._sel = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._conns: dict[int, _Conn] = {}
+        self._replies: list[tuple[_Conn, bytes]] = []
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._stopping = False
+
+    # -- lifecycle --
+
+    def open(self) -> None:
+        for path in (self.socket_path, self.directory / f"{XENSTORE_SOCKET}.dom99999"):
+            if len(os.fsencode(path)) > _UNIX_PATH_MAX:
+                raise EmulatorError(f"state directory path too long for a unix socket: {path}")
+        self.snapshot()
+        self.xenstore.start()
+        xs = self.xenstore.connect(0)
+        try:
+            layout_dom0(xs, self.host.domains[0].nr_pages * 4 if 0 in self.host.domains else None)
+        finally:
+            xs.close()
+        for domid, dom in sorted(self.host.domains.items()):
+            if domid:
+                self.xenstore.introduce_domain(domid, dom.name, dom.nr_pages * 4,
+                                               dom.max_pages * 4)
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)
+        self._listener.listen(64)
+        self._listener.setblocking(False)
+        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._stop_r.setblocking(False)
+        self._stop_w.setblocking(False)
+        self._sel.register(self._stop_r, selectors.EVENT_READ, None)
+
+    def request_stop(self) -> None:
+        """Make ``serve()`` return (safe from a signal handler or another thread)."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"x")
+
+    def close(self) -> None:
+        """Hang up every client, write the final snapshot, stop xenstored, remove sockets."""
+        for conn in list(self._conns.values()):
+            self._drop(conn)
+        if self._listener is not None:
+            self._sel.unregister(self._listener)
+            self._listener.close()
+            self._listener = None
+            with contextlib.suppress(FileNotFoundError):
+                self.socket_path.unlink()
+        self.snapshot()
+        self.store.close()
+        self.xenstore.stop()
+        self._sel.close()
+        self._stop_r.close()
+        self._stop_w.close()
+
+    def snapshot(self) -> None:
+        self.store.save(self.host.to_state())
+        self.epoch += 1  # every region's content must be captured again by the new journal
+
+    def serve(self) -> None:
+        while not self._stopping:
+            for key, events in self._sel.select(timeout=1.0):
+                if key.fileobj is self._listener:
+                    self._accept()
+                elif key.fileobj is self._stop_r:
+                    with contextlib.suppress(OSError):
+                        self._stop_r.recv(64)
+                else:
+                    conn = self._conns.get(key.fd)
+                    if conn is None:
+                        continue
+                    if events & selectors.EVENT_READ:
+                        self._readable(conn)
+                    if events & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                        self._flush(conn)
+            self._commit_and_reply()
+
+    # -- sockets --
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        try:
+            sock, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        sock.setblocking(False)
+        conn = _Conn(sock)
+        self._conns[sock.fileno()] = conn
+        self._sel.register(sock, selectors.EVENT_READ, None)
+
+    def _readable(self, conn: _Conn) -> None:
+        try:
+            data = conn.sock.recv(1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        conn.inbuf += data
+        while not conn.closing and len(conn.inbuf) >= FRAME.size:
+            (size,) = FRAME.unpack_from(conn.inbuf)
+            if not 1 <= size <= MAX_FRAME:
+                conn.closing = True
+                self._replies.append((conn, _reply(REFUSED, f"bad message length {size}")))
+                break
+            if len(conn.inbuf) < FRAME.size + size:
+                break
+            body = bytes(conn.inbuf[FRAME.size:FRAME.size + size])
+            del conn.inbuf[:FRAME.size + size]
+            self._replies.append((conn, self._handle(conn, body)))
+
+    def _commit_and_reply(self) -> None:
+        if not self._replies:
+            return
+        # group commit: the journal is durable before any of this batch's replies leave
+        self.store.commit()
+        if self.store.journal_bytes > JOURNAL_LIMIT and not self.host.crashed:
+            self.snapshot()
+        replies, self._replies = self._replies, []
+        for conn, reply in replies:
+            if conn.sock.fileno() < 0:
+                continue
+            conn.out += reply
+            self._flush(conn)
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out) if conn.out else 0
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(conn)
+            return
+        del conn.out[:sent]
+        if conn.closing and not conn.out:
+            self._drop(conn)
+            return
+        self._sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out
+                                                            else 0))
+
+    def _drop(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.sock.fileno(), None) is None:
+            return
+        self._sel.unregister(conn.sock)
+        conn.sock.close()
+        if conn.domid is not None and conn.domid in self.host.domains:
+            for region in conn.regions.values():
+                self.host.free_frames(conn.domid, region.first, region.frames)
+        conn.regions.clear()
+
+    # -- requests --
+
+    def _handle(self, conn: _Conn, body: bytes) -> bytes:
+        try:
+            return self._request(conn, body)
+        except _Refused as exc:
+            if conn.domid is None:
+                conn.closing = True
+            return _reply(REFUSED, str(exc))
+        except (struct.error, ValueError, UnicodeDecodeError, TypeError, KeyError) as exc:
+            return _reply(REFUSED, f"malformed request: {exc}")
+        except HostCrashed as exc:
+            return _reply(CRASHED, str(exc))
+        except EmulatorError as exc:
+            return _reply(EMULATOR, str(exc))
+
+    def _request(self, conn: _Conn, body: bytes) -> bytes:
+        kind, nfree, nwrite = HEAD.unpack_from(body)
+        pos = HEAD.size
+        if (kind == HELLO) != (conn.domid is None):
+            raise _Refused("HELLO must be the first request, and only the first")
+        frees = list(struct.unpack_from(f"<{nfree}Q", body, pos))
+        pos += 8 * nfree
+        writes = []
+        for _ in range(nwrite):
+            address, size = CHUNK.unpack_from(body, pos)
+            pos += CHUNK.size
+            region = conn.regions.get(address)
+            if region is None or region.size != size or address in frees:
+                raise _Refused(f"write of {size} bytes at {address:#x}: not a buffer of this "
+                               "connection")
+            if pos + size > len(body):
+                raise _Refused("truncated write")
+            writes.append((region, body[pos:pos + size]))
+            pos += size
+        if any(a not in conn.regions for a in frees) or len(set(frees)) != nfree:
+            raise _Refused("free of an address that is not a buffer of this connection")
+        rest = body[pos:]
+        if kind == HELLO:
+            return self._hello(conn, rest)
+        dom = self.host.domains.get(conn.domid)  # type: ignore[arg-type]
+        if dom is None:
+            if self.host.crashed is None:
+                conn.closing = True
+            self._alive()  # a crash is why every domain is gone
+            raise EmulatorError(f"domain {conn.domid} no longer exists")
+        # the whole message is valid: only now touch the domain's memory
+        for address in frees:
+            region = conn.regions.pop(address)
+            self.host.free_frames(conn.domid, region.first, region.frames)  # type: ignore[arg-type]
+        mem = dom.mem
+        for region, data in writes:
+            mem[region.address:region.address + region.size] = data
+            region.shadow, region.epoch = data, -1
+        if kind == CALL:
+            return self._call(conn, dom, rest)
+        if kind == ALLOC:
+            return self._alloc(conn, dom, rest)
+        if kind == CONTROL:
+            return self._control(conn, rest)
+        raise _Refused(f"unknown request kind {kind}")
+
+    def _hello(self, conn: _Conn, rest: bytes) -> bytes:
+        protocol, domid = HELLO_BODY.unpack_from(rest)
+        if protocol != PROTOCOL:
+            raise _Refused(f"protocol {protocol} not spoken here (this daemon speaks {PROTOCOL})")
+        self._alive()
+        if domid not in self.host.domains:
+            conn.closing = True
+            raise EmulatorError(f"the emulated host has no domain {domid}")
+        conn.domid = domid
+        return _reply(OK, json.dumps({"domid": domid, "pid": os.getpid(),
+                                      "xen_version": str(self.host.version)}).encode())
+
+    def _alloc(self, conn: _Conn, dom: Any, rest: bytes) -> bytes:
+        frames, size, buffer = ALLOC_BODY.unpack_from(rest)
+        if not 1 <= frames <= MAX_ALLOC_FRAMES or not 1 <= size <= frames * PAGE_SIZE:
+            raise _Refused(f"cannot allocate {size} bytes in {frames} frame(s)")
+        first = self.host.alloc_frames(conn.domid, frames, buffer=bool(buffer))  # type: ignore[arg-type]
+        address = first * PAGE_SIZE
+        zero = bytes(size)
+        dom.mem[address:address + size] = zero  # the client's mirror starts zeroed
+        conn.regions[address] = _Region(address, first, frames, size, zero)
+        return _reply(OK, ADDR.pack(address))
+
+    def _call(self, conn: _Conn, dom: Any, rest: bytes) -> bytes:
+        op, nargs = CALL_HEAD.unpack_from(rest)
+        args = struct.unpack_from(f"<{nargs}Q", rest, CALL_HEAD.size)
+        journaled = op != Hypercall.xen_version  # the one hypercall that changes no state
+        # what the journal must carry for a replay: regions it does not know yet, as the
+        # hypervisor is about to see them
+        captures = [(r, r.shadow) for r in conn.regions.values() if r.epoch != self.epoch] \
+            if journaled else []
+        domid: int = conn.domid  # type: ignore[assignment]
+        try:
+            result = self.host.hypercall(domid, op, *args)
+        except HostCrashed as exc:
+            self._crashed(str(exc))
+            raise
+        mem = dom.mem
+        changed = []
+        for region in conn.regions.values():
+            now = mem[region.address:region.address + region.size]
+            if now != region.shadow:
+                region.shadow = now
+                changed.append(region)
+                if not journaled:
+                    region.epoch = -1
+        if journaled:
+            self.store.append(Record(domid, op, args, result,
+                                     [(r.address, data) for r, data in captures]))
+            for region, _ in captures:
+                region.epoch = self.epoch
+        parts = [bytes([OK]), CALL_REPLY.pack(result, len(changed))]
+        for region in changed:
+            parts += [CHUNK.pack(region.address, region.size), region.shadow]
+        return _frame(b"".join(parts))
+
+    def _alive(self) -> None:
+        if self.host.crashed is not None:
+            raise HostCrashed(f"the emulated Xen {self.host.version} host crashed: "
+                              f"{self.host.crashed}; every domain is gone")
+
+    def _crashed(self, reason: str) -> None:
+        log.error("%s", reason)
+        for domid in self.xenstore.domains:
+            if domid:
+                self.xenstore.release_domain(domid)
+        self.snapshot()
+
+    def _control(self, conn: _Conn, rest: bytes) -> bytes:
+        if conn.domid != 0:
+            raise _Refused("host-API requests are for domain 0")
+        request = json.loads(rest)
+        cmd = request.pop("cmd")
+        if cmd == "status":
+            result: Any = self.status()
+        elif cmd == "create_domain":
+            name, mem = str(request["name"]), int(request["memory_mb"])
+            top = int(request.get("max_memory_mb") or mem)
+            domid = self.host.create_domain(name, mem, top)
+            self.xenstore.introduce_domain(domid, name, mem * 1024, top * 1024)
+            self.snapshot()
+            result = {"domid": domid, "name": name, "memory_mb": mem, "max_memory_mb": top}
+        elif cmd == "destroy_domain":
+            domid = int(request["domid"])
+            try:
+                self.host.destroy_domain(domid)
+            except HostCrashed as exc:
+                self._crashed(str(exc))
+                raise
+            self.xenstore.release_domain(domid)
+            self.snapshot()
+            result = {"domid": domid}
+        else:
+            raise _Refused(f"unknown host-API request {cmd!r}")
+        return _reply(OK, json.dumps(result).encode())
+
+    def status(self) -> dict[str, Any]:
+        """The host, its domains and the tmem-list text (what ``emulator status`` shows)."""
+        host = self.host
+        info: dict[str, Any] = {
+            "pid": os.getpid(), "state_dir": str(self.directory),
+            "hypercall_socket": str(self.socket_path),
+            "xenstore_socket": str(self.directory / XENSTORE_SOCKET),
+            "connect": f"emulator:{self.directory}",
+            "uptime_s": round(time.time() - self.started, 1),
+            "xen_version": f"{host.version}{host.extraversion}", "memory_mb": host.memory_mb,
+            "free_mb": host.heap_free // 256, "tmem": host.tmem_enabled,
+            "tmem_compress": host.boot["tmem_compress"], "designed": host.designed,
+            "crashed": host.crashed, "connections": len(self._conns),
+            "journal_bytes": self.store.journal_bytes, "domains": [], "tmem_list": None,
+        }
+        if host.crashed:
+            return info
+        info["domains"] = [{"domid": d, "name": dom.name, "memory_mb": dom.nr_pages // 256,
+                            "max_memory_mb": dom.max_pages // 256,
+                            "tmem_persistent_pages": dom.tmem_pages}
+                           for d, dom in sorted(host.domains.items())]
+        if host.tmem_enabled:
+            try:
+                info["tmem_list"] = host.tmem_list(None)
+            except HostCrashed as exc:  # 4.5 walking a freed shared pool: the LIST crashes Xen
+                self._crashed(str(exc))
+                info.update(crashed=host.crashed, domains=[])
+        return info
+
+
+def _frame(body: bytes) -> bytes:
+    return FRAME.pack(len(body)) + body
+
+
+def _reply(status: int, payload: bytes | str) -> bytes:
+    data = payload.encode() if isinstance(payload, str) else payload
+    return _frame(bytes([status]) + data)
+
+
+# ---- boot: load, replay, serve ---------------------------------------------------------------
+
+
+def load_host(store: StateStore, config: HostConfig) -> tuple[EmulatedHost, str]:
+    """The host to serve: the saved one with its journal replayed, or a new one; and a note."""
+    state, records = store.load()
+    if state is None:
+        return config.boot(), "booted a new host"
+    conflicts = config.conflicts(state["config"])
+    if conflicts:
+        raise EmulatorError(f"{store.directory} holds a saved host with "
+                            + ", ".join(conflicts) + "; drop those options or use --fresh")
+    if state.get("crashed"):
+        saved = state["config"]
+        return (HostConfig(saved["xen_version"], saved["memory_mb"], saved["tmem_compress"],
+                           saved["designed"]).boot(),
+                f"the saved host had crashed ({state['crashed']}); booted a new one")
+    host = EmulatedHost.from_state(state)
+    mismatched = 0
+    for rec in records:
+        dom = host.domains.get(rec.domid)
+        if dom is None:
+            mismatched += 1
+            continue
+        for address, data in rec.captures:
+            dom.mem[address:address + len(data)] = data
+        try:
+            result = host.hypercall(rec.domid, rec.op, *rec.args)
+        except HostCrashed:
+            break
+        mismatched += result != rec.result
+    note = f"restored the saved host and replayed {len(records)} journaled hypercall(s)"
+    if mismatched:
+        note += f" ({mismatched} replayed differently)"
+        log.warning("%d journal record(s) replayed with a different result", mismatched)
+    if host.crashed:
+        return host, note + f"; the host crashed again: {host.crashed}"
+    # a clean copy: replay left its scratch data in guest frames that nobody owns any more
+    return EmulatedHost.from_state(host.to_state()), note
+
+
+def _lock(directory: Path) -> int:
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        pid = running(directory)
+        raise EmulatorError(f"an emulator daemon is already running in {directory}"
+                            + (f" (pid {pid})" if pid else "")) from None
+    return fd
+
+
+def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: bool = True,
+          on_ready: Any = None) -> None:
+    """Run a daemon in this process until SIGTERM/SIGINT (or ``on_ready``'s daemon is told to
+    stop); ``on_ready(daemon, note)`` is called once it serves."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lock = _lock(directory)
+    try:
+        store = StateStore(directory, sync=sync)
+        if fresh:
+            store.discard()
+        host, note = load_host(store, config)
+        daemon = Daemon(directory, host, store)
+        daemon.open()
+        previous = {}
+        try:
+            if threading.current_thread() is threading.main_thread():
+                previous = {s: signal.signal(s, lambda *_: daemon.request_stop())
+                            for s in (signal.SIGTERM, signal.SIGINT)}
+            (directory / PIDFILE).write_text(f"{os.getpid()}\n")
+            log.info("serving on %s: %s", daemon.socket_path, note)
+            if host.crashed:
+                log.error("the emulated host crashed: %s; every domain is gone", host.crashed)
+            if on_ready is not None:
+                on_ready(daemon, note)
+            daemon.serve()
+        finally:
+            daemon.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            log.info("stopped; state saved in %s", directory)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / PIDFILE).unlink()
+        os.close(lock)
+
+
+# ---- the library side of the CLI ------------------------------------------------------------
+
+
+def running(directory: Path) -> int | None:
+    """The pid of the daemon running in ``directory`` (0 if unknown), or ``None``."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            return int((directory / PIDFILE).read_text().strip() or 0)
+        except (FileNotFoundError, ValueError):
+            return 0
+    finally:
+        os.close(fd)  # also drops the lock if we got it
+    return None
+
+
+def control(directory: Path, cmd: str, *, timeout: float = 10.0, **args: Any) -> Any:
+    """One host-API request to the daemon in ``directory`` (as dom0)."""
+    with SocketHypervisor(directory / HYPERCALL_SOCKET, 0, timeout=timeout) as hv:
+        return hv.control(cmd, **args)
+
+
+def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: bool = True,
+          timeout: float = 60.0) -> dict[str, Any]:
+    """Start a daemon in the background and wait (at most ``timeout`` s) until it serves.
+
+    Returns its status plus ``already_running`` (nothing was started) and ``note``.
+    """
+    if running(directory) is not None:
+        status = control(directory, "status")
+        return {**status, "already_running": True, "note": "already running"}
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    argv = [sys.executable, "-m", "xentmem.emulator.daemon", "--state", str(directory)]
+    for flag, value in (("--xen-version", config.xen_version), ("--memory-mb", config.memory_mb)):
+        if value is not None:
+            argv += [flag, str(value)]
+    argv += ["--guests", str(config.guests), "--guest-memory-mb", str(config.guest_memory_mb)]
+    argv += ["--tmem-compress"] if config.tmem_compress else []
+    argv += ["--designed"] if config.designed else []
+    argv += ["--fresh"] if fresh else []
+    argv += [] if sync else ["--no-sync"]
+    with open(directory / LOGFILE, "ab") as logfile:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=logfile, start_new_session=True)
+    assert proc.stdout is not None
+    try:
+        line = _read_line(proc.stdout.fileno(), time.monotonic() + timeout)
+        proc.wait(5)  # the first child exits right after forking the daemon
+    finally:
+        proc.stdout.close()
+    if line.startswith("READY "):
+        return {**json.loads(line[6:]), "already_running": False}
+    if line.startswith("ERROR "):
+        raise EmulatorError(line[6:])
+    raise TransportError(f"the emulator daemon did not start within {timeout:g} s "
+                         f"(see {directory / LOGFILE})")
+
+
+def _read_line(fd: int, deadline: float) -> str:
+    data = b""
+    while b"\n" not in data:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            break
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def stop(directory: Path, *, timeout: float = 30.0) -> dict[str, Any] | None:
+    """SIGTERM the daemon in ``directory`` and wait for it to save its state and exit;
+    SIGKILL it after ``timeout`` s (the journal still holds every acknowledged call).
+    ``None`` when no daemon was running."""
+    pid = running(directory)
+    if pid is None:
+        return None
+    if not pid:
+        raise EmulatorError(f"a daemon holds {directory / LOCK} but wrote no pid file")
+    os.kill(pid, signal.SIGTERM)
+    killed = not _wait_gone(directory, timeout)
+    if killed:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        if not _wait_gone(directory, 5.0):
+            raise EmulatorError(f"emulator daemon pid {pid} survived SIGKILL")
+    return {"pid": pid, "killed": killed, "state_dir": str(directory)}
+
+
+def _wait_gone(directory: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while running(directory) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# ---- python -m xentmem.emulator.daemon ---------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xentmem.emulator.daemon",
+                                     description="Serve an emulated Xen host (see the module "
+                                     "docstring).")
+    parser.add_argument("--state", type=Path, default=None)
+    parser.add_argument("--xen-version")
+    parser.add_argument("--memory-mb", type=int)
+    parser.add_argument("--guests", type=int, default=0)
+    parser.add_argument("--guest-memory-mb", type=int, default=128)
+    parser.add_argument("--tmem-compress", action="store_true", default=None)
+    parser.add_argument("--designed", action="store_true", default=None)
+    parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--no-sync", dest="sync", action="store_false")
+    parser.add_argument("--foreground", action="store_true")
+    args = parser.parse_args(argv)
+    directory = (args.state or default_state_dir()).absolute()
+    config = HostConfig(args.xen_version, args.memory_mb, args.tmem_compress, args.designed,
+                        args.guests, args.guest_memory_mb)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.foreground and os.fork():
+        os._exit(0)  # second fork: the daemon is no child of whoever ran `up`
+
+    def ready(daemon: Daemon, note: str) -> None:
+        print("READY " + json.dumps({**daemon.status(), "note": note}), flush=True)
+        if not args.foreground:  # detach from the pipe `up` reads
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.close(null)
+
+    try:
+        serve(directory, config, fresh=args.fresh, sync=args.sync, on_ready=ready)
+    except (EmulatorError, OSError, ValueError) as exc:
+        print(f"ERROR {exc}", flush=True)
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
