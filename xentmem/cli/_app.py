@@ -96,6 +96,7 @@ _COMMAND_MODULES = (
     "xentmem.cli.emulator",
     "xentmem.cli.emulator_run",
     "xentmem.cli.demo",
+    "xentmem.cli.bench",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)
