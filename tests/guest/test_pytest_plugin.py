@@ -9,7 +9,7 @@ import sys
 README_EXAMPLE = '''
 def test_pages_survive_unload(xentmem_guest):
     guest = xentmem_guest("app", memory_mb=64, swap_mb=128, backend="tmem")
-    pids = guest.alloc_anon(12_000)  # more than fits in RAM
+    pids = guest.alloc_anon(20_000)  # 78 MiB: more than fits in 64
     guest.balance()                  # kswapd: frontswap stores into tmem
     assert guest.unload_backend().drained > 0
     assert guest.verify_anon() == len(pids)

@@ -27,7 +27,7 @@ swap = [{ mb = 64 }]
 mounts = [{ name = "root", type = "ext4" }]
 [[guests.workloads]]
 kind = "anon"
-mb = 40
+mb = 56
 grow = 1
 rate = 1500
 [[events]]
@@ -105,12 +105,12 @@ def test_demo_states_pages_stored_loaded_drained_lost():
 
 def test_shared_cluster_filesystem_is_one_volume_across_guests():
     data = {"host": {"xen_version": "4.4"}, "duration": 2, "step": 0.5,
-            "guests": [{"name": n, "memory_mb": 32,
+            "guests": [{"name": n, "memory_mb": 16,
                         "mounts": [{"name": "c", "type": "ocfs2",
                                     "uuid": "7c2a1f3e-9b1d-4c55-8a1e-2f6b0d9e4a10"}],
-                        "workloads": [{"kind": "file", "fs": "c", "files": 8, "file_mb": 4,
+                        "workloads": [{"kind": "file", "fs": "c", "files": 4, "file_mb": 4,
                                        "write_fraction": 0.0, "hot_share": 0.3,
-                                       "rate": 2000}]}
+                                       "rate": 4000}]}
                        for n in ("a", "b")],
             "events": [{"at": 0, "guest": n, "action": "load", "backend": "tmem",
                         "params": {"frontswap": False}} for n in ("a", "b")]}

@@ -88,11 +88,12 @@ class Guest:
 
     ``memory_mb`` is the initial reservation and ``max_memory_mb`` the domain maximum (max_pfn);
     ``base_committed_mb`` models the kernel and userspace outside the workloads (resident and
-    committed). ``reservation`` is the hypervisor side of ballooning (default: capped at max).
+    committed; default an eighth of ``memory_mb``, at most 32). ``reservation`` is the hypervisor
+    side of ballooning (default: capped at max).
     """
 
     def __init__(self, name: str = "guest", *, memory_mb: int = 256,
-                 max_memory_mb: int | None = None, base_committed_mb: int = 32,
+                 max_memory_mb: int | None = None, base_committed_mb: int | None = None,
                  reservation: Reservation | None = None, dom0: bool = False,
                  swapoff_invalidates_area: bool = False) -> None:
         max_memory_mb = memory_mb if max_memory_mb is None else max_memory_mb
@@ -103,6 +104,8 @@ class Guest:
         self.max_pfn = max_memory_mb * MB
         self.kernel_pages = max(MB, self.max_pfn // 100)  # outside totalram (image, memmap)
         self.totalreserve_pages = self.max_pfn // 64
+        if base_committed_mb is None:
+            base_committed_mb = min(32, memory_mb // 8)
         self.base_pages = base_committed_mb * MB
         self.swap_info: list[SwapDevice | None] = [None] * MAX_SWAPFILES
         self.swapon_mutex = threading.RLock()
