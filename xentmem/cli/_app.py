@@ -96,6 +96,9 @@ _COMMAND_MODULES = (
     "xentmem.cli.emulator",
     "xentmem.cli.emulator_run",
     "xentmem.cli.demo",
+    "xentmem.cli.agent",
+    "xentmem.cli.guest",
+    "xentmem.cli.status",
     "xentmem.cli.bench",
 )
 for _name in _COMMAND_MODULES:

@@ -1,0 +1,60 @@
+"""The guest agent: dom0's requests in ``control/`` -> the guest's knobs -> reports in ``data/``.
+
+Runs inside a guest (``xentmem agent run`` or ``python -m xentmem.agent``, over xenbus) or beside
+the emulator (as domain N on our xenstored's ``domain_socket(N)``, or in-process)::
+
+    agent = Agent(XenStoreClient(), SysfsSink("/")).start()      # a real guest
+    agent = Agent(server.connect(5), ModelSink(guest)).start()   # an emulated guest
+
+Key layout (relative to ``/local/domain/<domid>``; :mod:`xentmem.agent.keys` is the one source)
+
+==========================================  =====  =========================================
+node                                        who    meaning
+==========================================  =====  =========================================
+``control/tmem/seq``                        dom0   request number, bumped with each request
+``control/tmem/frontswap``                  dom0   0/1: tmem module parameter ``frontswap``
+``control/tmem/cleancache``                 dom0   0/1: tmem module parameter ``cleancache``
+``control/tmem/selfballooning``             dom0   0/1: ``selfballoon/selfballooning``
+``control/tmem/selfshrinking``              dom0   0/1: ``selfballoon/frontswap_selfshrinking``
+``control/selfballoon/interval``            dom0   s, 1..3600: ``selfballoon_interval``
+``control/selfballoon/downhysteresis``      dom0   1..10000: ``selfballoon_downhysteresis``
+``control/selfballoon/uphysteresis``        dom0   1..10000: ``selfballoon_uphysteresis``
+``control/selfballoon/min_usable_mb``       dom0   MiB: ``selfballoon_min_usable_mb``
+``control/selfballoon/reserved_mb``         dom0   MiB: ``selfballoon_reserved_mb``
+``data/tmem/seq``                           guest  the ``control/tmem/seq`` answered (last)
+``data/tmem/state``                         guest  ``applied`` or ``refused``
+``data/tmem/reason``                        guest  one line, empty when applied
+``data/tmem/refused/<key>``                 guest  why ``<key>`` was refused
+``data/tmem/<toggle>``                      guest  the value the guest now has (0/1)
+``data/tmem/selfballoon/<knob>``            guest  the value the guest now has
+``data/tmem/stats/frontswap_<counter>``     guest  debugfs frontswap counters
+``data/tmem/stats/cleancache_<counter>``    guest  debugfs cleancache counters
+``data/tmem/balloon/current_kib``           guest  balloon driver's current reservation
+``data/tmem/balloon/target_kib``            guest  balloon driver's target
+``data/tmem/sink``                          guest  ``sysfs`` or ``model``
+==========================================  =====  =========================================
+
+A value outside its range, or one the kernel refuses (frontswap/cleancache are read-only module
+parameters on a real kernel; numeric knobs reject 0), is reported as ``refused`` and changes
+nothing. The emulated guest can reload its tmem backend, so there the module toggles apply.
+The host reads ``data/`` through the sanitiser only (``xentmem.host.guests``).
+"""
+
+from .agent import SYSFS_PATHS, Agent, Report
+from .keys import KEYS, KNOBS, TOGGLES, Key
+from .sinks import ModelSink, Sink, SysfsSink
+from .target import XenStoreTargetSource
+
+__all__ = [
+    "KEYS",
+    "KNOBS",
+    "SYSFS_PATHS",
+    "TOGGLES",
+    "Agent",
+    "Key",
+    "ModelSink",
+    "Report",
+    "Sink",
+    "SysfsSink",
+    "XenStoreTargetSource",
+]

@@ -1,0 +1,275 @@
+"""The agent loop: watch ``control/``, apply through a :class:`~xentmem.agent.sinks.Sink`,
+publish under ``data/tmem/`` (layout: :mod:`xentmem.agent.keys`).
+
+Reconciling is level-triggered: every watch event re-reads *all* requested settings (in one
+transaction, so a request written by dom0 in one transaction is seen whole), compares each with
+what the guest reports, writes only what differs, reads it back, and publishes the result with
+the request's sequence number last. Missing events therefore never lose a request, and a
+restarted agent or a reconnected watch converges on the same state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from xentmem.errors import GuestError, XenStoreError, XenStoreNotFound, XenStoreUnavailable
+from xentmem.guest.sysfs import BALLOON_DIR
+from xentmem.xenstore import XenStore, sanitize_bool, sanitize_int, sanitize_text, transaction
+
+from .keys import (
+    CONTROL_SEQ,
+    DATA,
+    DATA_REASON,
+    DATA_REFUSED,
+    DATA_SEQ,
+    DATA_SINK,
+    DATA_STATE,
+    KEYS,
+    MAX_SEQ,
+    STATS_KEYS,
+    Key,
+)
+from .sinks import Sink, module_param_path
+
+__all__ = ["SYSFS_PATHS", "Agent", "Report"]
+
+log = logging.getLogger("xentmem.agent")
+
+_SB = f"{BALLOON_DIR}/selfballoon"
+SYSFS_PATHS: dict[str, str] = {  # key name -> sysfs file (ref §3.1, §4.3)
+    "frontswap": module_param_path("frontswap"),
+    "cleancache": module_param_path("cleancache"),
+    "selfballooning": f"{_SB}/selfballooning",
+    "selfshrinking": f"{_SB}/frontswap_selfshrinking",
+    "interval": f"{_SB}/selfballoon_interval",
+    "downhysteresis": f"{_SB}/selfballoon_downhysteresis",
+    "uphysteresis": f"{_SB}/selfballoon_uphysteresis",
+    "min_usable_mb": f"{_SB}/selfballoon_min_usable_mb",
+    "reserved_mb": f"{_SB}/selfballoon_reserved_mb",
+}
+_STATS_PATHS = {name: "sys/kernel/debug/{}/{}".format(*name.split("_", 1)) for name in STATS_KEYS}
+_BALLOON_PATHS = {"current_kib": f"{BALLOON_DIR}/info/current_kb",
+                  "target_kib": f"{BALLOON_DIR}/target_kb"}
+# Module parameters first (a reload resets the flags), the numeric knobs before the flags
+# (0->1 of selfballooning schedules the worker after `interval`).
+_MODULE_KEYS = ("frontswap", "cleancache")  # tmem module parameters, not sysfs knobs
+_APPLY_ORDER = sorted(KEYS, key=lambda k: (k.name not in _MODULE_KEYS, k.boolean))
+_U64 = (1 << 64) - 1
+_REASON_MAX = 200  # data/tmem/reason is one line the host shows as is
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of one reconcile: what the agent publishes under ``data/tmem``."""
+
+    seq: int | None
+    state: str  # "applied" | "refused"
+    refused: dict[str, str] = field(default_factory=dict)  # key -> why
+    applied: dict[str, int] = field(default_factory=dict)  # key -> value the guest reports
+
+    @property
+    def reason(self) -> str:
+        text = "; ".join(f"{k}: {why}" for k, why in self.refused.items())
+        return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+def _parse_current(k: Key, text: str | None) -> int | None:
+    if k.boolean:
+        value = sanitize_bool(text)  # sysfs prints 0/1; module parameters print Y/N
+        return None if value is None else int(value)
+    return sanitize_int(text, -(1 << 31), 1 << 32)
+
+
+def _shown(untrusted: bytes) -> str:
+    return sanitize_text(untrusted[:32], 32) or f"<{len(untrusted)} unprintable bytes>"
+
+
+class Agent:
+    """Applies ``control/`` of one guest to ``sink`` and publishes ``data/tmem``.
+
+    ``xs`` is a connection *as the guest* (xenbus inside a guest, or our xenstored's
+    ``domain_socket(domid)``); all paths are relative to the guest's home. Counters are
+    republished every ``stats_interval`` seconds.
+    """
+
+    def __init__(self, xs: XenStore, sink: Sink, *, stats_interval: float = 5.0,
+                 max_backoff: float = 2.0) -> None:
+        if stats_interval <= 0:
+            raise ValueError(f"stats_interval must be positive, not {stats_interval}")
+        self.xs = xs
+        self.sink = sink
+        self.stats_interval = stats_interval
+        self.max_backoff = max_backoff
+        self.report = Report(None, "applied")
+        self._published: dict[str, str] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # one reconcile/publish at a time
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def _read_control(self) -> tuple[int | None, dict[Key, bytes]]:
+        def read(tx) -> tuple[int | None, dict[Key, bytes]]:
+            seq = sanitize_int(tx.read(CONTROL_SEQ, None), 0, MAX_SEQ)
+            values = {k: v for k in KEYS if (v := tx.read(k.control, None)) is not None}
+            return seq, values
+
+        return transaction(self.xs, read)
+
+    def _apply(self, k: Key, untrusted: bytes) -> str | None:
+        """Bring ``k`` to the requested value; None if done, else why not."""
+        if k.boolean:
+            flag = sanitize_bool(untrusted)
+            wanted = None if flag is None else int(flag)
+        else:
+            wanted = sanitize_int(untrusted, k.lo, k.hi)
+        if wanted is None:
+            return f"{_shown(untrusted)!r} is not {k.describe_range()}"
+        path = SYSFS_PATHS[k.name]
+        current = _parse_current(k, self.sink.read(path))
+        if current is None:
+            if k.name in _MODULE_KEYS:
+                return "the tmem module is not loaded"
+            return f"/{path} is missing (kernel without self-ballooning?)"
+        if current == wanted:
+            return None
+        try:
+            if k.name in _MODULE_KEYS:
+                self.sink.set_module_param(k.name, bool(wanted))
+            elif wanted == 0 and not k.boolean:
+                # ref §4.3: numeric knobs reject 0, so a value once set cannot return to 0
+                return f"the kernel rejects 0 (-EINVAL); it stays at {current}"
+            else:
+                self.sink.write(path, f"{wanted}\n")
+        except GuestError as exc:
+            return str(exc)
+        after = _parse_current(k, self.sink.read(path))
+        if after != wanted:
+            return f"wrote {wanted}, the guest reports {after}"
+        return None
+
+    def reconcile(self) -> Report:
+        """Apply every requested setting and publish the outcome (thread-safe)."""
+        with self._lock:
+            seq, wanted = self._read_control()
+            refused: dict[str, str] = {}
+            for k in _APPLY_ORDER:
+                if k in wanted:
+                    why = self._apply(k, wanted[k])
+                    if why is not None:
+                        refused[k.name] = why
+            applied = {k.name: v for k in KEYS
+                       if (v := _parse_current(k, self.sink.read(SYSFS_PATHS[k.name])))
+                       is not None}
+            refused = {k.name: refused[k.name] for k in KEYS if k.name in refused}
+            self.report = Report(seq, "refused" if refused else "applied", refused, applied)
+            if refused:
+                log.warning("refused: %s", self.report.reason)
+            self._publish()
+            return self.report
+
+    def publish(self) -> None:
+        """Republish applied values and counters (nothing is re-applied)."""
+        with self._lock:
+            r = self.report
+            applied = {k.name: v for k in KEYS
+                       if (v := _parse_current(k, self.sink.read(SYSFS_PATHS[k.name])))
+                       is not None}
+            self.report = Report(r.seq, r.state, r.refused, applied)
+            self._publish()
+
+    def _nodes(self) -> dict[str, str]:
+        r = self.report
+        nodes = {DATA_SINK: self.sink.kind, DATA_STATE: r.state, DATA_REASON: r.reason}
+        if r.seq is not None:
+            nodes[DATA_SEQ] = str(r.seq)
+        for k in KEYS:
+            if k.name in r.applied:
+                nodes[k.data] = str(r.applied[k.name])
+        for name, why in r.refused.items():
+            nodes[f"{DATA_REFUSED}/{name}"] = why
+        for group, paths in (("stats", _STATS_PATHS), ("balloon", _BALLOON_PATHS)):
+            for name, path in paths.items():
+                value = sanitize_int(self.sink.read(path), 0, _U64)
+                if value is not None:
+                    nodes[f"{DATA}/{group}/{name}"] = str(value)
+        return nodes
+
+    def _publish(self) -> None:
+        nodes = self._nodes()
+        old = self._published
+        changed = {p: v for p, v in nodes.items() if old.get(p) != v}
+        gone = [p for p in old if p not in nodes]
+        if not changed and not gone:
+            return
+
+        def write(tx) -> None:
+            for path in gone:
+                with contextlib.suppress(XenStoreNotFound):
+                    tx.rm(path)
+            for path, value in changed.items():
+                tx.write(path, value)
+
+        transaction(self.xs, write)
+        self._published = nodes
+
+    # --- the loop -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`: reconcile on every ``control/`` change, republish counters
+        every ``stats_interval`` s, reconnect with backoff when xenstore goes away."""
+        backoff = 0.05
+        watch = None
+        next_stats = time.monotonic() + self.stats_interval
+        try:
+            while not self._stop.is_set():
+                try:
+                    if watch is None:
+                        with contextlib.suppress(XenStoreNotFound):
+                            self.xs.rm(DATA)  # a fresh report, nothing stale from before
+                        self._published = {}
+                        watch = self.xs.watch("control")  # the first event fires at once
+                    event = watch.poll(min(0.2, self.stats_interval))
+                    if event is not None:
+                        while watch.poll(0) is not None:  # one reconcile per burst
+                            pass
+                        self.reconcile()
+                    if time.monotonic() >= next_stats:
+                        next_stats = time.monotonic() + self.stats_interval
+                        self.publish()
+                    backoff = 0.05
+                except XenStoreError as exc:
+                    if isinstance(exc, XenStoreUnavailable):
+                        self._published = {}  # the store may have lost our nodes
+                    log.warning("xenstore: %s (retrying in %.2f s)", exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    def start(self) -> Agent:
+        """Run :meth:`run` in a daemon thread."""
+        if self._thread is not None:
+            raise RuntimeError("agent already started")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="xentmem-agent", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the loop to end and wait (at most ``timeout`` s) for it."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,101 @@
+"""The xenstore keys dom0 and the guest agent talk through, stated once for both sides.
+
+Paths are relative to the guest's home ``/local/domain/<domid>`` (the agent uses them as they
+are; the host prefixes :func:`domain_path`). ``control/`` is writable by dom0 only and readable
+by the guest; ``data/`` belongs to the guest (toolstack layout, ``xentmem.xenstore.toolstack``),
+so everything the host reads from ``data/`` is untrusted until sanitised.
+
+Each :class:`Key` carries its limits. Both the CLI (exit 2 on bad input) and the agent (state
+``refused``) check them, so a value that reaches the guest through another route (an admin's
+``xenstore-write``) is held to the same rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "BALLOON_KEYS",
+    "CONTROL_SEQ",
+    "DATA",
+    "DATA_REASON",
+    "DATA_REFUSED",
+    "DATA_SEQ",
+    "DATA_SINK",
+    "DATA_STATE",
+    "KEYS",
+    "KNOBS",
+    "MAX_SEQ",
+    "STATES",
+    "STATS_KEYS",
+    "TOGGLES",
+    "Key",
+    "key",
+]
+
+MAX_SEQ = 0x7FFFFFFF  # the request counter wraps here (kept within a signed 32-bit int)
+MAX_MB = 1 << 20  # 1 TiB: beyond any guest of a tmem-era host
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its name, where dom0 requests it and the agent reports it, its limits."""
+
+    name: str
+    control: str  # dom0 writes the requested value here
+    data: str  # the agent publishes the applied value here
+    lo: int
+    hi: int
+    boolean: bool
+    help: str
+
+    def describe_range(self) -> str:
+        return "0 or 1" if self.boolean else f"an integer in [{self.lo}, {self.hi}]"
+
+
+def _toggle(name: str, help: str) -> Key:
+    return Key(name, f"control/tmem/{name}", f"data/tmem/{name}", 0, 1, True, help)
+
+
+def _knob(name: str, lo: int, hi: int, help: str) -> Key:
+    return Key(name, f"control/selfballoon/{name}", f"data/tmem/selfballoon/{name}", lo, hi,
+               False, help)
+
+
+TOGGLES: tuple[Key, ...] = (
+    _toggle("frontswap", "tmem frontswap (swap pages to Xen)"),
+    _toggle("cleancache", "tmem cleancache (clean page cache to Xen)"),
+    _toggle("selfballooning", "self-ballooning"),
+    _toggle("selfshrinking", "frontswap self-shrinking"),
+)
+# Limits: the kernel rejects 0 for every numeric knob (ref §4.3), so min_usable_mb/reserved_mb
+# admit 0 only as "leave it at the default 0"; the agent refuses to write a 0.
+KNOBS: tuple[Key, ...] = (
+    _knob("interval", 1, 3600, "seconds between self-balloon runs"),
+    _knob("downhysteresis", 1, 10000, "divisor applied when shrinking"),
+    _knob("uphysteresis", 1, 10000, "divisor applied when growing"),
+    _knob("min_usable_mb", 0, MAX_MB, "MiB never ballooned away (0 = kernel formula)"),
+    _knob("reserved_mb", 0, MAX_MB, "MiB added to the self-balloon goal"),
+)
+KEYS: tuple[Key, ...] = TOGGLES + KNOBS
+_BY_NAME = {k.name: k for k in KEYS}
+
+CONTROL_SEQ = "control/tmem/seq"  # dom0 bumps it with every request (same transaction)
+DATA = "data/tmem"
+DATA_SEQ = "data/tmem/seq"  # the control seq the agent's report answers; written last
+DATA_STATE = "data/tmem/state"  # one of STATES
+DATA_REASON = "data/tmem/reason"  # one line; empty when applied
+DATA_REFUSED = "data/tmem/refused"  # one node per refused key: why
+DATA_SINK = "data/tmem/sink"  # "sysfs" or "model": what the agent drives
+STATES = ("applied", "refused")
+STATS_KEYS = (  # data/tmem/stats/<name>: the debugfs counters (ref §1.7, §2.3)
+    "frontswap_succ_stores", "frontswap_failed_stores", "frontswap_loads",
+    "frontswap_invalidates", "cleancache_succ_gets", "cleancache_failed_gets",
+    "cleancache_puts", "cleancache_invalidates",
+)
+BALLOON_KEYS = ("current_kib", "target_kib")  # data/tmem/balloon/<name>
+
+
+def key(name: str) -> Key:
+    """The key called ``name`` (``KeyError`` if there is none)."""
+    return _BY_NAME[name]

@@ -1,0 +1,91 @@
+"""``memory/target`` from xenstore for an emulated guest's balloon driver.
+
+In a real guest the kernel's xen-balloon driver watches ``memory/target`` itself (ref §4.2). An
+emulated guest has no xenbus, so this :class:`~xentmem.guest.TargetSource` does it on the
+guest's xenstore connection, in a thread, and hands every new value (untrusted: the balloon
+driver's own parser decides) to the model: ``guest.attach_target(XenStoreTargetSource(xs))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from xentmem.errors import XenStoreError
+from xentmem.xenstore import XenStore
+
+__all__ = ["XenStoreTargetSource"]
+
+log = logging.getLogger("xentmem.agent")
+
+Callback = Callable[[str | bytes | None], None]
+
+
+class XenStoreTargetSource:
+    """Watches ``path`` (relative to the guest's home) and calls back on every change."""
+
+    def __init__(self, xs: XenStore, path: str = "memory/target", *,
+                 max_backoff: float = 2.0) -> None:
+        self.xs = xs
+        self.path = path
+        self.max_backoff = max_backoff
+        self._callbacks: list[Callback] = []
+        self._last: bytes | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._armed = threading.Event()
+
+    def watch(self, callback: Callback) -> None:
+        """Register ``callback``; it is called now (from the watch's first event) and on every
+        change, from the watcher thread."""
+        self._callbacks.append(callback)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="xentmem-memory-target",
+                                            daemon=True)
+            self._thread.start()
+            self._armed.wait(self.xs_timeout)
+        else:
+            callback(self._last)
+
+    @property
+    def xs_timeout(self) -> float:
+        return float(getattr(self.xs, "timeout", 5.0))
+
+    def _fire(self) -> None:
+        value = self.xs.read(self.path, None)
+        if value == self._last:
+            return
+        self._last = value
+        for cb in list(self._callbacks):
+            cb(value)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        watch = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    if watch is None:
+                        watch = self.xs.watch(self.path)
+                    if watch.poll(0.2) is not None:
+                        self._fire()
+                        self._armed.set()
+                    backoff = 0.05
+                except XenStoreError as exc:
+                    log.warning("memory/target watch: %s (retrying in %.2f s)", exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+        finally:
+            self._armed.set()
+            if watch is not None:
+                with contextlib.suppress(XenStoreError):
+                    watch.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop watching."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

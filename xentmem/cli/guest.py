@@ -1,0 +1,180 @@
+"""``xentmem guest ...``: per-guest tmem and self-balloon toggles and memory targets.
+
+The host is chosen at the edge: ``--xenstored PATH`` (default as the C tools resolve it) is
+always where the agent keys live; ``--libvirt-uri URI`` (or ``$XENTMEM_LIBVIRT_URI``) makes it
+a real host whose domains and memory libvirt manages. Without it the host is xenstore-only, as
+an emulated host (``xentmem emulator up``) is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from xentmem.agent.keys import key
+from xentmem.cli._app import UsageError, app
+from xentmem.cli._render import render
+from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
+from xentmem.host.libvirt import LibvirtConnection
+from xentmem.xenstore import XenStoreClient
+
+__all__ = ["Json", "LibvirtUri", "Timeout", "XenStored", "guest_app", "open_host"]
+
+guest_app = typer.Typer(help="Per-guest tmem / self-ballooning toggles and memory targets.",
+                        no_args_is_help=True)
+app.add_typer(guest_app, name="guest")
+
+XenStored = Annotated[str | None, typer.Option(
+    "--xenstored", help="xenstored socket (default: $XENSTORED_PATH, $XENSTORED_RUNDIR/socket, "
+    "or the xenbus device).")]
+LibvirtUri = Annotated[str | None, typer.Option(
+    "--libvirt-uri", help="Manage domains through libvirt (a real host), e.g. xen:///system "
+    "(default: $XENTMEM_LIBVIRT_URI; none: xenstore only, as on an emulated host).")]
+Timeout = Annotated[float, typer.Option("--timeout", min=0.1, max=600,
+                                        help="Seconds per xenstore / libvirt call.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Dom = Annotated[str, typer.Argument(help="Domain name or id.", show_default=False)]
+
+
+@contextmanager
+def open_host(xenstored: str | None, libvirt_uri: str | None, timeout: float) -> Iterator[Host]:
+    """The :class:`Host` the options name; closed on exit."""
+    xs = XenStoreClient(xenstored, timeout=timeout)
+    uri = libvirt_uri or os.environ.get("XENTMEM_LIBVIRT_URI") or None
+    lv = LibvirtConnection(uri, timeout=timeout) if uri else None
+    try:
+        yield Host(xs, lv, ack_timeout=timeout)
+    except (ValueError, LookupError) as exc:  # the library's "bad input": exit 2
+        raise UsageError(str(exc)) from None
+    finally:
+        xs.close()
+        if lv is not None:
+            lv.close()
+
+
+def _show(g: GuestInfo) -> dict[str, Any]:
+    t = g.tmem
+    record: dict[str, Any] = {
+        "domid": g.domid, "name": g.name, "state": g.state,
+        "memory_mib": mib(g.memory_kib), "target_mib": mib(g.target_kib),
+        "max_mib": mib(g.max_kib), "agent": t.status if t else "unknown",
+        "sink": t.sink if t else None, "request": t.requested_seq if t else None,
+        "answered": t.seq if t else None, "reason": (t.reason or None) if t else None,
+    }
+    if g.metadata is not None:
+        record["libvirt_metadata"] = g.metadata
+    if g.note:
+        record["note"] = g.note
+    settings = [] if t is None else [
+        {"key": k.name, "requested": t.requested.get(k.name), "applied": t.applied.get(k.name),
+         "refused": t.refused.get(k.name, "")}
+        for k in (key(n) for n in t.applied)]
+    return {"guest": record, "settings": settings,
+            "stats": dict(t.stats) if t else {},
+            "balloon": ({n: mib(v) for n, v in t.balloon.items()} if t else {})}
+
+
+@guest_app.command("list")
+def list_(as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
+          timeout: Timeout = 5.0) -> None:
+    """Every domain with its memory and tmem state."""
+    with open_host(xenstored, libvirt_uri, timeout) as host:
+        rows = [g.row() for g in host.guests()]
+    render(rows, as_json=as_json, title="guests")
+
+
+@guest_app.command("show")
+def show(dom: Dom, as_json: Json = False, xenstored: XenStored = None,
+         libvirt_uri: LibvirtUri = None, timeout: Timeout = 5.0) -> None:
+    """One guest: requested and applied settings, counters, balloon."""
+    with open_host(xenstored, libvirt_uri, timeout) as host:
+        data = _show(host.guest(dom))
+    if as_json:
+        render(data, as_json=True)
+        return
+    render(data["guest"], as_json=False, title=f"guest {data['guest']['name']}")
+    if data["settings"]:
+        render(data["settings"], as_json=False, title="settings")
+    if data["stats"]:
+        render({**data["stats"], **{f"balloon_{n}_mib": v for n, v in data["balloon"].items()}},
+               as_json=False, title="counters")
+
+
+def _flag(name: str) -> Any:
+    return Annotated[bool | None, typer.Option(f"--{name}/--no-{name}", help=key(name).help,
+                                               show_default=False)]
+
+
+def _knob(name: str) -> Any:
+    k = key(name)
+    return Annotated[int | None, typer.Option(f"--{name.replace('_', '-')}", min=k.lo, max=k.hi,
+                                              help=k.help,
+                                              show_default=False)]
+
+
+@guest_app.command("set")
+def set_(dom: Dom,
+         frontswap: _flag("frontswap") = None,
+         cleancache: _flag("cleancache") = None,
+         selfballooning: _flag("selfballooning") = None,
+         selfshrinking: _flag("selfshrinking") = None,
+         interval: _knob("interval") = None,
+         downhysteresis: _knob("downhysteresis") = None,
+         uphysteresis: _knob("uphysteresis") = None,
+         min_usable_mb: _knob("min_usable_mb") = None,
+         reserved_mb: _knob("reserved_mb") = None,
+         wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait for the "
+                                             "guest agent's answer.")] = 5.0,
+         as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
+         timeout: Timeout = 5.0) -> None:
+    """Request settings for a guest and report applied / pending / refused (exit 1 if the
+    guest refused any)."""
+    values = {name: value for name, value in (
+        ("frontswap", frontswap), ("cleancache", cleancache),
+        ("selfballooning", selfballooning), ("selfshrinking", selfshrinking),
+        ("interval", interval), ("downhysteresis", downhysteresis),
+        ("uphysteresis", uphysteresis), ("min_usable_mb", min_usable_mb),
+        ("reserved_mb", reserved_mb)) if value is not None}
+    if not values:
+        raise UsageError("nothing to set: give at least one option (see --help)")
+    with open_host(xenstored, libvirt_uri, timeout) as host:
+        result = host.set_toggles(dom, values, timeout=wait)
+    _report(result, as_json)
+    if result.status == "refused":
+        raise typer.Exit(1)
+
+
+def _report(result: ToggleResult, as_json: bool) -> None:
+    if as_json:
+        render({"domid": result.domid, "name": result.name, "request": result.seq,
+                "status": result.status, "reason": result.reason, "settings": result.rows()},
+               as_json=True)
+        return
+    render(result.rows(), as_json=False, title=f"{result.name}: request {result.seq}",
+           columns=["key", "requested", "applied", "status", "reason"])
+    colour = {"applied": "green", "pending": "yellow", "refused": "red"}[result.status]
+    line = f"[{colour}]{result.status}[/{colour}]"
+    if result.reason:
+        line += f"  {result.reason}"
+    Console(highlight=False).print(line)
+
+
+@guest_app.command("memory")
+def memory(dom: Dom,
+           target: Annotated[int, typer.Option("--target", min=1, help="New balloon target in "
+                                               "MiB.", show_default=False)],
+           config: Annotated[bool, typer.Option(help="libvirt: also change the persistent "
+                                                "definition.")] = False,
+           as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
+           timeout: Timeout = 5.0) -> None:
+    """Set a guest's memory target (libvirt setMemoryFlags, or memory/target in xenstore)."""
+    with open_host(xenstored, libvirt_uri, timeout) as host:
+        result = host.set_memory_target(dom, target * 1024, config=config)
+    render({"domid": result.domid, "name": result.name, "target_mib": mib(result.target_kib),
+            "previous_mib": mib(result.previous_kib), "via": result.via},
+           as_json=as_json, title="memory target")

@@ -1,0 +1,438 @@
+"""The admin's per-guest view and toggles (DESIGN §4 flows 3 and 4).
+
+:class:`Host` works on a real host (libvirt for the domain list and memory targets, the host's
+xenstored for the agent keys) or on an emulated one (xenstore alone: ``/local/domain`` lists the
+guests and ``memory/target`` is written as libxl would). Both are chosen at the edge::
+
+    host = Host(XenStoreClient("/var/run/xenstored/socket"), LibvirtConnection("xen:///system"))
+    host = Host(XenStoreClient(emulator_socket))                  # emulated host
+    result = host.set_toggles("web", {"frontswap": False, "interval": 10}, timeout=5)
+    result.status                                                 # applied | pending | refused
+
+Toggles go to ``control/`` with a new request number in one transaction; the guest agent
+answers under ``data/tmem`` (layout: :mod:`xentmem.agent.keys`). Everything read from ``data/``
+was written by the guest and passes :mod:`xentmem.xenstore.sanitize` before use: junk reads as
+None, never as an exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from xml.etree import ElementTree
+from xml.sax.saxutils import escape
+
+from xentmem.agent.keys import (
+    BALLOON_KEYS,
+    CONTROL_SEQ,
+    DATA_REASON,
+    DATA_REFUSED,
+    DATA_SEQ,
+    DATA_SINK,
+    DATA_STATE,
+    KEYS,
+    MAX_SEQ,
+    STATES,
+    STATS_KEYS,
+    key,
+)
+from xentmem.errors import LibvirtError, XenStoreError, XenStoreNotFound
+from xentmem.host.libvirt import DomainInfo, LibvirtConnection
+from xentmem.xenstore import (
+    XenStore,
+    sanitize_bool,
+    sanitize_choice,
+    sanitize_domid,
+    sanitize_int,
+    sanitize_kib,
+    sanitize_text,
+    transaction,
+)
+from xentmem.xenstore.toolstack import domain_path
+
+__all__ = [
+    "METADATA_URI",
+    "GuestInfo",
+    "Host",
+    "MemoryResult",
+    "TmemReport",
+    "ToggleResult",
+    "metadata_xml",
+    "mib",
+    "validate",
+]
+
+METADATA_URI = "https://xentmem.invalid/libvirt/tmem/1"  # our libvirt <metadata> namespace
+_U64 = (1 << 64) - 1
+
+
+def mib(kib: int | None) -> int | None:
+    """KiB -> MiB (rounded down), None stays None."""
+    return None if kib is None else kib // 1024
+
+
+@dataclass(frozen=True)
+class TmemReport:
+    """A guest's tmem settings: what dom0 requested and what the agent reports (sanitised)."""
+
+    requested: dict[str, int]  # control/ (written by dom0)
+    applied: dict[str, int | None]  # data/tmem/<key>; None: absent or junk
+    seq: int | None  # the request the agent last answered
+    requested_seq: int | None
+    state: str | None  # applied | refused | None (no agent, or junk)
+    reason: str | None
+    refused: dict[str, str]
+    sink: str | None
+    stats: dict[str, int | None]
+    balloon: dict[str, int | None]
+
+    @property
+    def agent(self) -> bool:
+        """Whether an agent has reported at all."""
+        return self.state is not None
+
+    @property
+    def status(self) -> str:
+        """``no agent``, ``pending`` (a request not yet answered), or the agent's state."""
+        if self.state is None:
+            return "no agent"
+        if self.requested_seq is not None and self.seq != self.requested_seq:
+            return "pending"
+        return self.state
+
+
+@dataclass(frozen=True)
+class GuestInfo:
+    """One domain as the admin sees it; memory in KiB (None where unknown)."""
+
+    domid: int | None
+    name: str
+    state: str
+    memory_kib: int | None  # current reservation
+    max_kib: int | None
+    target_kib: int | None  # memory/target
+    tmem: TmemReport | None
+    metadata: str | None = None  # our libvirt metadata element (real host)
+    note: str = ""  # why something is missing
+
+    def row(self) -> dict[str, Any]:
+        """The flat row of ``xentmem guest list`` / ``status``."""
+        t = self.tmem
+        return {"domid": self.domid, "name": self.name, "state": self.state,
+                "memory_mib": mib(self.memory_kib), "target_mib": mib(self.target_kib),
+                "max_mib": mib(self.max_kib),
+                "frontswap": t.applied.get("frontswap") if t else None,
+                "cleancache": t.applied.get("cleancache") if t else None,
+                "selfballooning": t.applied.get("selfballooning") if t else None,
+                "agent": t.status if t else "unknown"}
+
+
+@dataclass(frozen=True)
+class ToggleResult:
+    """The outcome of :meth:`Host.set_toggles`."""
+
+    domid: int
+    name: str
+    seq: int
+    status: str  # applied | pending | refused
+    reason: str
+    requested: dict[str, int]
+    applied: dict[str, int | None] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        out = []
+        for name, value in self.requested.items():
+            status = ("refused" if name in self.refused else
+                      "pending" if self.status == "pending" else "applied")
+            out.append({"key": name, "requested": value, "applied": self.applied.get(name),
+                        "status": status, "reason": self.refused.get(name, "")})
+        return out
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    """The outcome of :meth:`Host.set_memory_target` (KiB)."""
+
+    domid: int | None
+    name: str
+    target_kib: int
+    previous_kib: int | None
+    via: str  # "libvirt" | "xenstore"
+
+
+def _acked(answered: int | None, wanted: int) -> bool:
+    """Whether request ``answered`` is ``wanted`` or a later one (the counter wraps)."""
+    if answered is None:
+        return False
+    return (answered - wanted) % (MAX_SEQ + 1) < (MAX_SEQ + 1) // 2
+
+
+def _read_report(tx, dom: str) -> TmemReport:
+    """Everything under control/ and data/tmem of one domain, sanitised."""
+    requested: dict[str, int] = {}
+    applied: dict[str, int | None] = {}
+    for k in KEYS:
+        untrusted_applied = tx.read(f"{dom}/{k.data}", None)
+        # control/ is dom0's, but may hold anything an admin wrote with xenstore-write
+        untrusted_requested = tx.read(f"{dom}/{k.control}", None)
+        if k.boolean:
+            flag = sanitize_bool(untrusted_applied)
+            applied[k.name] = None if flag is None else int(flag)
+            req = sanitize_bool(untrusted_requested)
+            if req is not None:
+                requested[k.name] = int(req)
+        else:
+            applied[k.name] = sanitize_int(untrusted_applied, 0, 1 << 32)
+            value = sanitize_int(untrusted_requested, k.lo, k.hi)
+            if value is not None:
+                requested[k.name] = value
+    refused: dict[str, str] = {}
+    with contextlib.suppress(XenStoreNotFound):
+        for untrusted_name in tx.list(f"{dom}/{DATA_REFUSED}")[: len(KEYS)]:
+            name = sanitize_choice(untrusted_name, [k.name for k in KEYS])
+            if name is not None:
+                why = sanitize_text(tx.read(f"{dom}/{DATA_REFUSED}/{name}", None))
+                refused[name] = why if why is not None else "(unreadable reason)"
+    return TmemReport(
+        requested=requested,
+        applied=applied,
+        seq=sanitize_int(tx.read(f"{dom}/{DATA_SEQ}", None), 0, MAX_SEQ),
+        requested_seq=sanitize_int(tx.read(f"{dom}/{CONTROL_SEQ}", None), 0, MAX_SEQ),
+        state=sanitize_choice(tx.read(f"{dom}/{DATA_STATE}", None), STATES),
+        reason=sanitize_text(tx.read(f"{dom}/{DATA_REASON}", None)),
+        refused=refused,
+        sink=sanitize_choice(tx.read(f"{dom}/{DATA_SINK}", None), ("sysfs", "model")),
+        stats={n: sanitize_int(tx.read(f"{dom}/data/tmem/stats/{n}", None), 0, _U64)
+               for n in STATS_KEYS},
+        balloon={n: sanitize_kib(tx.read(f"{dom}/data/tmem/balloon/{n}", None))
+                 for n in BALLOON_KEYS},
+    )
+
+
+def validate(values: Mapping[str, int | bool]) -> dict[str, int]:
+    """Check requested settings against their limits; ``ValueError`` names the first bad one."""
+    out: dict[str, int] = {}
+    for name, value in values.items():
+        try:
+            k = key(name)
+        except KeyError:
+            raise ValueError(f"unknown setting {name!r}; known: "
+                             + ", ".join(k.name for k in KEYS)) from None
+        number = int(value)
+        if (isinstance(value, bool) and not k.boolean) or not k.lo <= number <= k.hi:
+            raise ValueError(f"{name} must be {k.describe_range()}, not {value!r}")
+        out[name] = number
+    return out
+
+
+def metadata_xml(values: Mapping[str, int]) -> str:
+    """Our libvirt metadata element holding the requested settings."""
+    body = "".join(f"<{n}>{escape(str(v))}</{n}>" for n, v in values.items())
+    return f"<tmem>{body}</tmem>"
+
+
+class Host:
+    """A Xen host as its admin sees it. ``xs`` is a dom0 xenstore connection; ``libvirt``
+    (optional) makes it a real host whose domains and memory libvirt manages."""
+
+    def __init__(self, xs: XenStore | None, libvirt: LibvirtConnection | None = None, *,
+                 ack_timeout: float = 5.0) -> None:
+        if xs is None and libvirt is None:
+            raise ValueError("a host needs xenstore, libvirt, or both")
+        self.xs = xs
+        self.libvirt = libvirt
+        self.ack_timeout = ack_timeout
+
+    @property
+    def kind(self) -> str:
+        return "libvirt" if self.libvirt is not None else "xenstore"
+
+    def _xs(self) -> XenStore:
+        if self.xs is None:
+            raise XenStoreError("this needs xenstore (the guest agent keys live there)")
+        return self.xs
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def tmem_report(self, domid: int) -> TmemReport:
+        """The sanitised control/ and data/tmem of ``domid``."""
+        return transaction(self._xs(), lambda tx: _read_report(tx, domain_path(domid)))
+
+    def _xs_guest(self, domid: int) -> GuestInfo:
+        dom = domain_path(domid)
+
+        def read(tx) -> tuple[Any, ...]:
+            return (tx.read(f"{dom}/name", None), tx.read(f"{dom}/memory/target", None),
+                    tx.read(f"{dom}/memory/static-max", None), _read_report(tx, dom))
+
+        untrusted_name, untrusted_target, untrusted_max, report = transaction(self._xs(), read)
+        name = sanitize_text(untrusted_name, 64) or f"domain-{domid}"
+        target = sanitize_kib(untrusted_target)
+        current = report.balloon.get("current_kib")
+        return GuestInfo(domid=domid, name=name, state="running",
+                         memory_kib=current if current is not None else target,
+                         max_kib=sanitize_kib(untrusted_max), target_kib=target, tmem=report)
+
+    def _xs_domids(self) -> list[int]:
+        try:
+            names = self._xs().list("/local/domain")
+        except XenStoreNotFound:
+            return []
+        return sorted(d for n in names if (d := sanitize_domid(n)) is not None)
+
+    def _lv_guest(self, info: DomainInfo) -> GuestInfo:
+        tmem = target = None
+        note = ""
+        if info.domid is not None and self.xs is not None:
+            try:
+                tmem = self.tmem_report(info.domid)
+                target = sanitize_kib(self.xs.read(f"{domain_path(info.domid)}/memory/target",
+                                                   None))
+            except XenStoreError as exc:
+                note = f"xenstore: {exc}"
+        assert self.libvirt is not None
+        try:
+            metadata = self.libvirt.metadata(info.name, METADATA_URI)
+        except LibvirtError as exc:
+            metadata, note = None, note or str(exc)
+        return GuestInfo(domid=info.domid, name=info.name, state=info.state,
+                         memory_kib=info.memory_kib, max_kib=info.max_kib,
+                         target_kib=target if target is not None else info.memory_kib,
+                         tmem=tmem, metadata=metadata, note=note)
+
+    def guests(self) -> list[GuestInfo]:
+        """Every domain with its memory and tmem state."""
+        if self.libvirt is not None:
+            return [self._lv_guest(i) for i in self.libvirt.domains()]
+        return [self._xs_guest(d) for d in self._xs_domids()]
+
+    def guest(self, dom: str | int) -> GuestInfo:
+        """One domain, by name or domid (``LookupError`` if there is none)."""
+        if self.libvirt is not None:
+            try:
+                return self._lv_guest(self.libvirt.domain(_as_id(dom)))
+            except LibvirtError as exc:
+                raise LookupError(f"no domain {dom!r} ({exc})") from None
+        domid = _as_id(dom)
+        for d in self._xs_domids():
+            if d == domid:
+                return self._xs_guest(d)
+            if not isinstance(domid, int):
+                info = self._xs_guest(d)
+                if info.name == dom:
+                    return info
+        raise LookupError(f"no domain {dom!r} in /local/domain")
+
+    def summary(self) -> dict[str, Any]:
+        """The host in one record: where it is, its memory, and a row per domain."""
+        guests = self.guests()
+        host: dict[str, Any] = {"kind": self.kind,
+                                "xenstore": getattr(self.xs, "path", None),
+                                "libvirt": self.libvirt.uri if self.libvirt else None}
+        if self.libvirt is not None:
+            host["hypervisor"] = " ".join(self.libvirt.hypervisor())
+            total, free = self.libvirt.node_memory()
+            host["memory_mib"], host["free_mib"] = total // 1024, free // 1024
+        assigned = sum(g.memory_kib or 0 for g in guests)
+        return {"host": host, "domains": len(guests), "assigned_mib": assigned // 1024,
+                "agents": sum(1 for g in guests if g.tmem is not None and g.tmem.agent),
+                "guests": [g.row() for g in guests]}
+
+    # --- changing -----------------------------------------------------------------------------
+
+    def set_toggles(self, dom: str | int, values: Mapping[str, int | bool], *,
+                    timeout: float | None = None) -> ToggleResult:
+        """Request ``values`` (names of :data:`xentmem.agent.keys.KEYS`) for ``dom`` and wait
+        at most ``timeout`` s for the agent's answer (``pending`` if none comes)."""
+        requested = validate(values)
+        if not requested:
+            raise ValueError("nothing to set")
+        info = self.guest(dom)
+        if info.domid is None:
+            raise LookupError(f"domain {info.name} is not running")
+        domid, base = info.domid, domain_path(info.domid)
+        xs = self._xs()
+
+        def request(tx) -> int:
+            old = sanitize_int(tx.read(f"{base}/{CONTROL_SEQ}", None), 0, MAX_SEQ) or 0
+            seq = old % MAX_SEQ + 1
+            for name, value in requested.items():
+                tx.write(f"{base}/{key(name).control}", str(value))
+            tx.write(f"{base}/{CONTROL_SEQ}", str(seq))
+            return seq
+
+        seq = transaction(xs, request)
+        if self.libvirt is not None:  # remember the wish with the domain definition
+            merged = {**_metadata_values(info.metadata), **requested}
+            self.libvirt.set_metadata(info.name, metadata_xml(merged), "tmem", METADATA_URI)
+        wait = self.ack_timeout if timeout is None else timeout
+        report = self._wait_ack(domid, seq, wait)
+        if not _acked(report.seq, seq) or report.state is None:
+            why = f"no answer from the guest agent within {wait:g} s"
+            if report.state is None:
+                why += " (no agent report at all: is the agent running in the guest?)"
+            return ToggleResult(domid, info.name, seq, "pending", why, requested,
+                                report.applied, {})
+        refused = {n: r for n, r in report.refused.items() if n in requested}
+        status = "refused" if report.state == "refused" and refused else "applied"
+        reason = "; ".join(f"{n}: {r}" for n, r in refused.items())
+        return ToggleResult(domid, info.name, seq, status, reason, requested,
+                            report.applied, refused)
+
+    def _wait_ack(self, domid: int, seq: int, timeout: float) -> TmemReport:
+        xs = self._xs()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with xs.watch(f"{domain_path(domid)}/{DATA_SEQ}") as w:
+            while True:
+                report = self.tmem_report(domid)
+                left = deadline - time.monotonic()
+                if _acked(report.seq, seq) or left <= 0:
+                    return report
+                w.poll(min(left, 1.0))
+
+    def set_memory_target(self, dom: str | int, kib: int, *, config: bool = False
+                          ) -> MemoryResult:
+        """Set the balloon target: libvirt ``setMemoryFlags`` on a real host, ``memory/target``
+        (KiB, as libxl writes it) on an emulated one. ``ValueError`` above the maximum."""
+        if kib <= 0:
+            raise ValueError(f"the memory target must be positive, not {kib} KiB")
+        info = self.guest(dom)
+        if info.max_kib is not None and kib > info.max_kib:
+            raise ValueError(f"{kib // 1024} MiB is above the maximum of {info.name} "
+                             f"({info.max_kib // 1024} MiB)")
+        if self.libvirt is not None:
+            self.libvirt.set_memory(info.name, kib, config=config)
+            return MemoryResult(info.domid, info.name, kib, info.memory_kib, "libvirt")
+        if info.domid is None:
+            raise LookupError(f"domain {info.name} is not running")
+        self._xs().write(f"{domain_path(info.domid)}/memory/target", str(kib))
+        return MemoryResult(info.domid, info.name, kib, info.target_kib, "xenstore")
+
+
+def _as_id(dom: str | int) -> str | int:
+    if isinstance(dom, int):
+        return dom
+    return int(dom) if dom.isdecimal() and len(dom) < 6 else dom
+
+
+def _metadata_values(xml: str | None) -> dict[str, int]:
+    """The settings in our metadata element (libvirt's copy; unknown or bad entries dropped)."""
+    if not xml:
+        return {}
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return {}
+    out: dict[str, int] = {}
+    for child in root:
+        name = child.tag.rsplit("}", 1)[-1]
+        with contextlib.suppress(KeyError):
+            k = key(name)
+            value = sanitize_int(child.text, k.lo, k.hi)
+            if value is not None:
+                out[name] = value
+    return out
