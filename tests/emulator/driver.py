@@ -4,6 +4,9 @@ would reach Xen. No typed client in between, so these tests pin the ABI itself."
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 from xentmem import abi
 from xentmem.abi import PAGE_SIZE, TmemCmd, XenVersion
 from xentmem.emulator import EmulatedHost
@@ -17,10 +20,9 @@ SHARED_PERS = abi.pool_flags(persistent=True, shared=True)
 VERSIONS = ("4.1", "4.5", "4.12")
 
 
+@functools.lru_cache(maxsize=4096)
 def page(seed: int) -> bytes:
     """A deterministic, poorly compressible 4 KiB page."""
-    import hashlib
-
     out = bytearray()
     block = seed.to_bytes(8, "little")
     while len(out) < PAGE_SIZE:

@@ -11,7 +11,8 @@ from xentmem.cli import app
 
 
 def test_bench_tmem_json_rows():
-    result = CliRunner().invoke(app, ["bench", "tmem", "--pages", "200", "--json"])
+    result = CliRunner().invoke(app, ["bench", "tmem", "--pages", "200", "--rounds", "1",
+                                       "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.output)
     rows = out["rows"]

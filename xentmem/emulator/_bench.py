@@ -56,7 +56,6 @@ def _pages(count: int, compressible: bool) -> list[bytes]:
 
 
 def _timed(fn: Callable[[], int]) -> tuple[float, int]:
-    gc.collect()
     gc.disable()
     try:
         start = time.perf_counter()
@@ -138,6 +137,7 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
         persistent = name != SCENARIOS[1]
         data = text_pages if name == SCENARIOS[2] else random_pages
         distinct = len(data)
+        gc.collect()
         dict_put, dict_get = _dict_baseline(data, pages, rounds)
         for mode in ("single", "batched"):
             host = EmulatedHost(xen_version=xen_version, **options[name])

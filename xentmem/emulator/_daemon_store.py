@@ -154,17 +154,19 @@ class StateStore:
         self._fd = os.open(self.directory / JOURNAL, os.O_WRONLY | os.O_APPEND)
         self.journal_bytes = len(head)
 
-    def append(self, record: Record) -> None:
-        """Append one record (in the page cache at once: a killed daemon keeps it)."""
+    def append(self, record: Record, *, durable: bool = True) -> None:
+        """Append one record. It is in the page cache at once (a killed daemon keeps it);
+        ``durable`` ones are also fsync'ed by the next ``commit()``, which makes every record
+        before them durable too."""
         if self._fd is None:
             raise RuntimeError("journal not open: save() a snapshot first")
         data = record.encode()
         os.write(self._fd, data)
         self.journal_bytes += len(data)
-        self._unsynced = True
+        self._unsynced |= durable
 
     def commit(self) -> None:
-        """Make every appended record durable (one fsync for the batch)."""
+        """fsync the journal if a durable record is waiting (one fsync for the batch)."""
         if self._unsynced and self._fd is not None:
             if self.sync:
                 os.fdatasync(self._fd)
