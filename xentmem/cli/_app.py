@@ -95,6 +95,7 @@ _COMMAND_MODULES = (
     "xentmem.cli.tmem",
     "xentmem.cli.emulator",
     "xentmem.cli.emulator_run",
+    "xentmem.cli.emulator_daemon",
     "xentmem.cli.demo",
     "xentmem.cli.agent",
     "xentmem.cli.guest",

@@ -1,6 +1,8 @@
 """Choosing the hypervisor transport at the edge, from ``--connect URI`` (or $XENTMEM_CONNECT).
 
 ``privcmd`` / ``privcmd:/dev/xen/privcmd``: a real Xen host (this domain's privcmd device).
+``emulator[:SOCKET|STATE_DIR][?domid=N&timeout=S]``: the daemon of ``xentmem emulator up``
+(default: its default state directory), as domain N (default 0).
 Other schemes register here with ``TRANSPORTS[scheme] = factory(rest_of_uri)``.
 """
 
@@ -11,12 +13,23 @@ from collections.abc import Callable
 
 from xentmem.cli._app import UsageError
 from xentmem.hypercalls import Hypervisor, PrivcmdHypervisor
+from xentmem.hypercalls.socket import SocketHypervisor
 
 DEFAULT_URI = "privcmd"
 
 TRANSPORTS: dict[str, Callable[[str], Hypervisor]] = {
     "privcmd": lambda rest: PrivcmdHypervisor(rest or None),
 }
+
+
+def _emulator(rest: str) -> Hypervisor:
+    try:
+        return SocketHypervisor.from_uri(rest)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+TRANSPORTS["emulator"] = _emulator
 
 
 def resolve_uri(uri: str | None) -> str:

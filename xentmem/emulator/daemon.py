@@ -352,6 +352,9 @@ class Daemon:
         if kind == HELLO:
             return self._hello(conn, rest)
         dom = self.host.domains.get(conn.domid)  # type: ignore[arg-type]
+        if dom is None and kind == CONTROL:  # status still answers on a crashed host
+            conn.regions.clear()
+            return self._control(conn, rest)
         if dom is None:
             if self.host.crashed is None:
                 conn.closing = True

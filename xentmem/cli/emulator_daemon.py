@@ -1,0 +1,157 @@
+"""``xentmem emulator up|down|status|create-domain|destroy-domain``: the emulator daemon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from xentmem.cli._app import UsageError
+from xentmem.cli._render import render
+from xentmem.cli.emulator import emulator_app
+from xentmem.emulator import daemon
+from xentmem.errors import TransportError
+from xentmem.host.tmemlist import parse_tmem_list
+from xentmem.hypercalls.socket import default_state_dir
+
+__all__ = ["create_domain", "destroy_domain", "down", "status", "up"]
+
+State = Annotated[Path | None, typer.Option(
+    "--state", help="State directory: sockets, pid, saved host (default $XENTMEM_STATE, "
+    "/run/xentmem as root, else $XDG_RUNTIME_DIR/xentmem).", show_default=False)]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+
+
+def _dir(state: Path | None) -> Path:
+    return (state or default_state_dir()).absolute()
+
+
+def _summary(info: dict[str, Any]) -> dict[str, Any]:
+    return {"pid": info["pid"], "xen_version": info["xen_version"],
+            "memory_mb": info["memory_mb"], "free_mb": info["free_mb"],
+            "domains": " ".join(str(d["domid"]) for d in info["domains"]) or "-",
+            "crashed": info["crashed"] or "no",
+            "hypercall_socket": info["hypercall_socket"],
+            "xenstore_socket": info["xenstore_socket"],
+            "connect": f"--connect {info['connect']}  (or XENTMEM_CONNECT={info['connect']})"}
+
+
+@emulator_app.command()
+def up(state: State = None,
+       xen_version: Annotated[str | None, typer.Option(
+           "--xen-version", help="Xen release to imitate (default 4.12).")] = None,
+       memory_mb: Annotated[int | None, typer.Option(
+           "--memory-mb", min=16, help="Host memory in MiB (default 2048).")] = None,
+       guests: Annotated[int, typer.Option(
+           "--guests", min=0, max=64, help="Guests guest1..N to create on a new host.")] = 0,
+       guest_memory_mb: Annotated[int, typer.Option(
+           "--guest-memory-mb", min=1, help="Memory of each new guest (max: twice).")] = 128,
+       tmem_compress: Annotated[bool | None, typer.Option(
+           "--tmem-compress/--no-tmem-compress", help="Boot option tmem_compress.",
+           show_default=False)] = None,
+       designed: Annotated[bool | None, typer.Option(
+           "--designed/--as-released", help="Designed behaviour instead of the release's "
+           "defects (ref §9).", show_default=False)] = None,
+       fresh: Annotated[bool, typer.Option(
+           "--fresh", help="Discard the saved host and boot a new one.")] = False,
+       timeout: Annotated[float, typer.Option(
+           "--timeout", min=1, help="Seconds to wait for the daemon to serve.")] = 60.0,
+       as_json: Json = False) -> None:
+    """Start an emulated host in the background (hypercall socket + xenstored); a saved host in
+    the state directory comes back with every persistent page."""
+    if xen_version is not None:
+        from xentmem.abi import XenVersion
+
+        try:
+            XenVersion.parse(xen_version)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    config = daemon.HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
+                               guest_memory_mb)
+    info = daemon.start(_dir(state), config, fresh=fresh, timeout=timeout)
+    if as_json:
+        render(info, as_json=True)
+        return
+    console = Console(highlight=False)
+    if info["already_running"]:
+        console.print(f"[yellow]already running[/yellow] in {info['state_dir']} "
+                      f"(pid {info['pid']}); nothing started")
+    else:
+        console.print(f"[green]up[/green]: {info['note']}")
+    render(_summary(info), as_json=False, title="emulator")
+
+
+@emulator_app.command()
+def down(state: State = None,
+         timeout: Annotated[float, typer.Option(
+             "--timeout", min=0.1, help="Seconds to wait after SIGTERM before SIGKILL.")] = 30.0,
+         as_json: Json = False) -> None:
+    """Stop the daemon; the host (every persistent page) is saved in the state directory."""
+    directory = _dir(state)
+    result = daemon.stop(directory, timeout=timeout)
+    if as_json:
+        render({"stopped": result is not None, "state_dir": str(directory),
+                **(result or {})}, as_json=True)
+    elif result is None:
+        typer.echo(f"no emulator daemon running in {directory}")
+    elif result["killed"]:
+        typer.echo(f"emulator daemon (pid {result['pid']}) did not stop within {timeout:g} s "
+                   "and was killed; its journal keeps every acknowledged hypercall")
+    else:
+        typer.echo(f"emulator daemon (pid {result['pid']}) stopped; state saved in {directory}")
+
+
+def _control(state: Path | None, cmd: str, **args: Any) -> Any:
+    directory = _dir(state)
+    if daemon.running(directory) is None:
+        raise TransportError(f"no emulator daemon running in {directory} "
+                             "(start one with `xentmem emulator up`)")
+    return daemon.control(directory, cmd, **args)
+
+
+@emulator_app.command()
+def status(state: State = None, as_json: Json = False) -> None:
+    """The running host: configuration, domains, memory and the tmem summary."""
+    info = _control(state, "status")
+    text = info.pop("tmem_list")
+    tmem = [r.as_dict() for r in parse_tmem_list(text or "")]
+    if as_json:
+        render({**info, "tmem": tmem}, as_json=True)
+        return
+    render(_summary(info), as_json=False, title="emulator")
+    if info["domains"]:
+        render(info["domains"], as_json=False, title="domains")
+    wanted = [r for r in tmem if r["kind"] in ("global", "client")]
+    if wanted:
+        render(wanted, as_json=False, title="tmem",
+               columns=sorted({k for r in wanted for k in r}, key=lambda k: (k != "kind", k)))
+
+
+@emulator_app.command("create-domain")
+def create_domain(name: Annotated[str, typer.Argument(help="Domain name.")],
+                  memory_mb: Annotated[int, typer.Option("--memory-mb", min=1)] = 128,
+                  max_memory_mb: Annotated[int | None, typer.Option(
+                      "--max-memory-mb", min=1, help="Default: --memory-mb.")] = None,
+                  state: State = None, as_json: Json = False) -> None:
+    """Create a guest on the running host (it appears in xenstore, @introduceDomain fires)."""
+    if max_memory_mb is not None and max_memory_mb < memory_mb:
+        raise UsageError(f"--max-memory-mb {max_memory_mb} is below --memory-mb {memory_mb}")
+    result = _control(state, "create_domain", name=name, memory_mb=memory_mb,
+                      max_memory_mb=max_memory_mb)
+    if as_json:
+        render(result, as_json=True)
+    else:
+        typer.echo(f"created domain {result['domid']} ({name})")
+
+
+@emulator_app.command("destroy-domain")
+def destroy_domain(domid: Annotated[int, typer.Argument(min=1, max=0x7FEF, help="Domain id.")],
+                   state: State = None, as_json: Json = False) -> None:
+    """Destroy a guest (tmem teardown, xenstore release, @releaseDomain fires)."""
+    result = _control(state, "destroy_domain", domid=domid)
+    if as_json:
+        render(result, as_json=True)
+    else:
+        typer.echo(f"destroyed domain {domid}")
