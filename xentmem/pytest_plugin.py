@@ -67,6 +67,7 @@ def xentmem_guest(xentmem_host: EmulatedHost) -> Iterator[Callable[..., Guest]]:
     """A factory booting guest models on ``xentmem_host``; fails the test at teardown if any
     page of any guest comes back lost or stale."""
     from xentmem.guest import Guest, XenTmem, Zcache
+    from xentmem.guest.balloon import HypervisorReservation
     from xentmem.hypercalls import Tmem
     from xentmem.hypercalls.emulated import EmulatedHypervisor
 
@@ -79,13 +80,14 @@ def xentmem_guest(xentmem_host: EmulatedHost) -> Iterator[Callable[..., Guest]]:
         max_memory_mb = max_memory_mb or 2 * memory_mb
         domid = xentmem_host.create_domain(name, memory_mb=memory_mb,
                                            max_memory_mb=max_memory_mb)
-        guest = Guest(name, memory_mb=memory_mb, max_memory_mb=max_memory_mb)
+        hv = EmulatedHypervisor(xentmem_host, domid)
+        guest = Guest(name, memory_mb=memory_mb, max_memory_mb=max_memory_mb,
+                      reservation=HypervisorReservation(hv))
         if swap_mb:
             guest.swapon(swap_mb * 256 + 1)
         for mount in mounts:
             guest.mount(mount, "ext4")
         if backend == "tmem":
-            hv = EmulatedHypervisor(xentmem_host, domid)
             guest.load_backend(XenTmem(Tmem(hv, version=xentmem_host.version),
                                        **backend_params))
         elif backend == "zcache":

@@ -107,3 +107,21 @@ def test_selfshrink_brings_frontswap_pages_back_after_inertia():
     # run1 arms (grew from 0), runs 2-3 count down, run 4 shrinks 5%, run 5 again
     assert held == [400, 400, 400, 380, 361]
     assert g.stats.lost == g.stats.stale == 0
+
+
+def test_hypervisor_reservation_moves_the_emulated_domain_and_host_heap():
+    from xentmem.emulator import EmulatedHost
+    from xentmem.guest.balloon import HypervisorReservation
+    from xentmem.hypercalls.emulated import EmulatedHypervisor
+
+    host = EmulatedHost(memory_mb=1024)
+    domid = host.create_domain("g", memory_mb=64, max_memory_mb=128)
+    g = Guest("g", memory_mb=64, max_memory_mb=128,
+              reservation=HypervisorReservation(EmulatedHypervisor(host, domid)))
+    free = host.heap_free
+    g.balloon.set_new_target(48 * MB)
+    assert host.domain_info(domid)["nr_pages"] == 48 * MB
+    assert host.heap_free == free + 16 * MB
+    g.balloon.set_new_target(64 * MB)
+    assert host.domain_info(domid)["nr_pages"] == 64 * MB
+    assert g.balloon.stats.balloon_low == 0 and host.heap_free == free

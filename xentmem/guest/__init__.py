@@ -4,7 +4,13 @@ the balloon and self-balloon drivers, and their sysfs/debugfs view.
 """
 
 from xentmem.guest.backends import BackendModule, UnloadReport, XenTmem, Zcache
-from xentmem.guest.balloon import Balloon, InMemoryTargetSource, SelfBalloon, TargetSource
+from xentmem.guest.balloon import (
+    Balloon,
+    HypervisorReservation,
+    InMemoryTargetSource,
+    SelfBalloon,
+    TargetSource,
+)
 from xentmem.guest.cleancache import Cleancache, CleancacheOps
 from xentmem.guest.frontswap import DrainReport, Frontswap, FrontswapOps
 from xentmem.guest.fs import Filesystem, FsDisk
@@ -12,6 +18,7 @@ from xentmem.guest.guest import Guest, GuestStats, anon_content
 from xentmem.guest.selfballoon import MemorySnapshot, SelfBalloonKnobs
 from xentmem.guest.swap import FileSlotStore, MemorySlotStore, SlotStore, SwapDevice
 from xentmem.guest.sysfs import SysfsView
+from xentmem.guest.workload import Workload, WorkloadSpec
 
 __all__ = [
     "BackendModule",
@@ -26,6 +33,7 @@ __all__ = [
     "FsDisk",
     "Guest",
     "GuestStats",
+    "HypervisorReservation",
     "InMemoryTargetSource",
     "MemorySlotStore",
     "MemorySnapshot",
@@ -36,6 +44,8 @@ __all__ = [
     "SysfsView",
     "TargetSource",
     "UnloadReport",
+    "Workload",
+    "WorkloadSpec",
     "XenTmem",
     "Zcache",
     "anon_content",

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
+from xentmem.abi import DOMID_SELF, XEN_MEMORY_RESERVATION, Hypercall, XenMemOp
+from xentmem.errors import XentmemError
 from xentmem.guest.selfballoon import (
     MemorySnapshot,
     SelfBalloonKnobs,
@@ -23,11 +25,13 @@ from xentmem.guest.selfballoon import (
 
 if TYPE_CHECKING:
     from xentmem.guest.guest import Guest
+    from xentmem.hypercalls import Frame, Hypervisor
 
 __all__ = [
     "BATCH_PAGES",
     "Balloon",
     "BalloonStats",
+    "HypervisorReservation",
     "InMemoryTargetSource",
     "Reservation",
     "SelfBalloon",
@@ -104,6 +108,49 @@ class _CappedReservation:
         got = max(0, min(pages, self.max_pages - self.current))
         self.current += got
         return got
+
+
+class HypervisorReservation:
+    """XENMEM_{decrease,increase}_reservation through a ``Hypervisor`` transport, for a domain
+    of the emulated host: inflating takes frames from the domain's allocator (the kernel's
+    ``alloc_page``) and gives them to Xen, so the domain's ``tot_pages`` — which bounds its
+    persistent tmem pages — follows the balloon. (On privcmd this would hand back the calling
+    process's own pages: do not use it there.)"""
+
+    def __init__(self, hypervisor: Hypervisor) -> None:
+        self.hv = hypervisor
+
+    def _memory_op(self, cmd: int, frames: list[int]) -> int:
+        extents = self.hv.alloc_buffer(8 * len(frames))
+        args = self.hv.alloc_buffer(XEN_MEMORY_RESERVATION.size)
+        try:
+            extents.write(b"".join(f.to_bytes(8, "little") for f in frames))
+            args.write(XEN_MEMORY_RESERVATION.pack(extents.address, len(frames), 0, 0,
+                                                   DOMID_SELF))
+            done = self.hv.hypercall(Hypercall.memory_op, cmd, args.address)
+            return done
+        finally:
+            extents.close()
+            args.close()
+
+    def decrease(self, pages: int) -> int:
+        frames: list[Frame] = []
+        try:
+            for _ in range(pages):
+                frames.append(self.hv.alloc_frame())
+        except XentmemError:
+            pass  # the domain has no more free frames: a short allocation
+        if not frames:
+            return 0
+        done = self._memory_op(XenMemOp.XENMEM_decrease_reservation,
+                               [f.number for f in frames])
+        for frame in frames[done:]:
+            frame.close()  # not taken: back to the domain's allocator
+        return done
+
+    def increase(self, pages: int) -> int:
+        # Xen picks the frames and writes their numbers into the extent list
+        return self._memory_op(XenMemOp.XENMEM_increase_reservation, [0] * pages)
 
 
 @dataclass

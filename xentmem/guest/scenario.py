@@ -45,7 +45,7 @@ from typing import Any
 
 from xentmem.errors import GuestError, XentmemError
 from xentmem.guest.backends import BackendModule, XenTmem, Zcache
-from xentmem.guest.balloon import InMemoryTargetSource
+from xentmem.guest.balloon import HypervisorReservation, InMemoryTargetSource
 from xentmem.guest.fs import FSTYPES, FsDisk
 from xentmem.guest.guest import Guest
 from xentmem.guest.selfballoon import MB
@@ -326,6 +326,7 @@ class _Booted:
 
 def _boot(scenario: Scenario, tmpdir: Path | None) -> list[_Booted]:
     from xentmem.emulator import EmulatedHost
+    from xentmem.hypercalls.emulated import EmulatedHypervisor
 
     host = EmulatedHost(memory_mb=scenario.host_memory_mb, xen_version=scenario.xen_version)
     booted = []
@@ -333,7 +334,8 @@ def _boot(scenario: Scenario, tmpdir: Path | None) -> list[_Booted]:
     for spec in scenario.guests:
         domid = host.create_domain(spec.name, memory_mb=spec.memory_mb,
                                    max_memory_mb=spec.max_memory_mb or spec.memory_mb)
-        guest = Guest(spec.name, memory_mb=spec.memory_mb, max_memory_mb=spec.max_memory_mb)
+        guest = Guest(spec.name, memory_mb=spec.memory_mb, max_memory_mb=spec.max_memory_mb,
+                      reservation=HypervisorReservation(EmulatedHypervisor(host, domid)))
         for n, sw in enumerate(spec.swap):
             pages = sw.mb * MB + 1  # + the header slot
             if sw.file is not None:
