@@ -230,3 +230,12 @@ def test_unregister_destroys_pools_and_next_backend_recreates_them(guest: Guest)
     second = RecordingCleancache()
     guest.cleancache.register_ops(second)
     assert [c[0] for c in second.calls] == ["init_fs", "init_shared_fs"]
+
+
+def test_ext4_remount_rw_consumes_a_second_slot_and_leaks_the_first(guest: Guest):
+    fs = guest.mount("root", "ext4")
+    guest.remount_rw("root")
+    assert fs.cleancache_poolid == 1001
+    guest.umount("root")
+    assert guest.cleancache.fs_poolid_map[0] == FS_NO_BACKEND  # leaked until reboot
+    assert guest.cleancache.fs_poolid_map[1] == FS_UNKNOWN

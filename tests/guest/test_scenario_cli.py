@@ -139,3 +139,11 @@ def test_event_failure_is_logged_not_fatal():
 def test_parse_rejects_duplicate_guest_names():
     with pytest.raises(GuestError, match="unique"):
         parse_scenario({"guests": [{"name": "a"}, {"name": "a"}]})
+
+
+def test_writes_to_a_cluster_fs_shared_by_guests_are_refused():
+    mount = {"name": "c", "type": "ocfs2", "uuid": "7c2a1f3e-9b1d-4c55-8a1e-2f6b0d9e4a10"}
+    data = {"guests": [{"name": n, "mounts": [mount],
+                        "workloads": [{"kind": "file", "fs": "c"}]} for n in ("a", "b")]}
+    with pytest.raises(GuestError, match="no DLM"):
+        parse_scenario(data)

@@ -10,6 +10,8 @@ it returns, every operation that was inside a stripe when it started has finishe
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 STRIPES = 64
 
@@ -30,3 +32,14 @@ class StripedLock:
         for lock in self._locks:
             with lock:
                 pass
+
+    @contextmanager
+    def all(self) -> Iterator[None]:
+        """Hold every stripe (always in the same order, so two holders cannot deadlock)."""
+        for lock in self._locks:
+            lock.acquire()
+        try:
+            yield
+        finally:
+            for lock in reversed(self._locks):
+                lock.release()

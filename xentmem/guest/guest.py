@@ -445,6 +445,15 @@ class Guest:
         self.filesystems[name] = fs
         return fs
 
+    def remount_rw(self, name: str) -> None:
+        """Remount read-write. ext4 runs its setup_super again, i.e. a second
+        ``cleancache_init_fs`` for the same superblock: a new slot, the old one leaks until
+        reboot (ref §2.4)."""
+        fs = self._fs(name)
+        if fs.fstype == "ext4":
+            with fs.locks.all():
+                self.cleancache.init_fs(fs)
+
     def umount(self, name: str) -> None:
         """Unmount: drop its page-cache pages, ``cleancache_invalidate_fs`` (every fs type)."""
         fs = self.filesystems.pop(name, None)
@@ -509,16 +518,15 @@ class Guest:
     def truncate(self, fs_name: str, ino: int) -> None:
         """Truncate a file to nothing and start a new generation of it."""
         fs = self._fs(fs_name)
-        if fs.cleancache_poolid >= 0:
-            self.cleancache.invalidate_inode(fs, fs.key(ino))
-        with self._pc_lock:
-            keys = [k for k in self._pagecache if k[0] == fs_name and k[1] == ino]
-        for k in keys:
-            with fs.page_lock(ino, k[2]), self._pc_lock:
-                self._pagecache.pop(k, None)
-        fs.disk.truncate(ino)
-        if fs.cleancache_poolid >= 0:
-            self.cleancache.invalidate_inode(fs, fs.key(ino))
+        with fs.locks.all():  # i_mutex + every page lock of the file: no reader in between
+            if fs.cleancache_poolid >= 0:
+                self.cleancache.invalidate_inode(fs, fs.key(ino))
+            with self._pc_lock:
+                for k in [k for k in self._pagecache if k[0] == fs_name and k[1] == ino]:
+                    del self._pagecache[k]
+            fs.disk.truncate(ino)
+            if fs.cleancache_poolid >= 0:
+                self.cleancache.invalidate_inode(fs, fs.key(ino))
 
     def evict_file_pages(self, count: int) -> int:
         """Evict the ``count`` oldest page-cache pages; clean ones go to cleancache."""

@@ -213,6 +213,23 @@ def _parse_event(table: Any, i: int, guests: set[str]) -> EventSpec:
                      path)
 
 
+def _check_cluster_writes(guests: tuple[GuestSpec, ...]) -> None:
+    """Guests sharing a cluster filesystem read it only: its cross-node coherency (ocfs2's
+    DLM invalidating the other nodes' page caches) is not modelled."""
+    sharers: dict[bytes, int] = {}
+    for g in guests:
+        for m in g.mounts:
+            if FSTYPES[m.type].shared and m.uuid is not None:
+                sharers[m.uuid] = sharers.get(m.uuid, 0) + 1
+    for g in guests:
+        shared = {m.name for m in g.mounts if m.uuid is not None and sharers.get(m.uuid, 0) > 1}
+        for w in g.workloads:
+            if w.kind == "file" and w.fs in shared and w.write_fraction > 0:
+                raise GuestError(f"guest {g.name}: writes to cluster filesystem {w.fs!r} "
+                                 "shared with other guests are not modelled (no DLM); "
+                                 "set write_fraction = 0")
+
+
 def parse_scenario(data: Mapping[str, Any], name: str = "scenario") -> Scenario:
     """A ``Scenario`` from parsed TOML; ``GuestError`` names the first bad field."""
     _unknown(data, {"name", "description", "duration", "step", "host", "guests", "events"},
@@ -226,6 +243,7 @@ def parse_scenario(data: Mapping[str, Any], name: str = "scenario") -> Scenario:
     names = [g.name for g in guests]
     if len(set(names)) != len(names):
         raise GuestError("scenario: guest names must be unique")
+    _check_cluster_writes(guests)
     events = tuple(sorted((_parse_event(e, i, set(names))
                            for i, e in enumerate(_get(data, "events", list, "scenario", []))),
                           key=lambda e: e.at))
