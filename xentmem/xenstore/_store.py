@@ -243,15 +243,28 @@ class Work:
         if len(value) > self.quota.max_value:
             raise XsError(E.E2BIG)
         comps = split(path)
-        node = walk(self.root, comps)
-        if node is not None:
-            if not allowed(caller, node.perms, WRITE):
-                raise XsError(E.EACCES)
-            gen = self.gens.next()
-            self._replace(comps, Node(value, node.perms, node.children, gen, node.cgen))
-            self.events.append(Event(path, node.perms))
+        # Walk once, keeping the ancestors: an overwrite path-copies exactly them.
+        chain = [self.root]
+        node: Node | None = self.root
+        for c in comps:
+            node = node.children.get(c)  # type: ignore[union-attr]
+            if node is None:
+                break
+            chain.append(node)
+        if node is None:
+            self._create(caller, path, comps, value)
             return
-        self._create(caller, path, comps, value)
+        if caller.domid and not allowed(caller, node.perms, WRITE):
+            raise XsError(E.EACCES)
+        gen = self.gens.next()
+        child = Node(value, node.perms, node.children, gen, node.cgen)
+        for i in range(len(comps) - 1, -1, -1):
+            parent = chain[i]
+            children = parent.children.copy()
+            children[comps[i]] = child
+            child = Node(parent.value, parent.perms, children, parent.vgen, parent.cgen)
+        self.root = child
+        self.events.append(Event(path, node.perms))
 
     def mkdir(self, caller: Caller, path: str) -> None:
         comps = split(path)
@@ -475,14 +488,15 @@ class Store:
         self._settle(self.live)
 
     def _settle(self, work: Work) -> list[Event]:
-        for owner, n in work.delta.items():
-            total = self.entries.get(owner, 0) + n
-            if total:
-                self.entries[owner] = total
-            else:
-                self.entries.pop(owner, None)
+        if work.delta:
+            for owner, n in work.delta.items():
+                total = self.entries.get(owner, 0) + n
+                if total:
+                    self.entries[owner] = total
+                else:
+                    self.entries.pop(owner, None)
+            work.delta = {}
         events = work.events
-        work.delta = {}
         work.events = []
         return events
 

@@ -47,6 +47,7 @@ __all__ = ["XenStoreServer"]
 log = logging.getLogger(__name__)
 
 _OK = b"OK\0"
+_PACK_HEADER = HEADER.pack
 _MAX_OUTPUT = 8 << 20  # bytes of unsent replies/events before a client is dropped
 
 
@@ -75,7 +76,10 @@ class _Watch:
 class Connection:
     """One client connection (socket or in-process)."""
 
-    __slots__ = ("caller", "closed", "domain", "inbuf", "out", "sock", "transactions", "watches")
+    __slots__ = (
+        "caller", "closed", "domain", "inbuf", "out", "sock", "transactions", "want_write",
+        "watches",
+    )  # fmt: skip
 
     def __init__(self, sock: socket.socket | None, domain: _Domain) -> None:
         self.sock = sock
@@ -86,6 +90,7 @@ class Connection:
         self.transactions: dict[int, Transaction] = {}
         self.watches: list[_Watch] = []
         self.closed = False
+        self.want_write = False
 
     def deliver(self, data: bytes) -> None:
         self.out += data
@@ -125,6 +130,7 @@ class XenStoreServer:
         self._conns: set[Connection] = set()
         self._watches: dict[str, list[_Watch]] = {}
         self._dirty: set[Connection] = set()
+        self._abs_paths: dict[bytes, str] = {}
         self._next_tx = 0
         self._sel: selectors.BaseSelector | None = None
         self._thread: threading.Thread | None = None
@@ -414,12 +420,12 @@ class XenStoreServer:
                 self._close(conn)
                 return
             del out[:sent]
-        if self._sel is None:
-            return
-        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0)
-        with contextlib.suppress(KeyError, ValueError):
-            if self._sel.get_key(conn.sock).events != want:
-                self._sel.modify(conn.sock, want, conn)
+        want_write = bool(out)
+        if want_write != conn.want_write and self._sel is not None:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.modify(conn.sock, events, conn)
+            conn.want_write = want_write
         if len(out) > self.max_output:
             log.warning(
                 "xenstored: dropping dom%d client: %d bytes unread", conn.caller.domid, len(out)
@@ -459,7 +465,7 @@ class XenStoreServer:
             reply = handler(conn, tx_id, payload)
             if type(reply) is tuple:
                 reply, after = reply
-            conn.deliver(_wire.pack(op, rq_id, tx_id, reply))
+            conn.deliver(_PACK_HEADER(op, rq_id, tx_id, len(reply)) + reply)
         except XsError as exc:
             conn.deliver(
                 _wire.pack(Op.ERROR, rq_id, tx_id, _wire.errno_to_name(exc.errno).encode() + NUL)
@@ -492,16 +498,23 @@ class XenStoreServer:
         return int(raw)
 
     def _path(self, conn: Connection, raw: bytes) -> str:
+        path = self._abs_paths.get(raw)
+        if path is not None:
+            return path
         if not _wire.path_is_valid(raw):
             raise XsError(E.EINVAL)
         path = raw.decode("ascii")
-        if path[0] == "/":
-            if path.startswith("/@"):  # "/@introduceDomain" names the same node
-                return path[1:]
-            return path
         if path[0] == "@":
             return path
-        return f"/local/domain/{conn.caller.domid}/{path}"
+        if path[0] != "/":
+            return f"/local/domain/{conn.caller.domid}/{path}"
+        if path.startswith("/@"):  # "/@introduceDomain" names the same node
+            path = path[1:]
+        # Validated absolute paths are remembered: clients ask for the same few over and over.
+        if len(self._abs_paths) >= 4096:
+            self._abs_paths.clear()
+        self._abs_paths[raw] = path
+        return path
 
     def _tx(self, conn: Connection, tx_id: int) -> Transaction | None:
         if not tx_id:
@@ -519,10 +532,19 @@ class XenStoreServer:
     # node ops
 
     def _op_read(self, conn: Connection, tx_id: int, payload: bytes) -> bytes:
-        (raw,) = self._strings(payload, 1)
-        path = self._path(conn, raw)
-        tx = self._tx(conn, tx_id)
-        node = tx.read(path) if tx else self.store.read(conn.caller, path)
+        # The hottest op: argument checks, path lookup and permission check inlined.
+        raw = payload[:-1]
+        if payload[-1:] != NUL or NUL in raw:
+            raise XsError(E.EINVAL)
+        path = self._abs_paths.get(raw) or self._path(conn, raw)
+        if tx_id:
+            return self._tx(conn, tx_id).read(path).value  # type: ignore[union-attr]
+        node = walk(self.store.live.root, split(path))
+        if node is None:
+            raise XsError(E.ENOENT)
+        caller = conn.caller
+        if caller.domid and not allowed(caller, node.perms, "r"):
+            raise XsError(E.EACCES)
         return node.value
 
     def _listing(self, conn: Connection, tx_id: int, raw: bytes):
@@ -576,8 +598,13 @@ class XenStoreServer:
         i = payload.find(NUL)
         if i < 0:
             raise XsError(E.EINVAL)
-        path = self._path(conn, payload[:i])
-        return self._mutate(conn, tx_id, "write", path, payload[i + 1 :])
+        raw = payload[:i]
+        path = self._abs_paths.get(raw) or self._path(conn, raw)
+        if tx_id:
+            return self._mutate(conn, tx_id, "write", path, payload[i + 1 :])
+        store = self.store
+        store.live.write(conn.caller, path, payload[i + 1 :])
+        return _OK, store._settle(store.live)
 
     def _op_mkdir(self, conn: Connection, tx_id: int, payload: bytes):
         (raw,) = self._strings(payload, 1)

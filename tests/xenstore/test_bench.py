@@ -1,0 +1,36 @@
+"""The load generator, run against both servers (``pytest -m bench tests/xenstore``).
+
+Benchmarks are excluded from the default run. The assertion is the issue's target: our server
+reaches at least half of oxenstored's throughput for READ and WRITE with 1 and 8 clients.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from xentmem.xenstore import bench
+from xentmem.xenstore.testing import unavailable_reason
+
+
+@pytest.mark.bench
+def test_ours_vs_oxenstored_throughput(capsys: pytest.CaptureFixture[str]) -> None:
+    if reason := unavailable_reason():
+        pytest.skip(f"real oxenstored unavailable: {reason}")
+    report = bench.run(1.0, [1, 8], ["READ", "WRITE"], with_oxenstored=True, rounds=2)
+    with capsys.disabled():
+        for r in report["results"]:
+            print(f"\n{r['server']:<11} {r['op']:<6} x{r['clients']}: {r['rps']:.0f} req/s "
+                  f"p50 {r['p50_us']:.0f} us p99 {r['p99_us']:.0f} us", end="")  # fmt: skip
+        print()
+    ratios = report["ratio_ours_over_oxenstored"]
+    assert set(ratios) == {"READ x1", "READ x8", "WRITE x1", "WRITE x8"}
+    for case, ratio in ratios.items():
+        assert ratio >= 0.5, f"{case}: ours reaches only {ratio:.2f}x of oxenstored"
+
+
+def test_load_generator_smoke(ours) -> None:
+    """The closed-loop client itself, briefly, against our in-process server."""
+    bench._prepare(ours.dom0_path, 2)
+    lats, elapsed = bench.run_load(ours.dom0_path, "WRITE", 2, 0.1)
+    assert len(lats) > 2 and elapsed > 0
+    assert ours.dom0.read("/bench/c1") == bench.VALUE
