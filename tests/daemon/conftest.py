@@ -27,6 +27,7 @@ class ThreadDaemon:
 
     def start(self, config: daemon_mod.HostConfig | None = None, **kw: object) -> ThreadDaemon:
         ready = threading.Event()
+        self.error = None
 
         def on_ready(d: daemon_mod.Daemon, note: str) -> None:
             self.daemon, self.note = d, note

@@ -112,8 +112,14 @@ class HostConfig:
         """Options given on the command line that differ from a saved host's."""
         wanted = {"xen_version": self.xen_version, "memory_mb": self.memory_mb,
                   "tmem_compress": self.tmem_compress, "designed": self.designed}
-        return [f"{k}={saved[k]} (not {v})" for k, v in wanted.items()
-                if v is not None and str(saved.get(k)) != str(v)]
+        def same(key: str, value: object) -> bool:
+            have = str(saved.get(key))
+            if key == "xen_version":  # "4.12" names the saved "4.12.0"
+                return have == value or have.startswith(f"{value}.")
+            return have == str(value)
+
+        return [f"{k}={saved.get(k)} (not {v})" for k, v in wanted.items()
+                if v is not None and not same(k, v)]
 
 
 # ---- the server ----------------------------------------------------------------------------
@@ -654,6 +660,11 @@ def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
     """
     if running(directory) is not None:
         status = control(directory, "status")
+        conflicts = config.conflicts(status)
+        if conflicts or fresh:
+            raise EmulatorError(f"an emulator daemon is already running in {directory} with "
+                                + (", ".join(conflicts) or "its host")
+                                + "; stop it first (`xentmem emulator down`)")
         return {**status, "already_running": True, "note": "already running"}
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     argv = [sys.executable, "-m", "xentmem.emulator.daemon", "--state", str(directory)]
