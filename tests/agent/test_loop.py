@@ -4,9 +4,6 @@ sysfs tree -> data/tmem -> the host facade reads it back. Nothing here is faked.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 
 from xentmem.agent import Agent, ModelSink, SysfsSink
@@ -17,17 +14,9 @@ from xentmem.guest.selfballoon import MB
 from xentmem.host.guests import Host
 from xentmem.xenstore import XenStoreClient, XenStoreServer
 
+from ._wait import eventually
+
 SB = "sys/devices/system/xen_memory/xen_memory0/selfballoon"
-
-
-def eventually(check: Callable[[], bool], within: float = 10.0) -> bool:
-    """Poll ``check`` until it holds or ``within`` s pass (a bound, not a timing assertion)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.02)
-    return check()
 
 
 def test_model_guest_applies_knobs_and_reports_them(host: Host, web: EmulatedGuest):

@@ -107,6 +107,7 @@ class Agent:
         self.report = Report(None, "applied")
         self._published: dict[str, str] = {}
         self._stop = threading.Event()
+        self._reported = threading.Event()  # set once the first report is published
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # one reconcile/publish at a time
 
@@ -238,6 +239,7 @@ class Agent:
                         while watch.poll(0) is not None:  # one reconcile per burst
                             pass
                         self.reconcile()
+                        self._reported.set()
                     if time.monotonic() >= next_stats:
                         next_stats = time.monotonic() + self.stats_interval
                         self.publish()
@@ -252,13 +254,16 @@ class Agent:
             if watch is not None:
                 watch.close()
 
-    def start(self) -> Agent:
-        """Run :meth:`run` in a daemon thread."""
+    def start(self, *, wait: float = 0.0) -> Agent:
+        """Run :meth:`run` in a daemon thread; with ``wait``, return once the first report is
+        published (or ``wait`` s have passed)."""
         if self._thread is not None:
             raise RuntimeError("agent already started")
         self._stop.clear()
         self._thread = threading.Thread(target=self.run, name="xentmem-agent", daemon=True)
         self._thread.start()
+        if wait > 0:
+            self._reported.wait(wait)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:

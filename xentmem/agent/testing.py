@@ -53,7 +53,8 @@ class EmulatedGuest:
         self.agent = Agent(self.xs, sink, stats_interval=stats_interval)
 
     def start(self) -> EmulatedGuest:
-        self.agent.start()
+        """Start the agent and wait (bounded) for its first report."""
+        self.agent.start(wait=self.xs.timeout)
         return self
 
     def close(self) -> None:

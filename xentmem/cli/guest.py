@@ -23,7 +23,15 @@ from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
 from xentmem.host.libvirt import LibvirtConnection
 from xentmem.xenstore import XenStoreClient
 
-__all__ = ["Json", "LibvirtUri", "Timeout", "XenStored", "guest_app", "open_host"]
+__all__ = [
+    "Json",
+    "LibvirtUri",
+    "Timeout",
+    "XenStored",
+    "guest_app",
+    "open_host",
+    "render_guests",
+]
 
 guest_app = typer.Typer(help="Per-guest tmem / self-ballooning toggles and memory targets.",
                         no_args_is_help=True)
@@ -79,13 +87,32 @@ def _show(g: GuestInfo) -> dict[str, Any]:
             "balloon": ({n: mib(v) for n, v in t.balloon.items()} if t else {})}
 
 
+def _tmem_cell(row: dict[str, Any]) -> str:
+    if row["frontswap"] is None and row["cleancache"] is None:
+        return "-"  # nobody reported
+    return "+".join(n for n in ("frontswap", "cleancache") if row[n]) or "off"
+
+
+def render_guests(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+    """``GuestInfo.row()``s: every field with ``--json``; a table that fits 80 columns."""
+    if as_json:
+        render(rows, as_json=True)
+        return
+    table = [{"domid": r["domid"], "name": r["name"], "state": r["state"],
+              "memory_mib": r["memory_mib"], "tmem": _tmem_cell(r),
+              "selfballoon": {None: "-", 0: "off", 1: "on"}.get(r["selfballooning"], "-"),
+              "agent": r["agent"]} for r in rows]
+    render(table, as_json=False, title="guests",
+           columns=["domid", "name", "state", "memory_mib", "tmem", "selfballoon", "agent"])
+
+
 @guest_app.command("list")
 def list_(as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
           timeout: Timeout = 5.0) -> None:
     """Every domain with its memory and tmem state."""
     with open_host(xenstored, libvirt_uri, timeout) as host:
         rows = [g.row() for g in host.guests()]
-    render(rows, as_json=as_json, title="guests")
+    render_guests(rows, as_json=as_json)
 
 
 @guest_app.command("show")

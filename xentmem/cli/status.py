@@ -6,7 +6,7 @@ from rich.console import Console
 
 from xentmem.cli._app import app
 from xentmem.cli._render import render
-from xentmem.cli.guest import Json, LibvirtUri, Timeout, XenStored, open_host
+from xentmem.cli.guest import Json, LibvirtUri, Timeout, XenStored, open_host, render_guests
 
 __all__ = ["status"]
 
@@ -24,7 +24,7 @@ def status(as_json: Json = False, xenstored: XenStored = None, libvirt_uri: Libv
     where = h["libvirt"] or h["xenstore"]
     memory = (f", {h['memory_mib']} MiB ({h['free_mib']} MiB free)"
               if "memory_mib" in h else "")
-    Console(highlight=False).print(
+    Console(highlight=False, soft_wrap=True).print(
         f"[bold]{h['kind']} host[/bold] {where}{memory}: {summary['domains']} domain(s), "
         f"{summary['assigned_mib']} MiB assigned, {summary['agents']} agent(s) reporting")
-    render(summary["guests"], as_json=False, title="guests")
+    render_guests(summary["guests"], as_json=False)
