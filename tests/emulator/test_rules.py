@@ -541,3 +541,29 @@ def test_eviction_strictly_oldest_first(version):
     assert 1000 < gone < n and gone == _g(host, "Ea")
     hits = [t.get(p, 1, i)[0] for i in range(n)]
     assert hits == [0] * gone + [1] * (n - gone)
+
+
+def test_tmem_shared_auth_boot_option_on_4_5():
+    """§9.2: booted with `tmem_shared_auth`, 4.5 needs TMEM_AUTH like 4.9+ always does."""
+    _host, (t,) = make("4.5", tmem_shared_auth=True)
+    assert t.new_pool(SHARED_EPH, U) == 0
+    assert ",PT:EP," in t.list(0)[1]
+    assert t.auth(0, U) == 1
+    assert t.new_pool(SHARED_EPH, U) == 1
+    assert f"P=CI:0,PI:1,PT:ES,U0:{U[0]:x},U1:{U[1]:x}" in t.list(0)[1]
+
+
+def test_only_authorised_domain_owns_and_revocation_keeps_sharers():
+    """§9.3: auth is checked at NEW_POOL only; an unauthorised request with the same uuid is
+    private; revoking later does not cut an existing sharer off."""
+    _host, (d0, d1) = make("4.12", guests=1)
+    d0.auth(d1.domid, U)
+    s1 = d1.new_pool(SHARED_EPH, U)
+    p0 = d0.new_pool(SHARED_EPH, U)
+    assert ",PT:EP," in d0.list(0)[1]  # dom0 unauthorised: private
+    d0.auth(0, U)
+    s0 = d0.new_pool(SHARED_EPH, U)
+    assert d0.auth(0, U, enable=False) == 1
+    d1.put(s1, 1, 0, page(1))
+    assert d0.get(s0, 1, 0) == (1, page(1))
+    assert d0.get(p0, 1, 0)[0] == -1001

@@ -147,6 +147,7 @@ class _Conn:
     domid: int | None = None
     regions: dict[int, _Region] = field(default_factory=dict)
     closing: bool = False
+    waiting: bool = False  # registered for EVENT_WRITE
 
 
 class Daemon:
@@ -236,10 +237,14 @@ class Daemon:
                     conn = self._conns.get(key.fd)
                     if conn is None:
                         continue
-                    if events & selectors.EVENT_READ:
-                        self._readable(conn)
-                    if events & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
-                        self._flush(conn)
+                    try:
+                        if events & selectors.EVENT_READ:
+                            self._readable(conn)
+                        if events & selectors.EVENT_WRITE and conn.sock.fileno() >= 0:
+                            self._flush(conn)
+                    except Exception:  # a bug must not take every other client down
+                        log.exception("error serving a connection; dropping it")
+                        self._drop(conn)
             self._commit_and_reply()
 
     # -- sockets --
@@ -304,8 +309,10 @@ class Daemon:
         if conn.closing and not conn.out:
             self._drop(conn)
             return
-        self._sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.out
-                                                            else 0))
+        if conn.waiting != bool(conn.out):  # wait for writability only while output is stuck
+            conn.waiting = bool(conn.out)
+            self._sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE
+                                                                if conn.waiting else 0))
 
     def _drop(self, conn: _Conn) -> None:
         if self._conns.pop(conn.sock.fileno(), None) is None:
@@ -326,7 +333,8 @@ class Daemon:
             if conn.domid is None:
                 conn.closing = True
             return _reply(REFUSED, str(exc))
-        except (struct.error, ValueError, UnicodeDecodeError, TypeError, KeyError) as exc:
+        except (struct.error, ValueError, UnicodeDecodeError, TypeError, KeyError,
+                AttributeError) as exc:
             return _reply(REFUSED, f"malformed request: {exc}")
         except HostCrashed as exc:
             return _reply(CRASHED, str(exc))
