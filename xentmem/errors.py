@@ -20,7 +20,8 @@
      │    ├── XenStoreUnavailable (+ConnectionError) no server / connection lost
      │    └── XenStoreTimeout (+TimeoutError)        no answer within the timeout
      ├── LibvirtError                       a libvirt call failed
-     └── GuestError                         the guest model refused an operation
+     ├── GuestError                         the guest model refused an operation
+     └── TraceError (+ValueError)           a memory trace or tuning input is malformed
 
 Return codes map to classes in one table (``TMEM_ERRORS``) at the transport boundary.
 """
@@ -43,6 +44,7 @@ __all__ = [
     "TmemNoPoolError",
     "TmemNotAvailable",
     "TmemPermissionError",
+    "TraceError",
     "TransportError",
     "XenStoreError",
     "XenStoreNotFound",
@@ -202,3 +204,7 @@ class LibvirtError(XentmemError):
 
 class GuestError(XentmemError):
     """The guest model refused an operation (bad device, backend state)."""
+
+
+class TraceError(XentmemError, ValueError):
+    """A memory trace or a tuning input is malformed (the message names the line or knob)."""

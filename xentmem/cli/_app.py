@@ -97,6 +97,7 @@ _COMMAND_MODULES = (
     "xentmem.cli.emulator_run",
     "xentmem.cli.emulator_daemon",
     "xentmem.cli.demo",
+    "xentmem.cli.tune",
     "xentmem.cli.agent",
     "xentmem.cli.guest",
     "xentmem.cli.status",

@@ -1,0 +1,206 @@
+"""``xentmem tune``: memory traces through the self-balloon law — synthesize or collect a
+trace, replay it with some knobs, sweep a grid of knobs, write reports, measure the engine."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from xentmem.cli._app import UsageError, app
+from xentmem.cli._render import render
+from xentmem.errors import TraceError
+from xentmem.guest.selfballoon import SelfBalloonKnobs
+
+tune_app = typer.Typer(help="Replay memory traces through the self-balloon law, sweep its knobs, "
+                       "report (terminal, JSON, HTML).", no_args_is_help=True)
+app.add_typer(tune_app, name="tune")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV or JSON lines; see "
+                                          "xentmem.tuning.trace for the format).")]
+KnobOpt = Annotated[list[str] | None, typer.Option(
+    "--knob", "-k", help="A knob as name=value (repeatable), e.g. downhysteresis=4.")]
+RateOpt = Annotated[int, typer.Option(
+    "--balloon-rate", min=0, help="Pages per second the balloon can move (0 = immediately).")]
+# the score columns a terminal has room for (--json and the HTML report carry them all)
+_BRIEF = ("mean_held_mib", "saved_pct", "shortfall_page_s", "peak_shortfall_mib",
+          "target_changes")
+HtmlOpt = Annotated[Path | None, typer.Option("--html", help="Also write an HTML report here.")]
+
+
+@contextmanager
+def _usage() -> Iterator[None]:
+    """Bad traces, knobs and grids are the user's input: exit 2 with the parser's message."""
+    try:
+        yield
+    except TraceError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _load(path: Path) -> Any:
+    from xentmem.tuning import load_trace
+
+    with _usage():
+        return load_trace(path)
+
+
+def _html(path: Path | None, trace: Any, **kwargs: Any) -> None:
+    if path is not None:
+        from xentmem.tuning.report import write_html  # matplotlib: only when asked for
+
+        typer.echo(f"wrote {write_html(path, trace, **kwargs)}", err=True)
+
+
+@tune_app.command("synth")
+def synth_cmd(
+    kind: Annotated[str, typer.Argument(help="steady | ramp | bursty | diurnal")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (.csv or .jsonl).")],
+    duration: Annotated[int, typer.Option(help="Seconds.")] = 3600,
+    step: Annotated[int, typer.Option(help="Seconds between samples.")] = 5,
+    memory_mb: Annotated[int, typer.Option("--memory-mb", help="Guest memory (max_pfn).")] = 1024,
+    base: Annotated[float, typer.Option(help="Usual Committed_AS, fraction of RAM.")] = 0.3,
+    peak: Annotated[float, typer.Option(help="Highest Committed_AS, fraction of RAM.")] = 0.8,
+    noise: Annotated[float, typer.Option(help="Relative jitter per sample.")] = 0.02,
+    bursts: Annotated[float, typer.Option(help="Bursts per hour (bursty).")] = 6.0,
+    period: Annotated[int | None, typer.Option(help="Diurnal period, s (default: duration).")]
+    = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a synthetic trace."""
+    from xentmem.tuning import SynthSpec, save_trace, synthesize
+
+    with _usage():
+        trace = synthesize(SynthSpec(kind, duration, step, memory_mb, base, peak, noise, bursts,
+                                     period, seed))
+    save_trace(trace, out)
+    render({**trace.summary(), "file": str(out)}, as_json=as_json)
+
+
+@tune_app.command("collect")
+def collect_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write.")],
+    workload: Annotated[list[str], typer.Option(
+        "--workload", "-w", help="kind[:field=value,...] (repeatable), e.g. "
+        "anon:mb=96,grow=20,shrink=10 or burst:start=30,duration=10,mb=64.")],
+    duration: Annotated[float, typer.Option(help="Model seconds.")] = 60.0,
+    step: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0,
+    memory_mb: Annotated[int, typer.Option("--memory-mb")] = 256,
+    swap_mb: Annotated[int, typer.Option("--swap-mb")] = 256,
+    tmem_mb: Annotated[int, typer.Option("--tmem-mb", help="Domain max above memory.")] = 128,
+    backend: Annotated[str, typer.Option(help="tmem | none")] = "tmem",
+    as_json: JsonOpt = False,
+) -> None:
+    """Record a trace by running guest-model workloads on the emulator (self-ballooning off)."""
+    from xentmem.tuning import CollectSpec, collect_trace, parse_workload, save_trace
+
+    with _usage():
+        spec = CollectSpec(tuple(parse_workload(w, seed=i) for i, w in enumerate(workload)),
+                           duration, step, memory_mb, swap_mb, tmem_mb, backend)
+    trace = collect_trace(spec, name=out.stem)
+    save_trace(trace, out)
+    render({**trace.summary(), "frontswap_peak_mib": round(int(trace.frontswap.max()) / 256, 1),
+            "file": str(out)}, as_json=as_json)
+
+
+@tune_app.command("show")
+def show_cmd(trace_file: TraceArg, as_json: JsonOpt = False) -> None:
+    """Check a trace file and summarise it."""
+    render(_load(trace_file).summary(), as_json=as_json)
+
+
+@tune_app.command("replay")
+def replay_cmd(
+    trace_file: TraceArg,
+    knob: KnobOpt = None,
+    balloon_rate: RateOpt = 0,
+    series: Annotated[bool, typer.Option("--series", help="Also print every run.")] = False,
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay a trace through the law with the given knobs (kernel defaults otherwise)."""
+    from xentmem.tuning import parse_knobs, replay
+
+    trace = _load(trace_file)
+    with _usage():
+        knobs = parse_knobs(knob or [])
+    result = replay(trace, knobs, balloon_rate=balloon_rate)
+    values = {k: int(v) for k, v in vars(knobs).items()}
+    record = {"trace": trace.name, "balloon_rate": balloon_rate, **result.scores.as_row()}
+    if as_json:
+        render({"knobs": values, **record, "exact": result.scores.as_dict(),
+                **({"series": result.rows()} if series else {})}, as_json=True)
+    else:
+        default = {k: int(v) for k, v in vars(SelfBalloonKnobs()).items()}
+        changed = ", ".join(f"{k}={v}" for k, v in values.items() if default[k] != v)
+        render({"knobs": changed or "kernel defaults", **record}, as_json=False,
+               title=f"replay of {trace.name}")
+        if series:
+            render(result.rows(), as_json=False, title="runs (pages)",
+                   columns=["time_s", "committed", "totalram", "goal", "target", "frontswap",
+                            "shortfall", "shrink_to"])
+    _html(html, trace, knobs=knobs, balloon_rate=balloon_rate)
+
+
+@tune_app.command("sweep")
+def sweep_cmd(
+    trace_file: TraceArg,
+    grid: Annotated[list[str], typer.Option(
+        "--grid", "-g", help="A knob and its values, name=v1,v2,... (repeatable).")],
+    knob: KnobOpt = None,
+    balloon_rate: RateOpt = 0,
+    max_shortfall: Annotated[float | None, typer.Option(
+        "--max-shortfall", min=0, help="Shortfall budget in page-seconds (default: the "
+        "kernel defaults' shortfall on this trace).")] = None,
+    show_all: Annotated[bool, typer.Option("--all", help="Print every setting, not only the "
+                                           "Pareto front.")] = False,
+    html: HtmlOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Replay every combination of a knob grid; print the Pareto front and a recommendation."""
+    from xentmem.tuning import parse_grid, parse_knobs, sweep
+
+    trace = _load(trace_file)
+    with _usage():
+        base = parse_knobs(knob or [])
+        result = sweep(trace, parse_grid(grid), base=base, balloon_rate=balloon_rate,
+                       max_shortfall_page_s=max_shortfall)
+    if as_json:
+        render(result.as_dict(all_rows=True), as_json=True)
+    else:
+        rows = [result.row(j) for j in (range(len(result.knobs)) if show_all else result.pareto)]
+        render(rows, as_json=False, columns=["index", *result.grid, *_BRIEF, "recommended"],
+               title=f"{len(result.knobs)} settings on {trace.name}: "
+               + ("all" if show_all else "Pareto front (memory held vs shortfall)"))
+        picked = result.scores(result.recommended).as_row()
+        render([{"setting": f"recommended (#{result.recommended})", **picked},
+                {"setting": "kernel defaults", **result.defaults.as_row()}],
+               as_json=False, columns=["setting", *_BRIEF])
+        typer.echo(result.rationale)
+    _html(html, trace, sweep_result=result)
+
+
+@tune_app.command("bench")
+def bench_cmd(
+    trace_file: Annotated[Path | None, typer.Argument(
+        help="Trace file (default: a synthetic bursty day sampled every 10 s).")] = None,
+    grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="name=v1,v2,...")]
+    = None,
+    repeat: Annotated[int, typer.Option(min=1, help="Vectorised passes (best kept).")] = 3,
+    as_json: JsonOpt = False,
+) -> None:
+    """Time the vectorised sweep against the scalar reference on the same grid."""
+    from xentmem.tuning import SynthSpec, bench, expand_grid, parse_grid, synthesize
+
+    with _usage():
+        trace = (_load(trace_file) if trace_file is not None else
+                 synthesize(SynthSpec("bursty", duration=86400, step=10, seed=1)))
+        knobs = expand_grid(parse_grid(grid or ["downhysteresis=1,2,4,8", "uphysteresis=1,2",
+                                                "reserved_mb=0,64", "interval=5,10",
+                                                "frontswap_inertia=1,3"]))
+    render(bench(trace, knobs, repeat=repeat), as_json=as_json,
+           title="vectorised vs scalar replay")

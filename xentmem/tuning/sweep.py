@@ -1,0 +1,397 @@
+"""The vectorised replay (numpy, every knob combination at once, stepping through time) and the
+knob sweep on top of it: grid, scores, Pareto front, recommendation.
+
+The model is the scalar reference's (``xentmem.tuning.replay``), step for step, in int64:
+``replay_many(trace, knobs)`` gives the same series and ``Scores`` as ``replay`` for each
+setting (a property test checks it). Combinations are grouped by ``interval`` (each interval
+has its own run times); within a group one numpy operation advances every combination by one
+worker run.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import numpy as np
+
+from xentmem.errors import TraceError
+from xentmem.guest.selfballoon import MB, SelfBalloonKnobs
+from xentmem.tuning.replay import SERIES, Scores
+from xentmem.tuning.trace import Trace
+
+__all__ = [
+    "KNOBS",
+    "MAX_COMBINATIONS",
+    "ManyReplays",
+    "SweepResult",
+    "expand_grid",
+    "parse_grid",
+    "parse_knobs",
+    "replay_many",
+    "sweep",
+]
+
+KNOBS = tuple(f.name for f in fields(SelfBalloonKnobs))
+_FLAGS = ("selfballooning", "frontswap_selfshrinking")
+MAX_COMBINATIONS = 200_000
+_SCORE_FIELDS = tuple(f.name for f in fields(Scores))
+
+
+# -- knob input ----------------------------------------------------------------------------------
+
+def _knob_value(name: str, text: str) -> int:
+    if name not in KNOBS:
+        raise TraceError(f"unknown knob {name!r} (one of {', '.join(KNOBS)})")
+    text = text.strip()
+    if not text.isdigit():
+        raise TraceError(f"knob {name}: {text!r} is not a non-negative whole number")
+    value = int(text)
+    if name in _FLAGS and value not in (0, 1):
+        raise TraceError(f"knob {name}: must be 0 or 1, not {value}")
+    if value >= 1 << 31:
+        raise TraceError(f"knob {name}: {value} is out of range")
+    return value
+
+
+def _split(spec: str) -> tuple[str, str]:
+    name, sep, value = spec.partition("=")
+    if not sep or not name.strip() or not value.strip():
+        raise TraceError(f"bad knob setting {spec!r}: expected name=value")
+    return name.strip(), value
+
+
+def _knobs(values: Mapping[str, int], base: SelfBalloonKnobs) -> SelfBalloonKnobs:
+    typed = {k: bool(v) if k in _FLAGS else v for k, v in values.items()}
+    try:
+        return replace(base, **typed)
+    except ValueError as exc:
+        raise TraceError(f"knobs: {exc}") from None
+
+
+def parse_knobs(specs: Sequence[str], base: SelfBalloonKnobs | None = None) -> SelfBalloonKnobs:
+    """Knobs from ``name=value`` strings over ``base`` (default: the kernel defaults)."""
+    values: dict[str, int] = {}
+    for spec in specs:
+        name, text = _split(spec)
+        values[name] = _knob_value(name, text)
+    return _knobs(values, base or SelfBalloonKnobs())
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
+    """A grid from ``name=v1,v2,...`` strings (one per knob; values kept in the given order,
+    duplicates dropped)."""
+    grid: dict[str, tuple[int, ...]] = {}
+    for spec in specs:
+        name, text = _split(spec)
+        if name in grid:
+            raise TraceError(f"knob {name} is given twice in the grid")
+        values = [_knob_value(name, v) for v in text.split(",")]
+        grid[name] = tuple(dict.fromkeys(values))
+    return grid
+
+
+def expand_grid(grid: Mapping[str, Sequence[int]], base: SelfBalloonKnobs | None = None
+                ) -> list[SelfBalloonKnobs]:
+    """Every combination of ``grid`` over ``base``, the last knob varying fastest."""
+    base = base or SelfBalloonKnobs()
+    names = list(grid)
+    count = int(np.prod([len(grid[n]) for n in names])) if names else 1
+    if count > MAX_COMBINATIONS:
+        raise TraceError(f"the grid has {count} combinations; at most {MAX_COMBINATIONS}")
+    return [_knobs(dict(zip(names, combo, strict=True)), base)
+            for combo in itertools.product(*(grid[n] for n in names))]
+
+
+# -- the vectorised replay ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The exogenous part of a replay at one interval: run times, the sample each run reads,
+    the peak demand while the previous totalram was in effect, the piecewise floor, and per
+    state window (before run 1, after run 1, ...) its segments' demand and lengths."""
+
+    run_ms: np.ndarray
+    run_sample: np.ndarray
+    peak_demand: np.ndarray
+    base_floor: np.ndarray
+    win_demand: list[np.ndarray]
+    win_dt: list[np.ndarray]
+
+
+def _piecewise_floor(reserve: np.ndarray, max_pfn: np.ndarray) -> np.ndarray:
+    """``selfballoon_floor`` with min_usable_mb = 0, over arrays."""
+    useful = np.maximum(max_pfn - reserve, 0)
+    return np.select(
+        [useful < 16 * MB, useful < 64 * MB, useful < 512 * MB],
+        [max_pfn, reserve + 16 * MB + (useful - 16 * MB) // 2,
+         reserve + 40 * MB + (useful - 40 * MB) // 8],
+        reserve + 99 * MB + (useful - 99 * MB) // 32)
+
+
+def _schedule(trace: Trace, interval_ms: int) -> _Schedule:
+    times, demand = trace.time_ms, trace.demand
+    t0, tend = int(times[0]), int(times[-1])
+    runs = (tend - t0) // interval_ms
+    run_ms = t0 + interval_ms * np.arange(1, runs + 1, dtype=np.int64)
+    run_sample = np.searchsorted(times, run_ms, side="left") - 1  # the last sample before
+    points = np.union1d(times, run_ms)
+    seg_start, seg_dt = points[:-1], np.diff(points)
+    seg_demand = demand[np.searchsorted(times, seg_start, side="right") - 1]
+    seg_window = np.searchsorted(run_ms, seg_start, side="right")
+    bounds = np.searchsorted(seg_window, np.arange(runs + 2), side="left")
+    win_demand = [seg_demand[bounds[w]:bounds[w + 1]] for w in range(runs + 1)]
+    win_dt = [seg_dt[bounds[w]:bounds[w + 1]] for w in range(runs + 1)]
+    # the window before each run has positive length (runs are an interval apart)
+    peak = np.array([int(win_demand[k].max()) for k in range(runs)], dtype=np.int64)
+    base_floor = _piecewise_floor(trace.reserve[run_sample], trace.max_pfn[run_sample])
+    return _Schedule(run_ms, run_sample, peak, base_floor, win_demand, win_dt)
+
+
+@dataclass(frozen=True)
+class ManyReplays:
+    """The vectorised replay of ``knobs``: ``scores`` maps each ``Scores`` field to an int64
+    array (one value per setting); ``series[j]`` / ``totalram_after[j]`` hold setting j's
+    per-run series when recorded."""
+
+    knobs: list[SelfBalloonKnobs]
+    balloon_rate: int
+    scores: dict[str, np.ndarray]
+    series: list[dict[str, np.ndarray]] | None
+    totalram_after: list[np.ndarray] | None
+
+    def scores_at(self, j: int) -> Scores:
+        return Scores(**{name: int(self.scores[name][j]) for name in _SCORE_FIELDS})
+
+
+def _group(trace: Trace, knobs: Sequence[SelfBalloonKnobs], interval: int, balloon_rate: int,
+           record: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None,
+                                  np.ndarray | None]:
+    """Replay every setting of ``knobs`` (all with ``interval``) at once."""
+    n = len(knobs)
+    sched = _schedule(trace, interval * 1000)
+    runs = len(sched.run_ms)
+
+    def col(name: str) -> np.ndarray:
+        return np.fromiter((int(getattr(k, name)) for k in knobs), dtype=np.int64, count=n)
+
+    down, up = col("downhysteresis"), col("uphysteresis")
+    min_usable, reserved = col("min_usable_mb"), col("reserved_mb")
+    hyst, inertia = col("frontswap_hysteresis"), col("frontswap_inertia")
+    sb, ss = col("selfballooning").astype(bool), col("frontswap_selfshrinking").astype(bool)
+    step = balloon_rate * interval
+
+    T = np.full(n, int(trace.totalram[0]), dtype=np.int64)
+    F = np.full(n, int(trace.frontswap[0]), dtype=np.int64)
+    cur = np.zeros(n, dtype=np.int64)  # frontswap_selfshrink's statics
+    counter = np.zeros(n, dtype=np.int64)
+    last_target = T.copy()
+    zero = np.zeros(n, dtype=np.int64)
+    held, short, fs, peak_held, peak_short = (zero.copy() for _ in range(5))
+    changes, shrinks, repatriated = (zero.copy() for _ in range(3))
+    rec = {key: np.empty((n, runs), dtype=np.int64) for key in SERIES} if record else None
+    after = np.empty((n, runs), dtype=np.int64) if record else None
+
+    def account(w: int) -> None:
+        dt, dem = sched.win_dt[w], sched.win_demand[w]
+        if not len(dt):
+            return
+        dur = int(dt.sum())
+        np.add(held, T * dur, out=held)  # in place: these accumulators outlive the closure
+        np.add(fs, F * dur, out=fs)
+        np.maximum(peak_held, T, out=peak_held)
+        over = np.maximum(dem[None, :] - T[:, None], 0)
+        np.add(short, over @ dt, out=short)
+        np.maximum(peak_short, np.maximum(int(dem.max()) - T, 0), out=peak_short)
+
+    committed, reserve, maxram = trace.committed, trace.reserve, trace.maxram
+    for k in range(runs):
+        account(k)
+        i = int(sched.run_sample[k])
+        C, R, M = int(committed[i]), int(reserve[i]), int(maxram[i])
+        shortfall = np.maximum(int(sched.peak_demand[k]) - T, 0)
+        F = np.minimum(np.maximum(F, shortfall), C)
+        goal = C + R + reserved * MB + np.where(ss, F, 0)
+        tgt = np.where(goal < T, T - (T - goal) // down,
+                       np.where(goal > T, T + (goal - T) // up, T))
+        floor = np.where(min_usable != 0, R + min_usable * MB, int(sched.base_floor[k]))
+        target = np.where(sb, np.maximum(tgt, floor), T)
+        seen_F = F
+        # frontswap_selfshrink, where enabled
+        growth = (F == 0) | (cur < F)
+        dec = np.maximum(counter - 1, 0)
+        shrink = ss & ~growth & (dec == 0)
+        counter = np.where(ss, np.where(growth, inertia, dec), counter)
+        cur = np.where(ss, F, cur)
+        shrink_tgt = np.where(hyst >= F, 0, F - F // hyst)
+        shrinks += shrink
+        repatriated += np.where(shrink, F - shrink_tgt, 0)
+        F = np.where(shrink, shrink_tgt, F)
+        if rec is not None:
+            for key, value in (("time_ms", int(sched.run_ms[k])), ("committed", C),
+                               ("reserve", R), ("totalram", T), ("frontswap", seen_F),
+                               ("shortfall", shortfall), ("goal", goal), ("floor", floor),
+                               ("target", target),
+                               ("shrink_to", np.where(shrink, shrink_tgt, -1))):
+                rec[key][:, k] = value
+        changes += target != last_target
+        last_target = target
+        moved = np.maximum(T - step, np.minimum(T + step, target)) if step else target
+        T = np.minimum(moved, M)
+        if after is not None:
+            after[:, k] = T
+    account(runs)
+    duration = trace.duration_ms
+    scores = {"duration_ms": np.full(n, duration, dtype=np.int64),
+              "runs": np.full(n, runs, dtype=np.int64), "held_page_ms": held,
+              "baseline_page_ms": np.full(n, int(trace.totalram[0]) * duration, dtype=np.int64),
+              "peak_held": peak_held, "shortfall_page_ms": short, "peak_shortfall": peak_short,
+              "frontswap_page_ms": fs, "target_changes": changes, "shrinks": shrinks,
+              "repatriated": repatriated}
+    return scores, rec, after
+
+
+def replay_many(trace: Trace, knobs: Sequence[SelfBalloonKnobs], *, balloon_rate: int = 0,
+                record: bool = False) -> ManyReplays:
+    """Replay every setting in ``knobs`` over ``trace`` (vectorised); ``record`` keeps each
+    setting's per-run series (memory grows with settings x runs)."""
+    if balloon_rate < 0:
+        raise ValueError(f"balloon_rate must be >= 0 pages/s, not {balloon_rate}")
+    knobs = list(knobs)
+    n = len(knobs)
+    scores = {name: np.zeros(n, dtype=np.int64) for name in _SCORE_FIELDS}
+    series: list[dict[str, np.ndarray]] | None = [{}] * n if record else None
+    after: list[np.ndarray] | None = [np.empty(0)] * n if record else None
+    intervals = np.array([k.interval for k in knobs], dtype=np.int64)
+    for interval in np.unique(intervals):
+        idx = np.flatnonzero(intervals == interval)
+        sc, rec, aft = _group(trace, [knobs[j] for j in idx], int(interval), balloon_rate,
+                              record)
+        for name in _SCORE_FIELDS:
+            scores[name][idx] = sc[name]
+        if series is not None and after is not None and rec is not None and aft is not None:
+            for row, j in enumerate(idx):
+                series[j] = {key: rec[key][row] for key in SERIES}
+                after[j] = aft[row]
+    return ManyReplays(knobs, balloon_rate, scores, series, after)
+
+
+# -- the sweep -----------------------------------------------------------------------------------
+
+def _versus(less_mib: float) -> str:
+    return f"{less_mib:.1f} MiB less than" if less_mib >= 0 else f"{-less_mib:.1f} MiB more than"
+
+
+def _pareto(held: np.ndarray, short: np.ndarray) -> np.ndarray:
+    """Indices not dominated in (held, shortfall), both minimised; sorted by held."""
+    order = np.lexsort((short, held))
+    front: list[int] = []
+    best: int | None = None
+    prev: tuple[int, int] | None = None
+    for j in order.tolist():
+        point = (int(held[j]), int(short[j]))
+        if best is None or point[1] < best:
+            front.append(j)
+            best, prev = point[1], point
+        elif point == prev:
+            front.append(j)  # an exact tie with a front point is not dominated by it
+    return np.array(front, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """A sweep: the settings tried, their scores, the kernel defaults' scores, the Pareto front
+    (indices), the recommended index and why."""
+
+    trace: Trace
+    grid: dict[str, tuple[int, ...]]
+    knobs: list[SelfBalloonKnobs]
+    replays: ManyReplays
+    defaults: Scores
+    pareto: list[int]
+    recommended: int
+    budget_page_ms: int
+    rationale: str
+
+    def scores(self, j: int) -> Scores:
+        return self.replays.scores_at(j)
+
+    def row(self, j: int) -> dict[str, Any]:
+        """Setting j: the swept knobs, then the headline scores."""
+        k = self.knobs[j]
+        knob_cols = {name: int(getattr(k, name)) for name in self.grid}
+        return {"index": j, **knob_cols, **self.scores(j).as_row(),
+                "pareto": j in self._front, "recommended": j == self.recommended}
+
+    @property
+    def _front(self) -> set[int]:
+        return set(self.pareto)
+
+    def as_dict(self, *, all_rows: bool = True) -> dict[str, Any]:
+        """Everything a script needs (``--json``)."""
+        rec = self.knobs[self.recommended]
+        return {
+            "trace": self.trace.summary(),
+            "grid": {k: list(v) for k, v in self.grid.items()},
+            "combinations": len(self.knobs),
+            "balloon_rate": self.replays.balloon_rate,
+            "defaults": self.defaults.as_row(),
+            "recommended": {"index": self.recommended,
+                            "knobs": {f: int(getattr(rec, f)) for f in KNOBS},
+                            "scores": self.scores(self.recommended).as_row(),
+                            "rationale": self.rationale},
+            "shortfall_budget_page_s": self.budget_page_ms / 1000,
+            "pareto": [self.row(j) for j in self.pareto],
+            **({"results": [self.row(j) for j in range(len(self.knobs))]} if all_rows else {}),
+        }
+
+
+def sweep(trace: Trace, grid: Mapping[str, Sequence[int]], *,
+          base: SelfBalloonKnobs | None = None, balloon_rate: int = 0,
+          max_shortfall_page_s: float | None = None) -> SweepResult:
+    """Replay every combination of ``grid`` and pick one.
+
+    The recommendation is the Pareto setting holding the least memory whose shortfall stays
+    within the budget (default: the kernel defaults' own shortfall on this trace, so it never
+    swaps more than an untuned guest); ties go to fewer target changes, then less frontswap,
+    then grid order. If no setting meets the budget, the one with the least shortfall."""
+    knobs = expand_grid(grid, base)
+    many = replay_many(trace, [*knobs, SelfBalloonKnobs()], balloon_rate=balloon_rate)
+    defaults = many.scores_at(len(knobs))
+    scores = {name: arr[:-1] for name, arr in many.scores.items()}
+    many = ManyReplays(knobs, balloon_rate, scores, None, None)
+    held, short = scores["held_page_ms"], scores["shortfall_page_ms"]
+    front = _pareto(held, short)
+    if max_shortfall_page_s is None:
+        budget, source = defaults.shortfall_page_ms, "the kernel defaults' shortfall"
+    else:
+        budget, source = round(max_shortfall_page_s * 1000), "the given budget"
+    ok = front[short[front] <= budget]
+    key_cols = (scores["frontswap_page_ms"], scores["target_changes"])
+    if len(ok):
+        pool = ok
+        order = np.lexsort((pool, key_cols[0][pool], key_cols[1][pool], held[pool]))
+    else:
+        pool = front
+        order = np.lexsort((pool, key_cols[1][pool], held[pool], short[pool]))
+    best = int(pool[order[0]])
+    s = many.scores_at(best)
+    changed = {f: int(getattr(knobs[best], f)) for f in KNOBS
+               if getattr(knobs[best], f) != getattr(SelfBalloonKnobs(), f)}
+    setting = ", ".join(f"{k}={v}" for k, v in changed.items()) or "the kernel defaults"
+    if len(ok):
+        versus = (f"{_versus(defaults.mean_held_mib - s.mean_held_mib)} the defaults' "
+                  f"{defaults.mean_held_mib:.1f}" if changed else "no tuning beats them")
+        why = (f"{setting}: holds {s.mean_held_mib:.1f} MiB on average "
+               f"({s.saved_pct:.1f}% less than never ballooning, {versus}) with a shortfall "
+               f"of {s.shortfall_page_s:.0f} page-s, within {source} ({budget / 1000:.0f} page-s); "
+               f"{s.target_changes} target changes in {s.runs} runs. It is the least memory "
+               f"among the {len(ok)} Pareto settings within budget.")
+    else:
+        why = (f"{setting}: no setting of the grid keeps the shortfall within {source} "
+               f"({budget / 1000:.0f} page-s); this one swaps least ({s.shortfall_page_s:.0f} "
+               f"page-s) while holding {s.mean_held_mib:.1f} MiB on average.")
+    return SweepResult(trace, {k: tuple(v) for k, v in grid.items()}, knobs, many, defaults,
+                       front.tolist(), best, budget, why)
