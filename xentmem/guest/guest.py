@@ -264,10 +264,6 @@ class Guest:
             pids.append(page.pid)
         return pids
 
-    @property
-    def anon_ids(self) -> list[int]:
-        return list(self._pages)
-
     def _page(self, pid: int) -> AnonPage | None:
         page = self._pages.get(pid)
         return None if page is None or page.freed else page
@@ -292,7 +288,7 @@ class Guest:
                 source: Source = "frontswap"
                 data = bytes(buf)
                 # exclusive get: the backend let go and the bit is clear, so only RAM has it
-                page.dirty = not sis.fs_test(offset) and self.frontswap.exclusive_gets_enabled
+                page.dirty = not sis.fs_test(offset)
             else:
                 source = "swap"
                 data = sis.store.read(offset)

@@ -49,7 +49,6 @@ class _Engine:
         self.pools: dict[int, _Pool] = {}
         self.lock = threading.Lock()
         self._next = 0
-        self.evicted = 0
 
     def new_pool(self, ephemeral: bool) -> int:
         with self.lock:
@@ -69,7 +68,6 @@ class _Engine:
             while pool.ephemeral and pool.pages and self.bytes + need > self.max_bytes:
                 _, data = pool.pages.popitem(last=False)
                 self.bytes -= len(data)
-                self.evicted += 1
 
     def put(self, pool_id: int, handle: _Handle, page: bytes) -> bool:
         data = lz4.block.compress(bytes(page), store_size=False)
@@ -114,10 +112,6 @@ class _Engine:
                 return
             for h in [h for h in pool.pages if match(h)]:
                 self.bytes -= len(pool.pages.pop(h))
-
-    def pages(self, pool_id: int) -> int:
-        pool = self.pools.get(pool_id)
-        return 0 if pool is None else len(pool.pages)
 
 
 class _FrontswapOps:
@@ -196,10 +190,6 @@ class Zcache:
         self.frontswap_ops = _FrontswapOps(self.engine)
         self.frontswap_ops.exclusive = exclusive_gets
         self.cleancache_ops = _CleancacheOps(self.engine)
-
-    @property
-    def stored_bytes(self) -> int:
-        return self.engine.bytes
 
     def module_init(self, guest: Guest) -> None:
         if self.frontswap_enabled:
