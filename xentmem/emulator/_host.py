@@ -58,20 +58,8 @@ class Domain:
     an anonymous mapping, so untouched frames cost nothing.
     """
 
-    __slots__ = (
-        "avail",
-        "domid",
-        "dying",
-        "max_pages",
-        "mem",
-        "mv",
-        "name",
-        "nr_pages",
-        "populated",
-        "privileged",
-        "size",
-        "tmem_pages",
-    )
+    __slots__ = ("avail", "client", "domid", "dying", "max_pages", "mem", "mv", "name",
+                 "nr_pages", "op_ok", "populated", "privileged", "size", "tmem_pages")
 
     def __init__(self, domid: int, name: str, nr_pages: int, max_pages: int) -> None:
         self.domid = domid
@@ -89,6 +77,8 @@ class Domain:
         self.privileged = domid == 0
         self.dying = False
         self.tmem_pages = 0  # persistent tmem pages charged to this domain
+        self.client: Any = None  # its tmem client, once it has one
+        self.op_ok = -1  # the last tmem_op address found valid (reset when RAM shrinks)
 
     @property
     def tot_pages(self) -> int:
@@ -337,13 +327,12 @@ class EmulatedHost:
         imitated hypervisor (or it had crashed before) and ``EmulatorError`` for an unknown
         ``domid`` (a caller bug, not guest input).
         """
-        if self.crashed is not None:
-            self._alive()
         dom = self.domains.get(domid)
-        if dom is None:
+        if dom is None:  # a crash empties ``domains``
+            self._alive()
             raise EmulatorError(f"no domain {domid}")
         try:
-            if op == 38 and len(args) >= 1:  # the data path: skip the generic argument shuffle
+            if op == 38 and args:  # the data path: skip the generic argument shuffle
                 return self._hc_tmem_op(dom, args[0] & U64)
             handler = self._handlers.get(op)
             if handler is None:
@@ -356,21 +345,21 @@ class EmulatedHost:
 
     def _hc_tmem_op(self, dom: Domain, addr: int, *_: int) -> int:
         """``do_tmem_op`` in the dispatch order of ref §2.1."""
-        if not self.has_tmem:
-            return ENOSYS
         if not self.tmem_enabled:
-            return ENODEV
+            return ENODEV if self.has_tmem else ENOSYS
         tm = self.tmem
         tm.Tt += 1
-        cc = tm.clients.get(dom.domid)
+        cc = dom.client
         if cc is not None and dom.dying:
             tm.Te += 1
             return ENODEV
         pop = dom.populated
-        if addr < PAGE or addr + STRUCT_SIZE > dom.size or not pop[addr >> 12] \
-                or not pop[(addr + STRUCT_SIZE - 1) >> 12]:
-            tm.Te += 1
-            return EFAULT
+        if addr != dom.op_ok:  # clients reuse one op buffer: skip re-validating it
+            if addr < PAGE or addr + STRUCT_SIZE > dom.size or not pop[addr >> 12] \
+                    or not pop[(addr + STRUCT_SIZE - 1) >> 12]:
+                tm.Te += 1
+                return EFAULT
+            dom.op_ok = addr
         mem = dom.mem
         t = _unpack_gen(mem, addr)
         cmd = t[0]
@@ -524,6 +513,7 @@ class EmulatedHost:
                 break
             dom.populated[frame] = 0
             dom.avail[frame] = 0
+            dom.op_ok = -1
             dom.mem[frame * PAGE:(frame + 1) * PAGE] = bytes(PAGE)
             dom.nr_pages -= 1
             self.heap_free += 1

@@ -1,6 +1,6 @@
 """Hypervisor-side tmem: clients, pools, objects, pages, LRU lists, eviction (ref §3).
 
-This module knows nothing about bytes on the wire: the entry (``_entry.py``) decodes structs and
+This module knows nothing about bytes on the wire: the entry (``_host.py``) decodes structs and
 resolves guest addresses, then calls ``Tmem`` methods with plain values, a domain's memory and a
 byte offset into it (``-1`` when the frame is not a RAM page of the caller). Methods return what
 Xen's C functions return (ints, negative errno). The one exception that may leave this module on
@@ -351,6 +351,7 @@ class Tmem:
     def create_client(self, dom: Domain) -> Client:
         client = Client(dom, self.compress_default)
         self.clients[dom.domid] = client
+        dom.client = client
         return client
 
     def set_weight(self, client: Client, weight: int) -> None:
@@ -789,6 +790,7 @@ class Tmem:
                 self._drop_pages(pool)
         self.weight_sum -= cc.weight
         del self.clients[cc.domid]
+        cc.dom.client = None
 
     # ---- auth ---------------------------------------------------------------------------------
 
