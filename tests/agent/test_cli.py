@@ -68,6 +68,9 @@ def test_set_refused_exits_1(cli, db: EmulatedGuest):
     data = json.loads(result.stdout)
     assert data["status"] == "refused" and "read-only" in data["reason"]
     assert data["settings"][0]["status"] == "refused"
+    cleared = cli("guest", "set", "db", "--clear", "cleancache", "--json")
+    assert cleared.exit_code == 0, cleared.output
+    assert json.loads(cleared.stdout)["settings"][0]["status"] == "withdrawn"
 
 
 def test_set_pending_without_agent(cli, server: XenStoreServer, emulated_host):
@@ -84,6 +87,8 @@ def test_set_pending_without_agent(cli, server: XenStoreServer, emulated_host):
     (["guest", "set", "web", "--interval", "0"], "--interval"),
     (["guest", "set", "web", "--interval", "abc"], "--interval"),
     (["guest", "set", "web"], "nothing to set"),
+    (["guest", "set", "web", "--clear", "bogus"], "unknown setting 'bogus'"),
+    (["guest", "set", "web", "--interval", "3", "--clear", "interval"], "contradicts"),
     (["guest", "set", "nosuch", "--interval", "3"], "no domain 'nosuch'"),
     (["guest", "show", "nosuch"], "no domain"),
     (["guest", "memory", "web", "--target", "4096"], "above the maximum"),

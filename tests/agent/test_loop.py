@@ -80,8 +80,16 @@ def test_sysfs_guest_refuses_module_parameters(host: Host, db: EmulatedGuest):
     assert "interval" not in result.refused  # the rest of the request still applies
     assert param.read_text() == "Y\n"
     assert result.applied["frontswap"] == 1 and result.applied["interval"] == 6
+    assert host.tmem_report(db.domid).status == "refused"  # the standing request
     # asking for what the guest already has is fine
     assert host.set_toggles("db", {"frontswap": True}).status == "applied"
+    assert host.tmem_report(db.domid).status == "applied"
+    # or withdraw a request the guest cannot meet
+    host.set_toggles("db", {"cleancache": False})
+    withdrawn = host.set_toggles("db", {"cleancache": None})
+    assert withdrawn.status == "applied" and withdrawn.rows()[0]["status"] == "withdrawn"
+    report = host.tmem_report(db.domid)
+    assert report.status == "applied" and "cleancache" not in report.requested
 
 
 def test_kernel_rejects_zero_once_set(host: Host, web: EmulatedGuest):

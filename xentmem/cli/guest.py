@@ -84,7 +84,8 @@ def _show(g: GuestInfo) -> dict[str, Any]:
         for k in (key(n) for n in t.applied)]
     return {"guest": record, "settings": settings,
             "stats": dict(t.stats) if t else {},
-            "balloon": ({n: mib(v) for n, v in t.balloon.items()} if t else {})}
+            "balloon": ({n.replace("_kib", "_mib"): mib(v) for n, v in t.balloon.items()}
+                        if t else {})}
 
 
 def _tmem_cell(row: dict[str, Any]) -> str:
@@ -128,7 +129,7 @@ def show(dom: Dom, as_json: Json = False, xenstored: XenStored = None,
     if data["settings"]:
         render(data["settings"], as_json=False, title="settings")
     if data["stats"]:
-        render({**data["stats"], **{f"balloon_{n}_mib": v for n, v in data["balloon"].items()}},
+        render({**data["stats"], **{f"balloon_{n}": v for n, v in data["balloon"].items()}},
                as_json=False, title="counters")
 
 
@@ -155,6 +156,10 @@ def set_(dom: Dom,
          uphysteresis: _knob("uphysteresis") = None,
          min_usable_mb: _knob("min_usable_mb") = None,
          reserved_mb: _knob("reserved_mb") = None,
+         clear: Annotated[list[str] | None, typer.Option(
+             "--clear", metavar="KEY", help="Withdraw the standing request for KEY (e.g. one "
+             "the guest refused); the guest keeps its current value. Repeatable.",
+             show_default=False)] = None,
          wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait for the "
                                              "guest agent's answer.")] = 5.0,
          as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
@@ -167,6 +172,10 @@ def set_(dom: Dom,
         ("interval", interval), ("downhysteresis", downhysteresis),
         ("uphysteresis", uphysteresis), ("min_usable_mb", min_usable_mb),
         ("reserved_mb", reserved_mb)) if value is not None}
+    for name in clear or ():
+        if name in values:
+            raise UsageError(f"--clear {name} contradicts setting {name}")
+        values[name] = None
     if not values:
         raise UsageError("nothing to set: give at least one option (see --help)")
     with open_host(xenstored, libvirt_uri, timeout) as host:

@@ -139,14 +139,14 @@ class ToggleResult:
     seq: int
     status: str  # applied | pending | refused
     reason: str
-    requested: dict[str, int]
+    requested: dict[str, int | None]  # None: the request for that key was withdrawn
     applied: dict[str, int | None] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
 
     def rows(self) -> list[dict[str, Any]]:
         out = []
         for name, value in self.requested.items():
-            status = ("refused" if name in self.refused else
+            status = ("withdrawn" if value is None else "refused" if name in self.refused else
                       "pending" if self.status == "pending" else "applied")
             out.append({"key": name, "requested": value, "applied": self.applied.get(name),
                         "status": status, "reason": self.refused.get(name, "")})
@@ -213,15 +213,19 @@ def _read_report(tx, dom: str) -> TmemReport:
     )
 
 
-def validate(values: Mapping[str, int | bool]) -> dict[str, int]:
-    """Check requested settings against their limits; ``ValueError`` names the first bad one."""
-    out: dict[str, int] = {}
+def validate(values: Mapping[str, int | bool | None]) -> dict[str, int | None]:
+    """Check requested settings against their limits (None: withdraw the request);
+    ``ValueError`` names the first bad one."""
+    out: dict[str, int | None] = {}
     for name, value in values.items():
         try:
             k = key(name)
         except KeyError:
             raise ValueError(f"unknown setting {name!r}; known: "
                              + ", ".join(k.name for k in KEYS)) from None
+        if value is None:
+            out[name] = None
+            continue
         number = int(value)
         if (isinstance(value, bool) and not k.boolean) or not k.lo <= number <= k.hi:
             raise ValueError(f"{name} must be {k.describe_range()}, not {value!r}")
@@ -344,10 +348,11 @@ class Host:
 
     # --- changing -----------------------------------------------------------------------------
 
-    def set_toggles(self, dom: str | int, values: Mapping[str, int | bool], *,
+    def set_toggles(self, dom: str | int, values: Mapping[str, int | bool | None], *,
                     timeout: float | None = None) -> ToggleResult:
-        """Request ``values`` (names of :data:`xentmem.agent.keys.KEYS`) for ``dom`` and wait
-        at most ``timeout`` s for the agent's answer (``pending`` if none comes)."""
+        """Request ``values`` (names of :data:`xentmem.agent.keys.KEYS`; None withdraws the
+        standing request for that key, leaving the guest as it is) for ``dom`` and wait at
+        most ``timeout`` s for the agent's answer (``pending`` if none comes)."""
         requested = validate(values)
         if not requested:
             raise ValueError("nothing to set")
@@ -361,13 +366,18 @@ class Host:
             old = sanitize_int(tx.read(f"{base}/{CONTROL_SEQ}", None), 0, MAX_SEQ) or 0
             seq = old % MAX_SEQ + 1
             for name, value in requested.items():
-                tx.write(f"{base}/{key(name).control}", str(value))
+                if value is None:
+                    with contextlib.suppress(XenStoreNotFound):
+                        tx.rm(f"{base}/{key(name).control}")
+                else:
+                    tx.write(f"{base}/{key(name).control}", str(value))
             tx.write(f"{base}/{CONTROL_SEQ}", str(seq))
             return seq
 
         seq = transaction(xs, request)
         if self.libvirt is not None:  # remember the wish with the domain definition
-            merged = {**_metadata_values(info.metadata), **requested}
+            merged = {n: v for n, v in {**_metadata_values(info.metadata), **requested}.items()
+                      if v is not None}
             self.libvirt.set_metadata(info.name, metadata_xml(merged), "tmem", METADATA_URI)
         wait = self.ack_timeout if timeout is None else timeout
         report = self._wait_ack(domid, seq, wait)
@@ -377,7 +387,7 @@ class Host:
                 why += " (no agent report at all: is the agent running in the guest?)"
             return ToggleResult(domid, info.name, seq, "pending", why, requested,
                                 report.applied, {})
-        refused = {n: r for n, r in report.refused.items() if n in requested}
+        refused = {n: r for n, r in report.refused.items() if requested.get(n) is not None}
         status = "refused" if report.state == "refused" and refused else "applied"
         reason = "; ".join(f"{n}: {r}" for n, r in refused.items())
         return ToggleResult(domid, info.name, seq, status, reason, requested,
