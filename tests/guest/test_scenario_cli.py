@@ -147,3 +147,20 @@ def test_writes_to_a_cluster_fs_shared_by_guests_are_refused():
                         "workloads": [{"kind": "file", "fs": "c"}]} for n in ("a", "b")]}
     with pytest.raises(GuestError, match="no DLM"):
         parse_scenario(data)
+
+
+def test_concurrent_workloads_with_tmem_and_target_changes_stay_clean():
+    data = {"duration": 3, "step": 0.5,
+            "guests": [{"name": "g", "memory_mb": 32, "max_memory_mb": 64, "concurrent": True,
+                        "swap": [{"mb": 64}], "mounts": [{"name": "root"}],
+                        "workloads": [{"kind": "anon", "mb": 28, "grow": 1, "rate": 1500},
+                                      {"kind": "burst", "start": 1, "duration": 1, "mb": 8,
+                                       "rate": 1000},
+                                      {"kind": "file", "files": 4, "rate": 1500}]}],
+            "events": [{"at": 0.5, "guest": "g", "action": "load", "backend": "tmem",
+                        "params": {"selfballooning": False}},
+                       {"at": 1.5, "guest": "g", "action": "target", "value": 28},
+                       {"at": 2, "guest": "g", "action": "replace", "backend": "zcache"}]}
+    result = run_scenario(parse_scenario(data))
+    assert result.ok, result.rows
+    assert result.rows[0]["stored"] > 0 and result.rows[0]["drained"] > 0

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from xentmem.abi import DOMID_SELF, XEN_MEMORY_RESERVATION, Hypercall, XenMemOp
 from xentmem.errors import XentmemError
+from xentmem.guest._locks import hypervisor_lock
 from xentmem.guest.selfballoon import (
     MemorySnapshot,
     SelfBalloonKnobs,
@@ -119,6 +120,7 @@ class HypervisorReservation:
 
     def __init__(self, hypervisor: Hypervisor) -> None:
         self.hv = hypervisor
+        self.lock = hypervisor_lock(hypervisor)
 
     def _memory_op(self, cmd: int, frames: list[int]) -> int:
         extents = self.hv.alloc_buffer(8 * len(frames))
@@ -135,22 +137,24 @@ class HypervisorReservation:
 
     def decrease(self, pages: int) -> int:
         frames: list[Frame] = []
-        try:
-            for _ in range(pages):
-                frames.append(self.hv.alloc_frame())
-        except XentmemError:
-            pass  # the domain has no more free frames: a short allocation
-        if not frames:
-            return 0
-        done = self._memory_op(XenMemOp.XENMEM_decrease_reservation,
-                               [f.number for f in frames])
-        for frame in frames[done:]:
-            frame.close()  # not taken: back to the domain's allocator
-        return done
+        with self.lock:
+            try:
+                for _ in range(pages):
+                    frames.append(self.hv.alloc_frame())
+            except XentmemError:
+                pass  # the domain has no more free frames: a short allocation
+            if not frames:
+                return 0
+            done = self._memory_op(XenMemOp.XENMEM_decrease_reservation,
+                                   [f.number for f in frames])
+            for frame in frames[done:]:
+                frame.close()  # not taken: back to the domain's allocator
+            return done
 
     def increase(self, pages: int) -> int:
-        # Xen picks the frames and writes their numbers into the extent list
-        return self._memory_op(XenMemOp.XENMEM_increase_reservation, [0] * pages)
+        with self.lock:
+            # Xen picks the frames and writes their numbers into the extent list
+            return self._memory_op(XenMemOp.XENMEM_increase_reservation, [0] * pages)
 
 
 @dataclass

@@ -7,8 +7,8 @@ must fit 32 bits. Cleancache: a private ephemeral pool per filesystem, a shared 
 (lo = bytes 0-7, hi = bytes 8-15, little-endian), the 24-byte file key as the oid. The hypercall
 succeeds with 1; anything else (a negative errno here raised as ``TmemError``) is a failure.
 
-The ``Tmem`` client owns one argument buffer and one frame, so calls are serialised by a lock
-(the hypervisor serialises them per domain anyway).
+The ``Tmem`` client owns one argument buffer and one frame, and the emulated host takes one
+hypercall at a time, so calls are serialised by the hypervisor's lock (``hypervisor_lock``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.errors import TmemError
+from xentmem.guest._locks import hypervisor_lock
 from xentmem.guest.backends import UnloadReport
 from xentmem.guest.cleancache import FileKey
 
@@ -169,7 +170,7 @@ class XenTmem:
         self.params = {"frontswap": bool(frontswap), "cleancache": bool(cleancache),
                        "selfballooning": bool(selfballooning),
                        "selfshrinking": bool(selfshrinking)}
-        lock = threading.Lock()
+        lock = hypervisor_lock(tmem.hv)
         self.frontswap_ops = _FrontswapOps(tmem, lock)
         self.cleancache_ops = _CleancacheOps(tmem, lock)
         self.log: list[str] = []
