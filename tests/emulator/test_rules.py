@@ -567,3 +567,23 @@ def test_only_authorised_domain_owns_and_revocation_keeps_sharers():
     d1.put(s1, 1, 0, page(1))
     assert d0.get(s0, 1, 0) == (1, page(1))
     assert d0.get(p0, 1, 0)[0] == -1001
+
+
+@pytest.mark.parametrize(("version", "cap_key"), [("4.6", True), ("4.7", True), ("4.8", False),
+                                                  ("4.9", False)])
+def test_sysctl_releases_between(version, cap_key):
+    """4.6-4.7 speak TMEMC numbers over sysctl (SET_WEIGHT 5, `ca` key listed); 4.8 renumbered
+    5-7 as client/pool info, dropped `ca`; TMEM_AUTH stays a tmem_op up to 4.8."""
+    _host, (t,) = make(version)
+    t.new_pool(PRIV_PERS)
+    if cap_key:
+        assert t.ctl("SET_WEIGHT", 0, arg1=4) == 0
+        assert t.ctl("SAVE_GET_CLIENT_WEIGHT", 0) == 4
+    else:
+        t.out.write(abi.XEN_TMEM_CLIENT.pack(1, 16, 0, 0, 4))
+        assert t.ctl("SET_CLIENT_INFO", 0) == 0
+    line = t.list(0)[1].splitlines()[0]
+    assert line == ("C=CI:0,ww:4,ca:0,co:0,fr:0,Tc:0,Ge:0,Pp:0,Gp:0" if cap_key
+                    else "C=CI:0,ww:4,co:0,fr:0,Tc:0,Ge:0,Pp:0,Gp:0")
+    auth = t.op(C.TMEM_AUTH, 0, uuid=U, flags=1, arg1=0)
+    assert auth == (-95 if version == "4.9" else 1)
