@@ -241,3 +241,27 @@ def test_reconcile_directly_on_an_in_process_connection(server: XenStoreServer, 
     report = agent.reconcile()
     assert report.state == "applied" and report.reason == ""
     assert not dom0.exists("/local/domain/7/data/tmem/refused/cleancache")
+
+
+def test_agent_survives_a_failing_step(server: XenStoreServer, dom0: XenStoreClient, caplog):
+    """A sink that raises an unexpected error on its first reads (a fake standing in for a bug
+    anywhere in a step): the agent logs it and keeps serving."""
+
+    class Flaky(ModelSink):
+        fails = 3
+
+        def read(self, path: str) -> str | None:
+            if self.fails:
+                self.fails -= 1
+                raise RuntimeError("boom")
+            return super().read(path)
+
+    server.introduce_domain(8, "flaky", 65536, 65536)
+    guest = Guest("flaky", memory_mb=64)
+    dom0.write("/local/domain/8/control/selfballoon/interval", "3")
+    dom0.write("/local/domain/8/control/tmem/seq", "1")
+    agent = Agent(server.connect(8), Flaky(guest), stats_interval=0.1, max_backoff=0.05)
+    with agent:
+        assert eventually(lambda: dom0.read("/local/domain/8/data/tmem/seq", None) == b"1")
+    assert guest.selfballoon.knobs.interval == 3
+    assert "boom" in caplog.text

@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from xentmem.errors import GuestError, XenStoreError, XenStoreNotFound, XenStoreUnavailable
+from xentmem.errors import XenStoreError, XenStoreNotFound, XenStoreUnavailable, XentmemError
 from xentmem.guest.sysfs import BALLOON_DIR
 from xentmem.xenstore import XenStore, sanitize_bool, sanitize_int, sanitize_text, transaction
 
@@ -146,7 +146,7 @@ class Agent:
                 return f"the kernel rejects 0 (-EINVAL); it stays at {current}"
             else:
                 self.sink.write(path, f"{wanted}\n")
-        except GuestError as exc:
+        except XentmemError as exc:  # GuestError, or a hypercall failing during a reload
             return str(exc)
         after = _parse_current(k, self.sink.read(path))
         if after != wanted:
@@ -225,6 +225,7 @@ class Agent:
         every ``stats_interval`` s, reconnect with backoff when xenstore goes away."""
         backoff = 0.05
         watch = None
+        dirty = False  # control/ changed and has not been applied yet
         next_stats = time.monotonic() + self.stats_interval
         try:
             while not self._stop.is_set():
@@ -234,11 +235,13 @@ class Agent:
                             self.xs.rm(DATA)  # a fresh report, nothing stale from before
                         self._published = {}
                         watch = self.xs.watch("control")  # the first event fires at once
-                    event = watch.poll(min(0.2, self.stats_interval))
-                    if event is not None:
+                    if watch.poll(0.0 if dirty else min(0.2, self.stats_interval)) is not None:
                         while watch.poll(0) is not None:  # one reconcile per burst
                             pass
+                        dirty = True
+                    if dirty:  # until a reconcile succeeds: a failed one is retried
                         self.reconcile()
+                        dirty = False
                         self._reported.set()
                     if time.monotonic() >= next_stats:
                         next_stats = time.monotonic() + self.stats_interval
@@ -248,6 +251,10 @@ class Agent:
                     if isinstance(exc, XenStoreUnavailable):
                         self._published = {}  # the store may have lost our nodes
                     log.warning("xenstore: %s (retrying in %.2f s)", exc, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                except Exception:  # a bug must not end the agent: log it, keep serving
+                    log.exception("agent step failed (retrying in %.2f s)", backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:

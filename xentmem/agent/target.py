@@ -59,7 +59,10 @@ class XenStoreTargetSource:
             return
         self._last = value
         for cb in list(self._callbacks):
-            cb(value)
+            try:
+                cb(value)
+            except Exception:  # the balloon driver's problem must not end the watch
+                log.exception("memory/target callback failed")
 
     def _run(self) -> None:
         backoff = 0.05
