@@ -164,3 +164,15 @@ def test_concurrent_workloads_with_tmem_and_target_changes_stay_clean():
     result = run_scenario(parse_scenario(data))
     assert result.ok, result.rows
     assert result.rows[0]["stored"] > 0 and result.rows[0]["drained"] > 0
+
+
+def test_bench_guest_command_reports_every_case():
+    result = runner.invoke(app, ["bench", "guest", "--pages", "300", "--rounds", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    cases = [row["case"] for row in json.loads(result.stdout)]
+    assert cases == ["frontswap store+load, no backend", "frontswap store+load, zcache",
+                     "frontswap store+load, tmem on emulated Xen 4.12",
+                     "one frontswap_store call, no backend",
+                     "one frontswap_store call, tmem on emulated Xen 4.12",
+                     "unload tmem: drain to swap"]
+    assert runner.invoke(app, ["bench", "guest", "--pages", "5"]).exit_code == 2

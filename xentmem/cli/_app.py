@@ -102,6 +102,7 @@ _COMMAND_MODULES = (
     "xentmem.cli.guest",
     "xentmem.cli.status",
     "xentmem.cli.bench",
+    "xentmem.cli.bench_guest",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

@@ -1,0 +1,116 @@
+"""Guest-model measurements: frontswap store+load throughput with no backend (the
+one-attribute fast path), zcache and the tmem backend on the emulated hypervisor; the cost of
+one ``frontswap_store`` call with and without a backend; and the time to drain N pages back to
+swap when the tmem backend unloads. Numbers, not tests: ``xentmem bench guest``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from xentmem.abi import PAGE_SIZE
+from xentmem.guest.backends import BackendModule, XenTmem, Zcache
+from xentmem.guest.guest import Guest, anon_content
+
+__all__ = ["GuestBenchRow", "bench_guest"]
+
+
+@dataclass(frozen=True)
+class GuestBenchRow:
+    """One measurement: ``pages_per_s`` for throughput rows, ``ns_per_call`` for call rows."""
+
+    case: str
+    pages: int
+    seconds: float
+    pages_per_s: float
+    ns_per_call: float
+
+    def as_dict(self) -> dict[str, object]:
+        row = asdict(self)
+        row["seconds"] = round(self.seconds, 4)
+        row["pages_per_s"] = round(self.pages_per_s)
+        row["ns_per_call"] = round(self.ns_per_call, 1)
+        return row
+
+
+def _tmem_factory(xen_version: str, max_memory_mb: int) -> Callable[[], XenTmem]:
+    from xentmem.emulator import EmulatedHost
+    from xentmem.hypercalls import Tmem
+    from xentmem.hypercalls.emulated import EmulatedHypervisor
+
+    def make() -> XenTmem:
+        host = EmulatedHost(memory_mb=max_memory_mb + 1024, xen_version=xen_version)
+        domid = host.create_domain("bench", memory_mb=64, max_memory_mb=max_memory_mb)
+        return XenTmem(Tmem(EmulatedHypervisor(host, domid), version=xen_version),
+                       selfballooning=False, selfshrinking=False)
+    return make
+
+
+def _guest(pages: int, backend: BackendModule | None) -> tuple[Guest, int]:
+    guest = Guest("bench", memory_mb=64)
+    sis = guest.swapon(pages + 1)
+    if backend is not None:
+        guest.load_backend(backend)
+    return guest, sis.type
+
+
+def _store_load(guest: Guest, type: int, pages: list[bytes]) -> float:
+    """What swap_writepage + swap_readpage do around frontswap, slot lock held; seconds."""
+    fs, sis = guest.frontswap, guest.swap_info[type]
+    buf = bytearray(PAGE_SIZE)
+    started = time.perf_counter()
+    for offset, page in enumerate(pages, 1):
+        with sis.slot_lock(offset):
+            fs.store(type, offset, page)
+    for offset in range(1, len(pages) + 1):
+        with sis.slot_lock(offset):
+            fs.load(type, offset, buf)
+    return time.perf_counter() - started
+
+
+def _per_call(guest: Guest, type: int, calls: int) -> float:
+    page = anon_content(1, 0)
+    store = guest.frontswap.store
+    started = time.perf_counter()
+    for _ in range(calls):
+        store(type, 1, page)
+    return (time.perf_counter() - started) / calls
+
+
+def bench_guest(pages: int = 20_000, *, rounds: int = 3, xen_version: str = "4.12",
+                drain_pages: int | None = None) -> list[GuestBenchRow]:
+    """Run every measurement ``rounds`` times and keep the best of each."""
+    drain_pages = drain_pages or pages
+    max_mb = max(pages, drain_pages) // 256 * 2 + 64  # persistent pages need domain headroom
+    tmem = _tmem_factory(xen_version, max_mb)
+    data = [anon_content(i + 1, 0) for i in range(pages)]
+    rows = []
+    backends: list[tuple[str, Callable[[], BackendModule | None]]] = [
+        ("no backend", lambda: None),
+        ("zcache", lambda: Zcache(max_pool_mb=max_mb)),
+        (f"tmem on emulated Xen {xen_version}", tmem),
+    ]
+    for name, make in backends:
+        best = min(_store_load(*_guest(pages, make()), data) for _ in range(rounds))
+        rows.append(GuestBenchRow(f"frontswap store+load, {name}", pages, best,
+                                  2 * pages / best, best / (2 * pages) * 1e9))
+    calls = max(pages, 1000)
+    for name, make in (backends[0], backends[2]):
+        best = min(_per_call(*_guest(16, make()), calls) for _ in range(rounds))
+        rows.append(GuestBenchRow(f"one frontswap_store call, {name}", calls, best * calls,
+                                  1 / best, best * 1e9))
+    best_drain = math.inf
+    for _ in range(rounds):
+        guest, type = _guest(drain_pages, tmem())
+        for offset in range(1, drain_pages + 1):
+            guest.frontswap.store(type, offset, anon_content(offset, 0))
+        report = guest.unload_backend()
+        if report.drained != drain_pages or report.missing:
+            raise RuntimeError(f"drain moved {report.drained} of {drain_pages} pages")
+        best_drain = min(best_drain, report.seconds)
+    rows.append(GuestBenchRow("unload tmem: drain to swap", drain_pages, best_drain,
+                              drain_pages / best_drain, best_drain / drain_pages * 1e9))
+    return rows
