@@ -19,6 +19,9 @@ Host API (what transports and the daemon use)::
     host.destroy_domain(domid)                  # domain death, ref §3.2
     state = host.to_state(); host2 = EmulatedHost.from_state(state)   # plain data, picklable
 
+The host is not thread-safe: a server calls it from one thread (or under one lock).
+``bench_tmem()`` is the data-path benchmark behind ``xentmem bench tmem``.
+
 Guest addresses are ``frame * 4096 + offset`` in the calling domain's address space; frame 0 is
 the null page. ``alloc_frames(buffer=True)`` hands out hypercall buffers from the top of the
 domain's RAM, plain frames (``cmfn``) from the bottom.
@@ -32,7 +35,9 @@ every domain is gone and the call — and every later call on that host — rais
 
 Not modelled: dedup / tze (4.0-4.7 boot options), 32-bit guests, the v0 ABI of 4.0.x, cycle
 counters (``Tc`` and the ≤4.3 ``T=`` timings read 0), LZO (``lz4.block`` stands in, so ``cb``
-differs from a real host's while ``cp``/``cn`` follow the same rule). ``to_state`` keeps domains,
+differs from a real host's while ``cp``/``cn`` follow the same rule), persistent-pool metadata
+charged to the domain (a real 4.12.4 fitted 436 pages where the model fits 448), the ≤4.3
+``T=`` counts (derived from the pool counters). ``to_state`` keeps domains,
 tmem clients, pools, pages and counters; guest frame contents are not kept.
 """
 

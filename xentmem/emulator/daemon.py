@@ -75,8 +75,8 @@ from xentmem.hypercalls.socket import (
 from xentmem.xenstore.server import XenStoreServer
 from xentmem.xenstore.toolstack import layout_dom0
 
-__all__ = ["XENSTORE_SOCKET", "Daemon", "HostConfig", "control", "main", "running", "start",
-           "stop"]
+__all__ = ["XENSTORE_SOCKET", "Daemon", "HostConfig", "control", "load_host", "main", "running",
+           "serve", "start", "stop"]
 
 log = logging.getLogger("xentmem.emulator.daemon")
 
@@ -689,7 +689,7 @@ def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
                                 stderr=logfile, start_new_session=True)
     assert proc.stdout is not None
     try:
-        line = _read_line(proc.stdout.fileno(), time.monotonic() + timeout)
+        line, eof = _read_line(proc.stdout.fileno(), time.monotonic() + timeout)
         proc.wait(5)  # the first child exits right after forking the daemon
     finally:
         proc.stdout.close()
@@ -697,21 +697,29 @@ def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
         return {**json.loads(line[6:]), "already_running": False}
     if line.startswith("ERROR "):
         raise EmulatorError(line[6:])
-    raise TransportError(f"the emulator daemon did not start within {timeout:g} s "
-                         f"(see {directory / LOGFILE})")
+    try:
+        tail = (directory / LOGFILE).read_text(errors="replace").strip().splitlines()[-1:]
+    except OSError:
+        tail = []
+    what = "exited before serving" if eof else f"did not serve within {timeout:g} s"
+    raise TransportError(f"the emulator daemon {what} (see {directory / LOGFILE}"
+                         + (f": {tail[0]}" if tail else "") + ")")
 
 
-def _read_line(fd: int, deadline: float) -> str:
+def _read_line(fd: int, deadline: float) -> tuple[str, bool]:
+    """The first line written to ``fd`` before ``deadline``, and whether the writer hung up."""
     data = b""
+    eof = False
     while b"\n" not in data:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
             break
-        chunk = os.read(fd, 4096)
+        chunk = os.read(fd, 65536)
         if not chunk:
+            eof = True
             break
         data += chunk
-    return data.split(b"\n", 1)[0].decode("utf-8", "replace")
+    return data.split(b"\n", 1)[0].decode("utf-8", "replace"), eof
 
 
 def stop(directory: Path, *, timeout: float = 30.0) -> dict[str, Any] | None:
