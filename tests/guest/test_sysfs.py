@@ -57,7 +57,7 @@ def test_target_takes_bytes_with_suffix(view: SysfsView):
     assert memparse("1G") == 1 << 30 and memparse("4k") == 4096
 
 
-@pytest.mark.parametrize("text", ["0", "abc", "-1", "5x", " 5"])
+@pytest.mark.parametrize("text", ["0", "abc", "-1", "5x", " 5", str(1 << 32)])
 def test_numeric_knob_rejects_zero_and_garbage_and_changes_nothing(view: SysfsView, text):
     with pytest.raises(GuestError, match="EINVAL"):
         view.write(f"{SB}/selfballoon_interval", text)
@@ -76,6 +76,13 @@ def test_boolean_knob_accepts_only_0_or_1(view: SysfsView):
         view.write(f"{SB}/selfballooning", "2")
     view.write(f"{SB}/selfballooning", "1")
     assert view.guest.selfballoon.scheduled  # 0->1 arms the worker
+
+
+def test_numeric_knob_is_stored_as_unsigned_int(view: SysfsView):
+    view.write(f"{SB}/selfballoon_reserved_mb", str((1 << 32) + 3))
+    assert view.read(f"{SB}/selfballoon_reserved_mb") == "3\n"
+    view.write(f"{SB}/selfballoon_reserved_mb", str(0xFFFFFFFF))
+    assert view.read(f"{SB}/selfballoon_reserved_mb") == "-1\n"  # shown with %d
 
 
 def test_writing_inertia_resets_the_countdown(view: SysfsView):

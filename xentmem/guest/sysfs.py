@@ -191,7 +191,10 @@ class SysfsView:
     def _knob_writer(self, name: str, knob: str, boolean: bool) -> Callable[[str], None]:
         def write(untrusted: str) -> None:
             value = _kstrtoul10(untrusted)
-            if value is None or (boolean and value not in (0, 1)) or (not boolean and value == 0):
+            # the kernel checks the unsigned long, then stores an unsigned int: a value that
+            # truncates to 0 is refused here too, since a 0 divisor or interval has no meaning
+            if (value is None or (boolean and value not in (0, 1))
+                    or (not boolean and value & _U32 == 0)):
                 raise GuestError(f"{name}: invalid value {untrusted.strip()!r} (-EINVAL)")
             self.guest.selfballoon.set_knob(knob, bool(value) if boolean else value & _U32)
         return write
