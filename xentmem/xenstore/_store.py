@@ -424,15 +424,24 @@ class Transaction:
         return self.work.read(self.caller, path)
 
     def mutate(self, name: str, path: str, *args: object) -> None:
+        creates = name in ("write", "mkdir") and self.work.get(path) is None
         try:
             getattr(self.work, name)(self.caller, path, *args)
         except XsError:
-            # The outcome of a failed mutation was observed too: validate what decided it.
+            # A failed mutation's outcome was observed too: validate what decided it.
             self.note_read(path, "v")
             self.note_read(parent_of(path), "c")
+            self._note_ancestors(path)
             raise
+        if creates:  # the new node's perms come from its nearest existing ancestor
+            self._note_ancestors(path)
         self.log.append((name, (path, *args)))
         self.touched.add(path)
+
+    def _note_ancestors(self, path: str) -> None:
+        while path.startswith("/") and path != "/":
+            path = parent_of(path)
+            self.note_read(path, "v")
 
 
 def parent_of(path: str) -> str:
