@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 import struct
 from typing import Any, NoReturn
 
@@ -28,7 +27,7 @@ from xentmem.abi import (
 from xentmem.emulator import _listing, _state
 from xentmem.emulator._behaviour import Behaviour
 from xentmem.emulator._control import Control
-from xentmem.emulator._tmem import HypervisorCrash, Tmem
+from xentmem.emulator._tmem import HypervisorCrash, Tmem, anonymous_memory
 from xentmem.errors import EmulatorError, HostCrashed
 
 PAGE = PAGE_SIZE
@@ -66,8 +65,7 @@ class Domain:
         self.name = name
         self.max_pages = max_pages
         self.size = max_pages * PAGE
-        self.mem = mmap.mmap(-1, self.size)
-        self.mem.madvise(mmap.MADV_HUGEPAGE)
+        self.mem = anonymous_memory(self.size)
         self.mv = memoryview(self.mem)
         self.populated = bytearray(max_pages)
         self.populated[:nr_pages] = b"\x01" * nr_pages

@@ -47,6 +47,16 @@ EEMPTY = -XenErrno.EEMPTY
 
 _compress = lz4.block.compress
 _decompress = lz4.block.decompress
+# Linux MAP_NORESERVE (not exported by the mmap module): emulated RAM is address space only
+# until touched, so a guest with a large max_memory must not be refused by overcommit checks.
+_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
+
+
+def anonymous_memory(size: int) -> mmap.mmap:
+    """Zero-filled memory that costs nothing until touched (transparent huge pages asked)."""
+    mem = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE)
+    mem.madvise(mmap.MADV_HUGEPAGE)  # fewer first-touch faults per stored page
+    return mem
 
 
 class HypervisorCrash(Exception):
@@ -221,8 +231,7 @@ class Tmem:
         # Raw pages live in one arena the size of host RAM (tmem can never hold more): a PUT
         # copies into a slot and a GET copies out, no allocation per page. Freed slots are
         # reused first, like tmem's own free list.
-        self.arena = mmap.mmap(-1, host.memory_mb << 20)
-        self.arena.madvise(mmap.MADV_HUGEPAGE)  # fewer first-touch faults per stored page
+        self.arena = anonymous_memory(host.memory_mb << 20)
         self.av = memoryview(self.arena)
         self.free_slots: list[int] = []
         self.next_slot = 0

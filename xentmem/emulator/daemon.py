@@ -69,6 +69,7 @@ from xentmem.hypercalls.socket import (
     OK,
     PROTOCOL,
     REFUSED,
+    SOCKET_BUFFER,
     SocketHypervisor,
     default_state_dir,
 )
@@ -256,6 +257,9 @@ class Daemon:
         except (BlockingIOError, InterruptedError):
             return
         sock.setblocking(False)
+        # a batch of 64 pages is 256 KiB each way: room for it in one send
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
         conn = _Conn(sock)
         self._conns[sock.fileno()] = conn
         self._sel.register(sock, selectors.EVENT_READ, None)
