@@ -69,11 +69,17 @@ def test_up_status_tmem_commands_down(process_daemon: Path):
     xs = XenStoreClient(status["xenstore_socket"])
     try:
         assert xs.read("/local/domain/1/name") == b"guest1"
+        introduced = xs.watch("@introduceDomain", timeout=10)
+        released = xs.watch("@releaseDomain", timeout=10)
+        assert introduced.get().path == "@introduceDomain"  # the initial events
+        assert released.get().path == "@releaseDomain"
         created = run_json("emulator", "create-domain", "extra", "--memory-mb", "32",
                            "--state", state)
         domid = created["domid"]
+        assert introduced.get().path == "@introduceDomain"
         assert xs.read(f"/local/domain/{domid}/memory/target") == b"32768"
         run("emulator", "destroy-domain", str(domid), "--state", state)
+        assert released.get().path == "@releaseDomain"
         assert not xs.exists(f"/local/domain/{domid}")
     finally:
         xs.close()

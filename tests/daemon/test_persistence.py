@@ -155,3 +155,15 @@ def test_snapshot_is_replaced_atomically_and_holds_plain_data_only(tmp_path: Pat
     (tmp_path / SNAPSHOT).write_bytes(evil)
     with pytest.raises(pickle.UnpicklingError, match="plain data only"):
         StateStore(tmp_path).load()
+
+
+def test_a_long_journal_is_compacted_into_a_snapshot(make_daemon, monkeypatch):
+    monkeypatch.setattr(daemon, "JOURNAL_LIMIT", 64 << 10)
+    d = make_daemon(guests=1)
+    generation = d.daemon.store.generation
+    pers, _ = _fill(d.directory, 40)  # ~165 KiB of journal
+    assert d.daemon.store.generation >= generation + 2
+    assert d.daemon.store.journal_bytes <= (64 << 10) + 8192
+    _check(d.directory, pers, 40)
+    d.restart()
+    _check(d.directory, pers, 40)

@@ -261,3 +261,19 @@ def test_uri_parsing(state_dir: Path):
         SocketHypervisor.from_uri("?timeout=0")
     with pytest.raises(TransportError, match=str(state_dir / wire.HYPERCALL_SOCKET)):
         SocketHypervisor.from_uri(f"{state_dir}?domid=3&timeout=1")
+
+
+def test_malformed_host_api_requests_are_refused(make_daemon):
+    d = make_daemon()
+    s = _raw(d.daemon.socket_path)
+    assert _roundtrip(s, _hello(0))[0] == wire.OK
+    for payload in (b"5", b"[]", b"{", b'{"cmd": "reboot"}', b'{"cmd": "create_domain"}',
+                    b'{"cmd": "destroy_domain", "domid": "zero"}', b"\xff\xfe"):
+        reply = _roundtrip(s, wire.HEAD.pack(wire.CONTROL, 0, 0) + payload)
+        assert reply[0] == wire.REFUSED, payload
+    reply = _roundtrip(s, wire.HEAD.pack(wire.CONTROL, 0, 0) + b'{"cmd": "destroy_domain", '
+                       b'"domid": 0}')
+    assert reply[0] == wire.EMULATOR and b"cannot be destroyed" in reply
+    s.close()
+    with SocketHypervisor(d.directory, 0) as hv:
+        assert hv.control("status")["domains"][0]["name"] == "Domain-0"

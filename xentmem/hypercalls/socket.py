@@ -55,6 +55,7 @@ PROTOCOL = 1
 # message layout, shared with the daemon (xentmem.emulator.daemon)
 FRAME = struct.Struct("<I")
 MAX_FRAME = 64 << 20
+SOCKET_BUFFER = 1 << 20  # a batch of 64 pages and its reply fit in one send each
 HEAD = struct.Struct("<BHI")  # kind, nfree, nwrite
 ADDR = struct.Struct("<Q")
 CHUNK = struct.Struct("<QI")  # address, size (+ data)
@@ -155,6 +156,8 @@ class SocketHypervisor:
         self._in = bytearray()
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             self._sock.settimeout(timeout)
             self._sock.connect(str(self.path))
         except OSError as exc:
