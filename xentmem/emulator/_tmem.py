@@ -274,6 +274,7 @@ class Tmem:
                 after = (self.cbytes + size + PAGE - 1) >> 12
                 if not self._grow(after - before):
                     client.cm += 1
+                    self.Af += 1
                     return None
                 self.cbytes += size
                 client.cp += 1
