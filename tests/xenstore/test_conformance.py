@@ -247,7 +247,7 @@ def test_directory_over_4096_bytes(xs_server: ServerUnderTest, base: str) -> Non
 
 def test_watch_initial_event_then_changes_in_order(xs_server: ServerUnderTest, base: str) -> None:
     xs = xs_server.client()
-    with xs.watch(f"{base}/w", timeout=2) as w:
+    with xs.watch(f"{base}/w", timeout=5) as w:
         assert w.get().path == f"{base}/w"  # fires once at once, node need not exist
         writer = xs_server.dom0
         writer.write(f"{base}/w", b"1")
@@ -265,7 +265,7 @@ def test_watch_initial_event_then_changes_in_order(xs_server: ServerUnderTest, b
 def test_watch_rm_fires_for_watches_below(xs_server: ServerUnderTest, base: str) -> None:
     xs = xs_server.client()
     xs_server.dom0.write(f"{base}/r/a/b", b"")
-    with xs.watch(f"{base}/r", timeout=2) as top, xs.watch(f"{base}/r/a/b/c", timeout=2) as deep:
+    with xs.watch(f"{base}/r", timeout=5) as top, xs.watch(f"{base}/r/a/b/c", timeout=5) as deep:
         top.get(), deep.get()
         xs_server.dom0.rm(f"{base}/r/a")
         assert top.get().path == f"{base}/r/a"
@@ -276,7 +276,7 @@ def test_watch_rm_fires_for_watches_below(xs_server: ServerUnderTest, base: str)
 def test_watch_events_for_perms_and_mkdir(xs_server: ServerUnderTest, base: str) -> None:
     xs = xs_server.client()
     xs_server.dom0.write(f"{base}/n", b"")
-    with xs.watch(f"{base}/n", timeout=2) as w:
+    with xs.watch(f"{base}/n", timeout=5) as w:
         w.get()
         xs_server.dom0.set_perms(f"{base}/n", ["n0", "r3"])
         assert w.get().path == f"{base}/n"
@@ -298,7 +298,7 @@ def test_watch_duplicate_and_unwatch_errors(xs_server: ServerUnderTest, base: st
 def test_watch_relative_path_reports_relative(xs_server: ServerUnderTest, base: str) -> None:
     name = base.rsplit("/", 1)[1]
     xs = xs_server.client()
-    with xs.watch(f"rw-{name}", timeout=2) as w:
+    with xs.watch(f"rw-{name}", timeout=5) as w:
         assert w.get().path == f"rw-{name}"
         xs_server.dom0.write(f"/local/domain/0/rw-{name}/x", b"1")
         assert w.get().path == f"rw-{name}/x"
@@ -308,8 +308,8 @@ def test_watch_relative_path_reports_relative(xs_server: ServerUnderTest, base: 
 def test_watch_special_paths(xs_server: ServerUnderTest) -> None:
     xs = xs_server.client()
     with (
-        xs.watch("@introduceDomain", timeout=3) as intro,
-        xs.watch("@releaseDomain", timeout=3) as rel,
+        xs.watch("@introduceDomain", timeout=5) as intro,
+        xs.watch("@releaseDomain", timeout=5) as rel,
     ):
         assert intro.get().path == "@introduceDomain"
         assert rel.get().path == "@releaseDomain"
@@ -342,7 +342,7 @@ def test_watch_iterator_times_out(xs_server: ServerUnderTest, base: str) -> None
 def test_transaction_writes_fire_on_commit_only(xs_server: ServerUnderTest, base: str) -> None:
     watcher = xs_server.client()
     xs = xs_server.client()
-    with watcher.watch(f"{base}/t", timeout=2) as w:
+    with watcher.watch(f"{base}/t", timeout=5) as w:
         w.get()
         tx = xs.transaction()
         tx.write(f"{base}/t/x", b"1")

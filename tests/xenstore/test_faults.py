@@ -107,6 +107,7 @@ def test_stalled_server_times_out_then_recovers(proc: Proc) -> None:
             xs.read("/f/x")
     finally:
         proc.signal(signal.SIGCONT)
+    xs.timeout = 10.0  # generous from here on: a loaded machine must not fail the recovery
     assert xs.read("/f/x") == b"1"  # a fresh connection after the timeout
     xs.close()
 
@@ -137,7 +138,7 @@ def test_server_killed_mid_request_raises_unavailable(proc: Proc) -> None:
 
 
 def test_restarted_server_is_reconnected(proc: Proc) -> None:
-    xs = XenStoreClient(proc.path, timeout=2)
+    xs = XenStoreClient(proc.path, timeout=5)
     xs.write("/f/before", b"1")
     watch = xs.watch("/f/w")
     assert watch.get().path == "/f/w"
@@ -272,7 +273,7 @@ def test_random_garbage_never_stops_the_server(ours: Ours) -> None:
     rng = random.Random(4)
     bystander = RawClient(ours.dom0_path)
     for _ in range(40):
-        with RawClient(ours.dom0_path, timeout=2) as c:
+        with RawClient(ours.dom0_path, timeout=5) as c:
             blob = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300)))
             op = rng.choice([*range(0, 30), 128, 0xFFFF])
             body = blob[: rng.randrange(len(blob) + 1)]
@@ -320,9 +321,9 @@ def test_malformed_packets_do_not_stop_either_server(xs_server: ServerUnderTest)
     """The same hostile inputs against both: other clients must keep being served."""
     bystander = RawClient(xs_server.dom0_path)
     for payload in (b"/nonul", b"\0\0\0", b"", bytes(range(1, 200))):
-        with RawClient(xs_server.dom0_path, timeout=2) as c:
+        with RawClient(xs_server.dom0_path, timeout=5) as c:
             c.send_raw(HEADER.pack(Op.WRITE, 1, 0, len(payload)) + payload)
-    with RawClient(xs_server.dom0_path, timeout=2) as c:
+    with RawClient(xs_server.dom0_path, timeout=5) as c:
         c.send_raw(HEADER.pack(Op.READ, 1, 0, 4097) + b"x" * 4097)
         assert c.recv_message()[3] == b"EINVAL\0"  # both answer; ours also hangs up
     assert bystander.request(Op.READ, "/tool/xenstored")[0] == Op.READ

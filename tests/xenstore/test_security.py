@@ -146,8 +146,8 @@ def test_guest_sees_no_events_for_unreadable_paths(xs_server: ServerUnderTest) -
     dom0 = xs_server.dom0
     with (
         g5.watch("/local/domain/6/data", timeout=0.5) as other,
-        g5.watch("/local/domain", timeout=2) as parent,
-        g5.watch("data", timeout=2) as own,
+        g5.watch("/local/domain", timeout=5) as parent,
+        g5.watch("data", timeout=5) as own,
     ):
         # The initial event is always delivered, even for a path the guest may not read.
         assert other.get().path == "/local/domain/6/data"
@@ -170,7 +170,7 @@ def test_event_after_being_granted_read(xs_server: ServerUnderTest, base: str) -
     g5 = xs_server.guest(5)
     dom0 = xs_server.dom0
     dom0.write(f"{base}/grant", b"")
-    with g5.watch(f"{base}/grant", timeout=2) as w:
+    with g5.watch(f"{base}/grant", timeout=5) as w:
         w.get()
         dom0.write(f"{base}/grant", b"1")
         assert w.poll(0.3) is None
@@ -183,8 +183,8 @@ def test_event_after_being_granted_read(xs_server: ServerUnderTest, base: str) -
 def test_guest_does_not_see_other_domains_come_and_go(xs_server: ServerUnderTest) -> None:
     g5 = xs_server.guest(5)
     with (
-        g5.watch("@introduceDomain", timeout=2) as intro,
-        g5.watch("@releaseDomain", timeout=2) as rel,
+        g5.watch("@introduceDomain", timeout=5) as intro,
+        g5.watch("@releaseDomain", timeout=5) as rel,
     ):
         intro.get(), rel.get()  # initial events
         domid = xs_server.fresh_domid()

@@ -41,7 +41,7 @@ def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
 
 def test_introduce_domain_lays_out_and_fires(server: XenStoreServer) -> None:
     dom0 = server.connect()
-    with dom0.watch("@introduceDomain", timeout=2) as intro:
+    with dom0.watch("@introduceDomain", timeout=5) as intro:
         intro.get()
         server.introduce_domain(7, "web", memory_kib=262144, max_kib=524288)
         assert intro.get().path == "@introduceDomain"
@@ -63,12 +63,12 @@ def test_introduce_domain_lays_out_and_fires(server: XenStoreServer) -> None:
 
 def test_release_domain_tears_down_and_disconnects(server: XenStoreServer) -> None:
     server.introduce_domain(8, "gone", 1024, 1024)
-    guest = XenStoreClient(server.domain_socket(8), timeout=2)
+    guest = XenStoreClient(server.domain_socket(8), timeout=5)
     guest.write("data/x", b"1")
     local_guest = server.connect(8)
     local_guest.read("domid")
     dom0 = server.connect()
-    with dom0.watch("@releaseDomain", timeout=2) as rel:
+    with dom0.watch("@releaseDomain", timeout=5) as rel:
         rel.get()
         server.release_domain(8)
         assert rel.get().path == "@releaseDomain"
@@ -87,7 +87,7 @@ def test_local_client_is_a_full_xenstore(server: XenStoreServer) -> None:
     xs = server.connect()
     assert isinstance(xs, LocalXenStore)
     other = XenStoreClient(server.path)
-    with xs.watch("/loc", timeout=2) as w:
+    with xs.watch("/loc", timeout=5) as w:
         assert w.get().path == "/loc"
         other.write("/loc/a", b"from the socket")
         assert w.get().path == "/loc/a"

@@ -101,7 +101,7 @@ class XenStore(XenStoreOps, Protocol):
     """A xenstore connection: node operations plus watches and transactions."""
 
     def watch(
-        self, path: PathLike, token: str | None = None, *, timeout: float | None = None
+        self, path: PathLike, token: str | None = None, *, timeout: float | None = MISSING
     ) -> Watch: ...
     def transaction(self) -> Transaction: ...
     def close(self) -> None: ...
@@ -338,19 +338,20 @@ class _Connection(_Ops):
     # --- watches and transactions -----------------------------------------------------------
 
     def watch(
-        self, path: PathLike, token: str | None = None, *, timeout: float | None = None
+        self, path: PathLike, token: str | None = None, *, timeout: float | None = MISSING
     ) -> Watch:
-        """Watch ``path`` (and its subtree); iterate the result for :class:`WatchEvent`s.
+        """Watch ``path`` and its subtree; iterate the result for :class:`WatchEvent` s.
 
-        The first event fires at once. ``timeout`` bounds each wait for the next event
-        (default: the client's timeout; ``None`` ... see :meth:`Watch.get`).
+        The first event fires at once (the node need not exist). ``timeout`` bounds each wait
+        for the next event: the client's timeout by default, ``None`` to wait forever.
+        ``token`` defaults to a unique one; it must be unique on this connection.
         """
         raw_token = (token or f"xentmem-{os.getpid()}-{id(self):x}-{next(self._tokens)}").encode()
         with self._lock:
             if raw_token in self._active_tokens:
                 raise ValueError(f"watch token {token!r} is already in use on this connection")
             self._active_tokens.add(raw_token)
-        w = Watch(self, _enc_path(path), raw_token, self.timeout if timeout is None else timeout)
+        w = Watch(self, _enc_path(path), raw_token, self.timeout if timeout is MISSING else timeout)
         try:
             w._arm()
         except BaseException:

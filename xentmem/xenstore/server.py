@@ -39,8 +39,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import _wire
+from ._client import LocalXenStore
 from ._store import DOM0, Caller, Event, Quota, Store, Transaction, XsError, allowed, split, walk
 from ._wire import HEADER, NUL, PAYLOAD_MAX, Op, Perm
+from .toolstack import layout_domain
 
 __all__ = ["XenStoreServer"]
 
@@ -231,8 +233,6 @@ class XenStoreServer:
         """Create domain ``domid`` as the toolstack would: lay out ``/local/domain/<domid>``
         (name, domid, memory/target, memory/static-max, control/, data/, ...), then INTRODUCE it
         (its socket appears and ``@introduceDomain`` fires)."""
-        from .toolstack import layout_domain
-
         if not 0 < domid < 0x7FF0:  # DOMID_FIRST_RESERVED
             raise ValueError(f"domid must be 1..32751: {domid}")
         with self.lock:
@@ -256,10 +256,8 @@ class XenStoreServer:
             self._release(domid)
         self._wake()
 
-    def connect(self, domid: int = 0):
+    def connect(self, domid: int = 0) -> LocalXenStore:
         """An in-process client acting as ``domid`` (a :class:`~xentmem.xenstore.XenStore`)."""
-        from ._client import LocalXenStore
-
         return LocalXenStore(self, domid)
 
     # used by LocalXenStore

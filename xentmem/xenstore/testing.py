@@ -106,10 +106,6 @@ class Oxenstored:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    @property
-    def access_log(self) -> Path:
-        return self.work / "log" / "access.log"
-
     # --- fake-ring domains (ring mode only) ------------------------------------------------
 
     def guest_socket(self, domid: int) -> str:
