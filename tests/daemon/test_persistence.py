@@ -3,10 +3,10 @@ the snapshot is atomic and the journal's torn tail or stale generation is ignore
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,7 @@ import pytest
 from xentmem.emulator import EmulatedHost, daemon
 from xentmem.emulator import _daemon_store as store_mod
 from xentmem.emulator._daemon_store import JOURNAL, SNAPSHOT, Record, StateStore
-from xentmem.errors import EmulatorError
+from xentmem.errors import EmulatorError, TransportError
 from xentmem.hypercalls import Tmem
 from xentmem.hypercalls.socket import SocketHypervisor
 
@@ -74,17 +74,26 @@ def test_up_refuses_options_that_contradict_the_saved_host(make_daemon):
 
 
 def test_sigkill_after_acknowledged_puts_loses_nothing(process_daemon: Path):
-    """A real daemon process killed with SIGKILL: the journal replays every acknowledged
-    hypercall onto the last snapshot, so the host comes back exactly as it was."""
+    """A real daemon process, hung (SIGSTOP) after acknowledging hypercalls: a client gets
+    ``TransportError`` within its timeout, ``down`` escalates to SIGKILL, and the journal
+    replays every acknowledged hypercall onto the last snapshot: the host comes back exactly
+    as it was."""
     directory = process_daemon
     info = daemon.start(directory, daemon.HostConfig(guests=1), timeout=60)
     pers, _ = _fill(directory, 30, ephemeral=5)
     before = _listing(directory)
-    os.kill(info["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while daemon.running(directory) is not None and time.monotonic() < deadline:
-        time.sleep(0.02)
+    os.kill(info["pid"], signal.SIGSTOP)
+    try:
+        with pytest.raises(TransportError, match="did not answer"):
+            SocketHypervisor(directory, 1, timeout=0.3)
+        stopped = daemon.stop(directory, timeout=0.3)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(info["pid"], signal.SIGCONT)
+    assert stopped is not None and stopped["killed"] is True
     assert daemon.running(directory) is None
+    with pytest.raises(TransportError, match="no emulator daemon"):  # its socket file is stale
+        SocketHypervisor(directory, 1, timeout=1)
     info = daemon.start(directory, daemon.HostConfig(), timeout=60)
     replayed = re.search(r"replayed (\d+) journaled", info["note"])
     assert replayed and int(replayed.group(1)) > 30, info["note"]

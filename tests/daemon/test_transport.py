@@ -277,3 +277,20 @@ def test_malformed_host_api_requests_are_refused(make_daemon):
     s.close()
     with SocketHypervisor(d.directory, 0) as hv:
         assert hv.control("status")["domains"][0]["name"] == "Domain-0"
+
+
+def test_a_destroyed_domain_ends_its_connections(make_daemon):
+    d = make_daemon(guests=2)
+    guest = Tmem(SocketHypervisor(d.directory, 2))
+    pool = guest.new_pool(persistent=True)
+    guest.put_page(pool, 1, 1, page(1))
+    with SocketHypervisor(d.directory, 0) as hv0:
+        hv0.control("destroy_domain", domid=2)
+        with pytest.raises(EmulatorError, match="no domain 2"):
+            hv0.control("destroy_domain", domid=2)
+    with pytest.raises(EmulatorError, match="domain 2 no longer exists"):
+        guest.put_page(pool, 1, 2, page(2))
+    with pytest.raises(TransportError):
+        guest.get_page(pool, 1, 1)
+    with pytest.raises(EmulatorError, match="no domain 2"):
+        SocketHypervisor(d.directory, 2)

@@ -299,6 +299,10 @@ class Daemon:
             if conn.sock.fileno() < 0:
                 continue
             conn.out += reply
+            if len(conn.out) > MAX_FRAME:  # a client that sends and never reads
+                log.warning("dropping a client with %d bytes of unread replies", len(conn.out))
+                self._drop(conn)
+                continue
             self._flush(conn)
 
     def _flush(self, conn: _Conn) -> None:
