@@ -4,6 +4,9 @@ promises."""
 
 from __future__ import annotations
 
+import importlib
+from unittest.mock import patch
+
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,6 +14,9 @@ from hypothesis import strategies as st
 from xentmem.guest.selfballoon import MB, SelfBalloonKnobs
 from xentmem.tuning import SynthSpec, Trace, replay, replay_many, sweep, synthesize
 from xentmem.tuning.sweep import _pareto
+
+# the package attribute `sweep` is the function, not the module
+sweep_module = importlib.import_module("xentmem.tuning.sweep")
 
 
 @st.composite
@@ -44,14 +50,29 @@ knob_settings = st.builds(
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(trace=traces(), knobs=st.lists(knob_settings, min_size=1, max_size=6),
-       rate=st.sampled_from([0, 0, 1, 500, 20000]))
-def test_vectorised_equals_scalar(trace, knobs, rate):
-    many = replay_many(trace, knobs, balloon_rate=rate, record=True)
+       rate=st.sampled_from([0, 0, 1, 500, 20000]), block=st.sampled_from([1, 2, 3, 512]))
+def test_vectorised_equals_scalar(trace, knobs, rate, block):
+    # small integration blocks put block boundaries everywhere in these short traces
+    with patch.object(sweep_module, "_BLOCK", block):
+        many = replay_many(trace, knobs, balloon_rate=rate, record=True)
     for j, k in enumerate(knobs):
         ref = replay(trace, k, balloon_rate=rate)
         assert {key: v.tolist() for key, v in many.series[j].items()} == ref.series
         assert many.totalram_after[j].tolist() == ref.totalram_after
         assert many.scores_at(j) == ref.scores
+
+
+def test_long_trace_mixed_settings_agree():
+    # 1440 runs at interval 5 (several integration blocks), mixed flags and floors
+    trace = synthesize(SynthSpec("bursty", duration=7200, step=7, memory_mb=256, seed=2))
+    knobs = [SelfBalloonKnobs(), SelfBalloonKnobs(uphysteresis=3, min_usable_mb=64),
+             SelfBalloonKnobs(selfballooning=False, frontswap_inertia=0),
+             SelfBalloonKnobs(frontswap_selfshrinking=False, downhysteresis=1, reserved_mb=8)]
+    many = replay_many(trace, knobs, balloon_rate=300, record=True)
+    for j, k in enumerate(knobs):
+        ref = replay(trace, k, balloon_rate=300)
+        assert many.scores_at(j) == ref.scores
+        assert many.series[j]["target"].tolist() == ref.series["target"]
 
 
 def test_pareto_front_table():

@@ -110,15 +110,18 @@ def expand_grid(grid: Mapping[str, Sequence[int]], base: SelfBalloonKnobs | None
 @dataclass(frozen=True)
 class _Schedule:
     """The exogenous part of a replay at one interval: run times, the sample each run reads,
-    the peak demand while the previous totalram was in effect, the piecewise floor, and per
-    state window (before run 1, after run 1, ...) its segments' demand and lengths."""
+    the peak demand while the previous totalram was in effect, the piecewise floor, and the
+    merged timeline of samples and runs as segments (demand, length, state window: 0 before
+    run 1, k after run k)."""
 
     run_ms: np.ndarray
     run_sample: np.ndarray
     peak_demand: np.ndarray
     base_floor: np.ndarray
-    win_demand: list[np.ndarray]
-    win_dt: list[np.ndarray]
+    seg_demand: np.ndarray
+    seg_dt: np.ndarray
+    seg_window: np.ndarray
+    win_dur: np.ndarray
 
 
 def _piecewise_floor(reserve: np.ndarray, max_pfn: np.ndarray) -> np.ndarray:
@@ -141,13 +144,13 @@ def _schedule(trace: Trace, interval_ms: int) -> _Schedule:
     seg_start, seg_dt = points[:-1], np.diff(points)
     seg_demand = demand[np.searchsorted(times, seg_start, side="right") - 1]
     seg_window = np.searchsorted(run_ms, seg_start, side="right")
-    bounds = np.searchsorted(seg_window, np.arange(runs + 2), side="left")
-    win_demand = [seg_demand[bounds[w]:bounds[w + 1]] for w in range(runs + 1)]
-    win_dt = [seg_dt[bounds[w]:bounds[w + 1]] for w in range(runs + 1)]
     # the window before each run has positive length (runs are an interval apart)
-    peak = np.array([int(win_demand[k].max()) for k in range(runs)], dtype=np.int64)
+    peak = np.full(runs + 1, np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(peak, seg_window, seg_demand)
+    win_dur = np.bincount(seg_window, weights=seg_dt, minlength=runs + 1).astype(np.int64)
     base_floor = _piecewise_floor(trace.reserve[run_sample], trace.max_pfn[run_sample])
-    return _Schedule(run_ms, run_sample, peak, base_floor, win_demand, win_dt)
+    return _Schedule(run_ms, run_sample, peak[:runs], base_floor, seg_demand, seg_dt,
+                     seg_window, win_dur)
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,28 @@ class ManyReplays:
         return Scores(**{name: int(self.scores[name][j]) for name in _SCORE_FIELDS})
 
 
+_BLOCK = 512  # runs whose states are integrated at once
+
+
+def _integrate(sched: _Schedule, first: int, T: np.ndarray, F: np.ndarray,
+               acc: dict[str, np.ndarray]) -> None:
+    """Add the state windows ``first .. first + width - 1`` (columns of ``T`` and ``F``: the
+    totalram and frontswap in effect in each) to the accumulators."""
+    last = first + T.shape[1]
+    dur = sched.win_dur[first:last]
+    acc["held_page_ms"] += T @ dur
+    acc["frontswap_page_ms"] += F @ dur
+    live = dur > 0
+    if live.any():
+        np.maximum(acc["peak_held"], T[:, live].max(axis=1), out=acc["peak_held"])
+    lo, hi = np.searchsorted(sched.seg_window, [first, last], side="left")
+    if hi > lo:
+        held = T[:, sched.seg_window[lo:hi] - first]
+        over = np.maximum(sched.seg_demand[lo:hi] - held, 0)
+        acc["shortfall_page_ms"] += over @ sched.seg_dt[lo:hi]
+        np.maximum(acc["peak_shortfall"], over.max(axis=1), out=acc["peak_shortfall"])
+
+
 def _group(trace: Trace, knobs: Sequence[SelfBalloonKnobs], interval: int, balloon_rate: int,
            record: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None,
                                   np.ndarray | None]:
@@ -178,9 +203,13 @@ def _group(trace: Trace, knobs: Sequence[SelfBalloonKnobs], interval: int, ballo
         return np.fromiter((int(getattr(k, name)) for k in knobs), dtype=np.int64, count=n)
 
     down, up = col("downhysteresis"), col("uphysteresis")
-    min_usable, reserved = col("min_usable_mb"), col("reserved_mb")
+    min_usable, reserved_pages = col("min_usable_mb"), col("reserved_mb") * MB
     hyst, inertia = col("frontswap_hysteresis"), col("frontswap_inertia")
     sb, ss = col("selfballooning").astype(bool), col("frontswap_selfshrinking").astype(bool)
+    # specialise the loop body for the common uniform cases (same numbers, fewer operations)
+    all_sb, all_ss, any_ss = bool(sb.all()), bool(ss.all()), bool(ss.any())
+    up_is_1, any_min_usable = bool((up == 1).all()), bool(min_usable.any())
+    min_usable_pages = min_usable * MB
     step = balloon_rate * interval
 
     T = np.full(n, int(trace.totalram[0]), dtype=np.int64)
@@ -188,68 +217,78 @@ def _group(trace: Trace, knobs: Sequence[SelfBalloonKnobs], interval: int, ballo
     cur = np.zeros(n, dtype=np.int64)  # frontswap_selfshrink's statics
     counter = np.zeros(n, dtype=np.int64)
     last_target = T.copy()
-    zero = np.zeros(n, dtype=np.int64)
-    held, short, fs, peak_held, peak_short = (zero.copy() for _ in range(5))
-    changes, shrinks, repatriated = (zero.copy() for _ in range(3))
+    acc = {name: np.zeros(n, dtype=np.int64) for name in (
+        "held_page_ms", "frontswap_page_ms", "peak_held", "shortfall_page_ms", "peak_shortfall",
+        "target_changes", "shrinks", "repatriated")}
     rec = {key: np.empty((n, runs), dtype=np.int64) for key in SERIES} if record else None
     after = np.empty((n, runs), dtype=np.int64) if record else None
-
-    def account(w: int) -> None:
-        dt, dem = sched.win_dt[w], sched.win_demand[w]
-        if not len(dt):
-            return
-        dur = int(dt.sum())
-        np.add(held, T * dur, out=held)  # in place: these accumulators outlive the closure
-        np.add(fs, F * dur, out=fs)
-        np.maximum(peak_held, T, out=peak_held)
-        over = np.maximum(dem[None, :] - T[:, None], 0)
-        np.add(short, over @ dt, out=short)
-        np.maximum(peak_short, np.maximum(int(dem.max()) - T, 0), out=peak_short)
+    # the state in effect in each window of the current block (window w = after run w)
+    width = min(_BLOCK, runs + 1)
+    block_T = np.empty((n, width), dtype=np.int64)
+    block_F = np.empty((n, width), dtype=np.int64)
+    block_T[:, 0], block_F[:, 0], first = T, F, 0
+    minus_one = np.full(n, -1, dtype=np.int64)
 
     committed, reserve, maxram = trace.committed, trace.reserve, trace.maxram
     for k in range(runs):
-        account(k)
         i = int(sched.run_sample[k])
         C, R, M = int(committed[i]), int(reserve[i]), int(maxram[i])
         shortfall = np.maximum(int(sched.peak_demand[k]) - T, 0)
         F = np.minimum(np.maximum(F, shortfall), C)
-        goal = C + R + reserved * MB + np.where(ss, F, 0)
-        tgt = np.where(goal < T, T - (T - goal) // down,
-                       np.where(goal > T, T + (goal - T) // up, T))
-        floor = np.where(min_usable != 0, R + min_usable * MB, int(sched.base_floor[k]))
-        target = np.where(sb, np.maximum(tgt, floor), T)
-        seen_F = F
-        # frontswap_selfshrink, where enabled
-        growth = (F == 0) | (cur < F)
-        dec = np.maximum(counter - 1, 0)
-        shrink = ss & ~growth & (dec == 0)
-        counter = np.where(ss, np.where(growth, inertia, dec), counter)
-        cur = np.where(ss, F, cur)
-        shrink_tgt = np.where(hyst >= F, 0, F - F // hyst)
-        shrinks += shrink
-        repatriated += np.where(shrink, F - shrink_tgt, 0)
-        F = np.where(shrink, shrink_tgt, F)
+        goal = reserved_pages + (C + R)
+        if all_ss:
+            goal += F
+        elif any_ss:
+            goal += np.where(ss, F, 0)
+        diff = goal - T
+        grow = diff if up_is_1 else diff // up
+        tgt = T + np.where(diff < 0, -((-diff) // down), grow)  # truncating, as in C
+        floor = int(sched.base_floor[k])
+        if any_min_usable:
+            floor = np.where(min_usable != 0, min_usable_pages + R, floor)
+        target = np.maximum(tgt, floor)
+        if not all_sb:
+            target = np.where(sb, target, T)
+        seen_F, shrink, shrink_tgt = F, None, None
+        if any_ss:  # frontswap_selfshrink, where enabled
+            growth = (F == 0) | (cur < F)
+            dec = np.maximum(counter - 1, 0)
+            shrink = ~growth & (dec == 0)
+            new_counter = np.where(growth, inertia, dec)
+            if all_ss:
+                counter, cur = new_counter, F
+            else:
+                shrink &= ss
+                counter = np.where(ss, new_counter, counter)
+                cur = np.where(ss, F, cur)
+            shrink_tgt = np.where(hyst >= F, 0, F - F // hyst)
+            acc["shrinks"] += shrink
+            acc["repatriated"] += np.where(shrink, F - shrink_tgt, 0)
+            F = np.where(shrink, shrink_tgt, F)
         if rec is not None:
+            shrink_to = minus_one if shrink is None else np.where(shrink, shrink_tgt, -1)
             for key, value in (("time_ms", int(sched.run_ms[k])), ("committed", C),
                                ("reserve", R), ("totalram", T), ("frontswap", seen_F),
                                ("shortfall", shortfall), ("goal", goal), ("floor", floor),
-                               ("target", target),
-                               ("shrink_to", np.where(shrink, shrink_tgt, -1))):
+                               ("target", target), ("shrink_to", shrink_to)):
                 rec[key][:, k] = value
-        changes += target != last_target
+        acc["target_changes"] += target != last_target
         last_target = target
         moved = np.maximum(T - step, np.minimum(T + step, target)) if step else target
         T = np.minimum(moved, M)
         if after is not None:
             after[:, k] = T
-    account(runs)
+        j = k + 1 - first
+        if j == width:  # the block is full: integrate it and start the next one
+            _integrate(sched, first, block_T, block_F, acc)
+            first, j = k + 1, 0
+        block_T[:, j], block_F[:, j] = T, F
+    _integrate(sched, first, block_T[:, :runs + 1 - first], block_F[:, :runs + 1 - first], acc)
     duration = trace.duration_ms
     scores = {"duration_ms": np.full(n, duration, dtype=np.int64),
-              "runs": np.full(n, runs, dtype=np.int64), "held_page_ms": held,
+              "runs": np.full(n, runs, dtype=np.int64),
               "baseline_page_ms": np.full(n, int(trace.totalram[0]) * duration, dtype=np.int64),
-              "peak_held": peak_held, "shortfall_page_ms": short, "peak_shortfall": peak_short,
-              "frontswap_page_ms": fs, "target_changes": changes, "shrinks": shrinks,
-              "repatriated": repatriated}
+              **acc}
     return scores, rec, after
 
 
