@@ -163,11 +163,9 @@ class Agent:
                     why = self._apply(k, wanted[k])
                     if why is not None:
                         refused[k.name] = why
-            applied = {k.name: v for k in KEYS
-                       if (v := _parse_current(k, self.sink.read(SYSFS_PATHS[k.name])))
-                       is not None}
             refused = {k.name: refused[k.name] for k in KEYS if k.name in refused}
-            self.report = Report(seq, "refused" if refused else "applied", refused, applied)
+            self.report = Report(seq, "refused" if refused else "applied", refused,
+                                 self._applied())
             if refused:
                 log.warning("refused: %s", self.report.reason)
             self._publish()
@@ -177,11 +175,13 @@ class Agent:
         """Republish applied values and counters (nothing is re-applied)."""
         with self._lock:
             r = self.report
-            applied = {k.name: v for k in KEYS
-                       if (v := _parse_current(k, self.sink.read(SYSFS_PATHS[k.name])))
-                       is not None}
-            self.report = Report(r.seq, r.state, r.refused, applied)
+            self.report = Report(r.seq, r.state, r.refused, self._applied())
             self._publish()
+
+    def _applied(self) -> dict[str, int]:
+        """What the guest has now, read back from the sink."""
+        return {k.name: v for k in KEYS
+                if (v := _parse_current(k, self.sink.read(SYSFS_PATHS[k.name]))) is not None}
 
     def _nodes(self) -> dict[str, str]:
         r = self.report
@@ -192,7 +192,7 @@ class Agent:
             if k.name in r.applied:
                 nodes[k.data] = str(r.applied[k.name])
         for name, why in r.refused.items():
-            nodes[f"{DATA_REFUSED}/{name}"] = why
+            nodes[f"{DATA_REFUSED}/{name}"] = why[:_REASON_MAX]
         for group, paths in (("stats", _STATS_PATHS), ("balloon", _BALLOON_PATHS)):
             for name, path in paths.items():
                 value = sanitize_int(self.sink.read(path), 0, _U64)
