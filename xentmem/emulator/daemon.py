@@ -584,6 +584,8 @@ def load_host(store: StateStore, config: HostConfig) -> tuple[EmulatedHost, str]
             break
         mismatched += result != rec.result
     note = f"restored the saved host and replayed {len(records)} journaled hypercall(s)"
+    if config.guests:
+        note += " (--guests applies to a new host only)"
     if mismatched:
         note += f" ({mismatched} replayed differently)"
         log.warning("%d journal record(s) replayed with a different result", mismatched)
