@@ -65,8 +65,10 @@ def test_domains_and_lookup(lv: LibvirtConnection):
                           persistent=True)
     assert lv.domains() == [expected]
     assert lv.domain("test") == lv.domain(1) == expected
-    with pytest.raises(LibvirtError, match="nosuch"):
-        lv.domain("nosuch")
+    assert lv.domain("nosuch") is None and lv.domain(99) is None
+    unreachable = LibvirtConnection("qemu+unix:///system?socket=/nonexistent", timeout=5)
+    with pytest.raises(LibvirtError, match="nonexistent"):
+        unreachable.domain("test")
     total, _free = lv.node_memory()
     assert total == 3072 * 1024
 

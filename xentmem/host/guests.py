@@ -317,10 +317,10 @@ class Host:
     def guest(self, dom: str | int) -> GuestInfo:
         """One domain, by name or domid (``LookupError`` if there is none)."""
         if self.libvirt is not None:
-            try:
-                return self._lv_guest(self.libvirt.domain(_as_id(dom)))
-            except LibvirtError as exc:
-                raise LookupError(f"no domain {dom!r} ({exc})") from None
+            info = self.libvirt.domain(_as_id(dom))
+            if info is None:
+                raise LookupError(f"no domain {dom!r} known to {self.libvirt.uri}")
+            return self._lv_guest(info)
         domid = _as_id(dom)
         for d in self._xs_domids():
             if d == domid:

@@ -68,12 +68,16 @@ class LibvirtConnection:
                 result["value"] = fn()
             except libvirt.libvirtError as exc:
                 result["error"] = exc
+            except Exception as exc:  # e.g. our own LibvirtError from a nested connect
+                result["raise"] = exc
 
         thread = threading.Thread(target=target, name="libvirt-call", daemon=True)
         thread.start()
         thread.join(self.timeout)
         if thread.is_alive():
             raise LibvirtError(f"{self.uri}: {what}: no answer within {self.timeout:g} s")
+        if "raise" in result:
+            raise result["raise"]
         if "error" in result:
             raise LibvirtError(f"{self.uri}: {what}: {result['error'].get_error_message()}")
         return result["value"]
@@ -128,9 +132,16 @@ class LibvirtConnection:
                                                        self.conn.listAllDomains()])
         return sorted(found, key=lambda i: (i.domid is None, i.domid or 0, i.name))
 
-    def domain(self, dom: str | int) -> DomainInfo:
-        """One domain by name or (running) id."""
-        return self._bounded(f"domain {dom}", lambda: self._info(self._lookup(dom)))
+    def domain(self, dom: str | int) -> DomainInfo | None:
+        """One domain by name or (running) id; None if there is no such domain."""
+        def get() -> DomainInfo | None:
+            try:
+                return self._info(self._lookup(dom))
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                raise
+        return self._bounded(f"domain {dom}", get)
 
     def set_memory(self, dom: str | int, kib: int, *, config: bool = False) -> None:
         """``setMemoryFlags(kib, LIVE)`` (plus CONFIG: also the persistent definition)."""
