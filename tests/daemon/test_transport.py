@@ -4,6 +4,7 @@ in-process ``EmulatedHypervisor``; a dead or hung daemon and garbage on the sock
 from __future__ import annotations
 
 import os
+import random
 import socket
 import struct
 import time
@@ -294,3 +295,30 @@ def test_a_destroyed_domain_ends_its_connections(make_daemon):
         guest.get_page(pool, 1, 1)
     with pytest.raises(EmulatorError, match="no domain 2"):
         SocketHypervisor(d.directory, 2)
+
+
+def test_random_requests_never_take_the_daemon_down(make_daemon):
+    """300 random bodies after a valid HELLO (seeded): each gets a reply with a known status
+    or the connection is closed, and the daemon keeps serving."""
+    d = make_daemon(guests=1)
+    rng = random.Random(1234)
+    s = _raw(d.daemon.socket_path)
+    assert _roundtrip(s, _hello())[0] == wire.OK
+    statuses = set()
+    for _ in range(300):
+        kind = rng.choice([wire.ALLOC, wire.CALL, wire.CONTROL, rng.randrange(256)])
+        body = wire.HEAD.pack(kind, rng.choice([0, 0, 1, 70000 % 65536]), rng.choice([0, 0, 1]))
+        body += rng.randbytes(rng.randrange(0, 64))
+        reply = _roundtrip(s, body)
+        if not reply:  # closed: start over
+            s = _raw(d.daemon.socket_path)
+            assert _roundtrip(s, _hello())[0] == wire.OK
+            continue
+        assert reply[0] in (wire.OK, wire.REFUSED, wire.EMULATOR), reply
+        statuses.add(reply[0])
+    assert wire.REFUSED in statuses
+    with SocketHypervisor(d.directory, 1) as hv:
+        tm = Tmem(hv)
+        pool = tm.new_pool(persistent=True)
+        tm.put_page(pool, 1, 1, page(1))
+        assert tm.get_page(pool, 1, 1) == page(1)
