@@ -336,3 +336,23 @@ def test_error_type_mapping(ours: Ours) -> None:
         xs.read("/a//b")
     assert info.value.errno == 22 and "EINVAL" in str(info.value)
     assert type(info.value) is XenStoreError
+
+
+def test_messages_split_at_any_byte(ours: Ours) -> None:
+    """Requests arriving in arbitrary pieces (even one byte at a time) are reassembled."""
+    import time
+
+    stream = (
+        pack(Op.WRITE, 1, 0, b"/split/a\0hello")
+        + pack(Op.READ, 2, 0, b"/split/a\0")
+        + pack(Op.DIRECTORY, 3, 0, b"/split\0")
+    )
+    for cut in (1, 5, 16, 17, 29, 40):
+        with RawClient(ours.dom0_path) as c:
+            pieces = [stream[i : i + cut] for i in range(0, len(stream), cut)]
+            for piece in pieces:
+                c.send_raw(piece)
+                time.sleep(0.0005)  # let the server see each piece on its own
+            assert c.recv_message() == (Op.WRITE, 1, 0, b"OK\0")
+            assert c.recv_message() == (Op.READ, 2, 0, b"hello")
+            assert c.recv_message() == (Op.DIRECTORY, 3, 0, b"a\0")

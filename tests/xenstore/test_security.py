@@ -270,3 +270,22 @@ def test_guest_node_quota(xs_server: ServerUnderTest) -> None:
     g.write("data/n0", b"rewrite is fine")  # no new node
     xs_server.dom0.write(f"/local/domain/{domid}/data/by-dom0", b"")  # dom0 is exempt
     xs_server.release(domid)
+
+
+def test_set_target_gives_a_stub_domain_its_targets_rights(xs_server: ServerUnderTest) -> None:
+    """A device-model stub domain (SET_TARGET stub target) acts with the target's rights."""
+    target, stub = xs_server.fresh_domid(), xs_server.fresh_domid()
+    xs_server.guest(target).write("data/for-the-stub", b"t")
+    s = xs_server.guest(stub)
+    with pytest.raises(XenStorePermission):
+        s.read(f"/local/domain/{target}/data/for-the-stub")
+    xs_server.dom0.set_target(stub, target)
+    assert s.read(f"/local/domain/{target}/data/for-the-stub") == b"t"  # owner: the target
+    assert s.read(f"/local/domain/{target}/name") == f"guest{target}".encode()  # ACL r<target>
+    s.write(f"/local/domain/{target}/data/from-stub", b"s")
+    with pytest.raises(XenStorePermission):
+        s.write(f"/local/domain/{target}/memory/target", b"1")  # the target may not either
+    with pytest.raises(XenStorePermission):
+        s.read("/tool/xenstored")
+    xs_server.release(stub)
+    xs_server.release(target)

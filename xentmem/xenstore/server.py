@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _OK = b"OK\0"
 _PACK_HEADER = HEADER.pack
+_UNPACK_HEADER = HEADER.unpack_from
 _MAX_OUTPUT = 8 << 20  # bytes of unsent replies/events before a client is dropped
 
 
@@ -376,29 +377,30 @@ class XenStoreServer:
         if not chunk:
             self._close(conn)
             return
-        buf = conn.inbuf
-        buf += chunk
+        if conn.inbuf:  # the rest of a partial message came first
+            conn.inbuf += chunk
+            chunk = bytes(conn.inbuf)
+            conn.inbuf.clear()
         pos = 0
-        end = len(buf)
-        header_size = _wire.HEADER_SIZE
-        while end - pos >= header_size:
-            op, rq_id, tx_id, size = HEADER.unpack_from(buf, pos)
+        end = len(chunk)
+        while end - pos >= 16:  # HEADER_SIZE
+            op, rq_id, tx_id, size = _UNPACK_HEADER(chunk, pos)
             if size > PAYLOAD_MAX:
                 # Cannot resynchronise on a stream that lies about lengths: answer, then hang up.
                 conn.deliver(_wire.pack(Op.ERROR, rq_id, tx_id, b"EINVAL\0"))
                 self._flush(conn)
                 self._close(conn)
                 return
-            if end - pos < header_size + size:
+            nxt = pos + 16 + size
+            if nxt > end:
                 break
-            payload = bytes(buf[pos + header_size : pos + header_size + size])
-            pos += header_size + size
-            self._dispatch(conn, op, rq_id, tx_id, payload)
+            self._dispatch(conn, op, rq_id, tx_id, chunk[pos + 16 : nxt])
+            pos = nxt
             if conn.closed:
                 return
-        if pos:
-            del buf[:pos]
-        self._dirty.add(conn)
+        if pos < end:
+            conn.inbuf += chunk[pos:]
+        self._flush(conn)  # the replies now; other connections' events via _dirty
 
     def _flush_dirty(self) -> None:
         while self._dirty:
