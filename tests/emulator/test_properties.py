@@ -9,6 +9,7 @@ max_pages.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -118,3 +119,10 @@ def test_random_ops_4_5(sequence):
 @given(ops)
 def test_random_ops_4_1(sequence):
     _run("4.1", False, sequence)
+
+
+@pytest.mark.slow
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(["4.1", "4.5", "4.8", "4.12"]), st.booleans(), ops)
+def test_random_ops_long(version, designed, sequence):
+    _run(version, designed, sequence)
