@@ -111,7 +111,7 @@ class GuestInfo:
     domid: int | None
     name: str
     state: str
-    memory_kib: int | None  # current reservation
+    memory_kib: int | None  # reservation (libvirt), else the toolstack's memory/target
     max_kib: int | None
     target_kib: int | None  # memory/target
     tmem: TmemReport | None
@@ -276,9 +276,9 @@ class Host:
         untrusted_name, untrusted_target, untrusted_max, report = transaction(self._xs(), read)
         name = sanitize_text(untrusted_name, 64) or f"domain-{domid}"
         target = sanitize_kib(untrusted_target)
-        current = report.balloon.get("current_kib")
-        return GuestInfo(domid=domid, name=name, state="running",
-                         memory_kib=current if current is not None else target,
+        # xenstore alone has no hypervisor view of the reservation; the toolstack's target
+        # stands for it (the guest's own claim stays in report.balloon, never in the totals)
+        return GuestInfo(domid=domid, name=name, state="running", memory_kib=target,
                          max_kib=sanitize_kib(untrusted_max), target_kib=target, tmem=report)
 
     def _xs_domids(self) -> list[int]:
