@@ -51,6 +51,7 @@ Where our server deliberately differs from oxenstored 4.17 (each is tested):
   oxenstored replies EINVAL and then stalls that connection.
 - Watch quota: exactly ``max_watches`` per domain; oxenstored lets one more through (same for
   transactions).
+- RM of "/" is EINVAL; oxenstored lets dom0 delete the whole tree, special nodes included.
 """
 
 
