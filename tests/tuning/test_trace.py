@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from xentmem.errors import TraceError
-from xentmem.tuning import SynthSpec, dumps_trace, load_trace, parse_trace, save_trace, synthesize
+from xentmem.tuning import (
+    SynthSpec,
+    Trace,
+    dumps_trace,
+    load_trace,
+    parse_trace,
+    save_trace,
+    synthesize,
+)
 
 GOOD = """\
 # a comment
@@ -133,3 +141,14 @@ def test_synthetic_shapes():
 def test_bad_synth_specs(kwargs, message):
     with pytest.raises(TraceError, match=message):
         SynthSpec(**kwargs)
+
+
+def test_build_refuses_fractional_columns():
+    with pytest.raises(TraceError, match="column committed must hold whole numbers"):
+        Trace.build([0, 1], [1.5, 2.0], [0, 0], [100, 100], [50, 50])
+
+
+def test_unicode_digits_are_not_page_counts():
+    with pytest.raises(TraceError, match="t:2: committed must be a non-negative whole"):
+        parse_trace("time,committed,reserve,max_pfn,totalram\n0,²,1,100,50\n1,1,1,100,50\n",
+                    "t")

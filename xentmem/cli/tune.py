@@ -105,7 +105,14 @@ def collect_cmd(
     with _usage():
         spec = CollectSpec(tuple(parse_workload(w, seed=i) for i, w in enumerate(workload)),
                            duration, step, memory_mb, swap_mb, tmem_mb, backend)
-    trace = collect_trace(spec, name=out.stem)
+    from rich.console import Console
+    from rich.progress import Progress
+
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("collecting (model seconds)", total=duration)
+        trace = collect_trace(spec, name=out.stem,
+                              on_tick=lambda now: bar.update(task, completed=now))
     save_trace(trace, out)
     render({**trace.summary(), "frontswap_peak_mib": round(int(trace.frontswap.max()) / 256, 1),
             "file": str(out)}, as_json=as_json)

@@ -93,8 +93,9 @@ def plot_replay(trace: Trace, chosen: Replay, baseline: Replay | None = None,
     grid = np.union1d(t, ht)
     dem = trace.demand[np.searchsorted(t, grid, side="right") - 1] / MB
     held = hv[np.searchsorted(ht, grid, side="right") - 1]
-    ax.fill_between(grid, held, dem, where=dem > held, step="post", color="C3", alpha=0.25,
-                    label="shortfall")
+    # no `where=`: matplotlib drops one-step regions with it; a zero-height fill is invisible
+    ax.fill_between(grid, held, np.maximum(dem, held), step="post", color="C3", alpha=0.3,
+                    lw=0, label="shortfall")
     ax.set_xlabel("time (s)")
     ax.set_ylabel("MiB")
     ax.set_title(f"replay on {trace.name}")

@@ -46,7 +46,7 @@ def _knob_value(name: str, text: str) -> int:
     if name not in KNOBS:
         raise TraceError(f"unknown knob {name!r} (one of {', '.join(KNOBS)})")
     text = text.strip()
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise TraceError(f"knob {name}: {text!r} is not a non-negative whole number")
     value = int(text)
     if name in _FLAGS and value not in (0, 1):

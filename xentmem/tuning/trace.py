@@ -59,10 +59,11 @@ _LIMIT = 1 << 40  # pages (4 PiB): keeps every page-millisecond integral inside 
 _HEADER = "# xentmem memory trace v1: time in seconds, memory in 4 KiB pages"
 
 
-def _frozen(values: Iterable[int]) -> np.ndarray:
-    arr = np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
-                     dtype=np.int64)
-    arr = arr.copy()
+def _frozen(values: Iterable[int], name: str, key: str) -> np.ndarray:
+    raw = np.asarray(values if isinstance(values, np.ndarray) else list(values))
+    if raw.size and raw.dtype.kind not in "iu":  # never truncate 1.5 pages silently
+        raise TraceError(f"{name}: column {key} must hold whole numbers, not {raw.dtype}")
+    arr = raw.astype(np.int64)  # a copy: the caller's array stays theirs
     arr.flags.writeable = False
     return arr
 
@@ -88,17 +89,19 @@ class Trace:
               name: str = "trace") -> Trace:
         """A checked trace from columns (``maxram`` defaults to the first totalram, frontswap
         to 0); ``TraceError`` when the columns disagree or break the rules above."""
-        cols = {"time_ms": _frozen(time_ms), "committed": _frozen(committed),
-                "reserve": _frozen(reserve), "max_pfn": _frozen(max_pfn),
-                "totalram": _frozen(totalram)}
+        given = {"time_ms": time_ms, "committed": committed, "reserve": reserve,
+                 "max_pfn": max_pfn, "totalram": totalram}
+        cols = {key: _frozen(values, name, key) for key, values in given.items()}
         n = len(cols["time_ms"])
         if n < 2:
             raise TraceError(f"{name}: a trace needs at least 2 samples, not {n}")
-        if maxram is None:
-            cols["maxram"] = _frozen(np.full(n, cols["totalram"][0]))
-        else:
-            cols["maxram"] = _frozen(maxram)
-        cols["frontswap"] = _frozen(np.zeros(n) if frontswap is None else frontswap)
+        if len(cols["totalram"]) != n:
+            raise TraceError(f"{name}: column totalram has {len(cols['totalram'])} values, "
+                             f"not {n}")
+        cols["maxram"] = _frozen(np.full(n, cols["totalram"][0]) if maxram is None else maxram,
+                                 name, "maxram")
+        cols["frontswap"] = _frozen(np.zeros(n, dtype=np.int64) if frontswap is None
+                                    else frontswap, name, "frontswap")
         for key, arr in cols.items():
             if len(arr) != n:
                 raise TraceError(f"{name}: column {key} has {len(arr)} values, not {n}")
@@ -188,7 +191,7 @@ def _parse_pages(untrusted: Any, key: str, kib: bool, where: str) -> int:
     if isinstance(untrusted, (bool, float)):
         raise TraceError(f"{where}: {key} must be a whole number, not {untrusted!r}")
     text = str(untrusted).strip()
-    if not text.isdigit():  # no sign, no fraction, no exponent
+    if not (text.isascii() and text.isdigit()):  # no sign, fraction, exponent or '²'
         raise TraceError(f"{where}: {key} must be a non-negative whole number, not {untrusted!r}")
     value = int(text)
     if kib:
