@@ -137,3 +137,36 @@ def test_agent_run_once_against_a_sysfs_tree(server: XenStoreServer, dom0: XenSt
     missing = runner.invoke(app, ["agent", "run", "--once", "--domid", "999", "--xenstored",
                                   server.path, "--sysfs-root", str(root)])
     assert missing.exit_code == 2 and "no socket" in missing.stderr
+
+
+def test_python_m_agent_serves_until_interrupted(server: XenStoreServer, dom0: XenStoreClient,
+                                                 tmp_path, emulated_host):
+    """``python -m xentmem.agent run`` as its own process, as inside a guest."""
+    import signal
+    import subprocess
+    import sys
+
+    from xentmem.guest import Guest, SysfsView
+    from xentmem.host.guests import Host
+
+    domid = emulated_host.create_domain("proc", 64)
+    server.introduce_domain(domid, "proc", 65536, 65536)
+    root = SysfsView(Guest("proc", memory_mb=64)).mirror(tmp_path / "root")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xentmem.agent", "run", "--domid", str(domid), "--xenstored",
+         server.path, "--sysfs-root", str(root), "--stats-interval", "0.2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        host = Host(dom0, ack_timeout=20)  # the first answer waits for the interpreter to start
+        result = host.set_toggles("proc", {"downhysteresis": 16})
+        assert result.status == "applied", result
+        assert (root / "sys/devices/system/xen_memory/xen_memory0/selfballoon/"
+                       "selfballoon_downhysteresis").read_text() == "16\n"
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130, err  # ^C: Typer's Exit(130), after a clean close
+        assert "serving" in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
