@@ -155,3 +155,20 @@ def test_reference_example_file_replays_to_the_hand_numbers():
     series = json.loads(result.stdout)["series"]
     assert [row["target"] for row in series] == [223000, 208125, 195110, 183722]
     assert {row["floor"] for row in series} == {36619}
+
+
+def test_record_from_a_root(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "proc").mkdir(parents=True)
+    (root / "proc/meminfo").write_text("MemTotal: 1000000 kB\nCommitted_AS: 400000 kB\n")
+    zoneinfo = Path(__file__).parent / "fixtures" / "zoneinfo-3.10.txt"
+    (root / "proc/zoneinfo").write_text(zoneinfo.read_text())
+    out = tmp_path / "rec.csv"
+    result = invoke("tune", "record", "--out", out, "--duration", "0.02", "--step", "0.01",
+                    "--root", root, "--json")
+    assert result.exit_code == 0, result.output
+    tr = load_trace(out)
+    assert len(tr) == 3 and set(tr.committed.tolist()) == {100000}
+    result = invoke("tune", "record", "--out", out, "--duration", "0.02", "--step", "0.01",
+                    "--root", tmp_path / "none")
+    assert result.exit_code == 2 and "cannot read" in result.stderr

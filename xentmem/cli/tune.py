@@ -45,6 +45,15 @@ def _usage() -> Iterator[None]:
         raise UsageError(str(exc)) from None
 
 
+def _save(trace: Any, path: Path) -> None:
+    from xentmem.tuning import save_trace
+
+    try:
+        save_trace(trace, path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write: {exc.strerror or exc}") from None
+
+
 def _load(path: Path) -> Any:
     from xentmem.tuning import load_trace
 
@@ -76,12 +85,12 @@ def synth_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a synthetic trace."""
-    from xentmem.tuning import SynthSpec, save_trace, synthesize
+    from xentmem.tuning import SynthSpec, synthesize
 
     with _usage():
         trace = synthesize(SynthSpec(kind, duration, step, memory_mb, base, peak, noise, bursts,
                                      period, seed))
-    save_trace(trace, out)
+    _save(trace, out)
     render({**trace.summary(), "file": str(out)}, as_json=as_json)
 
 
@@ -100,7 +109,7 @@ def collect_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Record a trace by running guest-model workloads on the emulator (self-ballooning off)."""
-    from xentmem.tuning import CollectSpec, collect_trace, parse_workload, save_trace
+    from xentmem.tuning import CollectSpec, collect_trace, parse_workload
 
     with _usage():
         spec = CollectSpec(tuple(parse_workload(w, seed=i) for i, w in enumerate(workload)),
@@ -113,9 +122,27 @@ def collect_cmd(
         task = bar.add_task("collecting (model seconds)", total=duration)
         trace = collect_trace(spec, name=out.stem,
                               on_tick=lambda now: bar.update(task, completed=now))
-    save_trace(trace, out)
+    _save(trace, out)
     render({**trace.summary(), "frontswap_peak_mib": round(int(trace.frontswap.max()) / 256, 1),
             "file": str(out)}, as_json=as_json)
+
+
+@tune_app.command("record")
+def record_cmd(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write.")],
+    duration: Annotated[float, typer.Option(min=0.001, help="Seconds to record.")] = 600.0,
+    step: Annotated[float, typer.Option(min=0.001, help="Seconds between samples.")] = 5.0,
+    root: Annotated[Path, typer.Option(help="Read proc/ and sys/ under this root.")]
+    = Path("/"),
+    as_json: JsonOpt = False,
+) -> None:
+    """Record this Linux system's memory (/proc/meminfo, /proc/zoneinfo, Xen balloon sysfs)."""
+    from xentmem.tuning.procfs import record_procfs
+
+    with _usage():
+        trace = record_procfs(duration, step, root=root, name=out.stem)
+    _save(trace, out)
+    render({**trace.summary(), "file": str(out)}, as_json=as_json)
 
 
 @tune_app.command("show")

@@ -1,0 +1,180 @@
+"""A collector at the rim for a real Linux guest: sample ``/proc/meminfo``, ``/proc/zoneinfo``
+and the Xen balloon's sysfs into a trace, for the same replays as emulated or synthetic ones.
+
+What each column is made of (pages of 4 KiB):
+
+- ``committed`` = meminfo ``Committed_AS`` / 4 (the law's C, ref §4.4);
+- ``totalram`` = meminfo ``MemTotal`` / 4 (totalram_pages);
+- ``reserve`` = totalreserve_pages, recomputed from zoneinfo exactly as the kernel's
+  ``calculate_totalreserve_pages`` does: per zone, the largest ``protection`` (lowmem_reserve)
+  entry from the zone's own index on, plus its ``high`` watermark, capped at ``managed``;
+- ``max_pfn`` = the highest ``start_pfn + spanned`` of a populated zone;
+- ``maxram`` = totalram + the pages in the balloon (``xen_memory0/info/low_kb + high_kb``), or
+  totalram where there is no Xen balloon;
+- frontswap pages are not exported by the 3.x kernels (debugfs has counters only): no column.
+
+The parsers take ``untrusted_*`` text and never raise: a field that is missing or garbled gives
+``None``, and the sampler then refuses the sample with a ``TraceError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from xentmem.errors import TraceError
+from xentmem.tuning.trace import Trace
+
+__all__ = ["ProcSample", "parse_meminfo", "read_sample", "record_procfs", "totalreserve_pages",
+           "zoneinfo_max_pfn"]
+
+_BALLOON = "sys/devices/system/xen_memory/xen_memory0/info"
+_ZONE = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
+_FIELD = re.compile(r"^\s+(high|managed|spanned|start_pfn:)\s+(\d+)\s*$")
+_PROTECTION = re.compile(r"^\s+protection:\s+\(([\d,\s]*)\)\s*$")
+
+
+def parse_meminfo(untrusted_text: str) -> dict[str, int]:
+    """``/proc/meminfo`` as {field: kB} (fields whose value is not ``<digits> kB`` are left
+    out)."""
+    out: dict[str, int] = {}
+    for line in untrusted_text.splitlines():
+        key, sep, rest = line.partition(":")
+        parts = rest.split()
+        if sep and len(parts) == 2 and parts[1] == "kB" and parts[0].isascii() \
+                and parts[0].isdigit():
+            out[key.strip()] = int(parts[0])
+    return out
+
+
+@dataclass(frozen=True)
+class _Zone:
+    node: int
+    index: int  # position within its node: lowmem_reserve is indexed by it
+    high: int | None = None
+    managed: int | None = None
+    spanned: int | None = None
+    start_pfn: int | None = None
+    protection: tuple[int, ...] | None = None
+
+
+def _zones(untrusted_text: str) -> list[_Zone]:
+    zones: list[dict] = []
+    per_node: dict[int, int] = {}
+    for line in untrusted_text.splitlines():
+        m = _ZONE.match(line)
+        if m:
+            node = int(m.group(1))
+            zones.append({"node": node, "index": per_node.get(node, 0)})
+            per_node[node] = per_node.get(node, 0) + 1
+            continue
+        if not zones:
+            continue
+        zone = zones[-1]
+        m = _FIELD.match(line)
+        if m:
+            zone.setdefault(m.group(1).rstrip(":"), int(m.group(2)))  # the first "high" only
+            continue
+        m = _PROTECTION.match(line)
+        if m:
+            items = [p.strip() for p in m.group(1).split(",") if p.strip()]
+            if all(p.isascii() and p.isdigit() for p in items):
+                zone["protection"] = tuple(int(p) for p in items)
+    return [_Zone(**z) for z in zones]
+
+
+def totalreserve_pages(untrusted_zoneinfo: str) -> int | None:
+    """``calculate_totalreserve_pages`` from ``/proc/zoneinfo``, or None if a zone lacks a
+    field it needs."""
+    zones = _zones(untrusted_zoneinfo)
+    if not zones:
+        return None
+    total = 0
+    for z in zones:
+        if z.high is None or z.managed is None or z.protection is None:
+            return None
+        reserve = max(z.protection[z.index:], default=0) + z.high
+        total += min(reserve, z.managed)
+    return total
+
+
+def zoneinfo_max_pfn(untrusted_zoneinfo: str) -> int | None:
+    """The end of the highest populated zone (max_pfn), or None."""
+    ends = [z.start_pfn + z.spanned for z in _zones(untrusted_zoneinfo)
+            if z.start_pfn is not None and z.spanned]
+    return max(ends) if ends else None
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """One reading, in pages."""
+
+    committed: int
+    totalram: int
+    reserve: int
+    max_pfn: int
+    maxram: int
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="ascii", errors="replace")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read: {exc.strerror or exc}") from None
+
+
+def read_sample(root: Path = Path("/")) -> ProcSample:
+    """Read one sample from the system under ``root`` (``/`` or a copy of its files)."""
+    meminfo_path, zoneinfo_path = root / "proc/meminfo", root / "proc/zoneinfo"
+    meminfo = parse_meminfo(_read(meminfo_path))
+    zoneinfo = _read(zoneinfo_path)
+    if "Committed_AS" not in meminfo or "MemTotal" not in meminfo:
+        raise TraceError(f"{meminfo_path}: no Committed_AS or MemTotal in kB")
+    reserve, max_pfn = totalreserve_pages(zoneinfo), zoneinfo_max_pfn(zoneinfo)
+    if reserve is None or max_pfn is None:
+        raise TraceError(f"{zoneinfo_path}: cannot compute totalreserve_pages / max_pfn")
+    totalram = meminfo["MemTotal"] // 4
+    balloon = 0
+    info = root / _BALLOON
+    if info.is_dir():
+        for name in ("low_kb", "high_kb"):
+            text = _read(info / name).strip()
+            if not (text.isascii() and text.isdigit()):
+                raise TraceError(f"{info / name}: not a number of kB: {text[:40]!r}")
+            balloon += int(text) // 4
+    return ProcSample(committed=meminfo["Committed_AS"] // 4, totalram=totalram,
+                      reserve=reserve, max_pfn=max(max_pfn, totalram),
+                      maxram=min(totalram + balloon, max(max_pfn, totalram)))
+
+
+def record_procfs(duration: float, step: float, *, root: Path = Path("/"), name: str = "proc",
+                  clock: Callable[[], float] = time.monotonic,
+                  sleep: Callable[[float], None] = time.sleep,
+                  on_sample: Callable[[float], None] | None = None) -> Trace:
+    """Sample every ``step`` seconds for ``duration`` seconds (first sample at once); each
+    wait is at most ``step``. Times are relative to the first sample, in milliseconds."""
+    if not (step > 0 and duration >= step):
+        raise TraceError("record: need step > 0 and duration >= step")
+    cols: dict[str, list[int]] = {k: [] for k in ("time_ms", "committed", "reserve", "max_pfn",
+                                                  "totalram", "maxram")}
+    start = clock()
+    count = int(duration / step + 1e-9) + 1
+    for n in range(count):
+        due = start + n * step
+        wait = due - clock()
+        if wait > 0:
+            sleep(min(wait, step))
+        now_ms = round((clock() - start) * 1000)
+        if cols["time_ms"] and now_ms <= cols["time_ms"][-1]:
+            now_ms = cols["time_ms"][-1] + 1  # a coarse clock: keep time increasing
+        sample = read_sample(root)
+        cols["time_ms"].append(now_ms)
+        for key in ("committed", "reserve", "max_pfn", "totalram", "maxram"):
+            cols[key].append(getattr(sample, key))
+        if on_sample is not None:
+            on_sample(now_ms / 1000)
+    return Trace.build(cols["time_ms"], cols["committed"], cols["reserve"], cols["max_pfn"],
+                       cols["totalram"], cols["maxram"], None, name=name)
