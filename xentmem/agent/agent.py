@@ -248,6 +248,8 @@ class Agent:
                         self.publish()
                     backoff = 0.05
                 except XenStoreError as exc:
+                    if self._stop.is_set():
+                        break  # closing the connection is how stop() wakes the watch
                     if isinstance(exc, XenStoreUnavailable):
                         self._published = {}  # the store may have lost our nodes
                     log.warning("xenstore: %s (retrying in %.2f s)", exc, backoff)
@@ -272,6 +274,10 @@ class Agent:
         if wait > 0:
             self._reported.wait(wait)
         return self
+
+    def request_stop(self) -> None:
+        """Ask the loop to end (it notices within 0.2 s, or at once if ``xs`` is closed)."""
+        self._stop.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the loop to end and wait (at most ``timeout`` s) for it."""

@@ -58,9 +58,11 @@ class EmulatedGuest:
         return self
 
     def close(self) -> None:
+        self.agent.request_stop()
+        self.target.request_stop()
+        self.xs.close()  # wakes both watchers at once
         self.agent.stop()
         self.target.close()
-        self.xs.close()
 
     def __enter__(self) -> EmulatedGuest:
         return self.start()
