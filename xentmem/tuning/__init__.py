@@ -1,12 +1,12 @@
-"""Self-balloon tuning: memory traces (files, synthetic, collected from an emulated guest), the
-closed-loop replay of the Linux self-balloon law (scalar reference and numpy-vectorised
-sweep, identical numbers), knob sweeps with scores and a Pareto front, and reports (terminal,
-JSON, HTML with plots).
+"""Self-balloon tuning: memory traces (files, synthetic, collected from an emulated guest, or
+recorded from a real system's /proc by ``xentmem.tuning.procfs``), the closed-loop replay of
+the Linux self-balloon law (scalar reference and numpy-vectorised sweep, identical numbers),
+knob sweeps with scores and a Pareto front, and reports (terminal, JSON, HTML with plots).
 
 Policy is pure: traces, replays and sweeps take frozen values and return numbers; only
-``collect`` (the emulator) and the file/HTML writers touch the outside world. The plots and
-the HTML report live in ``xentmem.tuning.report`` (imported on demand: matplotlib is slow to
-load).
+``collect`` (the emulator), ``procfs`` (/proc, sysfs) and the file/HTML writers touch the
+outside world. The plots and the HTML report live in ``xentmem.tuning.report`` (imported on
+demand: matplotlib is slow to load).
 """
 
 from xentmem.tuning.bench import bench
