@@ -134,7 +134,9 @@ def oxenstored() -> Iterator[Oxenstored]:
     ox.stop()
 
 
-@pytest.fixture(scope="module", params=["ours", "oxenstored"])
+@pytest.fixture(
+    scope="module", params=["ours", pytest.param("oxenstored", marks=pytest.mark.oxenstored)]
+)
 def xs_server(request: pytest.FixtureRequest) -> Iterator[ServerUnderTest]:
     if request.param == "ours":
         sut: ServerUnderTest = Ours(request.getfixturevalue("ours_server"))

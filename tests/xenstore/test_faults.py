@@ -88,7 +88,7 @@ class Proc:
             self._ox = None
 
 
-@pytest.fixture(params=["ours", "oxenstored"])
+@pytest.fixture(params=["ours", pytest.param("oxenstored", marks=pytest.mark.oxenstored)])
 def proc(request: pytest.FixtureRequest) -> Iterator[Proc]:
     if request.param == "oxenstored" and (reason := unavailable_reason()):
         pytest.skip(f"real oxenstored unavailable: {reason}")
