@@ -45,13 +45,11 @@ class XenStoreTargetSource:
             self._thread = threading.Thread(target=self._run, name="xentmem-memory-target",
                                             daemon=True)
             self._thread.start()
-            self._armed.wait(self.xs_timeout)
+            # the model expects the current value before watch() returns, as the kernel reads
+            # memory/target when it registers the watch
+            self._armed.wait(float(getattr(self.xs, "timeout", 5.0)))
         else:
             callback(self._last)
-
-    @property
-    def xs_timeout(self) -> float:
-        return float(getattr(self.xs, "timeout", 5.0))
 
     def _fire(self) -> None:
         value = self.xs.read(self.path, None)
