@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from xentmem.abi import PAGE_SIZE
 from xentmem.errors import TmemError
 from xentmem.guest._locks import hypervisor_lock
-from xentmem.guest.backends import UnloadReport
+from xentmem.guest.backends._module import UnloadReport
 from xentmem.guest.cleancache import FileKey
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import lz4.block
 
 from xentmem.abi import PAGE_SIZE
-from xentmem.guest.backends import UnloadReport
+from xentmem.guest.backends._module import UnloadReport
 from xentmem.guest.cleancache import FileKey
 
 if TYPE_CHECKING:
