@@ -321,15 +321,31 @@ class Host:
             if info is None:
                 raise LookupError(f"no domain {dom!r} known to {self.libvirt.uri}")
             return self._lv_guest(info)
-        domid = _as_id(dom)
+        return self._xs_guest(self._xs_find(dom))
+
+    def _xs_find(self, dom: str | int) -> int:
+        """The domid of ``dom`` (an id, or a name read from /local/domain/*/name)."""
+        wanted = _as_id(dom)
+        xs = self._xs()
         for d in self._xs_domids():
-            if d == domid:
-                return self._xs_guest(d)
-            if not isinstance(domid, int):
-                info = self._xs_guest(d)
-                if info.name == dom:
-                    return info
+            if d == wanted or (not isinstance(wanted, int) and
+                               sanitize_text(xs.read(f"{domain_path(d)}/name", None), 64)
+                               == wanted):
+                return d
         raise LookupError(f"no domain {dom!r} in /local/domain")
+
+    def _target(self, dom: str | int) -> tuple[int, str, str | None]:
+        """Where a request goes: (domid, name, our libvirt metadata) of a running domain."""
+        if self.libvirt is None:
+            domid = self._xs_find(dom)
+            name = sanitize_text(self._xs().read(f"{domain_path(domid)}/name", None), 64)
+            return domid, name or f"domain-{domid}", None
+        info = self.libvirt.domain(_as_id(dom))
+        if info is None:
+            raise LookupError(f"no domain {dom!r} known to {self.libvirt.uri}")
+        if info.domid is None:
+            raise LookupError(f"domain {info.name} is not running")
+        return info.domid, info.name, self.libvirt.metadata(info.name, METADATA_URI)
 
     def summary(self) -> dict[str, Any]:
         """The host in one record: where it is, its memory, and a row per domain."""
@@ -356,10 +372,8 @@ class Host:
         requested = validate(values)
         if not requested:
             raise ValueError("nothing to set")
-        info = self.guest(dom)
-        if info.domid is None:
-            raise LookupError(f"domain {info.name} is not running")
-        domid, base = info.domid, domain_path(info.domid)
+        domid, name, metadata = self._target(dom)
+        base = domain_path(domid)
         xs = self._xs()
 
         def request(tx) -> int:
@@ -376,32 +390,33 @@ class Host:
 
         seq = transaction(xs, request)
         if self.libvirt is not None:  # remember the wish with the domain definition
-            merged = {n: v for n, v in {**_metadata_values(info.metadata), **requested}.items()
+            merged = {n: v for n, v in {**_metadata_values(metadata), **requested}.items()
                       if v is not None}
-            self.libvirt.set_metadata(info.name, metadata_xml(merged), "tmem", METADATA_URI)
+            self.libvirt.set_metadata(name, metadata_xml(merged), "tmem", METADATA_URI)
         wait = self.ack_timeout if timeout is None else timeout
         report = self._wait_ack(domid, seq, wait)
         if not _acked(report.seq, seq) or report.state is None:
             why = f"no answer from the guest agent within {wait:g} s"
             if report.state is None:
                 why += " (no agent report at all: is the agent running in the guest?)"
-            return ToggleResult(domid, info.name, seq, "pending", why, requested,
+            return ToggleResult(domid, name, seq, "pending", why, requested,
                                 report.applied, {})
         refused = {n: r for n, r in report.refused.items() if requested.get(n) is not None}
         status = "refused" if report.state == "refused" and refused else "applied"
         reason = "; ".join(f"{n}: {r}" for n, r in refused.items())
-        return ToggleResult(domid, info.name, seq, status, reason, requested,
+        return ToggleResult(domid, name, seq, status, reason, requested,
                             report.applied, refused)
 
     def _wait_ack(self, domid: int, seq: int, timeout: float) -> TmemReport:
         xs = self._xs()
         deadline = time.monotonic() + max(timeout, 0.0)
-        with xs.watch(f"{domain_path(domid)}/{DATA_SEQ}") as w:
+        path = f"{domain_path(domid)}/{DATA_SEQ}"
+        with xs.watch(path) as w:
             while True:
-                report = self.tmem_report(domid)
+                answered = sanitize_int(xs.read(path, None), 0, MAX_SEQ)
                 left = deadline - time.monotonic()
-                if _acked(report.seq, seq) or left <= 0:
-                    return report
+                if _acked(answered, seq) or left <= 0:
+                    return self.tmem_report(domid)
                 w.poll(min(left, 1.0))
 
     def set_memory_target(self, dom: str | int, kib: int, *, config: bool = False
