@@ -8,6 +8,7 @@ the same code runs on privcmd and on the emulator.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -43,9 +44,14 @@ DEFAULT_XEN_VERSION = XenVersion(4, 12)
 LIST_BUFFER_BYTES = 32768  # what libxl_tmem_list uses
 _U32 = 0xFFFFFFFF
 _U64 = 0xFFFFFFFFFFFFFFFF
-_MC_RESULT = struct.Struct("<q")  # multicall_entry.result, read back as a signed long
 
 Oid = tuple[int, int, int]
+
+# Plain ints for the data path: packing IntEnum members costs a conversion per call.
+_TMEM_OP = int(Hypercall.tmem_op)
+_MULTICALL = int(Hypercall.multicall)
+_PUT, _GET = int(TmemCmd.TMEM_PUT_PAGE), int(TmemCmd.TMEM_GET_PAGE)
+_pack_gen = TMEM_OP_GEN.pack
 
 
 def xen_version(hv: Hypervisor) -> tuple[XenVersion, str]:
@@ -61,6 +67,8 @@ def xen_version(hv: Hypervisor) -> tuple[XenVersion, str]:
 
 
 def _oid(oid: int | Sequence[int]) -> Oid:
+    if type(oid) is int and 0 <= oid <= _U64:  # the common case (Linux's oid[0]) first
+        return (oid, 0, 0)
     words = (oid, 0, 0) if isinstance(oid, int) else tuple(oid)
     if len(words) != 3:
         raise ValueError(f"oid must be an int or a 3-tuple of 64-bit words, not {oid!r}")
@@ -71,13 +79,13 @@ def _oid(oid: int | Sequence[int]) -> Oid:
 
 
 def _index(index: int) -> int:
-    if not isinstance(index, int) or not 0 <= index <= _U32:
+    if type(index) is not int or not 0 <= index <= _U32:
         raise ValueError(f"page index {index!r} out of range [0, 2**32-1]")
     return index
 
 
 def _pool(pool_id: int) -> int:
-    if not isinstance(pool_id, int) or not -(1 << 31) <= pool_id < (1 << 31):
+    if type(pool_id) is not int or not -(1 << 31) <= pool_id < (1 << 31):
         raise ValueError(f"pool id {pool_id!r} is not a 32-bit int")
     return pool_id
 
@@ -93,6 +101,12 @@ def _cli(cli_id: int) -> int:
     if not isinstance(cli_id, int) or not 0 <= cli_id <= _U32:
         raise ValueError(f"client id {cli_id!r} out of range")
     return cli_id
+
+
+@functools.cache
+def _results(count: int) -> struct.Struct:
+    """Decoder of the ``result`` words (signed) of ``count`` multicall entries."""
+    return struct.Struct("<" + "8xq48x" * count)
 
 
 def _named(exc: TmemError, cmd: int) -> TmemError:
@@ -142,6 +156,8 @@ class Tmem:
         self.version = XenVersion.parse(version)
         self._op: Buffer = hypervisor.alloc_buffer(TMEM_OP_GEN.size)
         self._op_address = self._op.address
+        self._write_op = self._op.write
+        self._hypercall = hypervisor.hypercall
         self._frame: Frame | None = None
         self._sysctl: Buffer | None = None
         self._batch: tuple[Buffer, Buffer, list[Frame]] | None = None
@@ -182,9 +198,10 @@ class Tmem:
             raise _named(exc, int.from_bytes(op_bytes[:4], "little")) from None
 
     def _gen(self, cmd: int, pool_id: int, oid: Oid, index: int = 0, cmfn: int = 0) -> int:
-        self._op.write(TMEM_OP_GEN.pack(cmd, pool_id, *oid, index, 0, 0, 0, cmfn))
+        o0, o1, o2 = oid
+        self._write_op(_pack_gen(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn))
         try:
-            return self.hv.hypercall(Hypercall.tmem_op, self._op_address)
+            return self._hypercall(_TMEM_OP, self._op_address)
         except TmemError as exc:
             raise _named(exc, cmd) from None
 
@@ -202,16 +219,17 @@ class Tmem:
 
     def put_page(self, pool_id: int, oid: int | Sequence[int], index: int, data: bytes) -> None:
         """Store one page; raises ``TmemError`` (e.g. ``TmemNoMemory``, ``TmemFrozen``)."""
-        frame = self.frame
-        frame.write(check_page(data))
-        self._gen(TmemCmd.TMEM_PUT_PAGE, _pool(pool_id), _oid(oid), _index(index), frame.number)
+        if len(data) != PAGE_SIZE:
+            check_page(data)  # raises with the reason
+        frame = self._frame or self.frame
+        frame.write(data)
+        self._gen(_PUT, _pool(pool_id), _oid(oid), _index(index), frame.number)
 
     def get_page(self, pool_id: int, oid: int | Sequence[int], index: int) -> bytes | None:
         """Fetch one page; ``None`` on a miss (including -EEMPTY, as Linux treats it)."""
-        frame = self.frame
+        frame = self._frame or self.frame
         try:
-            hit = self._gen(TmemCmd.TMEM_GET_PAGE, _pool(pool_id), _oid(oid), _index(index),
-                            frame.number)
+            hit = self._gen(_GET, _pool(pool_id), _oid(oid), _index(index), frame.number)
         except TmemEmpty:
             return None
         return frame.read() if hit == 1 else None
@@ -230,6 +248,10 @@ class Tmem:
         if self._batch is None:
             ops = self.hv.alloc_buffer(TMEM_OP_GEN.size * self.BATCH)
             entries = self.hv.alloc_buffer(MULTICALL_ENTRY.size * self.BATCH)
+            # Entry i always calls tmem_op on op slot i: written once, only results change.
+            entries.write(b"".join(
+                MULTICALL_ENTRY.pack(_TMEM_OP, 0, ops.address + i * TMEM_OP_GEN.size, 0, 0, 0,
+                                     0, 0) for i in range(self.BATCH)))
             frames = [self.hv.alloc_frame() for _ in range(self.BATCH)]
             self._batch = (ops, entries, frames)
         return self._batch
@@ -238,22 +260,18 @@ class Tmem:
                    pages: Sequence[bytes] | None) -> list[int]:
         """One multicall of up to ``BATCH`` gen ops, op ``i`` naming batch frame ``i``."""
         ops, entries, frames = self._batch_memory()
-        op_size, entry_size = TMEM_OP_GEN.size, MULTICALL_ENTRY.size
-        op_bytes = bytearray(op_size * len(keys))
-        entry_bytes = bytearray(entry_size * len(keys))
-        for i, (oid, index) in enumerate(keys):
-            frame = frames[i]
-            if pages is not None:
-                frame.write(pages[i])
-            TMEM_OP_GEN.pack_into(op_bytes, i * op_size, cmd, pool_id, *oid, index, 0, 0, 0,
-                                  frame.number)
-            MULTICALL_ENTRY.pack_into(entry_bytes, i * entry_size, Hypercall.tmem_op, 0,
-                                      ops.address + i * op_size, 0, 0, 0, 0, 0)
-        ops.write(bytes(op_bytes))
-        entries.write(bytes(entry_bytes))
-        self.hv.hypercall(Hypercall.multicall, entries.address, len(keys))
-        raw = entries.read(entry_size * len(keys))
-        return [_MC_RESULT.unpack_from(raw, i * entry_size + 8)[0] for i in range(len(keys))]
+        count = len(keys)
+        op_bytes = bytearray(TMEM_OP_GEN.size * count)
+        pack_into, size = TMEM_OP_GEN.pack_into, TMEM_OP_GEN.size
+        if pages is not None:
+            for frame, page in zip(frames, pages, strict=False):
+                frame.write(page)
+        for i, ((o0, o1, o2), index) in enumerate(keys):
+            pack_into(op_bytes, i * size, cmd, pool_id, o0, o1, o2, index, 0, 0, 0,
+                      frames[i].number)
+        ops.write(op_bytes)
+        self._hypercall(_MULTICALL, entries.address, count)
+        return list(_results(count).unpack(entries.read(MULTICALL_ENTRY.size * count)))
 
     def put_pages(self, pool_id: int, items: Iterable[tuple[int | Sequence[int], int, bytes]]
                   ) -> list[int]:
@@ -263,10 +281,12 @@ class Tmem:
         keys, pages = [], []
         for oid, index, data in items:
             keys.append((_oid(oid), _index(index)))
-            pages.append(check_page(data))
+            if len(data) != PAGE_SIZE:
+                check_page(data)
+            pages.append(data)
         results: list[int] = []
         for start in range(0, len(keys), self.BATCH):
-            results += self._multicall(TmemCmd.TMEM_PUT_PAGE, pool_id,
+            results += self._multicall(_PUT, pool_id,
                                        keys[start:start + self.BATCH],
                                        pages[start:start + self.BATCH])
         return results
@@ -279,7 +299,7 @@ class Tmem:
         frames = self._batch_memory()[2]
         out: list[bytes | None] = []
         for start in range(0, len(checked), self.BATCH):
-            results = self._multicall(TmemCmd.TMEM_GET_PAGE, pool_id,
+            results = self._multicall(_GET, pool_id,
                                       checked[start:start + self.BATCH], None)
             out += [frames[i].read() if r == 1 else None for i, r in enumerate(results)]
         return out
