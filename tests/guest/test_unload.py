@@ -124,3 +124,28 @@ def test_swapoff_after_unload_brings_everything_back():
     g.swapoff(sis.type)
     assert g.verify_anon() == 10 and g.stats.lost == g.stats.stale == 0
     assert g.resident_anon_pages == 10
+
+
+def test_a_failing_swap_device_aborts_the_unload_and_keeps_the_backend():
+    g = Guest("f", memory_mb=64)
+    sis = g.swapon(256)
+    backend = Zcache(exclusive_gets=False)
+    g.load_backend(backend)
+    pids = g.alloc_anon(10)
+    for pid in pids:
+        g.swap_out(pid)
+
+    def broken(offset: int, data: bytes) -> None:
+        raise OSError(5, "Input/output error")
+
+    good = sis.store.write
+    sis.store.write = broken  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        g.unload_backend()
+    assert g.backend is backend and g.frontswap.ops is backend.frontswap_ops
+    (new,) = g.alloc_anon(1)
+    g.swap_out(new)  # routing restored: stores reach the backend again
+    assert sis.fs_test(g.pages_in([new])[0].entry[1])
+    sis.store.write = good  # type: ignore[method-assign]
+    assert g.unload_backend().drained == 11
+    assert g.verify_anon() == 11 and g.stats.lost == g.stats.stale == 0

@@ -162,22 +162,12 @@ class Frontswap:
             started = time.perf_counter()
             self._routing = _Draining(ops)
             devices = [d for d in self.host.swap_info if d is not None]
-            for sis in devices:
-                sis.locks.barrier()  # stores that saw the old routing have finished
-            drained = missing = 0
-            page = bytearray(PAGE_SIZE)
-            for sis in devices:
-                for offset in sis.fs_offsets():
-                    with sis.slot_lock(offset):
-                        if not sis.fs_test(offset):
-                            continue  # invalidated or loaded exclusively meanwhile
-                        if ops.load(sis.type, offset, page) == 0:
-                            sis.store.write(offset, bytes(page))
-                            drained += 1
-                        else:
-                            missing += 1
-                        ops.invalidate_page(sis.type, offset)
-                        sis.fs_clear(offset)
+            try:
+                drained, missing = self._drain(ops, devices)
+            except BaseException:
+                # e.g. the swap device failed a write: stay loaded, nothing was dropped
+                self._routing = ops
+                raise
             for sis in devices:
                 ops.invalidate_area(sis.type)
                 sis.fs_reset()
@@ -186,6 +176,26 @@ class Frontswap:
             self._ops = None
             self._routing = None
             return DrainReport(drained, missing, time.perf_counter() - started)
+
+    @staticmethod
+    def _drain(ops: FrontswapOps, devices: list[SwapDevice]) -> tuple[int, int]:
+        for sis in devices:
+            sis.locks.barrier()  # stores that saw the old routing have finished
+        drained = missing = 0
+        page = bytearray(PAGE_SIZE)
+        for sis in devices:
+            for offset in sis.fs_offsets():
+                with sis.slot_lock(offset):
+                    if not sis.fs_test(offset):
+                        continue  # invalidated or loaded exclusively meanwhile
+                    if ops.load(sis.type, offset, page) == 0:
+                        sis.store.write(offset, bytes(page))  # before the backend lets go
+                        drained += 1
+                    else:
+                        missing += 1
+                    ops.invalidate_page(sis.type, offset)
+                    sis.fs_clear(offset)
+        return drained, missing
 
     # -- hooks called by the swap layer -------------------------------------------------------
 
