@@ -19,6 +19,7 @@ from rich.console import Console
 from xentmem.agent.keys import key
 from xentmem.cli._app import UsageError, app
 from xentmem.cli._render import render
+from xentmem.errors import XentmemError
 from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
 from xentmem.host.libvirt import LibvirtConnection
 from xentmem.xenstore import XenStoreClient
@@ -57,8 +58,10 @@ def open_host(xenstored: str | None, libvirt_uri: str | None, timeout: float) ->
     lv = LibvirtConnection(uri, timeout=timeout) if uri else None
     try:
         yield Host(xs, lv, ack_timeout=timeout)
-    except (ValueError, LookupError) as exc:  # the library's "bad input": exit 2
-        raise UsageError(str(exc)) from None
+    except (ValueError, LookupError) as exc:
+        if isinstance(exc, XentmemError):  # e.g. XenStoreNotFound: a failure, not bad input
+            raise
+        raise UsageError(str(exc)) from None  # a bad value or an unknown domain: exit 2
     finally:
         xs.close()
         if lv is not None:
