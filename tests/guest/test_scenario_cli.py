@@ -174,5 +174,7 @@ def test_bench_guest_command_reports_every_case():
                      "frontswap store+load, tmem on emulated Xen 4.12",
                      "one frontswap_store call, no backend",
                      "one frontswap_store call, tmem on emulated Xen 4.12",
+                     "one cleancache_get_page call (miss), no backend",
+                     "one cleancache_get_page call (miss), tmem on emulated Xen 4.12",
                      "unload tmem: drain to swap"]
     assert runner.invoke(app, ["bench", "guest", "--pages", "5"]).exit_code == 2

@@ -1,7 +1,8 @@
 """Guest-model measurements: frontswap store+load throughput with no backend (the
 one-attribute fast path), zcache and the tmem backend on the emulated hypervisor; the cost of
-one ``frontswap_store`` call with and without a backend; and the time to drain N pages back to
-swap when the tmem backend unloads. Numbers, not tests: ``xentmem bench guest``.
+one ``frontswap_store`` and one ``cleancache_get_page`` call with and without a backend; and the
+time to drain N pages back to swap when the tmem backend unloads. Numbers, not tests:
+``xentmem bench guest``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,15 @@ def _per_call(guest: Guest, type: int, calls: int) -> float:
     return (time.perf_counter() - started) / calls
 
 
+def _per_get(guest: Guest, calls: int) -> float:
+    fs = guest.mount("bench", "ext4")
+    key, buf, get = fs.key(1), bytearray(PAGE_SIZE), guest.cleancache.get_page
+    started = time.perf_counter()
+    for _ in range(calls):
+        get(fs, key, 0, buf)
+    return (time.perf_counter() - started) / calls
+
+
 def bench_guest(pages: int = 20_000, *, rounds: int = 3, xen_version: str = "4.12",
                 drain_pages: int | None = None) -> list[GuestBenchRow]:
     """Run every measurement ``rounds`` times and keep the best of each."""
@@ -102,6 +112,10 @@ def bench_guest(pages: int = 20_000, *, rounds: int = 3, xen_version: str = "4.1
         best = min(_per_call(*_guest(16, make()), calls) for _ in range(rounds))
         rows.append(GuestBenchRow(f"one frontswap_store call, {name}", calls, best * calls,
                                   1 / best, best * 1e9))
+    for name, make in (backends[0], backends[2]):
+        best = min(_per_get(_guest(16, make())[0], calls) for _ in range(rounds))
+        rows.append(GuestBenchRow(f"one cleancache_get_page call (miss), {name}", calls,
+                                  best * calls, 1 / best, best * 1e9))
     best_drain = math.inf
     for _ in range(rounds):
         guest, type = _guest(drain_pages, tmem())
