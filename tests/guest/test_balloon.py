@@ -125,3 +125,18 @@ def test_hypervisor_reservation_moves_the_emulated_domain_and_host_heap():
     g.balloon.set_new_target(64 * MB)
     assert host.domain_info(domid)["nr_pages"] == 64 * MB
     assert g.balloon.stats.balloon_low == 0 and host.heap_free == free
+
+
+def test_failed_increase_backs_off():
+    class Refusing:
+        def decrease(self, pages: int) -> int:
+            return pages
+
+        def increase(self, pages: int) -> int:
+            return 0
+
+    g = Guest("r", memory_mb=64, reservation=Refusing())
+    g.balloon.set_new_target(48 * MB)
+    g.balloon.set_new_target(64 * MB)
+    assert g.balloon.stats.current_pages == 48 * MB
+    assert (g.balloon.stats.schedule_delay, g.balloon.stats.retry_count) == (2, 2)

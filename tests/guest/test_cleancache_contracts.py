@@ -239,3 +239,18 @@ def test_ext4_remount_rw_consumes_a_second_slot_and_leaks_the_first(guest: Guest
     guest.umount("root")
     assert guest.cleancache.fs_poolid_map[0] == FS_NO_BACKEND  # leaked until reboot
     assert guest.cleancache.fs_poolid_map[1] == FS_UNKNOWN
+
+
+def test_bad_mounts_and_uuids_are_refused_and_change_nothing(guest: Guest):
+    from xentmem.errors import GuestError
+
+    fs = guest.mount("root", "ext4")
+    with pytest.raises(GuestError):
+        guest.mount("root", "ext4")
+    with pytest.raises(GuestError):
+        guest.mount("x", "ntfs")
+    with pytest.raises(GuestError):
+        guest.cleancache.init_shared_fs(b"short", fs)
+    with pytest.raises(GuestError):
+        guest.umount("nope")
+    assert fs.cleancache_poolid == 1000 and list(guest.filesystems) == ["root"]

@@ -185,3 +185,23 @@ def test_loading_over_a_loaded_backend_is_refused_unless_replace():
     assert report.drained == 30 and g.backend.name == "zcache"
     with pytest.raises(GuestError):
         Guest("x").unload_backend()
+
+
+def test_pool_creation_failure_sends_every_page_to_disk():
+    """tmem disabled in the hypervisor: NEW_POOL fails, init retries at each swapon, every
+    store is refused, and the swap device keeps everything."""
+    host = EmulatedHost(memory_mb=1024, tmem=False)
+    domid = host.create_domain("g", memory_mb=64, max_memory_mb=128)
+    g = Guest("g", memory_mb=64)
+    g.swapon(256)
+    module = _module(host, domid)
+    g.load_backend(module)
+    assert module.frontswap_ops.pool_id == -1
+    pids = g.alloc_anon(50)
+    for pid in pids:
+        g.swap_out(pid)
+    assert g.frontswap.failed_stores == 50 and g.stats.disk_writes == 50
+    g.swapon(64)  # init runs again for the new type and retries the pool: still refused
+    assert module.frontswap_ops.pool_id == -1
+    assert [g.read_anon(p) for p in pids] == ["swap"] * 50
+    assert g.unload_backend().drained == 0
