@@ -265,3 +265,29 @@ def test_agent_survives_a_failing_step(server: XenStoreServer, dom0: XenStoreCli
         assert eventually(lambda: dom0.read("/local/domain/8/data/tmem/seq", None) == b"1")
     assert guest.selfballoon.knobs.interval == 3
     assert "boom" in caplog.text
+
+
+def test_sysfs_write_errors_and_missing_files_are_refused(server: XenStoreServer, dom0,
+                                                          tmp_path):
+    """A kernel refusal arrives as OSError from write(2): here from a real read-only kernel
+    attribute (``/proc/sys/kernel/ngroups_max``, mode 0444, refused even to root) linked in
+    where ``selfballoon_interval`` belongs. A kernel without self-ballooning has no
+    ``selfballoon/`` directory at all."""
+    import shutil as sh
+
+    server.introduce_domain(9, "odd", 65536, 65536)
+    root = SysfsView(Guest("odd", memory_mb=64)).mirror(tmp_path / "root")
+    interval = root / SB / "selfballoon_interval"
+    interval.unlink()
+    interval.symlink_to("/proc/sys/kernel/ngroups_max")
+    dom0.write("/local/domain/9/control/selfballoon/interval", "4")
+    dom0.write("/local/domain/9/control/selfballoon/uphysteresis", "2")
+    agent = Agent(server.connect(9), SysfsSink(root))
+    report = agent.reconcile()
+    assert report.state == "refused" and list(report.refused) == ["interval"]
+    assert "(-EACCES)" in report.refused["interval"]
+    assert (root / SB / "selfballoon_uphysteresis").read_text() == "2\n"  # the rest applies
+    sh.rmtree(root / SB)
+    report = agent.reconcile()
+    assert set(report.refused) == {"interval", "uphysteresis"}
+    assert "missing (kernel without self-ballooning?)" in report.refused["uphysteresis"]
