@@ -13,6 +13,7 @@ import pytest
 
 from xentmem.errors import XenStoreError, XenStoreNotFound, XenStorePermission, XenStoreTimeout
 from xentmem.xenstore import Op, Perm, transaction
+from xentmem.xenstore.testing import event_barrier
 
 if TYPE_CHECKING:
     from conftest import ServerUnderTest
@@ -259,7 +260,8 @@ def test_watch_initial_event_then_changes_in_order(xs_server: ServerUnderTest, b
             f"{base}/w/child/deep",
             f"{base}/w",
         ]
-        assert w.poll(0.2) is None
+        event_barrier(xs, writer, f"{base}/barrier")
+        assert w.poll(0) is None
 
 
 def test_watch_rm_fires_for_watches_below(xs_server: ServerUnderTest, base: str) -> None:
@@ -342,12 +344,16 @@ def test_watch_iterator_times_out(xs_server: ServerUnderTest, base: str) -> None
 def test_transaction_writes_fire_on_commit_only(xs_server: ServerUnderTest, base: str) -> None:
     watcher = xs_server.client()
     xs = xs_server.client()
+    # The barrier node must not touch what the transaction depends on: creating {base} itself
+    # would change the nearest existing ancestor its new nodes inherit perms from (EAGAIN).
+    xs.mkdir(base)
     with watcher.watch(f"{base}/t", timeout=5) as w:
         w.get()
         tx = xs.transaction()
         tx.write(f"{base}/t/x", b"1")
         tx.write(f"{base}/t/q/r", b"2")
-        assert w.poll(0.2) is None
+        event_barrier(watcher, xs, f"{base}/barrier")
+        assert w.poll(0) is None
         assert tx.commit()
         assert {w.get().path, w.get().path} == {f"{base}/t/x", f"{base}/t/q/r"}
 

@@ -14,9 +14,12 @@ import pytest
 
 from xentmem.errors import XenStoreError, XenStoreNotFound, XenStorePermission
 from xentmem.xenstore import Op, Perm
+from xentmem.xenstore.testing import event_barrier
 
 if TYPE_CHECKING:
     from conftest import ServerUnderTest
+
+BARRIER = "/local/domain/5/data/barrier"  # guest 5 reads it, dom0 writes it
 
 
 def error_of(reply: tuple[int, bytes]) -> str | None:
@@ -145,7 +148,7 @@ def test_guest_sees_no_events_for_unreadable_paths(xs_server: ServerUnderTest) -
     xs_server.guest(6)
     dom0 = xs_server.dom0
     with (
-        g5.watch("/local/domain/6/data", timeout=0.5) as other,
+        g5.watch("/local/domain/6/data", timeout=5) as other,
         g5.watch("/local/domain", timeout=5) as parent,
         g5.watch("data", timeout=5) as own,
     ):
@@ -157,13 +160,17 @@ def test_guest_sees_no_events_for_unreadable_paths(xs_server: ServerUnderTest) -
         dom0.write("/local/domain/5/data/q", b"z")
         assert parent.get().path == "/local/domain/5/data/q"
         assert own.get().path == "data/q"  # relative watch, relative event
-        assert other.poll(0.3) is None
-        assert parent.poll(0.2) is None  # nothing about domain 6
+        event_barrier(g5, dom0, BARRIER)
+        assert other.poll(0) is None
+        assert parent.get().path == BARRIER  # the barrier's own write; nothing about domain 6
+        assert own.get().path == "data/barrier"
+        assert parent.poll(0) is None
         dom0.rm("/local/domain/6/data/q")
         dom0.rm("/local/domain/5/data/q")
         assert parent.get().path == "/local/domain/5/data/q"
         assert own.get().path == "data/q"
-        assert other.poll(0.3) is None
+        event_barrier(g5, dom0, BARRIER)
+        assert other.poll(0) is None
 
 
 def test_event_after_being_granted_read(xs_server: ServerUnderTest, base: str) -> None:
@@ -173,7 +180,8 @@ def test_event_after_being_granted_read(xs_server: ServerUnderTest, base: str) -
     with g5.watch(f"{base}/grant", timeout=5) as w:
         w.get()
         dom0.write(f"{base}/grant", b"1")
-        assert w.poll(0.3) is None
+        event_barrier(g5, dom0, BARRIER)
+        assert w.poll(0) is None
         dom0.set_perms(f"{base}/grant", ["n0", "r5"])
         assert w.get().path == f"{base}/grant"  # the perms change itself is visible
         dom0.write(f"{base}/grant", b"2")
@@ -191,8 +199,9 @@ def test_guest_does_not_see_other_domains_come_and_go(xs_server: ServerUnderTest
         xs_server.guest_path(domid)
         xs_server.release(domid)
         # @introduceDomain / @releaseDomain are n0 nodes: only dom0 hears about domains.
-        assert intro.poll(0.3) is None
-        assert rel.poll(0.1) is None
+        event_barrier(g5, xs_server.dom0, BARRIER)
+        assert intro.poll(0) is None
+        assert rel.poll(0) is None
 
 
 def test_guest_value_size_quota(xs_server: ServerUnderTest) -> None:

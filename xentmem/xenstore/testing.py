@@ -25,8 +25,11 @@ import time
 from pathlib import Path
 
 from . import _wire
+from ._client import XenStore
 
-__all__ = ["Oxenstored", "RawClient", "RingProxy", "harness_path", "unavailable_reason"]
+__all__ = [
+    "Oxenstored", "RawClient", "RingProxy", "event_barrier", "harness_path", "unavailable_reason",
+]  # fmt: skip
 
 _RING_SIZE = 1024  # XENSTORE_RING_SIZE
 _REQ, _RSP = 0, 1024
@@ -340,6 +343,18 @@ class RawClient:
             if rop == _wire.Op.WATCH_EVENT:
                 path, token = ([*_wire.split_strings(body), b"", b""])[:2]
                 return path, token
+
+
+def event_barrier(watcher: XenStore, writer: XenStore, path: str, timeout: float = 10.0) -> None:
+    """Return once every watch event the server has sent ``watcher`` so far sits in its watches.
+
+    Watches ``path`` on the same connection, has ``writer`` change it and waits for that event:
+    a server sends one connection's events in order, so afterwards "no event queued" really
+    means "no event sent", with no sleeping. ``watcher`` must be able to read ``path``."""
+    with watcher.watch(path, timeout=timeout) as w:
+        w.get()  # the initial event
+        writer.write(path, b"barrier")
+        w.get()
 
 
 def _recv_exact(s: socket.socket, n: int) -> bytes:
