@@ -254,3 +254,13 @@ def test_bad_mounts_and_uuids_are_refused_and_change_nothing(guest: Guest):
     with pytest.raises(GuestError):
         guest.umount("nope")
     assert fs.cleancache_poolid == 1000 and list(guest.filesystems) == ["root"]
+
+
+def test_remount_under_the_same_name_starts_with_an_empty_page_cache(guest: Guest):
+    guest.mount("data", "ext4")
+    guest.read_file("data", 1, 0)
+    guest.umount("data")
+    guest.mount("data", "ext4")  # a different volume under the same mount point
+    assert guest.pagecache_pages == 0
+    assert guest.read_file("data", 1, 0) == "disk"
+    assert guest.stats.stale == 0

@@ -122,7 +122,8 @@ class Guest:
         self._pids = itertools.count(1)
         self._lru: OrderedDict[int, None] = OrderedDict()  # resident anonymous pages
         self._lru_lock = threading.Lock()
-        self._pagecache: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
+        # keyed by the mounted superblock itself, so a remount under the same name starts empty
+        self._pagecache: OrderedDict[tuple[Filesystem, int, int], bytes] = OrderedDict()
         self._pc_lock = threading.Lock()
         self._reclaim_lock = threading.Lock()
         self.now = 0.0
@@ -455,18 +456,24 @@ class Guest:
         fs = self.filesystems.pop(name, None)
         if fs is None:
             raise GuestError(f"{name} is not mounted")
-        with self._pc_lock:
-            for k in [k for k in self._pagecache if k[0] == name]:
-                del self._pagecache[k]
-        fs.barrier()
+        with fs.locks.all():  # page operations already inside finish; later ones see it gone
+            fs.mounted = False
+            with self._pc_lock:
+                for k in [k for k in self._pagecache if k[0] is fs]:
+                    del self._pagecache[k]
         self.cleancache.invalidate_fs(fs)
-        fs.mounted = False
 
     def _fs(self, name: str) -> Filesystem:
         try:
             return self.filesystems[name]
         except KeyError:
             raise GuestError(f"{name} is not mounted") from None
+
+    @staticmethod
+    def _still_mounted(fs: Filesystem) -> None:
+        """Checked under the page lock: an umount may have run since the lookup."""
+        if not fs.mounted:
+            raise GuestError(f"{fs.name} is not mounted")
 
     def _check_file(self, fs: Filesystem, ino: int, index: int, data: bytes, where: str) -> bytes:
         expected = fs.disk.content(ino, index)
@@ -478,8 +485,9 @@ class Guest:
     def read_file(self, fs_name: str, ino: int, index: int) -> Source:
         """Read one file page: page cache, else cleancache, else disk; then cache it."""
         fs = self._fs(fs_name)
-        key = (fs_name, ino, index)
+        key = (fs, ino, index)
         with fs.page_lock(ino, index):
+            self._still_mounted(fs)
             with self._pc_lock:
                 data = self._pagecache.get(key)
                 if data is not None:
@@ -504,21 +512,23 @@ class Guest:
         """Write one file page through to disk; the cleancache copy is invalidated."""
         fs = self._fs(fs_name)
         with fs.page_lock(ino, index):
+            self._still_mounted(fs)
             data = fs.disk.write(ino, index)
             if fs.cleancache_poolid >= 0:
                 self.cleancache.invalidate_page(fs, fs.key(ino), index)
             with self._pc_lock:
-                self._pagecache[(fs_name, ino, index)] = data
-                self._pagecache.move_to_end((fs_name, ino, index))
+                self._pagecache[(fs, ino, index)] = data
+                self._pagecache.move_to_end((fs, ino, index))
 
     def truncate(self, fs_name: str, ino: int) -> None:
         """Truncate a file to nothing and start a new generation of it."""
         fs = self._fs(fs_name)
         with fs.locks.all():  # i_mutex + every page lock of the file: no reader in between
+            self._still_mounted(fs)
             if fs.cleancache_poolid >= 0:
                 self.cleancache.invalidate_inode(fs, fs.key(ino))
             with self._pc_lock:
-                for k in [k for k in self._pagecache if k[0] == fs_name and k[1] == ino]:
+                for k in [k for k in self._pagecache if k[0] is fs and k[1] == ino]:
                     del self._pagecache[k]
             fs.disk.truncate(ino)
             if fs.cleancache_poolid >= 0:
@@ -532,12 +542,7 @@ class Guest:
                 if not self._pagecache:
                     break
                 key = next(iter(self._pagecache))
-            fs_name, ino, index = key
-            fs = self.filesystems.get(fs_name)
-            if fs is None:
-                with self._pc_lock:
-                    self._pagecache.pop(key, None)
-                continue
+            fs, ino, index = key
             with fs.page_lock(ino, index):
                 with self._pc_lock:
                     data = self._pagecache.pop(key, None)
