@@ -25,13 +25,15 @@ def traces(draw) -> Trace:
     steps = draw(st.lists(st.integers(1, 7000), min_size=n - 1, max_size=n - 1))
     times = np.concatenate(([0], np.cumsum(steps)))
     max_pfn = draw(st.sampled_from([2048, 8 * MB, 40 * MB, 200 * MB, 262144, 1 << 21]))
-    reserve = draw(st.integers(0, max_pfn // 8))
-    maxram = draw(st.integers(max(1, max_pfn // 2), max_pfn))
-    totalram = draw(st.integers(0, maxram))
+    pfns = st.integers(max(1, max_pfn // 2), max_pfn)  # max_pfn may change (memory hotplug)
+    max_pfns = draw(st.lists(pfns, min_size=n, max_size=n))
+    reserve = [draw(st.integers(0, p // 8)) for p in max_pfns]
+    maxram = [draw(st.integers(1, p)) for p in max_pfns]
+    totalram = draw(st.integers(0, maxram[0]))
     committed = draw(st.lists(st.integers(0, 2 * max_pfn), min_size=n, max_size=n))
     frontswap = draw(st.integers(0, max_pfn // 4))
-    return Trace.build(times, committed, [reserve] * n, [max_pfn] * n, [totalram] * n,
-                       [maxram] * n, [frontswap] * n)
+    return Trace.build(times, committed, reserve, max_pfns, [totalram] * n, maxram,
+                       [frontswap] * n)
 
 
 knob_settings = st.builds(
