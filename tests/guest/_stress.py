@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from xentmem.errors import GuestError
 from xentmem.guest import BackendModule, Guest
 
 
@@ -16,6 +17,7 @@ class StressResult:
     ops: int = 0
     loads: int = 0
     unloads: int = 0
+    remounts: int = 0
     drained: int = 0
     errors: list[BaseException] = field(default_factory=list)
 
@@ -40,10 +42,15 @@ def worker(guest: Guest, seed: int, ops: int, shared: list[int], result: StressR
             elif op < 0.72 and pool is mine:  # invalidate: free and replace
                 guest.free_anon(pid)
                 mine[mine.index(pid)] = guest.alloc_anon(1)[0]
-            elif fs_name is not None and op < 0.85:
-                guest.read_file(fs_name, rng.randrange(4), rng.randrange(64))
             elif fs_name is not None and op < 0.90:
-                guest.write_file(fs_name, rng.randrange(4), rng.randrange(64))
+                try:
+                    if op < 0.85:
+                        guest.read_file(fs_name, rng.randrange(4), rng.randrange(64))
+                    else:
+                        guest.write_file(fs_name, rng.randrange(4), rng.randrange(64))
+                except GuestError as exc:  # the controller is remounting it
+                    if "not mounted" not in str(exc):
+                        raise
             elif fs_name is not None and op < 0.97:
                 guest.evict_file_pages(4)
             else:
@@ -56,11 +63,15 @@ def worker(guest: Guest, seed: int, ops: int, shared: list[int], result: StressR
 
 
 def controller(guest: Guest, factories: list[Callable[[], BackendModule]], stop: threading.Event,
-               result: StressResult, seed: int, pause: float) -> None:
+               result: StressResult, seed: int, pause: float, remount: str | None) -> None:
     rng = random.Random(seed)
     try:
         while not stop.is_set():
             action = rng.random()
+            if remount and action < 0.05:  # a new volume at the same mount point
+                guest.umount(remount)
+                guest.mount(remount, "ext4")
+                result.remounts += 1
             if guest.backend is None:
                 guest.load_backend(rng.choice(factories)())
                 result.loads += 1
@@ -87,7 +98,8 @@ def run_stress(guest: Guest, factories: list[Callable[[], BackendModule]], *, th
     shared = guest.alloc_anon(32)
     lock = threading.Lock()
     stop = threading.Event()
-    ctl = threading.Thread(target=controller, args=(guest, factories, stop, result, seed, pause))
+    ctl = threading.Thread(target=controller,
+                           args=(guest, factories, stop, result, seed, pause, fs_name))
     workers = [threading.Thread(target=worker, args=(guest, seed * 100 + i, ops_per_thread,
                                                      shared, result, lock, fs_name))
                for i in range(threads)]
