@@ -198,8 +198,10 @@ def test_agent_reconnects_after_xenstored_restarts(host: Host, web: EmulatedGues
 
 
 def test_memory_target_reaches_the_balloon_driver(host: Host, web: EmulatedGuest):
-    result = host.set_memory_target("web", 96 * 1024)
+    result = host.set_memory_target("web", 96 * 1024, wait=10)
     assert (result.via, result.previous_kib, result.target_kib) == ("xenstore", 131072, 98304)
+    assert (result.status, result.guest_target_kib) == ("applied", 98304)
+    assert "self-ballooning is on" in result.note  # the tmem module's default (ref §3.1)
     balloon = web.guest.balloon.stats
     assert eventually(lambda: balloon.target_pages == 96 * MB)
     assert balloon.current_pages == 96 * MB  # there was room: the balloon inflated at once
@@ -208,6 +210,16 @@ def test_memory_target_reaches_the_balloon_driver(host: Host, web: EmulatedGuest
     assert host.guest("web").memory_kib == 98304
     with pytest.raises(ValueError, match="above the maximum"):
         host.set_memory_target("web", 257 * 1024)
+    host.set_toggles("web", {"selfballooning": False})
+    grow = host.set_memory_target("web", 112 * 1024, wait=10)
+    assert (grow.status, grow.note) == ("applied", "")
+    assert eventually(lambda: balloon.current_pages == 112 * MB)
+
+
+def test_memory_target_not_taken_is_pending(host: Host, db: EmulatedGuest):
+    """db's sysfs tree is a copy no balloon driver reads: the target is never taken."""
+    result = host.set_memory_target("db", 100 * 1024, wait=0.3)
+    assert (result.status, result.guest_target_kib) == ("pending", 131072)
 
 
 def test_counters_are_published(host: Host, web: EmulatedGuest):

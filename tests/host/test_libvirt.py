@@ -111,7 +111,8 @@ def test_real_host_lists_toggles_and_sets_memory(real_host: Host, lv: LibvirtCon
     real_host.set_toggles("test", {"uphysteresis": 2})  # merged into the element
     assert "<interval>6</interval>" in real_host.guest("test").metadata
     memory = real_host.set_memory_target("test", 1536 * 1024)
-    assert (memory.via, memory.previous_kib) == ("libvirt", MEMORY_KIB)
+    assert (memory.via, memory.previous_kib, memory.status) == ("libvirt", MEMORY_KIB,
+                                                                "requested")
     assert lv.domain("test").memory_kib == 1536 * 1024
     with pytest.raises(ValueError, match="above the maximum"):
         real_host.set_memory_target("test", 9 * 1024 * 1024)
@@ -128,7 +129,7 @@ def test_cli_against_libvirt(real_host: Host, xenstored: XenStoreServer):
     assert data["host"]["hypervisor"].split()[0].upper() == "TEST"
     assert [g["name"] for g in data["guests"]] == ["test"]
     memory = runner.invoke(app, ["guest", "memory", "test", "--target", "1024", "--json",
-                                 *common])
+                                 "--wait", "0", *common])
     assert memory.exit_code == 0, memory.output
     assert json.loads(memory.stdout)["via"] == "libvirt"
     shown = json.loads(runner.invoke(app, ["guest", "show", "1", "--json", *common]).stdout)

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 
 from xentmem.errors import XenStoreError, XenStoreNotFound, XenStoreUnavailable, XentmemError
 from xentmem.guest.sysfs import BALLOON_DIR
-from xentmem.xenstore import XenStore, sanitize_bool, sanitize_int, sanitize_text, transaction
+from xentmem.xenstore import (
+    Watch,
+    XenStore,
+    sanitize_bool,
+    sanitize_int,
+    sanitize_text,
+    transaction,
+)
 
 from .keys import (
     CONTROL_SEQ,
@@ -60,6 +67,7 @@ _MODULE_KEYS = ("frontswap", "cleancache")  # tmem module parameters, not sysfs 
 _APPLY_ORDER = sorted(KEYS, key=lambda k: (k.name not in _MODULE_KEYS, k.boolean))
 _U64 = (1 << 64) - 1
 _REASON_MAX = 200  # data/tmem/reason is one line the host shows as is
+_TARGET_SETTLE = 0.1  # s after a memory/target change before the balloon is republished
 
 
 @dataclass(frozen=True)
@@ -221,24 +229,33 @@ class Agent:
     # --- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Serve until :meth:`stop`: reconcile on every ``control/`` change, republish counters
-        every ``stats_interval`` s, reconnect with backoff when xenstore goes away."""
+        """Serve until :meth:`stop`: reconcile on every ``control/`` change, republish the
+        balloon soon after ``memory/target`` changes and the counters every
+        ``stats_interval`` s, reconnect with backoff when xenstore goes away."""
         backoff = 0.05
-        watch = None
+        watches: tuple[Watch, Watch] | None = None
         dirty = False  # control/ changed and has not been applied yet
         next_stats = time.monotonic() + self.stats_interval
         try:
             while not self._stop.is_set():
                 try:
-                    if watch is None:
+                    if watches is None:
                         with contextlib.suppress(XenStoreNotFound):
                             self.xs.rm(DATA)  # a fresh report, nothing stale from before
                         self._published = {}
-                        watch = self.xs.watch("control")  # the first event fires at once
-                    if watch.poll(0.0 if dirty else min(0.2, self.stats_interval)) is not None:
-                        while watch.poll(0) is not None:  # one reconcile per burst
+                        # the first events fire at once
+                        watches = (self.xs.watch("control"), self.xs.watch("memory/target"))
+                    control, target = watches
+                    slice_ = 0.0 if dirty else min(0.2, self.stats_interval)
+                    if control.poll(slice_) is not None:
+                        while control.poll(0) is not None:  # one reconcile per burst
                             pass
                         dirty = True
+                    if target.poll(0) is not None:
+                        while target.poll(0) is not None:
+                            pass
+                        # the balloon driver handles the same event; give it a moment
+                        next_stats = min(next_stats, time.monotonic() + _TARGET_SETTLE)
                     if dirty:  # until a reconcile succeeds: a failed one is retried
                         self.reconcile()
                         dirty = False
@@ -260,8 +277,8 @@ class Agent:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
-            if watch is not None:
-                watch.close()
+            for w in watches or ():
+                w.close()
 
     def start(self, *, wait: float = 0.0) -> Agent:
         """Run :meth:`run` in a daemon thread; with ``wait``, return once the first report is

@@ -209,11 +209,17 @@ def memory(dom: Dom,
                                                "MiB.", show_default=False)],
            config: Annotated[bool, typer.Option(help="libvirt: also change the persistent "
                                                 "definition.")] = False,
+           wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait for the "
+                                               "guest agent to report the new balloon "
+                                               "target.")] = 5.0,
            as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
            timeout: Timeout = 5.0) -> None:
-    """Set a guest's memory target (libvirt setMemoryFlags, or memory/target in xenstore)."""
+    """Set a guest's memory target (libvirt setMemoryFlags, or memory/target in xenstore) and
+    report whether its balloon driver took it (applied / pending; requested if no agent)."""
     with open_host(xenstored, libvirt_uri, timeout) as host:
-        result = host.set_memory_target(dom, target * 1024, config=config)
+        result = host.set_memory_target(dom, target * 1024, config=config, wait=wait)
     render({"domid": result.domid, "name": result.name, "target_mib": mib(result.target_kib),
-            "previous_mib": mib(result.previous_kib), "via": result.via},
-           as_json=as_json, title="memory target")
+            "previous_mib": mib(result.previous_kib), "via": result.via,
+            "status": result.status, "guest_target_mib": mib(result.guest_target_kib),
+            "guest_current_mib": mib(result.guest_current_kib),
+            "note": result.note}, as_json=as_json, title="memory target")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
@@ -162,6 +162,10 @@ class MemoryResult:
     target_kib: int
     previous_kib: int | None
     via: str  # "libvirt" | "xenstore"
+    status: str = "requested"  # applied | pending | requested (not waited for / no agent)
+    guest_target_kib: int | None = None  # the balloon target the guest's agent reports
+    guest_current_kib: int | None = None  # and where the balloon is now (it may lag)
+    note: str = ""
 
 
 def _acked(answered: int | None, wanted: int) -> bool:
@@ -419,10 +423,12 @@ class Host:
                     return self.tmem_report(domid)
                 w.poll(min(left, 1.0))
 
-    def set_memory_target(self, dom: str | int, kib: int, *, config: bool = False
-                          ) -> MemoryResult:
+    def set_memory_target(self, dom: str | int, kib: int, *, config: bool = False,
+                          wait: float = 0.0) -> MemoryResult:
         """Set the balloon target: libvirt ``setMemoryFlags`` on a real host, ``memory/target``
-        (KiB, as libxl writes it) on an emulated one. ``ValueError`` above the maximum."""
+        (KiB, as libxl writes it) on an emulated one. ``ValueError`` above the maximum. With
+        ``wait``, wait that long for the guest's agent to report its balloon driver on the new
+        target (``applied``) or not (``pending``)."""
         if kib <= 0:
             raise ValueError(f"the memory target must be positive, not {kib} KiB")
         info = self.guest(dom)
@@ -431,11 +437,38 @@ class Host:
                              f"({info.max_kib // 1024} MiB)")
         if self.libvirt is not None:
             self.libvirt.set_memory(info.name, kib, config=config)
-            return MemoryResult(info.domid, info.name, kib, info.memory_kib, "libvirt")
-        if info.domid is None:
-            raise LookupError(f"domain {info.name} is not running")
-        self._xs().write(f"{domain_path(info.domid)}/memory/target", str(kib))
-        return MemoryResult(info.domid, info.name, kib, info.target_kib, "xenstore")
+            via, previous = "libvirt", info.memory_kib
+        else:
+            if info.domid is None:
+                raise LookupError(f"domain {info.name} is not running")
+            self._xs().write(f"{domain_path(info.domid)}/memory/target", str(kib))
+            via, previous = "xenstore", info.target_kib
+        result = MemoryResult(info.domid, info.name, kib, previous, via)
+        t = info.tmem
+        if info.domid is None or t is None or not t.agent:
+            return replace(result, note="no guest agent reports the balloon")
+        note = ("self-ballooning is on in the guest: it resets the balloon target every "
+                "interval" if t.applied.get("selfballooning") else "")
+        if wait <= 0:
+            return replace(result, note=note)
+        followed = self._wait_balloon(info.domid, kib & ~3, wait)  # the guest keeps pages
+        current = self.tmem_report(info.domid).balloon.get("current_kib")
+        return replace(result, status="applied" if followed == kib & ~3 else "pending",
+                       guest_target_kib=followed, guest_current_kib=current, note=note)
+
+    def _wait_balloon(self, domid: int, kib: int, timeout: float) -> int | None:
+        """Wait (at most ``timeout`` s) for the agent to report balloon target ``kib``; the
+        last reported value."""
+        xs = self._xs()
+        path = f"{domain_path(domid)}/data/tmem/balloon/target_kib"
+        deadline = time.monotonic() + timeout
+        with xs.watch(path) as w:
+            while True:
+                reported = sanitize_kib(xs.read(path, None))
+                left = deadline - time.monotonic()
+                if reported == kib or left <= 0:
+                    return reported
+                w.poll(min(left, 1.0))
 
 
 def _as_id(dom: str | int) -> str | int:
