@@ -230,7 +230,7 @@ def test_guest_watch_quota(xs_server: ServerUnderTest) -> None:
         watches.append(g.watch("data", token=f"q{i}"))
 
     count, exc = _first_failure(add, 150)
-    assert exc.errno == errno.EDQUOT  # oxenstored's "EQUOTA"
+    assert exc.errno == errno.ENOSPC  # oxenstored sends "EQUOTA"
     # quota-maxwatch = 100: we allow exactly 100; oxenstored lets a 101st through.
     assert count == (100 if xs_server.is_ours else 101)
     for w in watches[:5]:
@@ -246,7 +246,7 @@ def test_guest_transaction_quota(xs_server: ServerUnderTest) -> None:
     g = xs_server.guest(domid)
     txs = []
     count, exc = _first_failure(lambda i: txs.append(g.transaction()), 30)
-    assert exc.errno == errno.EDQUOT
+    assert exc.errno == errno.ENOSPC
     # quota-transaction = 10: exactly 10 for us; oxenstored allows 11.
     assert count == (10 if xs_server.is_ours else 11)
     for tx in txs:
@@ -268,14 +268,18 @@ def test_guest_node_quota(xs_server: ServerUnderTest) -> None:
     failures = [i for i, r in enumerate(results) if r is not None]
     assert failures, "the node quota never hit"
     first = failures[0]
-    assert results[first].errno == errno.EDQUOT  # type: ignore[union-attr]  # EQUOTA on the wire
+    assert results[first].errno == errno.ENOSPC  # type: ignore[union-attr]
     # quota-maxentity = 1000 nodes owned by the domain; the layout gave it 7 (data, drivers,
     # feature, attr, error, control/shutdown, control/sysrq).
     assert first == 1000 - 7
     assert failures == list(range(first, 1005))
+    with xs_server.raw(xs_server.guest_path(domid)) as raw:
+        name = raw.request(Op.WRITE, "data/one-more", b"")[1]
+    # On the wire: ENOSPC (xsd_errors, C xenstored, ours) vs oxenstored's non-errno "EQUOTA".
+    assert name == (b"ENOSPC\0" if xs_server.is_ours else b"EQUOTA\0")
     with pytest.raises(XenStoreError) as info:
         g.mkdir("data/more")
-    assert info.value.errno == errno.EDQUOT
+    assert info.value.errno == errno.ENOSPC
     g.write("data/n0", b"rewrite is fine")  # no new node
     xs_server.dom0.write(f"/local/domain/{domid}/data/by-dom0", b"")  # dom0 is exempt
     xs_server.release(domid)

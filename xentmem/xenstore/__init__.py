@@ -19,7 +19,7 @@
 
 Errors are those of :mod:`xentmem.errors`: ``XenStoreNotFound`` (ENOENT), ``XenStorePermission``
 (EACCES/EPERM), ``XenStoreTimeout``, ``XenStoreUnavailable``, else ``XenStoreError`` with
-``.errno`` (EAGAIN for a conflict, E2BIG, EDQUOT for oxenstored's EQUOTA, ...).
+``.errno`` (EAGAIN for a conflict, E2BIG for a value too long, ENOSPC for a quota, ...).
 """
 
 from ._client import (

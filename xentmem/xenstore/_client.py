@@ -14,7 +14,8 @@ DIRECTORY_PARTIAL (ref ecosystem.md §1.6):
   and kill pyxs's router), so the next call starts clean;
 * packets are built here (any value bytes, any op), ``rq_id`` comes from a locked counter;
 * server errors map to ``XenStoreNotFound`` (ENOENT), ``XenStorePermission`` (EACCES/EPERM) or
-  ``XenStoreError`` with ``.errno`` (EQUOTA arrives as ``errno.EDQUOT``).
+  ``XenStoreError`` with ``.errno`` (a quota is ENOSPC from either server: oxenstored's
+  non-errno "EQUOTA" is read as ENOSPC).
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ in ``DIFFERENCES`` and tested.
   the ACL entry for the domain (or its target), else the default. New nodes inherit the perms of
   their parent unchanged (oxenstored; C xenstored makes the creating domain the owner).
 * Quotas (oxenstored's defaults): nodes owned per domain, value size, watches and open
-  transactions per domain. dom0 is exempt from all but the value size. Quota errors are EQUOTA
-  (``errno.EDQUOT`` here), as oxenstored sends; value too long is E2BIG.
+  transactions per domain. dom0 is exempt from all but the value size. A quota exceeded is
+  ENOSPC (C xenstored; oxenstored sends "EQUOTA", which no errno.h names); a value too long is
+  E2BIG (both).
 * Transactions: snapshot isolation with optimistic validation by generation counters. Every node
   carries ``vgen`` (value/perms changed) and ``cgen`` (set of children changed). A transaction
   records the stamps of what it *read* (in its start snapshot) and a log of its mutations. At
@@ -52,6 +53,8 @@ Where our server deliberately differs from oxenstored 4.17 (each is tested):
 - Watch quota: exactly ``max_watches`` per domain; oxenstored lets one more through (same for
   transactions).
 - RM of "/" is EINVAL; oxenstored lets dom0 delete the whole tree, special nodes included.
+- Quota exceeded: ENOSPC, a name of xs_wire.h's xsd_errors (C xenstored too); oxenstored sends
+  "EQUOTA", which libxenstore reports as EINVAL (our client reads it as ENOSPC).
 """
 
 
@@ -199,7 +202,7 @@ class Work:
         # oxenstored: unprivileged callers may not create nodes whose (inherited) owner, a
         # domain other than dom0, already owns quota-maxentity nodes.
         if not caller.privileged and owner != 0 and self._owned(owner) >= self.quota.max_entries:
-            raise XsError(E.EDQUOT)
+            raise XsError(E.ENOSPC)
 
     def _replace(self, comps: list[str], new: Node | None) -> None:
         """Install ``new`` (or remove, if None) at ``comps``; all ancestors must exist."""

@@ -61,8 +61,9 @@ class Op(IntEnum):
     RESTRICT = 128
 
 
-# ``xsd_errors[]`` of xs_wire.h, the names a server may send. oxenstored also sends EQUOTA (not in
-# the table; libxenstore turns unknown names into EINVAL) when a domain exceeds a quota.
+# ``xsd_errors[]`` of xs_wire.h, the names a server may send. A domain over a quota gets ENOSPC
+# from C xenstored (and from ours) but "EQUOTA" from oxenstored, a name that is in no errno.h
+# and that libxenstore turns into EINVAL; we read it as the ENOSPC it means.
 XSD_ERRORS = (
     "EINVAL", "EACCES", "EEXIST", "EISDIR", "ENOENT", "ENOMEM", "ENOSPC", "EIO", "ENOTEMPTY",
     "ENOSYS", "EROFS", "EBUSY", "EAGAIN", "EISCONN", "E2BIG", "EPERM",
@@ -71,18 +72,16 @@ EQUOTA = "EQUOTA"
 
 
 def errno_from_name(name: bytes | str) -> int:
-    """Errno of an ERROR payload such as ``b"ENOENT\\0"``; EQUOTA -> EDQUOT; unknown -> EIO."""
+    """Errno of an ERROR payload such as ``b"ENOENT\\0"``; EQUOTA -> ENOSPC; unknown -> EIO."""
     if isinstance(name, bytes):
         name = name.rstrip(NUL).decode("ascii", "replace")
     if name == EQUOTA:
-        return _errno.EDQUOT
+        return _errno.ENOSPC
     return getattr(_errno, name, _errno.EIO) if name.startswith("E") else _errno.EIO
 
 
 def errno_to_name(number: int) -> str:
-    """The wire name for an errno number (EDQUOT -> EQUOTA, as oxenstored spells it)."""
-    if number == _errno.EDQUOT:
-        return EQUOTA
+    """The wire name for an errno number (``errno.ENOSPC`` -> ``"ENOSPC"``; unknown -> EIO)."""
     return _errno.errorcode.get(number, "EIO")
 
 

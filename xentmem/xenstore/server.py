@@ -634,7 +634,7 @@ class XenStoreServer:
             raise XsError(E.EBUSY)  # nested transactions are not supported (oxenstored: EBUSY)
         dom = conn.domain
         if not conn.caller.privileged and dom.transactions >= self.quota.max_transactions:
-            raise XsError(E.EDQUOT)
+            raise XsError(E.ENOSPC)
         self._next_tx = self._next_tx % 0xFFFFFFFF + 1
         while self._next_tx in conn.transactions:
             self._next_tx = self._next_tx % 0xFFFFFFFF + 1
@@ -666,7 +666,7 @@ class XenStoreServer:
                 raise XsError(E.EEXIST)
         dom = conn.domain
         if not conn.caller.privileged and dom.watches >= self.quota.max_watches:
-            raise XsError(E.EDQUOT)
+            raise XsError(E.ENOSPC)
         prefix = None if raw[:1] in (b"/", b"@") else f"/local/domain/{conn.caller.domid}/"
         watch = _Watch(conn, path, token, prefix)
         conn.watches.append(watch)
