@@ -34,10 +34,13 @@ node                                        who    meaning
 ``data/tmem/sink``                          guest  ``sysfs`` or ``model``
 ==========================================  =====  =========================================
 
-A value outside its range, or one the kernel refuses (frontswap/cleancache are read-only module
-parameters on a real kernel; numeric knobs reject 0), is reported as ``refused`` and changes
-nothing. The emulated guest can reload its tmem backend, so there the module toggles apply.
-The host reads ``data/`` through the sanitiser only (``xentmem.host.guests``).
+The agent watches ``control`` (reconciling every requested setting on each change) and
+``memory/target`` (only to republish ``data/tmem/balloon`` soon after the balloon driver
+acts; the driver itself follows the target). A value outside its range, or one the kernel
+refuses (frontswap/cleancache are read-only module parameters on a real kernel; numeric knobs
+reject 0), is reported as ``refused`` and changes nothing. The emulated guest can reload its
+tmem backend, so there the module toggles apply. The host reads ``data/`` through the
+sanitiser only (``xentmem.host.guests``).
 """
 
 from .agent import SYSFS_PATHS, Agent, Report
