@@ -46,6 +46,7 @@ from typing import Any
 from xentmem.errors import GuestError, XentmemError
 from xentmem.guest.backends import BackendModule, XenTmem, Zcache
 from xentmem.guest.balloon import HypervisorReservation, InMemoryTargetSource
+from xentmem.guest.cleancache import FS_NO_BACKEND
 from xentmem.guest.fs import FSTYPES, FsDisk
 from xentmem.guest.guest import Guest
 from xentmem.guest.selfballoon import MB
@@ -374,10 +375,12 @@ def _boot(scenario: Scenario, tmpdir: Path | None) -> list[_Booted]:
 def _apply(event: EventSpec, b: _Booted) -> str:
     g = b.guest
     if event.action == "load":
+        queued = sum(g.frontswap.need_init)
+        pending = sum(real == FS_NO_BACKEND for real in (*g.cleancache.fs_poolid_map,
+                                                          *g.cleancache.shared_fs_poolid_map))
         g.load_backend(b.backend(event.backend, event.params))  # type: ignore[arg-type]
-        queued = [d.name for d in g.active_swap_devices()]
-        return f"loaded {event.backend}: init for {len(queued)} swap device(s), " \
-               f"{len(g.filesystems)} filesystem(s)"
+        return (f"loaded {event.backend}: init ran for {queued} queued swap device(s), "
+                f"{pending} fake cleancache pool id(s) resolved")
     if event.action in ("unload", "replace"):
         if event.action == "replace":
             report = g.load_backend(b.backend(event.backend, event.params), replace=True)
