@@ -42,3 +42,18 @@ def test_load_generator_smoke(ours) -> None:
     lats, elapsed = bench.run_load(ours.dom0_path, "WRITE", 2, 0.1)
     assert len(lats) > 2 and elapsed > 0
     assert ours.dom0.read("/bench/c1") == bench.VALUE
+
+
+def test_bench_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m xentmem.xenstore.bench`` end to end, tiny, our server only, as JSON."""
+    import json
+
+    argv = ["--no-oxenstored", "--seconds", "0.2", "--rounds", "1", "--clients", "1,2", "--json"]
+    assert bench.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    cases = {(r["server"], r["op"], r["clients"]) for r in report["results"]}
+    assert cases == {("ours", op, n) for op in ("READ", "WRITE") for n in (1, 2)}
+    assert all(r["requests"] > 0 and r["p99_us"] >= r["p50_us"] for r in report["results"])
+    assert report["ratio_ours_over_oxenstored"] == {}
+    with pytest.raises(SystemExit):
+        bench.main(["--ops", "DELETE"])

@@ -244,3 +244,25 @@ def test_toolstack_helpers(server: XenStoreServer) -> None:
     assert not xs.exists("/local/domain/20")
     with pytest.raises(ValueError):
         layout_domain(xs, 21, "bad", -1, 2048)
+
+
+def test_serve_entry_point_with_domains(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "served")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "xentmem.xenstore", "serve", path, "--domain", "5:web:1024:2048"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        guest = XenStoreClient(path + ".dom5")
+        assert guest.read("name") == b"web"
+        assert guest.read("memory/static-max") == b"2048"
+        guest.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert not os.path.exists(path)  # the socket is removed on SIGTERM
