@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 from typing import Any, NoReturn
 
@@ -46,6 +47,29 @@ _unpack_gen = TMEM_OP_GEN.unpack_from
 _unpack_entry = MULTICALL_ENTRY.unpack_from
 _pack_result = struct.Struct("<q").pack_into
 _U32 = struct.Struct("<I")
+
+
+@functools.cache
+def _words(count: int) -> struct.Struct:
+    """``count`` unsigned 64-bit words (multicall entries are eight each)."""
+    return struct.Struct(f"<{count}Q")
+
+
+@functools.cache
+def _words_gen(count: int) -> struct.Struct:
+    """``count`` consecutive gen-member ``struct tmem_op``s."""
+    return struct.Struct("<" + TMEM_OP_GEN.format.lstrip("<") * count)
+
+
+@functools.lru_cache(maxsize=64)
+def _strides(first: int, count: int) -> tuple[int, ...]:
+    """The addresses of ``count`` consecutive 56-byte structs from ``first``."""
+    return tuple(range(first, first + count * STRUCT_SIZE, STRUCT_SIZE))
+
+
+def _frames(a: int, a_size: int, b: int, b_end: int) -> set[int]:
+    """Frame numbers touched by ``a_size`` bytes at ``a`` and by ``b .. b_end``."""
+    return {*range(a >> 12, ((a + a_size - 1) >> 12) + 1), *range(b >> 12, ((b_end - 1) >> 12) + 1)}
 
 
 class Domain:
@@ -458,6 +482,8 @@ class EmulatedHost:
         size = MULTICALL_ENTRY.size
         if count > 0x10000 or not dom.valid(addr, count * size):
             return EFAULT
+        if count > 1 and self._tmem_run(dom, addr, count):
+            return 0
         mem = dom.mem
         handlers = self._handlers
         tmem_op = self._hc_tmem_op
@@ -472,6 +498,47 @@ class EmulatedHost:
                 rc = handler(dom, a0, a1, a2, a3, a4, a5) if handler is not None else ENOSYS
             _pack_result(mem, pos + 8, rc)
         return 0
+
+    def _tmem_run(self, dom: Domain, addr: int, count: int) -> bool:
+        """The batched data path: a multicall whose entries all call tmem_op on consecutive
+        56-byte structs, all PUT or all GET into one pool, decoded with one unpack each and run
+        by ``Tmem.put_run``/``get_run``. The results are exactly those of the entries run one
+        by one; False (nothing done) when the multicall is anything else, or when running it
+        in one go could differ: structs not all valid, or a page frame that overlaps the
+        entries or the structs (a GET writing there, or a PUT reading a result, would change
+        what a later op reads)."""
+        words = _words(count * 8).unpack_from(dom.mem, addr)
+        first = words[2]
+        end = first + count * STRUCT_SIZE
+        if words[0::8].count(38) != count or words[2::8] != _strides(first, count) \
+                or not self.tmem_enabled or (dom.client is not None and dom.dying) \
+                or not dom.valid(first, end - first) or (first < addr + count * 64 and addr < end):
+            return False
+        fields = _words_gen(count).unpack_from(dom.mem, first)
+        cmd, pool_id = fields[0], fields[1]
+        cmfns = fields[9::10]
+        if cmd not in (4, 5) or fields[0::10].count(cmd) != count \
+                or fields[1::10].count(pool_id) != count \
+                or not _frames(addr, count * 64, first, end).isdisjoint(cmfns):
+            return False
+        tm = self.tmem
+        tm.Tt += count
+        dom.op_ok = end - STRUCT_SIZE
+        cc = dom.client or tm.create_client(dom)
+        if not 0 <= pool_id < 16 or (pool := cc.pools[pool_id]) is None:
+            results = [ENODEV] * count
+        else:
+            run = tm.put_run if cmd == 4 else tm.get_run
+            results = run(cc, pool, dom, zip(fields[2::10], fields[3::10], fields[4::10],
+                                             strict=True),
+                          fields[5::10], cmfns)
+        failed = count - results.count(1) - results.count(0)
+        if failed:
+            tm.Te += failed
+        entries = list(words)
+        entries[1::8] = [rc & U64 for rc in results] if failed else results
+        _words(count * 8).pack_into(dom.mem, addr, *entries)
+        return True
 
     def _hc_memory_op(self, dom: Domain, cmd: int, addr: int, *_: int) -> int:
         """XENMEM_increase/decrease_reservation for DOMID_SELF (how a PV domain gets frames)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mmap
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import lz4.block
@@ -511,6 +512,108 @@ class Tmem:
         pool.ps += 1
         return 1
 
+    def put_run(self, cc: Client, pool: Pool, dom: Domain, oids: Iterable[tuple[int, int, int]],
+                indexes: Iterable[int], cmfns: Iterable[int]) -> list[int]:
+        """A run of PUTs by ``dom`` into one pool (a multicall): op by op exactly what the entry
+        (ensure-free step, frame lookup) and ``put`` do, with the common case, a new page, inline
+        and every other case handed to ``put``. Returns each op's result."""
+        host = self.host
+        results: list[int] = []
+        append = results.append
+        objs = pool.objs
+        owner = pool.client
+        odom = owner.dom
+        persistent = pool.persistent
+        compress = owner.compress
+        # Neither can change during a run of PUTs; either sends every op through ``put``.
+        inline = not pool.dangerous and not cc.frozen
+        pop, max_pages, mv = dom.populated, dom.max_pages, dom.mv
+        av, slots = self.av, self.free_slots
+        g_eph, o_eph = self.g_eph, owner.eph
+        head = pool.head
+        last = owner.domid if self.mark_owner else cc.domid
+        stored = 0  # inline successes: pt, ps and Pp/Ep are added once at the end
+        for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
+            if self.free_list + host.heap_free - self.reserve < 256 and not self.ensure_free(cc):
+                append(ENOMEM)
+                continue
+            data = mv[cmfn << 12:(cmfn << 12) + PAGE] if 0 < cmfn < max_pages and pop[cmfn] \
+                else None
+            obj = objs.get(oid)
+            if (not inline or data is None or (obj is not None and index in obj.pages)
+                    or (persistent and odom.tmem_pages + odom.nr_pages >= odom.max_pages)):
+                append(self.put(cc, pool, oid, index, data))
+                continue
+            if compress:
+                kept = self._store(owner, data)
+                if kept is None:
+                    pool.pt += 1
+                    pool.px += 1
+                    self.Pf += 1
+                    append(ENOMEM)
+                    continue
+                at, csize = kept
+            else:  # _store's raw path, inlined
+                if self.free_list:
+                    self.free_list -= 1
+                elif host.heap_free > 0:
+                    host.heap_free -= 1
+                else:
+                    pool.pt += 1
+                    pool.px += 1
+                    self.Pf += 1
+                    append(ENOMEM)
+                    continue
+                self.raw_pages += 1
+                if slots:
+                    at = slots.pop()
+                else:
+                    at = self.next_slot
+                    self.next_slot = at + PAGE
+                av[at:at + PAGE] = data
+                csize = 0
+            if obj is None:
+                obj = objs[oid] = Obj(pool, oid)
+                self.nobjs += 1
+                if self.nobjs > self.Om:
+                    self.Om = self.nobjs
+                if len(objs) > pool.Om:
+                    pool.Om = len(objs)
+            pg = Page(obj, index, at, csize)
+            obj.pages[index] = pg
+            pool.npages += 1
+            if pool.npages > pool.Pm:
+                pool.Pm = pool.npages
+            self.npages += 1
+            if self.npages > self.Pm:
+                self.Pm = self.npages
+            if persistent:
+                tail = head.prev
+                pg.prev = tail
+                pg.next = head
+                tail.next = pg
+                head.prev = pg
+                odom.tmem_pages += 1
+            else:
+                g_eph[pg] = None
+                o_eph[pg] = None
+                self.eph_count += 1
+                owner.eph_count += 1
+                if self.eph_count > self.Em:
+                    self.Em = self.eph_count
+                if owner.eph_count > owner.Em:
+                    owner.Em = owner.eph_count
+            obj.last_client = last
+            stored += 1
+            append(1)
+        pool.pt += stored
+        pool.ps += stored
+        if persistent:
+            cc.Pp += stored
+        else:
+            self.Ep += stored
+        return results
+
     def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, data) -> int:
         owner = pool.client
         if owner.migrating:
@@ -583,6 +686,53 @@ class Tmem:
             cc.Ge += 1
         pool.gs += 1
         return 1
+
+    def get_run(self, cc: Client, pool: Pool, dom: Domain, oids: Iterable[tuple[int, int, int]],
+                indexes: Iterable[int], cmfns: Iterable[int]) -> list[int]:
+        """A run of GETs by ``dom`` from one pool (a multicall): op by op exactly what ``get``
+        does, with hits and misses of a private pool inline and every other case handed to
+        ``get``. Returns each op's result."""
+        mem, pop, max_pages = dom.mem, dom.populated, dom.max_pages
+        if pool.shared:  # LRU refresh and last_client per hit: rare enough for ``get``
+            return [self.get(cc, pool, oid, index, mem,
+                             cmfn << 12 if 0 < cmfn < max_pages and pop[cmfn] else -1)
+                    for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True)]
+        results: list[int] = []
+        append = results.append
+        objs, av, persistent = pool.objs, self.av, pool.persistent
+        remove = self.remove_page
+        looked = hits = 0  # inline lookups and hits: gt, gs and Gp/Ge are added at the end
+        for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
+            if pool.npages == 0:
+                append(EEMPTY)
+                continue
+            obj = objs.get(oid)
+            pg = obj.pages.get(index) if obj is not None else None
+            if pg is None:
+                looked += 1
+                append(0)
+                continue
+            if not 0 < cmfn < max_pages or not pop[cmfn]:
+                append(self.get(cc, pool, oid, index, mem, -1))
+                continue
+            off = cmfn << 12
+            if pg.csize:
+                mem[off:off + PAGE] = _decompress(pg.data, uncompressed_size=PAGE)
+            else:
+                at = pg.data
+                mem[off:off + PAGE] = av[at:at + PAGE]
+            if not persistent:
+                remove(pg)
+            looked += 1
+            hits += 1
+            append(1)
+        pool.gt += looked
+        pool.gs += hits
+        if persistent:
+            cc.Gp += hits
+        else:
+            cc.Ge += hits
+        return results
 
     def flush_page(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int) -> int:
         pool.ft += 1
