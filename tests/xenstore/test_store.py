@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from xentmem.xenstore import Perm
 from xentmem.xenstore._store import DOM0, Caller, Store, XsError, iter_subtree
 
+# XENTMEM_HYPOTHESIS_EXAMPLES=3000 for a soak; the default keeps the suite fast.
+EXAMPLES = int(os.environ.get("XENTMEM_HYPOTHESIS_EXAMPLES", "150"))
 PATHS = ["/a", "/a/b", "/a/b/c", "/a/d", "/e", "/e/f/g", "/local/domain/5/x", "/local/domain/5"]
 CALLERS = [DOM0, Caller(5), Caller(6)]
 PERMS = [
@@ -44,7 +46,7 @@ def recount(store: Store) -> dict[int, int]:
     return counts
 
 
-@settings(max_examples=int(os.environ.get("XENTMEM_HYPOTHESIS_EXAMPLES", "150")), deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(st.lists(_op, max_size=30))
 def test_owner_counts_always_match_the_tree(ops) -> None:
     store = Store()
@@ -61,14 +63,6 @@ def test_owner_counts_always_match_the_tree(ops) -> None:
 
 def snapshot(store: Store) -> dict[str, tuple[bytes, tuple]]:
     return {p: (n.value, n.perms) for p, n in iter_subtree(store.root, "/")}
-
-
-def copy_of(store: Store) -> Store:
-    clone = Store()
-    clone.live.root = store.root  # trees are immutable: sharing is copying
-    clone.entries.clear()
-    clone.entries.update(store.entries)
-    return clone
 
 
 def attempt(fn):
@@ -104,7 +98,7 @@ _tx_step = st.one_of(
 )
 
 
-@settings(max_examples=int(os.environ.get("XENTMEM_HYPOTHESIS_EXAMPLES", "150")), deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(
     st.sampled_from(CALLERS),
     st.lists(_tx_step, max_size=10),
@@ -120,10 +114,10 @@ def test_committed_transaction_is_serialisable(caller, steps, outside_ops) -> No
     seen = []
     for step in steps:
         seen.append(run_step(tx, None, step))
-    start = copy_of(store)
+    start = store.fork()
     for op in outside_ops:
         attempt(lambda op=op: store.mutate(op[0], op[1], *op[2:]))
-    after_outside = copy_of(store)
+    after_outside = store.fork()
     result = attempt(lambda: store.commit(tx))
     if result[0] == "err":
         assert result[1] == errno.EAGAIN
@@ -134,13 +128,47 @@ def test_committed_transaction_is_serialisable(caller, steps, outside_ops) -> No
     )
     # A transaction that changed nothing is serialised at its start, any other one after the
     # outside operations: replaying it there must give what it saw and what the store holds.
-    expected = copy_of(after_outside) if changed else copy_of(start)
+    expected = after_outside.fork() if changed else start.fork()
     for step, outcome in zip(steps, seen, strict=True):
         assert run_step(expected, caller, step) == outcome, step
     if not changed:
         expected = after_outside
     assert snapshot(store) == snapshot(expected)
     assert store.entries == recount(store)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(st.lists(_op, max_size=15), st.lists(_op, max_size=15), st.lists(_op, max_size=15))
+def test_forks_and_snapshots_never_see_each_others_changes(before, on_a, on_b) -> None:
+    """Nodes are changed in place only when no snapshot can reach them: check it."""
+    a = Store()
+    for op in before:
+        apply(a, op)
+    b = a.fork()
+    frozen = a.snapshot()
+    seen_a = snapshot(a)
+    assert snapshot(b) == seen_a
+    for op in on_b:
+        apply(b, op)
+    assert snapshot(a) == seen_a
+    for op in on_a:
+        apply(a, op)
+    assert {p: (n.value, n.perms) for p, n in iter_subtree(frozen, "/")} == seen_a
+    b_now = snapshot(b)
+    for op in on_b:
+        apply(a, op)
+    assert snapshot(b) == b_now
+    assert a.entries == recount(a) and b.entries == recount(b)
+
+
+def apply(store: Store, op) -> None:
+    try:
+        if op[0] == "strip":
+            store.strip_domain(op[1])
+        else:
+            store.mutate(op[0], op[1], *op[2:])
+    except XsError:
+        pass
 
 
 def test_commit_fast_path_and_replay() -> None:

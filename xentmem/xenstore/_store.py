@@ -4,8 +4,10 @@ Semantics follow the real oxenstored 4.17 (measured through vm-images/oxenstored
 tests/xenstore) unless the protocol documents say otherwise; every deliberate difference is listed
 in ``DIFFERENCES`` and tested.
 
-* Tree: immutable :class:`Node` objects; a change copies the nodes on the path from the root
-  (cheap snapshots: a transaction keeps the root it started from).
+* Tree: :class:`Node` objects, copy-on-write by epoch. Taking a snapshot (a transaction
+  starting) bumps the store's epoch; a node made in the current epoch cannot be reached from any
+  snapshot and is changed in place, an older one is copied (with its path from the root) first.
+  Snapshots are therefore O(1) and, with no transaction open, a write allocates nothing.
 * Permissions: a node's perms list is ``[owner+default, acl...]``. dom0 (and only dom0) is
   privileged; the owner (or a domain whose SET_TARGET target is the owner) has full access; else
   the ACL entry for the domain (or its target), else the default. New nodes inherit the perms of
@@ -92,18 +94,27 @@ DOM0 = Caller(0)
 
 
 class Node:
-    """One immutable node. ``children`` maps names to nodes and is never mutated once shared."""
+    """One node. Mutable only while ``epoch`` is the store's current epoch: then no snapshot can
+    reach it, and its ``children`` dict is its own (invariant: a current-epoch node is reached
+    only through current-epoch ancestors)."""
 
-    __slots__ = ("cgen", "children", "perms", "value", "vgen")
+    __slots__ = ("cgen", "children", "epoch", "perms", "value", "vgen")
 
     def __init__(
-        self, value: bytes, perms: tuple[Perm, ...], children: dict[str, Node], vgen: int, cgen: int
+        self,
+        value: bytes,
+        perms: tuple[Perm, ...],
+        children: dict[str, Node],
+        vgen: int,
+        cgen: int,
+        epoch: int,
     ) -> None:
         self.value = value
         self.perms = perms
         self.children = children
         self.vgen = vgen
         self.cgen = cgen
+        self.epoch = epoch
 
     @property
     def owner(self) -> int:
@@ -204,34 +215,24 @@ class Work:
         if not caller.privileged and owner != 0 and self._owned(owner) >= self.quota.max_entries:
             raise XsError(E.ENOSPC)
 
-    def _replace(self, comps: list[str], new: Node | None) -> None:
-        """Install ``new`` (or remove, if None) at ``comps``; all ancestors must exist."""
-        if not comps:
-            if new is None:
-                raise XsError(E.EINVAL)
-            self.root = new
-            return
-        chain = [self.root]
+    def _owned_path(self, comps: list[str]) -> Node:
+        """The node at ``comps`` (which must exist), made private to the current epoch together
+        with every ancestor: older nodes, which a snapshot may share, are copied and relinked."""
+        epoch = self.gens.epoch
         node = self.root
-        for c in comps[:-1]:
-            node = node.children[c]
-            chain.append(node)
-        child: Node | None = new
-        for i in range(len(comps) - 1, -1, -1):
-            parent = chain[i]
-            name = comps[i]
-            children = dict(parent.children)
-            cgen = parent.cgen
-            if child is None:
-                del children[name]
-                cgen = self.gens.next()
-            else:
-                if name not in children:
-                    cgen = self.gens.next()
-                children[name] = child
-            child = Node(parent.value, parent.perms, children, parent.vgen, cgen)
-        assert child is not None
-        self.root = child
+        if node.epoch != epoch:
+            node = self.root = Node(
+                node.value, node.perms, dict(node.children), node.vgen, node.cgen, epoch
+            )
+        for c in comps:
+            child = node.children[c]
+            if child.epoch != epoch:
+                child = Node(
+                    child.value, child.perms, dict(child.children), child.vgen, child.cgen, epoch
+                )
+                node.children[c] = child  # node is private: relink in place
+            node = child
+        return node
 
     # --- operations -----------------------------------------------------------------------
 
@@ -247,27 +248,16 @@ class Work:
         if len(value) > self.quota.max_value:
             raise XsError(E.E2BIG)
         comps = split(path)
-        # Walk once, keeping the ancestors: an overwrite path-copies exactly them.
-        chain = [self.root]
-        node: Node | None = self.root
-        for c in comps:
-            node = node.children.get(c)  # type: ignore[union-attr]
-            if node is None:
-                break
-            chain.append(node)
+        node = walk(self.root, comps)
         if node is None:
             self._create(caller, path, comps, value)
             return
         if caller.domid and not allowed(caller, node.perms, WRITE):
             raise XsError(E.EACCES)
-        gen = self.gens.next()
-        child = Node(value, node.perms, node.children, gen, node.cgen)
-        for i in range(len(comps) - 1, -1, -1):
-            parent = chain[i]
-            children = parent.children.copy()
-            children[comps[i]] = child
-            child = Node(parent.value, parent.perms, children, parent.vgen, parent.cgen)
-        self.root = child
+        if node.epoch != self.gens.epoch:
+            node = self._owned_path(comps)
+        node.value = value
+        node.vgen = self.gens.next()
         self.events.append(Event(path, node.perms))
 
     def mkdir(self, caller: Caller, path: str) -> None:
@@ -295,11 +285,14 @@ class Work:
         owner = perms[0].domid
         self._check_entries(caller, owner)
         gen = self.gens.next()
-        new = Node(value, perms, {}, gen, gen)
+        epoch = self.gens.epoch
+        new = Node(value, perms, {}, gen, gen, epoch)
         for c in reversed(comps[depth + 1 :]):
-            new = Node(b"", perms, {c: new}, gen, gen)
+            new = Node(b"", perms, {c: new}, gen, gen, epoch)
         self._count(owner, len(comps) - depth)
-        self._replace(comps[: depth + 1], new)
+        parent = self._owned_path(comps[:depth])
+        parent.children[comps[depth]] = new
+        parent.cgen = gen
         self.events.append(Event(path, perms))
 
     def rm(self, caller: Caller, path: str) -> None:
@@ -317,7 +310,9 @@ class Work:
             raise XsError(E.EACCES)
         for _p, n in iter_subtree(node, path):
             self._count(n.owner, -1)
-        self._replace(comps, None)
+        parent = self._owned_path(comps[:-1])
+        del parent.children[comps[-1]]
+        parent.cgen = self.gens.next()
         self.events.append(Event(path, node.perms, None, node))
 
     def set_perms(self, caller: Caller, path: str, perms: tuple[Perm, ...]) -> None:
@@ -331,13 +326,15 @@ class Work:
                 raise XsError(E.EACCES)
             if perms[0].domid != node.owner:  # unprivileged domains may not give nodes away
                 raise XsError(E.EACCES)
+        old_perms = node.perms
         if perms[0].domid != node.owner:
             self._count(node.owner, -1)
             self._count(perms[0].domid, 1)
-        gen = self.gens.next()
-        self._replace(comps, Node(node.value, perms, node.children, gen, node.cgen))
+        node = self._owned_path(comps)
+        node.perms = perms
+        node.vgen = self.gens.next()
         # Watchers who could read the node before or after the change learn of it.
-        self.events.append(Event(path, perms, node.perms))
+        self.events.append(Event(path, perms, old_perms))
 
     def strip_domain(self, domid: int) -> None:
         """What oxenstored does on RELEASE: delete every node ``domid`` owns (with its subtree)
@@ -369,9 +366,10 @@ class Work:
             return Node(
                 node.value,
                 perms,
-                node.children if new_children is None else new_children,
+                dict(node.children) if new_children is None else new_children,
                 node.vgen if perms is node.perms else gen,
                 node.cgen if new_children is None else gen,
+                self.gens.epoch,
             )
 
         new_root = visit(self.root, "/")
@@ -380,10 +378,13 @@ class Work:
 
 
 class _Gen:
-    __slots__ = ("value",)
+    """The store's counters: ``value`` stamps changes, ``epoch`` counts snapshots taken."""
+
+    __slots__ = ("epoch", "value")
 
     def __init__(self) -> None:
         self.value = 0
+        self.epoch = 1
 
     def next(self) -> int:
         self.value += 1
@@ -398,7 +399,7 @@ class Transaction:
     def __init__(self, tx_id: int, store: Store, caller: Caller) -> None:
         self.id = tx_id
         self.caller = caller
-        self.base = store.live.root
+        self.base = store.snapshot()
         self.work = Work(self.base, store.gens, store.quota, store.entries)
         self.reads: dict[tuple[str, str], int | None] = {}
         self.log: list[tuple[str, tuple]] = []
@@ -464,18 +465,20 @@ class Store:
         none0 = (Perm("n", 0),)
         g = self.gens.next()
         # The initial tree of oxenstored 4.17: "/", the two special watch nodes, /local, /tool.
-        tool = Node(b"", none0, {"xenstored": Node(b"xentmem", none0, {}, g, g)}, g, g)
+        e = self.gens.epoch
+        tool = Node(b"", none0, {"xenstored": Node(b"xentmem", none0, {}, g, g, e)}, g, g, e)
         root = Node(
             b"",
             none0,
             {
-                "@introduceDomain": Node(b"", none0, {}, g, g),
-                "@releaseDomain": Node(b"", none0, {}, g, g),
-                "local": Node(b"", none0, {}, g, g),
+                "@introduceDomain": Node(b"", none0, {}, g, g, e),
+                "@releaseDomain": Node(b"", none0, {}, g, g, e),
+                "local": Node(b"", none0, {}, g, g, e),
                 "tool": tool,
             },
             g,
             g,
+            e,
         )
         self.entries: dict[int, int] = {0: 6}
         self.live = Work(root, self.gens, self.quota, self.entries)
@@ -519,6 +522,21 @@ class Store:
 
     # --- transactions ---------------------------------------------------------------------
 
+    def snapshot(self) -> Node:
+        """The current root, frozen: later changes copy what it reaches instead of changing it."""
+        self.gens.epoch += 1
+        return self.live.root
+
+    def fork(self) -> Store:
+        """An independent store that starts as a copy of this one (O(1): shared, frozen nodes).
+        Both share the counters, so neither changes in place a node the other can reach."""
+        clone = Store.__new__(Store)
+        clone.quota = self.quota
+        clone.gens = self.gens
+        clone.entries = dict(self.entries)
+        clone.live = Work(self.snapshot(), self.gens, self.quota, clone.entries)
+        return clone
+
     def begin(self, tx_id: int, caller: Caller) -> Transaction:
         return Transaction(tx_id, self, caller)
 
@@ -534,7 +552,8 @@ class Store:
             now = None if node is None else (node.vgen if kind == "v" else node.cgen)
             if now != stamp:
                 raise XsError(E.EAGAIN)
-        replay = Work(self.live.root, self.gens, self.quota, self.entries)
+        # Replay on a snapshot of the live tree: a failure halfway must leave it untouched.
+        replay = Work(self.snapshot(), self.gens, self.quota, self.entries)
         try:
             for name, args in tx.log:
                 getattr(replay, name)(tx.caller, *args)
