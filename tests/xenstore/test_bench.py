@@ -54,6 +54,7 @@ def test_bench_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     cases = {(r["server"], r["op"], r["clients"]) for r in report["results"]}
     assert cases == {("ours", op, n) for op in ("READ", "WRITE") for n in (1, 2)}
     assert all(r["requests"] > 0 and r["p99_us"] >= r["p50_us"] for r in report["results"])
+    assert all(r["server_cpu_us"] >= 0 for r in report["results"])
     assert report["ratio_ours_over_oxenstored"] == {}
     with pytest.raises(SystemExit):
         bench.main(["--ops", "DELETE"])

@@ -7,8 +7,9 @@ vm-images/oxenstored with ``--quiet``: no access log, log level warn, i.e. at it
 client is a separate process with a raw socket doing closed-loop requests (send one, wait for the
 reply) as dom0: READ of a 64-byte value, or WRITE of a 64-byte value to a key of its own. We
 report requests/s over all clients and the p50/p99 latency of single requests, and the ratio of
-our throughput to oxenstored's. Servers alternate for each case and each keeps its best of
-``--rounds`` rounds. Without root/unshare only our server is measured.
+our throughput to oxenstored's, plus each server's CPU time per request (from /proc: what the
+server itself costs, whatever the clients cost). Servers alternate for each case and each keeps
+its best of ``--rounds`` rounds. Without root/unshare only our server is measured.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import socket
 import subprocess
 import sys
@@ -42,6 +44,7 @@ class Result:
     rps: float
     p50_us: float
     p99_us: float
+    server_cpu_us: float  # server process CPU time (user + system) per request
 
 
 def _client(path: str, op: str, index: int, start_at: float, seconds: float, out: mp.Queue) -> None:
@@ -136,11 +139,19 @@ def _percentile(sorted_values: list[int], q: float) -> float:
     return sorted_values[i] / 1000.0
 
 
-def measure_once(name: str, path: str, op: str, clients: int, seconds: float) -> Result:
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def measure_once(name: str, path: str, pid: int, op: str, clients: int, seconds: float) -> Result:
+    cpu0 = _cpu_seconds(pid)
     lats, secs = run_load(path, op, clients, seconds)
+    cpu = _cpu_seconds(pid) - cpu0
     lats.sort()
     return Result(name, op, clients, len(lats), secs, len(lats) / secs,
-                  _percentile(lats, 0.50), _percentile(lats, 0.99))  # fmt: skip
+                  _percentile(lats, 0.50), _percentile(lats, 0.99),
+                  1e6 * cpu / max(1, len(lats)))  # fmt: skip
 
 
 class _OurServer:
@@ -167,27 +178,28 @@ def run(
     and keeping each server's best round, so that load from elsewhere on the machine hurts
     both alike."""
     work = Path(tempfile.mkdtemp(prefix="xs-bench-", dir="/tmp"))
-    servers: dict[str, str] = {}
+    servers: dict[str, tuple[str, int]] = {}
     note = None
     ours = _OurServer(work)
     ox: Oxenstored | None = None
     try:
-        servers["ours"] = ours.path
+        servers["ours"] = (ours.path, ours.proc.pid)
         if with_oxenstored:
             reason = unavailable_reason()
             if reason:
                 note = f"oxenstored not measured: {reason}"
             else:
                 ox = Oxenstored(work / "oxs", quiet=True).start()
-                servers["oxenstored"] = ox.socket_path
-        for path in servers.values():
+                assert ox.pid is not None
+                servers["oxenstored"] = (ox.socket_path, ox.pid)
+        for path, _pid in servers.values():
             _prepare(path, max(concurrency))
         best: dict[tuple[str, str, int], Result] = {}
         for op in ops:
             for n in concurrency:
                 for _ in range(rounds):
-                    for name, path in servers.items():
-                        r = measure_once(name, path, op, n, seconds)
+                    for name, (path, pid) in servers.items():
+                        r = measure_once(name, path, pid, op, n, seconds)
                         key = (name, op, n)
                         if key not in best or r.rps > best[key].rps:
                             best[key] = r
@@ -228,11 +240,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
-    print(f"{'server':<11} {'op':<6} {'clients':>7} {'req/s':>10} {'p50 us':>8} {'p99 us':>8}")
+    print(
+        f"{'server':<11} {'op':<6} {'clients':>7} {'req/s':>10} {'p50 us':>8} {'p99 us':>8} "
+        f"{'cpu us/req':>10}"
+    )
     for r in report["results"]:
         print(
             f"{r['server']:<11} {r['op']:<6} {r['clients']:>7} {r['rps']:>10.0f} "
-            f"{r['p50_us']:>8.1f} {r['p99_us']:>8.1f}"
+            f"{r['p50_us']:>8.1f} {r['p99_us']:>8.1f} {r['server_cpu_us']:>10.1f}"
         )
     for case, ratio in report["ratio_ours_over_oxenstored"].items():
         print(f"ratio ours/oxenstored {case}: {ratio:.2f}x")
