@@ -28,10 +28,11 @@ PUT, GET = int(TmemCmd.TMEM_PUT_PAGE), int(TmemCmd.TMEM_GET_PAGE)
 class Side:
     """One host, its guest domain, the guest's buffers and frames (identical on both sides)."""
 
-    def __init__(self, version: str, compress: bool, designed: bool, memory_mb: int) -> None:
+    def __init__(self, version: str, compress: bool, designed: bool, memory_mb: int,
+                 guest_mb: int, max_mb: int) -> None:
         self.host = EmulatedHost(memory_mb, xen_version=version, tmem_compress=compress,
                                  designed=designed, dom0_memory_mb=8)
-        self.domid = self.host.create_domain("g", 4, 5)
+        self.domid = self.host.create_domain("g", guest_mb, max_mb)
         hv = EmulatedHypervisor(self.host, self.domid)
         self.ops = hv.alloc_buffer(64 * 56)
         self.entries = hv.alloc_buffer(64 * 64)
@@ -61,7 +62,9 @@ def _scenario(seed: int) -> int:
     rng = random.Random(seed)
     version = rng.choice(VERSIONS)
     conf = dict(version=version, compress=rng.random() < 0.4, designed=rng.random() < 0.3,
-                memory_mb=rng.choice([16, 17, 24, 64]))
+                memory_mb=rng.choice([16, 17, 24, 64]), guest_mb=(g := rng.choice([4, 6, 7])),
+                max_mb=g + rng.choice([0, 1]))
+    keys = rng.choice([24, 300])
     a, b = Side(**conf), Side(**conf)
     flags = [PRIV_PERS, PRIV_EPH, SHARED_EPH] + ([SHARED_PERS] if version == "4.12" else [])
     pools = []
@@ -70,7 +73,7 @@ def _scenario(seed: int) -> int:
         pools.append(a.call(op))
         assert b.call(op) == pools[-1]
     fast_batches = 0
-    for _ in range(rng.randint(4, 30)):
+    for _ in range(rng.randint(4, 40)):
         if rng.random() < 0.1:  # a control-ish op between batches: freeze, thaw, flush
             cmd = rng.choice([TmemCmd.TMEM_FLUSH_OBJECT, TmemCmd.TMEM_FLUSH_PAGE])
             op = abi.pack_tmem_op(cmd, rng.choice(pools), oid=(rng.randrange(3), 0, 0),
@@ -93,7 +96,7 @@ def _scenario(seed: int) -> int:
             cmfn = rng.choice(frames) if rng.random() < 0.95 else rng.choice(special)
             ops += abi.pack_tmem_op(c, pool if not mixed or rng.random() < 0.8 else 0,
                                     oid=(rng.randrange(3), rng.choice([0, 0, 1]), 0),
-                                    index=rng.randrange(24), cmfn=cmfn)
+                                    index=rng.randrange(keys), cmfn=cmfn)
         stride_ok = rng.random() < 0.95
         addrs = [a.ops.address + i * 56 if stride_ok else a.ops.address + (i * 56) % 560
                  for i in range(count)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import mmap
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import lz4.block
@@ -513,7 +513,7 @@ class Tmem:
         return 1
 
     def put_run(self, cc: Client, pool: Pool, dom: Domain, oids: Iterable[tuple[int, int, int]],
-                indexes: Iterable[int], cmfns: Iterable[int]) -> list[int]:
+                indexes: Iterable[int], cmfns: Sequence[int]) -> list[int]:
         """A run of PUTs by ``dom`` into one pool (a multicall): op by op exactly what the entry
         (ensure-free step, frame lookup) and ``put`` do, with the common case, a new page, inline
         and every other case handed to ``put``. Returns each op's result."""
@@ -527,22 +527,46 @@ class Tmem:
         compress = owner.compress
         # Neither can change during a run of PUTs; either sends every op through ``put``.
         inline = not pool.dangerous and not cc.frozen
+        # A PUT takes at most one page of memory and charges at most one page to the owner: with
+        # that much headroom for every op of the run, the ensure-free step and the max-memory
+        # check cannot trip, so they are not even evaluated.
+        count = len(cmfns)
+        check_free = self.free_list + host.heap_free - self.reserve - 256 < count
+        check_max = persistent and odom.max_pages - odom.nr_pages - odom.tmem_pages < count
         pop, max_pages, mv = dom.populated, dom.max_pages, dom.mv
         av, slots = self.av, self.free_slots
         g_eph, o_eph = self.g_eph, owner.eph
         head = pool.head
         last = owner.domid if self.mark_owner else cc.domid
-        stored = 0  # inline successes: pt, ps and Pp/Ep are added once at the end
+
+        def peaks() -> None:
+            # Inline PUTs only add pages, so the high-water marks are taken before anything
+            # that may remove some (eviction, ``put``) and at the end.
+            if pool.npages > pool.Pm:
+                pool.Pm = pool.npages
+            if self.npages > self.Pm:
+                self.Pm = self.npages
+            if self.eph_count > self.Em:
+                self.Em = self.eph_count
+            if owner.eph_count > owner.Em:
+                owner.Em = owner.eph_count
+
+        handed = 0  # successes of ops handed to ``put``, which counted them itself
         for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
-            if self.free_list + host.heap_free - self.reserve < 256 and not self.ensure_free(cc):
-                append(ENOMEM)
-                continue
+            if check_free and self.free_list + host.heap_free - self.reserve < 256:
+                peaks()
+                if not self.ensure_free(cc):
+                    append(ENOMEM)
+                    continue
             data = mv[cmfn << 12:(cmfn << 12) + PAGE] if 0 < cmfn < max_pages and pop[cmfn] \
                 else None
             obj = objs.get(oid)
             if (not inline or data is None or (obj is not None and index in obj.pages)
-                    or (persistent and odom.tmem_pages + odom.nr_pages >= odom.max_pages)):
-                append(self.put(cc, pool, oid, index, data))
+                    or (check_max and odom.tmem_pages + odom.nr_pages >= odom.max_pages)):
+                peaks()
+                rc = self.put(cc, pool, oid, index, data)
+                handed += rc == 1
+                append(rc)
                 continue
             if compress:
                 kept = self._store(owner, data)
@@ -582,11 +606,7 @@ class Tmem:
             pg = Page(obj, index, at, csize)
             obj.pages[index] = pg
             pool.npages += 1
-            if pool.npages > pool.Pm:
-                pool.Pm = pool.npages
             self.npages += 1
-            if self.npages > self.Pm:
-                self.Pm = self.npages
             if persistent:
                 tail = head.prev
                 pg.prev = tail
@@ -599,13 +619,10 @@ class Tmem:
                 o_eph[pg] = None
                 self.eph_count += 1
                 owner.eph_count += 1
-                if self.eph_count > self.Em:
-                    self.Em = self.eph_count
-                if owner.eph_count > owner.Em:
-                    owner.Em = owner.eph_count
             obj.last_client = last
-            stored += 1
             append(1)
+        peaks()
+        stored = results.count(1) - handed
         pool.pt += stored
         pool.ps += stored
         if persistent:
@@ -688,7 +705,7 @@ class Tmem:
         return 1
 
     def get_run(self, cc: Client, pool: Pool, dom: Domain, oids: Iterable[tuple[int, int, int]],
-                indexes: Iterable[int], cmfns: Iterable[int]) -> list[int]:
+                indexes: Iterable[int], cmfns: Sequence[int]) -> list[int]:
         """A run of GETs by ``dom`` from one pool (a multicall): op by op exactly what ``get``
         does, with hits and misses of a private pool inline and every other case handed to
         ``get``. Returns each op's result."""
@@ -701,19 +718,20 @@ class Tmem:
         append = results.append
         objs, av, persistent = pool.objs, self.av, pool.persistent
         remove = self.remove_page
-        looked = hits = 0  # inline lookups and hits: gt, gs and Gp/Ge are added at the end
+        skipped = 0  # ops that did not look the page up here (-EEMPTY, or handed to ``get``)
         for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
             if pool.npages == 0:
+                skipped += 1
                 append(EEMPTY)
                 continue
             obj = objs.get(oid)
             pg = obj.pages.get(index) if obj is not None else None
             if pg is None:
-                looked += 1
                 append(0)
                 continue
             if not 0 < cmfn < max_pages or not pop[cmfn]:
-                append(self.get(cc, pool, oid, index, mem, -1))
+                skipped += 1
+                append(self.get(cc, pool, oid, index, mem, -1))  # -EFAULT, never a hit
                 continue
             off = cmfn << 12
             if pg.csize:
@@ -723,10 +741,9 @@ class Tmem:
                 mem[off:off + PAGE] = av[at:at + PAGE]
             if not persistent:
                 remove(pg)
-            looked += 1
-            hits += 1
             append(1)
-        pool.gt += looked
+        hits = results.count(1)
+        pool.gt += len(results) - skipped
         pool.gs += hits
         if persistent:
             cc.Gp += hits

@@ -109,6 +109,59 @@ def _results(count: int) -> struct.Struct:
     return struct.Struct("<" + "8xq48x" * count)
 
 
+@functools.cache
+def _ops(count: int) -> struct.Struct:
+    """Encoder of ``count`` consecutive gen-member ``struct tmem_op``s."""
+    return struct.Struct("<" + TMEM_OP_GEN.format.lstrip("<") * count)
+
+
+_Keys = tuple[list[int], list[int], list[int], list[int]]
+
+
+def _split(rows: Iterable[Sequence], width: int) -> list[Sequence]:
+    """``width`` columns of ``rows`` (tuples of exactly ``width`` items)."""
+    rows = rows if isinstance(rows, list) else list(rows)
+    if rows and set(map(len, rows)) != {width}:
+        bad = next(row for row in rows if len(row) != width)
+        raise ValueError(f"expected {width}-tuples, got {bad!r}")
+    return list(zip(*rows, strict=True)) if rows else [()] * width
+
+
+def _words_ok(values: Sequence, top: int) -> bool:
+    """Every value a plain int in ``0 .. top`` (checked in C: the batched common case)."""
+    return set(map(type, values)) == {int} and min(values) >= 0 and max(values) <= top
+
+
+def _columns(oids: Sequence, indexes: Sequence) -> _Keys:
+    """Validated keys as columns (oid words 0-2, index), ready to slot into a packed batch;
+    ``ValueError`` for the first bad oid or index."""
+    if not oids:
+        return [], [], [], []
+    if _words_ok(oids, _U64) and _words_ok(indexes, _U32):
+        zeros = [0] * len(oids)
+        return list(oids), zeros, zeros, list(indexes)
+    o0s, o1s, o2s = zip(*map(_oid, oids), strict=True)
+    return list(o0s), list(o1s), list(o2s), list(map(_index, indexes))
+
+
+class _Batch:
+    """A client's batch memory: op structs, multicall entries, frames (bound methods kept)."""
+
+    __slots__ = ("entries", "frames", "numbers", "ops", "reads", "writes")
+
+    def __init__(self, ops: Buffer, entries: Buffer, frames: list[Frame]) -> None:
+        self.ops, self.entries, self.frames = ops, entries, frames
+        self.numbers = [f.number for f in frames]
+        self.writes = [f.write for f in frames]
+        self.reads = [f.read for f in frames]
+
+    def close(self) -> None:
+        self.ops.close()
+        self.entries.close()
+        for frame in self.frames:
+            frame.close()
+
+
 def _named(exc: TmemError, cmd: int) -> TmemError:
     try:
         name = TmemCmd(cmd).name
@@ -160,7 +213,7 @@ class Tmem:
         self._hypercall = hypervisor.hypercall
         self._frame: Frame | None = None
         self._sysctl: Buffer | None = None
-        self._batch: tuple[Buffer, Buffer, list[Frame]] | None = None
+        self._batch: _Batch | None = None
 
     # -- plumbing ------------------------------------------------------------------------------
 
@@ -170,10 +223,7 @@ class Tmem:
             if mem is not None:
                 mem.close()
         if self._batch is not None:
-            self._batch[0].close()
-            self._batch[1].close()
-            for frame in self._batch[2]:
-                frame.close()
+            self._batch.close()
         self._frame = self._sysctl = self._batch = None
 
     def __enter__(self) -> Tmem:
@@ -242,66 +292,70 @@ class Tmem:
 
     # -- batched data path: one multicall of many tmem_ops -----------------------------------
 
-    BATCH = 64
+    BATCH = 128
 
-    def _batch_memory(self) -> tuple[Buffer, Buffer, list[Frame]]:
+    def _batch_memory(self) -> _Batch:
         if self._batch is None:
             ops = self.hv.alloc_buffer(TMEM_OP_GEN.size * self.BATCH)
             entries = self.hv.alloc_buffer(MULTICALL_ENTRY.size * self.BATCH)
-            # Entry i always calls tmem_op on op slot i: written once, only results change.
+            # Entry i always calls tmem_op on op slot i: written once, only results change. The
+            # structs are consecutive, which lets the hypervisor side decode a run in one go.
             entries.write(b"".join(
                 MULTICALL_ENTRY.pack(_TMEM_OP, 0, ops.address + i * TMEM_OP_GEN.size, 0, 0, 0,
                                      0, 0) for i in range(self.BATCH)))
             frames = [self.hv.alloc_frame() for _ in range(self.BATCH)]
-            self._batch = (ops, entries, frames)
+            self._batch = _Batch(ops, entries, frames)
         return self._batch
 
-    def _multicall(self, cmd: int, pool_id: int, keys: Sequence[tuple[Oid, int]],
-                   pages: Sequence[bytes] | None) -> list[int]:
-        """One multicall of up to ``BATCH`` gen ops, op ``i`` naming batch frame ``i``."""
-        ops, entries, frames = self._batch_memory()
-        count = len(keys)
-        op_bytes = bytearray(TMEM_OP_GEN.size * count)
-        pack_into, size = TMEM_OP_GEN.pack_into, TMEM_OP_GEN.size
+    def _multicall(self, cmd: int, pool_id: int, keys: _Keys, start: int, stop: int,
+                   pages: Sequence[bytes] | None) -> tuple[int, ...]:
+        """One multicall of gen ops ``start .. stop-1`` of ``keys`` (at most ``BATCH``), op
+        ``i`` naming batch frame ``i``; the raw results."""
+        batch = self._batch_memory()
+        count = stop - start
         if pages is not None:
-            for frame, page in zip(frames, pages, strict=False):
-                frame.write(page)
-        for i, ((o0, o1, o2), index) in enumerate(keys):
-            pack_into(op_bytes, i * size, cmd, pool_id, o0, o1, o2, index, 0, 0, 0,
-                      frames[i].number)
-        ops.write(op_bytes)
-        self._hypercall(_MULTICALL, entries.address, count)
-        return list(_results(count).unpack(entries.read(MULTICALL_ENTRY.size * count)))
+            for write, page in zip(batch.writes, pages[start:stop], strict=False):
+                write(page)
+        # All structs in one pack: a template with the fixed words, the key columns slotted in.
+        args = [cmd, pool_id, 0, 0, 0, 0, 0, 0, 0, 0] * count
+        o0s, o1s, o2s, indexes = keys
+        args[2::10] = o0s[start:stop]
+        args[3::10] = o1s[start:stop]
+        args[4::10] = o2s[start:stop]
+        args[5::10] = indexes[start:stop]
+        args[9::10] = batch.numbers[:count]
+        batch.ops.write(_ops(count).pack(*args))
+        self._hypercall(_MULTICALL, batch.entries.address, count)
+        return _results(count).unpack(batch.entries.read(MULTICALL_ENTRY.size * count))
 
     def put_pages(self, pool_id: int, items: Iterable[tuple[int | Sequence[int], int, bytes]]
                   ) -> list[int]:
         """Store many pages, ``BATCH`` per multicall; return each op's raw result (1, or a
         negative errno) without raising."""
         pool_id = _pool(pool_id)
-        keys, pages = [], []
-        for oid, index, data in items:
-            keys.append((_oid(oid), _index(index)))
-            if len(data) != PAGE_SIZE:
-                check_page(data)
-            pages.append(data)
+        oids, indexes, pages = _split(items, 3)
+        if set(map(len, pages)) - {PAGE_SIZE}:
+            for data in pages:
+                check_page(data)  # raises with the reason
+        keys = _columns(oids, indexes)
         results: list[int] = []
-        for start in range(0, len(keys), self.BATCH):
-            results += self._multicall(_PUT, pool_id,
-                                       keys[start:start + self.BATCH],
-                                       pages[start:start + self.BATCH])
+        for start in range(0, len(pages), self.BATCH):
+            results += self._multicall(_PUT, pool_id, keys, start,
+                                       min(start + self.BATCH, len(pages)), pages)
         return results
 
     def get_pages(self, pool_id: int, keys: Iterable[tuple[int | Sequence[int], int]]
                   ) -> list[bytes | None]:
         """Fetch many pages, ``BATCH`` per multicall; ``None`` for each miss or error."""
         pool_id = _pool(pool_id)
-        checked = [(_oid(oid), _index(index)) for oid, index in keys]
-        frames = self._batch_memory()[2]
+        oids, indexes = _split(keys, 2)
+        columns = _columns(oids, indexes)
+        reads = self._batch_memory().reads
         out: list[bytes | None] = []
-        for start in range(0, len(checked), self.BATCH):
-            results = self._multicall(_GET, pool_id,
-                                      checked[start:start + self.BATCH], None)
-            out += [frames[i].read() if r == 1 else None for i, r in enumerate(results)]
+        for start in range(0, len(oids), self.BATCH):
+            results = self._multicall(_GET, pool_id, columns, start,
+                                      min(start + self.BATCH, len(oids)), None)
+            out += [read() if r == 1 else None for read, r in zip(reads, results, strict=False)]
         return out
 
     # -- control plane ---------------------------------------------------------------------------
