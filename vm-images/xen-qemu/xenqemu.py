@@ -54,7 +54,7 @@ DLOPEN_LIBS = ("libgcc_s.so.1",)
 # Two load lists: the Xen devices first, the 9p stack in parallel with xenstored's start.
 DOM0_MODULES = {
     "xen": ("xen-privcmd", "xenfs", "xen-evtchn", "xen-gntdev", "xen-gntalloc"),
-    "9p": ("virtio_pci", "9pnet_virtio", "9p"),
+    "9p": ("virtio_pci", "9pnet_virtio", "9p", "overlay"),
 }
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "lib", "usr/lib")
 RECIPE = ("xenqemu.py", "dom0-init", "domu-init")
@@ -65,16 +65,27 @@ APT_TIMEOUT = 900
 XEN_CMDLINE = ("console=com1 com1=115200,8n1 dom0_mem=512M,max:512M loglvl=all "
                "guest_loglvl=all bootscrub=0")
 DOM0_CMDLINE = "console=hvc0 earlyprintk=xen rdinit=/init panic=1 quiet"
-# SMAP under TCG crashes dom0 in Xen's PV bounce-frame path: turn it (and SMEP) off.
-QEMU_BASE = ("-accel", "tcg,thread=multi", "-cpu", "max,-smap,-smep", "-machine", "pc",
+# The CPU: `max` has SMAP, which crashes dom0 under TCG (Xen's PV bounce-frame path), and
+# AVX/AVX2, whose TCG emulation (new in QEMU 7.2) made glibc's AVX2 string functions abort
+# user space at random in dom0 (ld.so assertions, SIGABRT in pthread_create). Westmere is
+# x86-64-v2 (SSE4.2, POPCNT: enough for numpy 2.x) without either. $XEN_QEMU_CPU overrides.
+QEMU_CPU = os.environ.get("XEN_QEMU_CPU", "Westmere")
+QEMU_BASE = ("-accel", "tcg,thread=multi", "-cpu", QEMU_CPU, "-machine", "pc",
              "-nographic", "-nodefaults", "-no-reboot", "-monitor", "none")
 CTL = ".xen-qemu"  # control files inside the output share
 EXIT_TIMEOUT = 124
 EXIT_INFRA = 125
 
 
+EXIT_NO_PACKAGES = 75  # EX_TEMPFAIL: the Debian packages could not be fetched
+
+
 class BuildError(RuntimeError):
     """The image could not be built (package missing, unexpected package content)."""
+
+
+class PackagesUnavailable(BuildError):
+    """apt cannot resolve or fetch the packages (no lists, no mirror): not a recipe bug."""
 
 
 def say(message: str) -> None:
@@ -161,7 +172,7 @@ def _apt_show(*packages: str) -> dict[str, dict[str, str]]:
             found.setdefault(fields["Package"], fields)
     missing = [p for p in packages if p not in found]
     if missing:
-        raise BuildError(f"apt-cache knows no package {', '.join(missing)} "
+        raise PackagesUnavailable(f"apt-cache knows no package {', '.join(missing)} "
                          "(run `apt-get update`, as root, on this Debian 12 machine)")
     return found
 
@@ -174,7 +185,10 @@ def resolve_packages() -> dict[str, tuple[str, str]]:
         if os.geteuid() != 0:
             raise
         say("apt lists missing, running apt-get update")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=APT_TIMEOUT)
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=APT_TIMEOUT)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise PackagesUnavailable(f"apt-get update failed: {exc}") from None
         meta = _apt_show(KERNEL_META)[KERNEL_META]
     kernel = meta["Depends"].split(",")[0].split()[0]
     shown = _apt_show(kernel, *PACKAGES)
@@ -192,7 +206,11 @@ def download(packages: dict[str, tuple[str, str]]) -> dict[str, Path]:
         cmd = ["apt-get", "-q", "download", *wanted]
         if os.geteuid() == 0:  # _apt cannot write into the cache dir; fetch as root there
             cmd[1:1] = ["-o", "APT::Sandbox::User=root"]
-        subprocess.run(cmd, cwd=debs, check=True, timeout=APT_TIMEOUT, stdout=subprocess.DEVNULL)
+        try:
+            subprocess.run(cmd, cwd=debs, check=True, timeout=APT_TIMEOUT,
+                           stdout=subprocess.DEVNULL)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise PackagesUnavailable(f"apt-get download failed: {exc}") from None
     keep = set(paths.values())
     for old in debs.glob("*.deb"):
         if old not in keep:
@@ -423,6 +441,7 @@ def _prepare_out(out: Path) -> None:
 def _command_script(argv: list[str], env: dict[str, str], cwd: Path) -> str:
     base = {
         "HOME": "/tmp", "LANG": "C.UTF-8", "TERM": "dumb", "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONUNBUFFERED": "1", "OPENBLAS_NUM_THREADS": "1",  # no spinning BLAS threads
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "XENTMEM_LIVE": "1", "XEN_QEMU_OUT": "/run/xen-qemu/out",
     }
@@ -577,6 +596,9 @@ def main(args: list[str] | None = None) -> int:
             env[key] = value
         return run(ns.command, timeout=ns.timeout, guests=ns.guests, out=ns.out.resolve(),
                    memory=ns.memory, env=env, keep_log=ns.keep_log, quiet=ns.quiet)
+    except PackagesUnavailable as exc:
+        say(f"build failed: {exc}")
+        return EXIT_NO_PACKAGES
     except (BuildError, subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         say(f"build failed: {exc}")
         return EXIT_INFRA
