@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Any, NoReturn
+import threading
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 from xentmem.abi import (
     DOMID_SELF,
@@ -70,6 +72,18 @@ def _strides(first: int, count: int) -> tuple[int, ...]:
 def _frames(a: int, a_size: int, b: int, b_end: int) -> set[int]:
     """Frame numbers touched by ``a_size`` bytes at ``a`` and by ``b .. b_end``."""
     return {*range(a >> 12, ((a + a_size - 1) >> 12) + 1), *range(b >> 12, ((b_end - 1) >> 12) + 1)}
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialised(method: _F) -> _F:
+    """Run a host method under the host's lock (hypercalls take it inline)."""
+    @functools.wraps(method)
+    def locked(self: EmulatedHost, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+    return locked  # type: ignore[return-value]
 
 
 class Domain:
@@ -183,6 +197,9 @@ class EmulatedHost:
         self.behaviour = Behaviour.for_version(self.version, designed=designed)
         self.has_tmem = self.version.has_tmem
         self.tmem_enabled = tmem and self.has_tmem
+        # One lock for the whole host: hypercalls from several threads (domains) run one at a
+        # time, as if Xen held a global lock; a multicall takes it once, not per entry.
+        self.lock = threading.RLock()
         self.heap_free = memory_mb * 256
         self.tmem = Tmem(self, self.behaviour, compress=tmem_compress,
                          shared_auth=tmem_shared_auth)
@@ -222,6 +239,7 @@ class EmulatedHost:
         self.domains[domid] = Domain(domid, name, pages, max_memory_mb * 256)
         return domid
 
+    @_serialised
     def create_domain(self, name: str, memory_mb: int, max_memory_mb: int | None = None) -> int:
         """Create a guest with ``memory_mb`` MiB of frames (up to ``max_memory_mb``); its domid."""
         self._alive()
@@ -238,6 +256,7 @@ class EmulatedHost:
         self._next_domid += 1
         return domid
 
+    @_serialised
     def destroy_domain(self, domid: int) -> None:
         """Kill a domain: tmem teardown (ref §3.2), then its memory goes back to Xen."""
         self._alive()
@@ -262,6 +281,7 @@ class EmulatedHost:
         except KeyError:
             raise EmulatorError(f"no domain {domid}") from None
 
+    @_serialised
     def domain_info(self, domid: int) -> dict[str, Any]:
         """Name, memory and tmem charge of one domain."""
         self._alive()
@@ -270,6 +290,7 @@ class EmulatedHost:
                 "max_pages": dom.max_pages, "tot_pages": dom.tot_pages,
                 "tmem_pages": dom.tmem_pages}
 
+    @_serialised
     def tmem_list(self, domid: int | None = None, *, long: bool = False) -> str:
         """What ``xl tmem-list [-l] <domid>|-a`` prints (the LIST text of ref §4.2 plus the
         newline xl adds), read through a 32 KiB buffer as libxl does."""
@@ -283,6 +304,7 @@ class EmulatedHost:
         text = _listing.render(recs, 32768, self.behaviour)
         return text[:text.index(b"\0")].decode() + "\n"
 
+    @_serialised
     def to_state(self) -> dict[str, Any]:
         """Everything persistent (config, domains, tmem clients/pools/pages, counters) as plain,
         picklable data; guest frame contents are not kept."""
@@ -305,6 +327,7 @@ class EmulatedHost:
 
     # ---- guest memory (what transports use for buffers and frames) ---------------------------
 
+    @_serialised
     def alloc_frames(self, domid: int, count: int = 1, *, buffer: bool = False) -> int:
         """Reserve ``count`` contiguous RAM frames of ``domid``; the first frame number.
 
@@ -319,12 +342,14 @@ class EmulatedHost:
             raise EmulatorError(f"domain {domid} has no {count} free contiguous frame(s)")
         return first
 
+    @_serialised
     def free_frames(self, domid: int, first: int, count: int = 1) -> None:
         """Give back frames from ``alloc_frames`` (zeroed)."""
         dom = self.domains.get(domid)
         if dom is not None:
             dom.free(first, count)
 
+    @_serialised
     def read_memory(self, domid: int, address: int, size: int) -> bytes:
         """Bytes of guest memory; ``EmulatorError`` outside the domain's RAM."""
         self._alive()
@@ -333,6 +358,7 @@ class EmulatedHost:
             raise EmulatorError(f"domain {domid}: no RAM at {address:#x}+{size}")
         return data
 
+    @_serialised
     def write_memory(self, domid: int, address: int, data: bytes) -> None:
         """Write guest memory; ``EmulatorError`` outside the domain's RAM."""
         self._alive()
@@ -347,23 +373,25 @@ class EmulatedHost:
         Never raises for anything the guest passed: bad pointers, frames, fields and commands
         give the negative errno Xen would. Raises ``HostCrashed`` when this call crashed the
         imitated hypervisor (or it had crashed before) and ``EmulatorError`` for an unknown
-        ``domid`` (a caller bug, not guest input).
+        ``domid`` (a caller bug, not guest input). Safe to call from several threads: the
+        host's lock is held for the whole call (once for a whole multicall).
         """
-        dom = self.domains.get(domid)
-        if dom is None:  # a crash empties ``domains``
-            self._alive()
-            raise EmulatorError(f"no domain {domid}")
-        try:
-            if op == 38 and args:  # the data path: skip the generic argument shuffle
-                return self._hc_tmem_op(dom, args[0] & U64)
-            handler = self._handlers.get(op)
-            if handler is None:
-                return ENOSYS
-            a = [x & U64 for x in args[:6]]
-            a += [0] * (6 - len(a))
-            return handler(dom, *a)
-        except HypervisorCrash as crash:
-            self._crash(str(crash))
+        with self.lock:
+            dom = self.domains.get(domid)
+            if dom is None:  # a crash empties ``domains``
+                self._alive()
+                raise EmulatorError(f"no domain {domid}")
+            try:
+                if op == 38 and args:  # the data path: skip the generic argument shuffle
+                    return self._hc_tmem_op(dom, args[0] & U64)
+                handler = self._handlers.get(op)
+                if handler is None:
+                    return ENOSYS
+                a = [x & U64 for x in args[:6]]
+                a += [0] * (6 - len(a))
+                return handler(dom, *a)
+            except HypervisorCrash as crash:
+                self._crash(str(crash))
 
     def _hc_tmem_op(self, dom: Domain, addr: int, *_: int) -> int:
         """``do_tmem_op`` in the dispatch order of ref §2.1."""
