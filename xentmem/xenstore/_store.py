@@ -1,8 +1,8 @@
-"""The in-memory xenstore of the emulator: a persistent tree with permissions, quotas, transactions.
+"""The in-memory xenstore of the emulator: a node tree with permissions, quotas, transactions.
 
 Semantics follow the real oxenstored 4.17 (measured through vm-images/oxenstored, see
 tests/xenstore) unless the protocol documents say otherwise; every deliberate difference is listed
-in ``DIFFERENCES`` and tested.
+in ``DIFFERENCES`` and checked in tests/xenstore.
 
 * Tree: :class:`Node` objects, copy-on-write by epoch. Taking a snapshot (a transaction
   starting) bumps the store's epoch; a node made in the current epoch cannot be reached from any
@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from ._wire import Perm
 
 DIFFERENCES = """\
-Where our server deliberately differs from oxenstored 4.17 (each is tested):
+Where our server deliberately differs from oxenstored 4.17 (tests/xenstore checks each one,
+except that it never deletes "/" on the real server):
 - Path length: the protocol's 3072 bytes for absolute and 2048 for relative paths
   (xs_wire.h XENSTORE_ABS_PATH_MAX / XENSTORE_REL_PATH_MAX); oxenstored caps both at 2048.
 - DIRECTORY whose reply would exceed 4096 bytes: E2BIG, and DIRECTORY_PARTIAL (22) serves it in
@@ -182,10 +183,11 @@ def iter_subtree(node: Node, path: str):
 
 
 class Work:
-    """A mutable handle on an immutable tree: the live store, a transaction, or a commit replay.
+    """A handle on one tree: the live store, a transaction's own tree, or a commit replay.
 
-    Mutations path-copy from ``root``, record ``events`` to fire and the change of node counts
-    per owner in ``delta``. ``entries`` are the committed counts the quota is checked against.
+    Mutations copy what a snapshot may share (see :class:`Node`), record ``events`` to fire and
+    the change of node counts per owner in ``delta``. ``entries`` are the committed counts the
+    quota is checked against.
     """
 
     __slots__ = ("delta", "entries", "events", "gens", "quota", "root")

@@ -210,8 +210,10 @@ class RingProxy:
         cons, prod = self._u32(_REQ_CONS), self._u32(_REQ_PROD)
         room = _RING_SIZE - ((prod - cons) & 0xFFFFFFFF)
         n = min(room, len(data))
-        for i in range(n):  # wraps at any offset; n <= 1024
-            self._page[_REQ + (prod + i) % _RING_SIZE] = data[i]
+        start = prod % _RING_SIZE
+        first = min(n, _RING_SIZE - start)  # the rest wraps to the start of the ring
+        self._page[_REQ + start : _REQ + start + first] = data[:first]
+        self._page[_REQ : _REQ + n - first] = data[first:n]
         if n:
             self._set_u32(_REQ_PROD, prod + n)
         return n
