@@ -160,3 +160,16 @@ _bases = itertools.count()
 def base(request: pytest.FixtureRequest) -> str:
     """A fresh absolute path prefix for this test (the servers are shared by a module)."""
     return f"/test/t{next(_bases)}-{os.getpid()}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Nothing here should take long: bound every test of this directory at 30 s (benchmarks
+    excepted) so that a hang costs 30 s of the suite, not pytest-timeout's global 120 s."""
+    here = Path(__file__).parent
+    for item in items:
+        if (
+            item.path.is_relative_to(here)
+            and item.get_closest_marker("bench") is None
+            and item.get_closest_marker("timeout") is None
+        ):
+            item.add_marker(pytest.mark.timeout(30))

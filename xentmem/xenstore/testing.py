@@ -328,23 +328,27 @@ class RawClient:
         payload = b"".join(a if isinstance(a, bytes) else str(a).encode() + _wire.NUL for a in args)
         self._rq += 1
         self.sock.sendall(_wire.pack(op, self._rq, tx, payload))
-        while True:
+        deadline = time.monotonic() + (self.sock.gettimeout() or 5.0)
+        while time.monotonic() < deadline:  # a stream of events must not keep us here
             rop, _rq, _tx, body = self.recv_message()
             if rop == _wire.Op.WATCH_EVENT:
                 path, token = ([*_wire.split_strings(body), b"", b""])[:2]
                 self.events.append((path, token))
                 continue
             return rop, body
+        raise TimeoutError(f"no reply to op {op} among the watch events")
 
     def next_event(self) -> tuple[bytes, bytes]:
         """The next WATCH_EVENT ``(path, token)`` (raises socket.timeout if none comes)."""
         if self.events:
             return self.events.pop(0)
-        while True:
+        deadline = time.monotonic() + (self.sock.gettimeout() or 5.0)
+        while time.monotonic() < deadline:  # replies alone must not keep us here either
             rop, _rq, _tx, body = self.recv_message()
             if rop == _wire.Op.WATCH_EVENT:
                 path, token = ([*_wire.split_strings(body), b"", b""])[:2]
                 return path, token
+        raise TimeoutError("no watch event")
 
 
 def event_barrier(watcher: XenStore, writer: XenStore, path: str, timeout: float = 10.0) -> None:
