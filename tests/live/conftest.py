@@ -25,7 +25,7 @@ PRIVCMD = Path("/dev/xen/privcmd")
 EXIT_GRACE = 60.0
 _exit_status: list[int] = []
 # Modules that run on the machine itself, not in dom0.
-HOST_SIDE = {"test_layout_fixture.py", "test_vm_suite.py"}
+HOST_SIDE = {"test_layout_fixture.py", "test_vm_runner.py", "test_vm_suite.py"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

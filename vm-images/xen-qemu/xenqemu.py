@@ -481,14 +481,15 @@ def run(argv: list[str], *, timeout: float, guests: int, out: Path, memory: int,
             return EXIT_INFRA
     _prepare_out(out)
     ctl = out / CTL
-    (ctl / "config").write_text(f"guests={guests}\ncheckout={CHECKOUT}\n")
+    (ctl / "config").write_text(f"checkout={CHECKOUT}\n")
     (ctl / "command").write_text(_command_script(argv, env, Path.cwd()))
     serial = out / "serial.log"
     output = out / "command.log"
     qemu_cmd = [
         qemu, *QEMU_BASE, "-smp", "2", "-m", str(memory),
         "-kernel", str(image / "xen"), "-append", XEN_CMDLINE,
-        "-initrd", f"{image / 'dom0-vmlinux'} {DOM0_CMDLINE},{image / 'dom0-initrd.cpio'}",
+        "-initrd", f"{image / 'dom0-vmlinux'} {DOM0_CMDLINE} xen_qemu.guests={guests},"
+                   f"{image / 'dom0-initrd.cpio'}",
         "-serial", "stdio",
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
                    "multidevs=remap",
