@@ -18,7 +18,9 @@ import pytest
 from xentmem import abi
 from xentmem.abi import Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
+from xentmem.errors import HostCrashed
 from xentmem.hypercalls.emulated import EmulatedHypervisor
+from xentmem.hypercalls.tmem import Tmem
 
 from .driver import PRIV_EPH, PRIV_PERS, SHARED_EPH, SHARED_PERS, VERSIONS, page, text_page
 
@@ -131,3 +133,22 @@ def _scenario(seed: int) -> int:
 def test_multicall_equals_the_entries_one_by_one(block):
     fast = sum(_scenario(seed) for seed in range(block * 60, block * 60 + 60))
     assert fast > 100  # the batched path ran, not only the one-by-one fallback
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_put_into_a_freed_shared_pool_crashes_the_host_cleanly(batched):
+    """Xen 4.5: a PUT into a shared pool its creator freed crashes the hypervisor; the emulated
+    host crashes (``HostCrashed``) even though the PUT held a view of the guest's frame."""
+    host = EmulatedHost(64, xen_version="4.5", dom0_memory_mb=8)
+    d0, d1 = (Tmem(EmulatedHypervisor(host, d), version="4.5")
+              for d in (0, host.create_domain("g", 8)))
+    s0 = d0.new_pool(persistent=False, shared=True, uuid=(7, 9))
+    s1 = d1.new_pool(persistent=False, shared=True, uuid=(7, 9))
+    d0.put_page(s0, 1, 0, page(1))
+    d0.destroy_pool(s0)
+    with pytest.raises(HostCrashed, match="freed"):
+        if batched:
+            d1.put_pages(s1, [(1, i, page(i)) for i in range(3)])
+        else:
+            d1.put_page(s1, 1, 0, page(2))
+    assert host.crashed and host.domains == {}

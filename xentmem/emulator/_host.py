@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import functools
 import struct
 import threading
@@ -52,15 +53,21 @@ _U32 = struct.Struct("<I")
 
 
 @functools.cache
-def _words(count: int) -> struct.Struct:
-    """``count`` unsigned 64-bit words (multicall entries are eight each)."""
-    return struct.Struct(f"<{count}Q")
+def _entry_heads(count: int) -> struct.Struct:
+    """``op`` and ``args[0]`` of ``count`` consecutive 64-byte ``multicall_entry``s."""
+    return struct.Struct("<" + "Q8xQ40x" * count)
+
+
+# The gen member of ``struct tmem_op`` (TMEM_OP_GEN) without the three words PUT and GET
+# ignore (tmem_offset, pfn_offset, len): cmd, pool_id, oid[3], index, cmfn.
+_GEN_KEY = "Ii3QI12xQ"
+assert struct.calcsize("<" + _GEN_KEY) == TMEM_OP_GEN.size
 
 
 @functools.cache
-def _words_gen(count: int) -> struct.Struct:
-    """``count`` consecutive gen-member ``struct tmem_op``s."""
-    return struct.Struct("<" + TMEM_OP_GEN.format.lstrip("<") * count)
+def _gen_keys(count: int) -> struct.Struct:
+    """The PUT/GET fields of ``count`` consecutive gen-member ``struct tmem_op``s."""
+    return struct.Struct("<" + _GEN_KEY * count)
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,6 +207,7 @@ class EmulatedHost:
         # One lock for the whole host: hypercalls from several threads (domains) run one at a
         # time, as if Xen held a global lock; a multicall takes it once, not per entry.
         self.lock = threading.RLock()
+        self._acquire, self._release = self.lock.acquire, self.lock.release
         self.heap_free = memory_mb * 256
         self.tmem = Tmem(self, self.behaviour, compress=tmem_compress,
                          shared_auth=tmem_shared_auth)
@@ -376,12 +384,13 @@ class EmulatedHost:
         ``domid`` (a caller bug, not guest input). Safe to call from several threads: the
         host's lock is held for the whole call (once for a whole multicall).
         """
-        with self.lock:
-            dom = self.domains.get(domid)
-            if dom is None:  # a crash empties ``domains``
-                self._alive()
-                raise EmulatorError(f"no domain {domid}")
+        self._acquire()  # cheaper than ``with`` on the single-op path
+        try:
             try:
+                dom = self.domains.get(domid)
+                if dom is None:  # a crash empties ``domains``
+                    self._alive()
+                    raise EmulatorError(f"no domain {domid}")
                 if op == 38 and args:  # the data path: skip the generic argument shuffle
                     return self._hc_tmem_op(dom, args[0] & U64)
                 handler = self._handlers.get(op)
@@ -391,7 +400,12 @@ class EmulatedHost:
                 a += [0] * (6 - len(a))
                 return handler(dom, *a)
             except HypervisorCrash as crash:
-                self._crash(str(crash))
+                reason = str(crash)
+            # Crash outside the handler: its traceback kept the crashing frames, and with them
+            # views of guest memory that would stop the domains' memory from being unmapped.
+            self._crash(reason)
+        finally:
+            self._release()
 
     def _hc_tmem_op(self, dom: Domain, addr: int, *_: int) -> int:
         """``do_tmem_op`` in the dispatch order of ref §2.1."""
@@ -535,18 +549,19 @@ class EmulatedHost:
         in one go could differ: structs not all valid, or a page frame that overlaps the
         entries or the structs (a GET writing there, or a PUT reading a result, would change
         what a later op reads)."""
-        words = _words(count * 8).unpack_from(dom.mem, addr)
-        first = words[2]
+        mem = dom.mem
+        heads = _entry_heads(count).unpack_from(mem, addr)  # (op, args[0]) of each entry
+        first = heads[1]
         end = first + count * STRUCT_SIZE
-        if words[0::8].count(38) != count or words[2::8] != _strides(first, count) \
+        if heads[0::2].count(38) != count or heads[1::2] != _strides(first, count) \
                 or not self.tmem_enabled or (dom.client is not None and dom.dying) \
                 or not dom.valid(first, end - first) or (first < addr + count * 64 and addr < end):
             return False
-        fields = _words_gen(count).unpack_from(dom.mem, first)
+        fields = _gen_keys(count).unpack_from(mem, first)
         cmd, pool_id = fields[0], fields[1]
-        cmfns = fields[9::10]
-        if cmd not in (4, 5) or fields[0::10].count(cmd) != count \
-                or fields[1::10].count(pool_id) != count \
+        cmfns = fields[6::7]
+        if cmd not in (4, 5) or fields[0::7].count(cmd) != count \
+                or fields[1::7].count(pool_id) != count \
                 or not _frames(addr, count * 64, first, end).isdisjoint(cmfns):
             return False
         tm = self.tmem
@@ -557,15 +572,15 @@ class EmulatedHost:
             results = [ENODEV] * count
         else:
             run = tm.put_run if cmd == 4 else tm.get_run
-            results = run(cc, pool, dom, zip(fields[2::10], fields[3::10], fields[4::10],
+            results = run(cc, pool, dom, zip(fields[2::7], fields[3::7], fields[4::7],
                                              strict=True),
-                          fields[5::10], cmfns)
+                          fields[5::7], cmfns)
         failed = count - results.count(1) - results.count(0)
         if failed:
             tm.Te += failed
-        entries = list(words)
-        entries[1::8] = [rc & U64 for rc in results] if failed else results
-        _words(count * 8).pack_into(dom.mem, addr, *entries)
+        # Each entry's ``result`` word (the second of eight), written in one strided store.
+        with dom.mv[addr:addr + count * 64] as raw, raw.cast("q") as words:
+            words[1::8] = array.array("q", results)
         return True
 
     def _hc_memory_op(self, dom: Domain, cmd: int, addr: int, *_: int) -> int:

@@ -7,8 +7,6 @@ them exactly as Xen resolves a guest's, answering -EFAULT for bad ones.
 
 from __future__ import annotations
 
-import functools
-
 from xentmem.abi import PAGE_SIZE, Hypercall
 from xentmem.emulator import EmulatedHost
 from xentmem.errors import TransportError, tmem_error
@@ -81,14 +79,24 @@ class EmulatedHypervisor:
             raise TransportError(f"emulated host has no domain {domid}")
         self.host = host
         self.domid = domid
-        self._entry = functools.partial(host.hypercall, domid)  # the data path: no lookups
+        entry = host.hypercall
+
+        # The data path: a closure over the entry and the domid (no partial, no lookups),
+        # shadowing the method below on this instance.
+        def hypercall(op: int, *args: int) -> int:
+            result = entry(domid, op, *args)
+            if result < 0:
+                raise tmem_error(result, _OP_NAMES.get(op, f"hypercall {op}"))
+            return result
+
+        self.hypercall = hypercall  # type: ignore[method-assign]
 
     def hypercall(self, op: int, *args: int) -> int:
         """Xen's result; a negative one raises the matching ``TmemError``.
 
         ``HostCrashed`` propagates when the call crashed the imitated hypervisor.
         """
-        result = self._entry(op, *args)
+        result = self.host.hypercall(self.domid, op, *args)
         if result < 0:
             raise tmem_error(result, _OP_NAMES.get(op, f"hypercall {op}"))
         return result

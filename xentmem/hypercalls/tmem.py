@@ -273,16 +273,34 @@ class Tmem:
             check_page(data)  # raises with the reason
         frame = self._frame or self.frame
         frame.write(data)
-        self._gen(_PUT, _pool(pool_id), _oid(oid), _index(index), frame.number)
+        self._page_op(_PUT, pool_id, oid, index, frame.number)
 
     def get_page(self, pool_id: int, oid: int | Sequence[int], index: int) -> bytes | None:
         """Fetch one page; ``None`` on a miss (including -EEMPTY, as Linux treats it)."""
         frame = self._frame or self.frame
         try:
-            hit = self._gen(_GET, _pool(pool_id), _oid(oid), _index(index), frame.number)
+            hit = self._page_op(_GET, pool_id, oid, index, frame.number)
         except TmemEmpty:
             return None
         return frame.read() if hit == 1 else None
+
+    def _page_op(self, cmd: int, pool_id: int, oid: int | Sequence[int], index: int,
+                 cmfn: int) -> int:
+        """``_gen`` for PUT/GET with the checks of ``_pool``/``_oid``/``_index`` inlined for the
+        common case (an int oid): the single-op hot path makes one call, not five."""
+        if type(oid) is int and 0 <= oid <= _U64:
+            o0, o1, o2 = oid, 0, 0
+        else:
+            o0, o1, o2 = _oid(oid)
+        if type(index) is not int or not 0 <= index <= _U32:
+            index = _index(index)  # raises
+        if type(pool_id) is not int or not -(1 << 31) <= pool_id < (1 << 31):
+            pool_id = _pool(pool_id)  # raises
+        self._write_op(_pack_gen(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn))
+        try:
+            return self._hypercall(_TMEM_OP, self._op_address)
+        except TmemError as exc:
+            raise _named(exc, cmd) from None
 
     def flush_page(self, pool_id: int, oid: int | Sequence[int], index: int) -> None:
         self._gen(TmemCmd.TMEM_FLUSH_PAGE, _pool(pool_id), _oid(oid), _index(index))
