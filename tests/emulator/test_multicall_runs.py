@@ -74,6 +74,11 @@ def _scenario(seed: int) -> int:
         op = abi.pack_tmem_op(TmemCmd.TMEM_NEW_POOL, 0, flags=f, uuid=(7, 9))
         pools.append(a.call(op))
         assert b.call(op) == pools[-1]
+    dom0_pages = rng.choice([0, 50, 300])  # dom0's ephemeral pages: other LRU heads to evict
+    for side in (a, b):
+        dom0 = Tmem(EmulatedHypervisor(side.host, 0), version=version)
+        dom0.put_pages(dom0.new_pool(persistent=False), [(1, i, page(i))
+                                                         for i in range(dom0_pages)])
     fast_batches = 0
     for _ in range(rng.randint(4, 40)):
         if rng.random() < 0.1:  # a control-ish op between batches: freeze, thaw, flush
@@ -86,6 +91,12 @@ def _scenario(seed: int) -> int:
                 cc = side.host.tmem.clients.get(side.domid)
                 if cc is not None:
                     cc.frozen = not cc.frozen
+        if rng.random() < 0.1:  # eviction weights (quota rules pick the victim)
+            weight = rng.choice([0, 1, 5])
+            for side in (a, b):
+                cc = side.host.tmem.clients.get(side.domid)
+                if cc is not None:
+                    side.host.tmem.set_weight(cc, weight)
         count = rng.randint(2, 64)
         cmd = rng.choice([PUT, GET])
         pool = rng.choice(pools) if rng.random() < 0.95 else rng.choice([5, 16, -1])

@@ -536,6 +536,7 @@ class Tmem:
         pop, max_pages, mv = dom.populated, dom.max_pages, dom.mv
         av, slots = self.av, self.free_slots
         g_eph, o_eph = self.g_eph, owner.eph
+        remove = self.remove_page
         head = pool.head
         last = owner.domid if self.mark_owner else cc.domid
 
@@ -555,7 +556,13 @@ class Tmem:
         for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
             if check_free and self.free_list + host.heap_free - self.reserve < 256:
                 peaks()
-                if not self.ensure_free(cc):
+                if not self.weight_sum and g_eph:
+                    # ensure_free's one eviction, inlined: with no weights set nobody is over
+                    # quota, so the victim is the head of the global LRU list
+                    self.Ea += 1
+                    remove(next(iter(g_eph)))
+                    self.Et += 1
+                elif not self.ensure_free(cc):
                     append(ENOMEM)
                     continue
             data = mv[cmfn << 12:(cmfn << 12) + PAGE] if 0 < cmfn < max_pages and pop[cmfn] \
