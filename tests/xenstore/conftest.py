@@ -47,13 +47,15 @@ class ServerUnderTest:
     def is_ours(self) -> bool:
         return self.name == "ours"
 
-    def client(self, path: str | None = None, timeout: float = 5.0) -> XenStoreClient:
+    # Generous timeouts: they only bound failures, and a loaded CI machine (or the polled fake
+    # ring of oxenstored) can be slow; every test is bounded at 30 s anyway.
+    def client(self, path: str | None = None, timeout: float = 15.0) -> XenStoreClient:
         c = XenStoreClient(path or self.dom0_path, timeout=timeout)
         self._clients.append(c)
         return c
 
     def raw(self, path: str | None = None) -> RawClient:
-        return RawClient(path or self.dom0_path)
+        return RawClient(path or self.dom0_path, timeout=15.0)
 
     def guest_path(self, domid: int) -> str:
         """Lay out /local/domain/<domid> as the toolstack does and introduce it (once)."""
