@@ -16,6 +16,8 @@ project's virtualenv exists and under any python3.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import gzip
 import hashlib
 import json
@@ -317,8 +319,38 @@ def _cpio(stage: Path, target: Path) -> None:
     tmp.replace(target)
 
 
+LOCK_TIMEOUT = 1800.0
+
+
+@contextlib.contextmanager
+def cache_lock(exclusive: bool):
+    """Builds take the cache exclusively, runs share it: two test runs on one machine neither
+    rebuild under a booting VM nor unpack into the same tree at once. Bounded wait."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("a") as fh:
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fh, mode)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BuildError(f"{CACHE} stayed locked for {LOCK_TIMEOUT:.0f} s") from None
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def build(force: bool = False) -> Path:
-    """Build (or reuse) cache/image; return its path."""
+    """Build (or reuse) cache/image under the exclusive cache lock; return its path."""
+    with cache_lock(exclusive=True):
+        return _build(force)
+
+
+def _build(force: bool) -> Path:
     packages = resolve_packages()
     digest = _recipe_digest(packages)
     stamp = IMAGE / "stamp"
@@ -475,6 +507,13 @@ def run(argv: list[str], *, timeout: float, guests: int, out: Path, memory: int,
         say("qemu-system-x86_64 not found (apt-get install qemu-system-x86)")
         return EXIT_INFRA
     image = build()
+    with cache_lock(exclusive=False):  # no rebuild while this VM uses the image
+        return _boot(qemu, image, argv, timeout=timeout, guests=guests, out=out, memory=memory,
+                     env=env, keep_log=keep_log, quiet=quiet)
+
+
+def _boot(qemu: str, image: Path, argv: list[str], *, timeout: float, guests: int, out: Path,
+          memory: int, env: dict[str, str], keep_log: bool, quiet: bool) -> int:
     for path in (image, CHECKOUT, out):
         if "," in str(path):
             say(f"QEMU cannot take a path with a comma: {path}")
