@@ -167,6 +167,8 @@ def base(request: pytest.FixtureRequest) -> str:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Nothing here should take long: bound every test of this directory at 30 s (benchmarks
     excepted) so that a hang costs 30 s of the suite, not pytest-timeout's global 120 s."""
+    if os.environ.get("XENTMEM_HYPOTHESIS_EXAMPLES"):
+        return  # a soak of the property tests (tests/xenstore/test_store.py) takes minutes
     here = Path(__file__).parent
     for item in items:
         if (

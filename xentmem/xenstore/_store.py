@@ -394,9 +394,16 @@ class _Gen:
 
 
 class Transaction:
-    """One open transaction: its start snapshot, its own tree, what it read, what it did."""
+    """One open transaction: its start snapshot, its own tree, what it read, what it did.
 
-    __slots__ = ("base", "caller", "id", "log", "reads", "touched", "work")
+    What the client saw must still hold at commit, so every read records the start-snapshot
+    stamp of the node it depended on, with two exceptions that cannot depend on the snapshot:
+    a node this transaction created itself (its absence at the start is recorded instead) and
+    anything under a node it removed. Failed mutations record what decided their failure, and a
+    creation records the ancestors whose perms the new node inherits.
+    """
+
+    __slots__ = ("base", "caller", "created", "id", "log", "reads", "removed", "work")
 
     def __init__(self, tx_id: int, store: Store, caller: Caller) -> None:
         self.id = tx_id
@@ -405,21 +412,22 @@ class Transaction:
         self.work = Work(self.base, store.gens, store.quota, store.entries)
         self.reads: dict[tuple[str, str], int | None] = {}
         self.log: list[tuple[str, tuple]] = []
-        self.touched: set[str] = set()
+        self.created: set[str] = set()
+        self.removed: set[str] = set()
 
     def note_read(self, path: str, kind: str) -> None:
-        """Record the start-snapshot stamp of ``path`` (kind ``"v"`` value/perms, ``"c"``
-        children) unless this transaction changed that node itself."""
+        """Record the start-snapshot stamp of ``path``: kind ``"v"`` (value and perms) or
+        ``"c"`` (the set of children)."""
         key = (path, kind)
-        if key in self.reads or (kind == "v" and self._touched(path)):
+        if key in self.reads:
+            return
+        if kind == "v" and (path in self.created or self._under_removed(path)):
             return
         node = walk(self.base, split(path))
         self.reads[key] = None if node is None else (node.vgen if kind == "v" else node.cgen)
 
-    def _touched(self, path: str) -> bool:
-        if path in self.touched:
-            return True
-        return any(t == "/" or path.startswith(t + "/") for t in self.touched)
+    def _under_removed(self, path: str) -> bool:
+        return any(path == r or path.startswith(r + "/") for r in self.removed)
 
     def read(self, path: str) -> Node:
         self.note_read(path, "v")
@@ -435,15 +443,17 @@ class Transaction:
         try:
             getattr(self.work, name)(self.caller, path, *args)
         except XsError:
-            # A failed mutation's outcome was observed too: validate what decided it.
             self.note_read(path, "v")
             self.note_read(parent_of(path), "c")
             self._note_ancestors(path)
             raise
-        if creates:  # the new node's perms come from its nearest existing ancestor
+        if creates:
+            self.note_read(path, "v")  # absent at the start, unless we removed it before
             self._note_ancestors(path)
+            self.created.add(path)
+        elif name == "rm":
+            self.removed.add(path)
         self.log.append((name, (path, *args)))
-        self.touched.add(path)
 
     def _note_ancestors(self, path: str) -> None:
         while path.startswith("/") and path != "/":
