@@ -20,6 +20,7 @@ import selectors
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -195,11 +196,15 @@ class RingProxy:
         os.close(self._fifo)
         self._page.close()
 
+    # The ring indices are shared with oxenstored: each must be read and written with one
+    # 4-byte access. struct's "=I" goes byte by byte, and a torn req_prod (say 0x3FF -> 0x301
+    # half-way to 0x401) makes oxenstored see prod - cons > 1024 and drop the domain as
+    # "bad connection"; a 4-byte slice is a single memcpy, i.e. one aligned load or store.
     def _u32(self, off: int) -> int:
-        return _U32.unpack_from(self._page, off)[0]
+        return int.from_bytes(self._page[off : off + 4], sys.byteorder)
 
     def _set_u32(self, off: int, value: int) -> None:
-        _U32.pack_into(self._page, off, value & 0xFFFFFFFF)
+        self._page[off : off + 4] = (value & 0xFFFFFFFF).to_bytes(4, sys.byteorder)
 
     def _kick(self) -> None:
         with contextlib.suppress(BlockingIOError):
