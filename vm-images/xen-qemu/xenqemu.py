@@ -636,6 +636,9 @@ def main(args: list[str] | None = None) -> int:
             env[key] = value
         return run(ns.command, timeout=ns.timeout, guests=ns.guests, out=ns.out.resolve(),
                    memory=ns.memory, env=env, keep_log=ns.keep_log, quiet=ns.quiet)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: QEMU is already stopped
+        say(f"interrupted ({exc or 'Ctrl-C'}); QEMU stopped, outputs so far in {ns.out}")
+        return 130
     except PackagesUnavailable as exc:
         say(f"build failed: {exc}")
         return EXIT_NO_PACKAGES
