@@ -384,15 +384,15 @@ class EmulatedHost:
         ``domid`` (a caller bug, not guest input). Safe to call from several threads: the
         host's lock is held for the whole call (once for a whole multicall).
         """
-        self._acquire()  # cheaper than ``with`` on the single-op path
+        if op == 38 and args:  # the data path: skip the generic argument shuffle
+            return self.tmem_op(domid, args[0])
+        self._acquire()
         try:
             try:
                 dom = self.domains.get(domid)
                 if dom is None:  # a crash empties ``domains``
                     self._alive()
                     raise EmulatorError(f"no domain {domid}")
-                if op == 38 and args:  # the data path: skip the generic argument shuffle
-                    return self._hc_tmem_op(dom, args[0] & U64)
                 handler = self._handlers.get(op)
                 if handler is None:
                     return ENOSYS
@@ -404,6 +404,23 @@ class EmulatedHost:
             # Crash outside the handler: its traceback kept the crashing frames, and with them
             # views of guest memory that would stop the domains' memory from being unmapped.
             self._crash(reason)
+        finally:
+            self._release()
+
+    def tmem_op(self, domid: int, addr: int) -> int:
+        """``hypercall(domid, Hypercall.tmem_op, addr)``: the single-op data path, with
+        nothing of the generic argument handling."""
+        self._acquire()  # cheaper than ``with``
+        try:
+            try:
+                dom = self.domains.get(domid)
+                if dom is None:  # a crash empties ``domains``
+                    self._alive()
+                    raise EmulatorError(f"no domain {domid}")
+                return self._hc_tmem_op(dom, addr & U64)
+            except HypervisorCrash as crash:
+                reason = str(crash)
+            self._crash(reason)  # outside the handler, as in ``hypercall``
         finally:
             self._release()
 
@@ -431,11 +448,11 @@ class EmulatedHost:
             if cc is None:
                 cc = tm.create_client(dom)
             pool_id = t[1]
-            if not 0 <= pool_id < 16 or (pool := cc.pools[pool_id]) is None:
+            if pool_id >> 4 or (pool := cc.pools[pool_id]) is None:  # outside 0..15, or empty
                 tm.Te += 1
                 return ENODEV
-            cmfn = t[9]
-            off = cmfn << 12 if 0 < cmfn < dom.max_pages and pop[cmfn] else -1
+            cmfn = t[9]  # unsigned: 0 (the null frame) is never RAM we accept
+            off = cmfn << 12 if cmfn and cmfn < dom.max_pages and pop[cmfn] else -1
             if cmd == 4:
                 if tm.free_list + self.heap_free - tm.reserve < 256 and not tm.ensure_free(cc):
                     tm.Te += 1

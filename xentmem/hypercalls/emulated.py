@@ -29,11 +29,12 @@ class EmulatedBuffer:
         self._mem = host.domains[domid].mem
 
     def write(self, data: bytes, offset: int = 0) -> None:
-        if offset < 0 or offset + len(data) > self.size:
+        end = offset + len(data)
+        if offset < 0 or end > self.size:
             raise ValueError(f"{len(data)} bytes at offset {offset} overflow a "
                              f"{self.size}-byte buffer")
-        start = self.address + offset
-        self._mem[start:start + len(data)] = data
+        address = self.address
+        self._mem[address + offset:address + end] = data
 
     def read(self, size: int | None = None, offset: int = 0) -> bytes:
         size = self.size - offset if size is None else size
@@ -79,12 +80,12 @@ class EmulatedHypervisor:
             raise TransportError(f"emulated host has no domain {domid}")
         self.host = host
         self.domid = domid
-        entry = host.hypercall
+        entry, tmem_op = host.hypercall, host.tmem_op
 
-        # The data path: a closure over the entry and the domid (no partial, no lookups),
+        # The data path: a closure over the entries and the domid (no partial, no lookups),
         # shadowing the method below on this instance.
         def hypercall(op: int, *args: int) -> int:
-            result = entry(domid, op, *args)
+            result = tmem_op(domid, args[0]) if op == 38 and args else entry(domid, op, *args)
             if result < 0:
                 raise tmem_error(result, _OP_NAMES.get(op, f"hypercall {op}"))
             return result

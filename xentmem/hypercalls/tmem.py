@@ -286,17 +286,19 @@ class Tmem:
 
     def _page_op(self, cmd: int, pool_id: int, oid: int | Sequence[int], index: int,
                  cmfn: int) -> int:
-        """``_gen`` for PUT/GET with the checks of ``_pool``/``_oid``/``_index`` inlined for the
-        common case (an int oid): the single-op hot path makes one call, not five."""
-        if type(oid) is int and 0 <= oid <= _U64:
-            o0, o1, o2 = oid, 0, 0
+        """``_gen`` for PUT/GET with the checks of ``_pool``/``_index``/``_oid`` inlined for the
+        common case (an int oid): the single-op hot path makes one call, not five. A shift is
+        the range check (``x >> 32`` is 0 exactly for 0 <= x < 2**32)."""
+        if type(index) is not int or index >> 32:
+            _index(index)  # raises
+        if type(pool_id) is not int or (pool_id + 0x80000000) >> 32:
+            _pool(pool_id)  # raises
+        if type(oid) is int and not oid >> 64:
+            op = _pack_gen(cmd, pool_id, oid, 0, 0, index, 0, 0, 0, cmfn)
         else:
             o0, o1, o2 = _oid(oid)
-        if type(index) is not int or not 0 <= index <= _U32:
-            index = _index(index)  # raises
-        if type(pool_id) is not int or not -(1 << 31) <= pool_id < (1 << 31):
-            pool_id = _pool(pool_id)  # raises
-        self._write_op(_pack_gen(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn))
+            op = _pack_gen(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn)
+        self._write_op(op)
         try:
             return self._hypercall(_TMEM_OP, self._op_address)
         except TmemError as exc:
