@@ -67,10 +67,12 @@ APT_TIMEOUT = 900
 XEN_CMDLINE = ("console=com1 com1=115200,8n1 dom0_mem=512M,max:512M loglvl=all "
                "guest_loglvl=all bootscrub=0")
 DOM0_CMDLINE = "console=hvc0 earlyprintk=xen rdinit=/init panic=1 quiet"
-# The CPU: `max` has SMAP, which crashes dom0 under TCG (Xen's PV bounce-frame path), and
-# AVX/AVX2, whose TCG emulation (new in QEMU 7.2) made glibc's AVX2 string functions abort
-# user space at random in dom0 (ld.so assertions, SIGABRT in pthread_create). Westmere is
-# x86-64-v2 (SSE4.2, POPCNT: enough for numpy 2.x) without either. $XEN_QEMU_CPU overrides.
+# The CPU: Westmere (x86-64-v2: SSE4.2, POPCNT, enough for numpy 2.x), not `max`. Under this
+# QEMU 7.2 TCG, `max` made dom0 user space compute wrong results: SMAP crashes dom0 in Xen's PV
+# bounce-frame path; with `max,-smap,-smep` ld.so assertions and SIGABRTs came at random; with
+# `max,-smap,-smep,-avx` Python's ipaddress module failed to parse "169.254.0.0" at start-up.
+# Westmere gave identical, correct runs, at about 2x the CPU time (62 s vs 27 s to ready).
+# $XEN_QEMU_CPU overrides (for trying other models).
 QEMU_CPU = os.environ.get("XEN_QEMU_CPU", "Westmere")
 QEMU_BASE = ("-accel", "tcg,thread=multi", "-cpu", QEMU_CPU, "-machine", "pc",
              "-nographic", "-nodefaults", "-no-reboot", "-monitor", "none")
