@@ -29,7 +29,7 @@ def traces(draw) -> Trace:
     max_pfns = draw(st.lists(pfns, min_size=n, max_size=n))
     reserve = [draw(st.integers(0, p // 8)) for p in max_pfns]
     maxram = [draw(st.integers(1, p)) for p in max_pfns]
-    totalram = draw(st.integers(0, maxram[0]))
+    totalram = draw(st.integers(0, min(maxram)))  # must fit every sample's max_pfn and maxram
     committed = draw(st.lists(st.integers(0, 2 * max_pfn), min_size=n, max_size=n))
     frontswap = draw(st.integers(0, max_pfn // 4))
     return Trace.build(times, committed, reserve, max_pfns, [totalram] * n, maxram,
