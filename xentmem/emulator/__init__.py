@@ -13,6 +13,8 @@ Host API (what transports and the daemon use)::
                         dom0_memory_mb=None)     # default min(256, memory_mb // 4)
     domid = host.create_domain("guest1", memory_mb=128, max_memory_mb=256)
     host.hypercall(domid, 38, struct_address)   # Xen's signed result, never raises for guest input
+    host.tmem_op(domid, struct_address)         # the single-op tmem_op entry (same answers)
+    host.lock                                   # RLock: hypercalls and the host API are thread-safe
     host.alloc_frames(domid, count, buffer=False) / host.free_frames(domid, first, count)
     host.read_memory(domid, address, size) / host.write_memory(domid, address, data)
     host.tmem_list(domid=None, long=False)      # what `xl tmem-list [-l] <dom>|-a` prints

@@ -40,6 +40,21 @@ def swap_oid_index(type: int, offset: int) -> tuple[tuple[int, int, int], int]:
     return ((type << SWIZ_BITS) | (offset & SWIZ_MASK), 0, 0), offset >> SWIZ_BITS
 
 
+def _get_into(tmem: Tmem, lock: threading.Lock, pool: int, oid, index: int,
+              page: bytearray) -> int:
+    """The shim's GET: 0 with ``page`` filled on a hit, -1 on a miss or any hypervisor error
+    (``xen_tmem_get_page``'s ``1 -> 0, else -1``)."""
+    with lock:
+        try:
+            data = tmem.get_page(pool, oid, index)
+        except TmemError:
+            return -1
+    if data is None:
+        return -1
+    page[:] = data
+    return 0
+
+
 class _FrontswapOps:
     def __init__(self, tmem: Tmem, lock: threading.Lock) -> None:
         self.tmem = tmem
@@ -71,15 +86,7 @@ class _FrontswapOps:
         if pool < 0 or offset > _U32:
             return -1
         oid, index = swap_oid_index(type, offset)
-        with self.lock:
-            try:
-                data = self.tmem.get_page(pool, oid, index)
-            except TmemError:
-                return -1
-        if data is None:
-            return -1
-        page[:] = data
-        return 0
+        return _get_into(self.tmem, self.lock, pool, oid, index, page)
 
     def invalidate_page(self, type: int, offset: int) -> None:
         pool = self.pool_id
@@ -124,15 +131,7 @@ class _CleancacheOps:
     def get_page(self, pool_id: int, key: FileKey, index: int, page: bytearray) -> int:
         if pool_id < 0 or index > _U32:
             return -1
-        with self.lock:
-            try:
-                data = self.tmem.get_page(pool_id, key, index)
-            except TmemError:
-                return -1
-        if data is None:
-            return -1
-        page[:] = data
-        return 0
+        return _get_into(self.tmem, self.lock, pool_id, key, index, page)
 
     def put_page(self, pool_id: int, key: FileKey, index: int, page: bytes) -> None:
         if pool_id < 0 or index > _U32:
