@@ -355,21 +355,6 @@ class Control:
             return EFAULT
         return len(out) // XEN_TMEM_POOL_INFO.size
 
-    def _entries(self, dom: Domain, buf: int, length: int) -> list[tuple[int, ...]] | int:
-        if length % XEN_TMEM_POOL_INFO.size:
-            return EINVAL
-        count = length // XEN_TMEM_POOL_INFO.size
-        if count > MAX_POOLS_PER_DOMAIN:
-            return E2BIG
-        raw = dom.read(buf, length) if buf else None
-        if raw is None:
-            return EFAULT
-        entries = [XEN_TMEM_POOL_INFO.unpack_from(raw, i * XEN_TMEM_POOL_INFO.size)
-                   for i in range(count)]
-        if any(e[2] for e in entries):
-            return EINVAL
-        return entries
-
     def _client_for(self, cli: int) -> Client | None:
         """The client of ``cli``, created if its domain exists (4.9+ SET_POOLS / SET_AUTH)."""
         tm = self.tm
@@ -380,17 +365,35 @@ class Control:
                 client = tm.create_client(target)
         return client
 
-    def _set_pools(self, dom: Domain, cli: int, buf: int, length: int) -> int:
+    def _pool_info_request(self, dom: Domain, cli: int, buf: int, length: int
+                           ) -> tuple[Client, list[tuple[int, ...]]] | int:
+        """SET_POOLS / SET_AUTH argument checks, in Xen's order: buffer length (-EINVAL,
+        -E2BIG), then the client (created if its domain exists; else -ENOMEM), then the
+        ``xen_tmem_pool_info`` entries (-EFAULT; ``n_pages`` != 0 is -EINVAL)."""
         if length % XEN_TMEM_POOL_INFO.size:
             return EINVAL
-        if length // XEN_TMEM_POOL_INFO.size > MAX_POOLS_PER_DOMAIN:
+        count = length // XEN_TMEM_POOL_INFO.size
+        if count > MAX_POOLS_PER_DOMAIN:
             return E2BIG
         client = self._client_for(cli)
         if client is None:
             return ENOMEM
-        entries = self._entries(dom, buf, length) if length else []
-        if isinstance(entries, int):
-            return entries
+        if not count:
+            return client, []
+        raw = dom.read(buf, length) if buf else None
+        if raw is None:
+            return EFAULT
+        entries = [XEN_TMEM_POOL_INFO.unpack_from(raw, i * XEN_TMEM_POOL_INFO.size)
+                   for i in range(count)]
+        if any(e[2] for e in entries):
+            return EINVAL
+        return client, entries
+
+    def _set_pools(self, dom: Domain, cli: int, buf: int, length: int) -> int:
+        request = self._pool_info_request(dom, cli, buf, length)
+        if isinstance(request, int):
+            return request
+        client, entries = request
         last = 0
         for flags, slot, _, lo, hi in entries:
             last = self.tm.new_pool(client, flags & ~PoolFlags.PRECOMPRESSED, (lo, hi),
@@ -402,16 +405,10 @@ class Control:
     def _set_auth(self, dom: Domain, cli: int, buf: int, length: int) -> int:
         if length == 0:
             return 0
-        if length % XEN_TMEM_POOL_INFO.size:
-            return EINVAL
-        if length // XEN_TMEM_POOL_INFO.size > MAX_POOLS_PER_DOMAIN:
-            return E2BIG
-        client = self._client_for(cli)
-        if client is None:
-            return ENOMEM
-        entries = self._entries(dom, buf, length)
-        if isinstance(entries, int):
-            return entries
+        request = self._pool_info_request(dom, cli, buf, length)
+        if isinstance(request, int):
+            return request
+        client, entries = request
         last = 0
         for flags, _, _, lo, hi in entries:
             last = self.tm.auth(client, (lo, hi), bool(flags & PoolInfoFlags.AUTH))
