@@ -1,6 +1,6 @@
-"""The typed client's batched data path (``Tmem.put_pages`` / ``get_pages``) on a real in-process
-emulated host: same answers as the single ops, raw results without raising, and every field
-validated before anything is issued."""
+"""The typed client's batched data path (``Tmem.put_pages`` / ``get_pages`` /
+``get_pages_into``) on a real in-process emulated host: same answers as the single ops, raw
+results without raising, and every field validated before anything is issued."""
 
 from __future__ import annotations
 
@@ -82,3 +82,47 @@ def test_bad_pool_id_is_refused(client):
         tmem.put_pages(2**31, [(1, 0, _page(0))])
     with pytest.raises(ValueError):
         tmem.get_pages(-(2**31) - 1, [(1, 0)])
+
+
+def test_get_pages_into_lands_hits_in_place_and_leaves_miss_slots_alone(client):
+    _, tmem = client
+    pool = tmem.new_pool(persistent=True)
+    n = Tmem.BATCH + 9
+    tmem.put_pages(pool, [(1, i, _page(i)) for i in range(n) if i % 5])  # every 5th is missing
+    keys = [(1, i) for i in range(n)] + [((4, 4, 4), 0)]
+    out = bytearray(b"\xee" * (len(keys) * PAGE_SIZE + 10))  # longer than needed is fine
+    results = tmem.get_pages_into(pool, keys, out)
+    assert results == [0 if i % 5 == 0 else 1 for i in range(n)] + [0]
+    for i in range(n):
+        slot = bytes(out[i * PAGE_SIZE:(i + 1) * PAGE_SIZE])
+        assert slot == (b"\xee" * PAGE_SIZE if i % 5 == 0 else _page(i)), i
+    assert out[len(keys) * PAGE_SIZE - PAGE_SIZE:] == b"\xee" * (PAGE_SIZE + 10)
+    assert tmem.get_pages(pool, keys[:3]) == [None, _page(1), _page(2)]  # same as the list API
+
+
+def test_get_pages_into_a_view_and_an_ephemeral_pool(client):
+    _, tmem = client
+    pool = tmem.new_pool(persistent=False)
+    tmem.put_pages(pool, [(7, i, _page(i)) for i in range(4)])
+    backing = bytearray(6 * PAGE_SIZE)
+    view = memoryview(backing)[PAGE_SIZE:]  # an offset view of a bigger buffer
+    assert tmem.get_pages_into(pool, [(7, i) for i in range(4)], view) == [1, 1, 1, 1]
+    assert bytes(backing[PAGE_SIZE:5 * PAGE_SIZE]) == b"".join(_page(i) for i in range(4))
+    # destructive: the pool is now empty, which Xen answers with -EEMPTY
+    assert tmem.get_pages_into(pool, [(7, 0)], bytearray(PAGE_SIZE)) == [-1001]
+    assert tmem.get_pages_into(5, [(7, 0)], bytearray(PAGE_SIZE)) == [-19]  # raw errno
+
+
+@pytest.mark.parametrize("out", [bytearray(PAGE_SIZE), bytes(2 * PAGE_SIZE)],
+                         ids=["too small", "read-only"])
+def test_get_pages_into_refuses_a_bad_buffer_before_issuing(client, out):
+    host, tmem = client
+    pool = tmem.new_pool(persistent=True)
+    tmem.put_pages(pool, [(1, 0, _page(0)), (1, 1, _page(1))])
+    before = host.tmem.Tt
+    with pytest.raises(ValueError):
+        tmem.get_pages_into(pool, [(1, 0), (1, 1)], out)
+    assert host.tmem.Tt == before
+    with pytest.raises(ValueError):  # a bad key, too, before anything is issued
+        tmem.get_pages_into(pool, [(1, 0), (1, -1)], bytearray(2 * PAGE_SIZE))
+    assert host.tmem.Tt == before

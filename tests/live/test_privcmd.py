@@ -1,4 +1,5 @@
-"""``PrivcmdHypervisor`` on a real Xen 4.17: version probes answer, tmem is gone (ENOSYS)."""
+"""``PrivcmdHypervisor`` on a real Xen 4.17: version probes answer, tmem is gone (ENOSYS), and
+dom0 (a PV domain) gets runs of page frames from its own reservation."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import re
 
 import pytest
 
-from xentmem.abi import XenVersion
+from xentmem.abi import PAGE_SIZE, XenVersion
 from xentmem.errors import TmemError, TmemNotAvailable
 from xentmem.hypercalls import PrivcmdHypervisor, Tmem, xen_version
 
-from ._xen import run
+from ._xen import run, wait_until, xl_list
 
 
 @pytest.fixture
@@ -59,3 +60,28 @@ def test_unknown_hypercall_slot_is_enosys(hv: PrivcmdHypervisor) -> None:
     with pytest.raises(TmemError) as caught:
         hv.hypercall(60)
     assert caught.value.errno == errno.ENOSYS
+
+
+def test_pv_frames_come_from_our_own_reservation(hv: PrivcmdHypervisor, xs) -> None:
+    # dom0 runs at its max (dom0_mem=512M,max:512M): balloon it down 8 MiB through its
+    # memory/target first, so XENMEM_increase_reservation has room for the run.
+    target = "/local/domain/0/memory/target"
+    original = int(xs.read(target))
+    try:
+        xs.write(target, str(original - 8 * 1024))
+        wait_until(lambda: xl_list()["Domain-0"]["mem"] <= original // 1024 - 7, 60.0,
+                   "dom0 to balloon down 8 MiB")
+        frames = hv.alloc_frames(4)
+        try:
+            numbers = frames.numbers
+            assert len(set(numbers)) == 4 and 0 not in numbers
+            frames.write(b"".join(bytes([i + 1]) * PAGE_SIZE for i in range(4)))
+            frames.write(b"\x77" * PAGE_SIZE, 2)
+            assert frames.read(1, 2) == b"\x02" * PAGE_SIZE + b"\x77" * PAGE_SIZE
+            out = bytearray(PAGE_SIZE)
+            frames.read_into(out, 3)
+            assert out == b"\x04" * PAGE_SIZE
+        finally:
+            frames.close()  # the frames go back to Xen
+    finally:
+        xs.write(target, str(original))

@@ -118,7 +118,8 @@ SCENARIOS = ("private persistent", "private ephemeral, eviction", "persistent, c
 
 def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
                rounds: int = 3) -> tuple[list[BenchRow], float]:
-    """Run every scenario (single ops and the batched multicall API); returns the rows and
+    """Run every scenario (single ops, and the batched multicall API: ``put_pages`` and
+    ``get_pages_into`` a reused buffer); returns the rows and
     the resident bytes per stored page (private persistent pool, first fill)."""
     from xentmem.hypercalls.emulated import EmulatedHypervisor
     from xentmem.hypercalls.tmem import Tmem
@@ -149,12 +150,13 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
             if mode == "batched":
                 items = [(1, i, data[i % distinct]) for i in range(pages)]
                 keys = [(1, i) for i in range(pages)]
+                out = bytearray(pages * PAGE_SIZE)  # where the pages land, reused each round
 
                 def put(tmem=tmem, pool=pool, items=items) -> int:
-                    return sum(1 for r in tmem.put_pages(pool, items) if r == 1)
+                    return tmem.put_pages(pool, items).count(1)
 
-                def get(tmem=tmem, pool=pool, keys=keys) -> int:
-                    return sum(1 for p in tmem.get_pages(pool, keys) if p is not None)
+                def get(tmem=tmem, pool=pool, keys=keys, out=out) -> int:
+                    return tmem.get_pages_into(pool, keys, out).count(1)
             else:
                 def put(tmem=tmem, pool=pool, data=data, distinct=distinct) -> int:
                     put_page = tmem.put_page

@@ -7,7 +7,7 @@ Transports (chosen at the edge, never by a global switch):
 - ``xentmem.hypercalls.socket.SocketHypervisor``: the emulator daemon over a unix socket.
 """
 
-from xentmem.hypercalls._base import Buffer, Frame, Hypervisor
+from xentmem.hypercalls._base import Buffer, Frame, Frames, Hypervisor
 from xentmem.hypercalls.privcmd import PrivcmdHypervisor
 from xentmem.hypercalls.tmem import ALL_CLIENTS, ClientImage, PoolImage, Tmem, xen_version
 
@@ -16,6 +16,7 @@ __all__ = [
     "Buffer",
     "ClientImage",
     "Frame",
+    "Frames",
     "Hypervisor",
     "PoolImage",
     "PrivcmdHypervisor",

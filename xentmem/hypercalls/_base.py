@@ -3,7 +3,8 @@
 A hypercall's arguments are addresses in the caller's address space (DESIGN §3). Each transport
 therefore also hands out argument memory (``Buffer``: locked process memory on privcmd, emulated
 guest memory on the emulator) and page frames of the calling domain (``Frame``: what ``cmfn``
-names). The typed client asks its transport for both and never knows which it got.
+names; ``Frames``: a run of them for batched PUT/GET, copied in and out in one go). The typed
+client asks its transport for both and never knows which it got.
 """
 
 from __future__ import annotations
@@ -41,6 +42,26 @@ class Frame(Protocol):
 
 
 @runtime_checkable
+class Frames(Protocol):
+    """``count`` pages of the calling domain, addressed by page index; ``numbers[i]`` is page
+    ``i``'s frame number (what goes into ``cmfn``). Page data moves whole pages at a time,
+    from any bytes-like object and into any writable one, with one copy."""
+
+    numbers: list[int]
+
+    def write(self, data: bytes, first: int = 0) -> None:
+        """Copy ``data`` (whole pages) into pages ``first ..``."""
+
+    def read(self, first: int = 0, count: int | None = None) -> bytes:
+        """Pages ``first .. first+count-1`` (default: to the end)."""
+
+    def read_into(self, out: bytearray | memoryview, first: int = 0) -> None:
+        """Copy ``len(out) // 4096`` pages from page ``first`` into ``out`` (whole pages)."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class Hypervisor(Protocol):
     """A way to issue hypercalls as one domain.
 
@@ -54,6 +75,8 @@ class Hypervisor(Protocol):
 
     def alloc_frame(self) -> Frame: ...
 
+    def alloc_frames(self, count: int) -> Frames: ...
+
     def close(self) -> None: ...
 
 
@@ -64,4 +87,16 @@ def check_page(data: bytes) -> bytes:
     return bytes(data)
 
 
-__all__ = ["Buffer", "Frame", "Hypervisor", "XenVersion", "check_page"]
+def page_span(size: int, first: int, count: int) -> tuple[int, int]:
+    """Byte range, within a run of ``count`` frames, of ``size`` bytes of whole pages from
+    page ``first``; ``ValueError`` unless that is 1 or more whole pages inside the run."""
+    pages, rest = divmod(size, PAGE_SIZE)
+    if rest or not pages:
+        raise ValueError(f"frames move whole {PAGE_SIZE}-byte pages, got {size} bytes")
+    if first < 0 or first + pages > count:
+        raise ValueError(f"pages {first}..{first + pages - 1} are outside a run of {count} "
+                         "frame(s)")
+    return first * PAGE_SIZE, (first + pages) * PAGE_SIZE
+
+
+__all__ = ["Buffer", "Frame", "Frames", "Hypervisor", "XenVersion", "check_page", "page_span"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 from xentmem.abi import PAGE_SIZE, Hypercall
 from xentmem.emulator import EmulatedHost
 from xentmem.errors import TransportError, tmem_error
+from xentmem.hypercalls._base import page_span
 
-__all__ = ["EmulatedBuffer", "EmulatedFrame", "EmulatedHypervisor"]
+__all__ = ["EmulatedBuffer", "EmulatedFrames", "EmulatedHypervisor"]
 
 _OP_NAMES = {int(h): h.name for h in Hypercall}
 
@@ -49,26 +50,45 @@ class EmulatedBuffer:
             self._first = 0
 
 
-class EmulatedFrame:
-    """One RAM frame of the domain; ``number`` is what goes into ``cmfn``."""
+class EmulatedFrames:
+    """``count`` contiguous RAM frames of the domain, from ``number``; with ``count`` 1 it is
+    the single ``Frame`` of ``alloc_frame``. No view of the domain's memory is kept between
+    calls, so destroying the domain can always unmap it."""
 
-    def __init__(self, host: EmulatedHost, domid: int) -> None:
+    def __init__(self, host: EmulatedHost, domid: int, count: int = 1) -> None:
+        if count < 1:
+            raise ValueError(f"frame count must be positive, not {count}")
         self._host, self._domid = host, domid
-        self.number = host.alloc_frames(domid, 1)
+        self.number = host.alloc_frames(domid, count)
+        self.numbers = list(range(self.number, self.number + count))
         self._mem = host.domains[domid].mem
         self._off = self.number * PAGE_SIZE
+        self._size = count * PAGE_SIZE
 
-    def write(self, data: bytes) -> None:
-        if len(data) != PAGE_SIZE:
-            raise ValueError(f"a frame holds {PAGE_SIZE} bytes, got {len(data)}")
-        self._mem[self._off:self._off + PAGE_SIZE] = data
+    def write(self, data: bytes, first: int = 0) -> None:
+        off = self._off
+        if len(data) == self._size and not first:  # the whole run (and single-frame) case
+            self._mem[off:off + self._size] = data
+            return
+        start, end = page_span(len(data), first, len(self.numbers))
+        self._mem[off + start:off + end] = data
 
-    def read(self) -> bytes:
-        return self._mem[self._off:self._off + PAGE_SIZE]
+    def read(self, first: int = 0, count: int | None = None) -> bytes:
+        off = self._off
+        if not first and count is None:
+            return self._mem[off:off + self._size]
+        start, end = page_span((len(self.numbers) - first if count is None else count)
+                               * PAGE_SIZE, first, len(self.numbers))
+        return self._mem[off + start:off + end]
+
+    def read_into(self, out: bytearray | memoryview, first: int = 0) -> None:
+        with memoryview(out) as dst, memoryview(self._mem) as mem:
+            start, end = page_span(dst.nbytes, first, len(self.numbers))
+            dst[:] = mem[self._off + start:self._off + end]
 
     def close(self) -> None:
         if self.number:
-            self._host.free_frames(self._domid, self.number, 1)
+            self._host.free_frames(self._domid, self.number, len(self.numbers))
             self.number = 0
 
 
@@ -105,8 +125,11 @@ class EmulatedHypervisor:
     def alloc_buffer(self, size: int) -> EmulatedBuffer:
         return EmulatedBuffer(self.host, self.domid, size)
 
-    def alloc_frame(self) -> EmulatedFrame:
-        return EmulatedFrame(self.host, self.domid)
+    def alloc_frame(self) -> EmulatedFrames:
+        return EmulatedFrames(self.host, self.domid)
+
+    def alloc_frames(self, count: int) -> EmulatedFrames:
+        return EmulatedFrames(self.host, self.domid, count)
 
     def close(self) -> None:
         """Nothing to release: the host owns the domain's memory."""

@@ -5,8 +5,8 @@ as the domain this process lives in. A negative result comes back as ``ioctl() =
 ``errno = -result``; we turn it back into the hypervisor's errno (``TmemError``).
 
 Argument memory is anonymous, page-aligned and ``mlock``'ed, because Xen reads it through the
-caller's page tables. Frames for PUT/GET come from ``FrameSource``: on HVM/PVH an mlock'ed page
-whose PFN ``/proc/self/pagemap`` reports; on PV, fresh MFNs from ``XENMEM_increase_reservation``
+caller's page tables. Frames for PUT/GET (one, or a run for batches): on HVM/PVH mlock'ed pages
+whose PFNs ``/proc/self/pagemap`` reports; on PV, fresh MFNs from ``XENMEM_increase_reservation``
 mapped with ``IOCTL_PRIVCMD_MMAPBATCH_V2`` (DOMID_SELF), given back on close.
 """
 
@@ -29,6 +29,7 @@ from xentmem.abi import (
     ffi,
 )
 from xentmem.errors import TmemError, TransportError, tmem_error
+from xentmem.hypercalls._base import page_span
 
 __all__ = ["PRIVCMD_PATHS", "LockedBuffer", "PrivcmdHypervisor", "guest_type"]
 
@@ -103,54 +104,72 @@ class LockedBuffer:
             self._ptr = None
 
 
-class _PagemapFrame(LockedBuffer):
-    """HVM/PVH: one locked page of ours; its GFN is the PFN that pagemap reports."""
+class _LockedFrames(LockedBuffer):
+    """Frames mapped at a locked address of ours: page-indexed access for both kinds."""
 
-    def __init__(self) -> None:
-        super().__init__(PAGE_SIZE)
-        self._view[0:1] = b"\0"  # fault the page in before asking for its frame
+    numbers: list[int]
+
+    def write(self, data: bytes, first: int = 0) -> None:  # type: ignore[override]
+        start, end = page_span(len(data), first, len(self.numbers))
+        self._view[start:end] = data
+
+    def read(self, first: int = 0, count: int | None = None) -> bytes:  # type: ignore[override]
+        start, end = page_span((len(self.numbers) - first if count is None else count)
+                               * PAGE_SIZE, first, len(self.numbers))
+        return self._view[start:end]
+
+    def read_into(self, out: bytearray | memoryview, first: int = 0) -> None:
+        with memoryview(out) as dst, memoryview(self._view) as mine:
+            start, end = page_span(dst.nbytes, first, len(self.numbers))
+            dst[:] = mine[start:end]
+
+
+class _PagemapFrames(_LockedFrames):
+    """HVM/PVH: locked pages of ours; their GFNs are the PFNs that pagemap reports."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count * PAGE_SIZE)
+        for at in range(0, count * PAGE_SIZE, PAGE_SIZE):
+            self._view[at:at + 1] = b"\0"  # fault each page in before asking for its frame
         with open("/proc/self/pagemap", "rb") as pagemap:
             pagemap.seek(self.address // PAGE_SIZE * 8)
-            (entry,) = struct.unpack("<Q", pagemap.read(8))
-        pfn = entry & ((1 << 55) - 1)
-        if not entry >> 63 or pfn == 0:
+            entries = struct.unpack(f"<{count}Q", pagemap.read(8 * count))
+        self.numbers = [entry & ((1 << 55) - 1) for entry in entries]
+        if not all(entry >> 63 for entry in entries) or 0 in self.numbers:
             self.close()
-            raise TmemError(1, "frame", "cannot learn our page's frame number from "
-                            "/proc/self/pagemap (needs CAP_SYS_ADMIN and a present page)")
-        self.number = pfn
+            raise TmemError(1, "frame", "cannot learn our pages' frame numbers from "
+                            "/proc/self/pagemap (needs CAP_SYS_ADMIN and present pages)")
+        self.number = self.numbers[0]
 
 
-class _ReservationFrame:
-    """PV: a fresh MFN from XENMEM_increase_reservation, mapped through privcmd."""
+class _ReservationFrames(_LockedFrames):
+    """PV: fresh MFNs from XENMEM_increase_reservation, mapped through privcmd."""
 
-    def __init__(self, hv: PrivcmdHypervisor) -> None:
+    def __init__(self, hv: PrivcmdHypervisor, count: int) -> None:
         self._hv = hv
-        self.number = hv._reservation(XenMemOp.XENMEM_increase_reservation, None)
+        self.numbers = hv._reservation(XenMemOp.XENMEM_increase_reservation, [0] * count)
+        self.number = self.numbers[0]
         try:
-            self._map = LockedBuffer(PAGE_SIZE, fd=hv.fd, shared=True)
-            arr = ffi.new("xen_pfn_t[1]", [self.number])
-            err = ffi.new("int[1]")
+            super().__init__(count * PAGE_SIZE, fd=hv.fd, shared=True)
+            arr = ffi.new("xen_pfn_t[]", self.numbers)
+            err = ffi.new("int[]", count)
             batch = ffi.new("struct privcmd_mmapbatch_v2 *",
-                            {"num": 1, "dom": DOMID_SELF, "addr": self._map.address,
+                            {"num": count, "dom": DOMID_SELF, "addr": self.address,
                              "arr": arr, "err": err})
             rc, errno = hv._ioctl(hv.fd, IOCTL_PRIVCMD_MMAPBATCH_V2, batch)
-            if rc < 0 or err[0] != 0:
-                raise tmem_error(-(errno or -err[0]), "privcmd mmapbatch")
+            failed = next((-e for e in err if e), 0)
+            if rc < 0 or failed:
+                raise tmem_error(-(errno or failed), "privcmd mmapbatch")
         except Exception:
-            hv._reservation(XenMemOp.XENMEM_decrease_reservation, self.number)
+            if hasattr(self, "_ptr"):  # mapped before it failed
+                LockedBuffer.close(self)
+            hv._reservation(XenMemOp.XENMEM_decrease_reservation, self.numbers)
             raise
 
-    def write(self, data: bytes) -> None:
-        self._map.write(data)
-
-    def read(self) -> bytes:
-        return self._map.read(PAGE_SIZE)
-
     def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._hv._reservation(XenMemOp.XENMEM_decrease_reservation, self.number)
-            self._map = None
+        if self._ptr is not None:
+            super().close()
+            self._hv._reservation(XenMemOp.XENMEM_decrease_reservation, self.numbers)
 
 
 class PrivcmdHypervisor:
@@ -192,26 +211,34 @@ class PrivcmdHypervisor:
     def alloc_buffer(self, size: int) -> LockedBuffer:
         return LockedBuffer(size)
 
-    def alloc_frame(self):  # -> Frame
+    def alloc_frame(self) -> _LockedFrames:
+        return self.alloc_frames(1)
+
+    def alloc_frames(self, count: int) -> _LockedFrames:
+        if count < 1:
+            raise ValueError(f"frame count must be positive, not {count}")
         kind = self._guest or guest_type()
         if kind == "PV":
-            return _ReservationFrame(self)
+            return _ReservationFrames(self, count)
         if kind in ("HVM", "PVH"):
-            return _PagemapFrame()
+            return _PagemapFrames(count)
         raise TmemError(19, "frame", f"cannot get a frame of this domain (guest type {kind!r}: "
                         "expected PV, HVM or PVH from /sys/hypervisor/guest_type)")
 
-    def _reservation(self, cmd: int, mfn: int | None) -> int:
-        """Grow (``mfn`` None) or shrink our own reservation by one page; return the MFN."""
-        arr = ffi.new("xen_pfn_t[1]", [mfn or 0])
+    def _reservation(self, cmd: int, frames: list[int]) -> list[int]:
+        """Grow (frames all 0: Xen picks them) or shrink our own reservation by
+        ``len(frames)`` pages; return the frame numbers."""
+        arr = ffi.new("xen_pfn_t[]", frames)
         res = ffi.new("struct xen_memory_reservation *",
-                      {"extent_start": _address(arr), "nr_extents": 1, "extent_order": 0,
-                       "mem_flags": 0, "domid": DOMID_SELF})
+                      {"extent_start": _address(arr), "nr_extents": len(frames),
+                       "extent_order": 0, "mem_flags": 0, "domid": DOMID_SELF})
         done = self.hypercall(Hypercall.memory_op, cmd, _address(res))
-        if done != 1:
-            raise TmemError(12, "memory_op", "the domain could not grow its reservation by one "
-                            "page (max memory reached?)")
-        return int(arr[0])
+        if done != len(frames):
+            if cmd == XenMemOp.XENMEM_increase_reservation and done > 0:
+                self._reservation(XenMemOp.XENMEM_decrease_reservation, list(arr)[:done])
+            raise TmemError(12, "memory_op", f"the domain could not change its reservation by "
+                            f"{len(frames)} page(s), only {done} (max memory reached?)")
+        return [int(pfn) for pfn in arr]
 
     def close(self) -> None:
         if self.fd >= 0:

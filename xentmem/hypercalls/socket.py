@@ -38,12 +38,13 @@ from typing import Any
 
 from xentmem.abi import PAGE_SIZE, Hypercall
 from xentmem.errors import EmulatorError, HostCrashed, TransportError, tmem_error
+from xentmem.hypercalls._base import page_span
 
 __all__ = [
     "DEFAULT_TIMEOUT",
     "HYPERCALL_SOCKET",
     "SocketBuffer",
-    "SocketFrame",
+    "SocketFrames",
     "SocketHypervisor",
     "default_state_dir",
 ]
@@ -55,7 +56,7 @@ PROTOCOL = 1
 # message layout, shared with the daemon (xentmem.emulator.daemon)
 FRAME = struct.Struct("<I")
 MAX_FRAME = 64 << 20
-SOCKET_BUFFER = 1 << 20  # a batch of 64 pages and its reply fit in one send each
+SOCKET_BUFFER = 1 << 20  # a batch of 128 pages and its reply fit in one send each
 HEAD = struct.Struct("<BHI")  # kind, nfree, nwrite
 ADDR = struct.Struct("<Q")
 CHUNK = struct.Struct("<QI")  # address, size (+ data)
@@ -114,21 +115,29 @@ class SocketBuffer:
             self.address = 0
 
 
-class SocketFrame(SocketBuffer):
-    """One RAM frame of the domain; ``number`` is what goes into ``cmfn``."""
+class SocketFrames(SocketBuffer):
+    """``count`` contiguous RAM frames of the domain, from ``number``, mirrored here as one
+    region; with ``count`` 1 it is the single ``Frame`` of ``alloc_frame``."""
 
-    def __init__(self, hv: SocketHypervisor, address: int) -> None:
-        super().__init__(hv, address, PAGE_SIZE)
+    def __init__(self, hv: SocketHypervisor, address: int, count: int) -> None:
+        super().__init__(hv, address, count * PAGE_SIZE)
         self.number = address // PAGE_SIZE
+        self.numbers = list(range(self.number, self.number + count))
 
-    def write(self, data: bytes, offset: int = 0) -> None:
-        if len(data) != PAGE_SIZE or offset:
-            raise ValueError(f"a frame holds {PAGE_SIZE} bytes, got {len(data)}")
-        self.mirror[:] = data
+    def write(self, data: bytes, first: int = 0) -> None:  # type: ignore[override]
+        start, end = page_span(len(data), first, len(self.numbers))
+        self.mirror[start:end] = data
         self._hv._dirty[self.address] = self
 
-    def read(self, size: int | None = None, offset: int = 0) -> bytes:
-        return bytes(self.mirror) if size is None and not offset else super().read(size, offset)
+    def read(self, first: int = 0, count: int | None = None) -> bytes:  # type: ignore[override]
+        start, end = page_span((len(self.numbers) - first if count is None else count)
+                               * PAGE_SIZE, first, len(self.numbers))
+        return bytes(self.mirror[start:end])
+
+    def read_into(self, out: bytearray | memoryview, first: int = 0) -> None:
+        with memoryview(out) as dst, memoryview(self.mirror) as mirror:
+            start, end = page_span(dst.nbytes, first, len(self.numbers))
+            dst[:] = mirror[start:end]
 
     def close(self) -> None:
         super().close()
@@ -226,10 +235,15 @@ class SocketHypervisor:
         buf = self._regions[address] = SocketBuffer(self, address, size)
         return buf
 
-    def alloc_frame(self) -> SocketFrame:
-        address = self._alloc(1, PAGE_SIZE, buffer=False)
-        frame = self._regions[address] = SocketFrame(self, address)
-        return frame
+    def alloc_frame(self) -> SocketFrames:
+        return self.alloc_frames(1)
+
+    def alloc_frames(self, count: int) -> SocketFrames:
+        if count < 1:
+            raise ValueError(f"frame count must be positive, not {count}")
+        address = self._alloc(count, count * PAGE_SIZE, buffer=False)
+        frames = self._regions[address] = SocketFrames(self, address, count)
+        return frames
 
     def close(self) -> None:
         """Hang up; the daemon frees every buffer and frame of this connection."""

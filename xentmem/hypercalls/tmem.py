@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from xentmem.abi import (
@@ -35,7 +35,7 @@ from xentmem.abi import (
     pool_flags,
 )
 from xentmem.errors import TmemEmpty, TmemError, TmemPermissionError
-from xentmem.hypercalls._base import Buffer, Frame, Hypervisor, check_page
+from xentmem.hypercalls._base import Buffer, Frame, Frames, Hypervisor, check_page
 
 __all__ = ["ALL_CLIENTS", "ClientImage", "PoolImage", "Tmem", "xen_version"]
 
@@ -145,21 +145,18 @@ def _columns(oids: Sequence, indexes: Sequence) -> _Keys:
 
 
 class _Batch:
-    """A client's batch memory: op structs, multicall entries, frames (bound methods kept)."""
+    """A client's batch memory: op structs, multicall entries, and one run of page frames."""
 
-    __slots__ = ("entries", "frames", "numbers", "ops", "reads", "writes")
+    __slots__ = ("entries", "frames", "numbers", "ops")
 
-    def __init__(self, ops: Buffer, entries: Buffer, frames: list[Frame]) -> None:
+    def __init__(self, ops: Buffer, entries: Buffer, frames: Frames) -> None:
         self.ops, self.entries, self.frames = ops, entries, frames
-        self.numbers = [f.number for f in frames]
-        self.writes = [f.write for f in frames]
-        self.reads = [f.read for f in frames]
+        self.numbers = frames.numbers
 
     def close(self) -> None:
         self.ops.close()
         self.entries.close()
-        for frame in self.frames:
-            frame.close()
+        self.frames.close()
 
 
 def _named(exc: TmemError, cmd: int) -> TmemError:
@@ -323,8 +320,7 @@ class Tmem:
             entries.write(b"".join(
                 MULTICALL_ENTRY.pack(_TMEM_OP, 0, ops.address + i * TMEM_OP_GEN.size, 0, 0, 0,
                                      0, 0) for i in range(self.BATCH)))
-            frames = [self.hv.alloc_frame() for _ in range(self.BATCH)]
-            self._batch = _Batch(ops, entries, frames)
+            self._batch = _Batch(ops, entries, self.hv.alloc_frames(self.BATCH))
         return self._batch
 
     def _multicall(self, cmd: int, pool_id: int, keys: _Keys, start: int, stop: int,
@@ -333,9 +329,8 @@ class Tmem:
         ``i`` naming batch frame ``i``; the raw results."""
         batch = self._batch_memory()
         count = stop - start
-        if pages is not None:
-            for write, page in zip(batch.writes, pages[start:stop], strict=False):
-                write(page)
+        if pages is not None:  # one copy into the run of frames
+            batch.frames.write(pages[start] if count == 1 else b"".join(pages[start:stop]))
         # All structs in one pack: a template with the fixed words, the key columns slotted in.
         args = [cmd, pool_id, 0, 0, 0, 0, 0, 0, 0, 0] * count
         o0s, o1s, o2s, indexes = keys
@@ -364,19 +359,54 @@ class Tmem:
                                        min(start + self.BATCH, len(pages)), pages)
         return results
 
-    def get_pages(self, pool_id: int, keys: Iterable[tuple[int | Sequence[int], int]]
-                  ) -> list[bytes | None]:
-        """Fetch many pages, ``BATCH`` per multicall; ``None`` for each miss or error."""
+    def _get_batches(self, pool_id: int, keys: Sequence[tuple[int | Sequence[int], int]]
+                     ) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """Run the GETs ``BATCH`` per multicall, yielding ``(first key, raw results)`` while
+        the batch frames hold that batch's pages. Bad keys raise before anything is issued."""
         pool_id = _pool(pool_id)
         oids, indexes = _split(keys, 2)
         columns = _columns(oids, indexes)
-        reads = self._batch_memory().reads
-        out: list[bytes | None] = []
         for start in range(0, len(oids), self.BATCH):
-            results = self._multicall(_GET, pool_id, columns, start,
-                                      min(start + self.BATCH, len(oids)), None)
-            out += [read() if r == 1 else None for read, r in zip(reads, results, strict=False)]
+            yield start, self._multicall(_GET, pool_id, columns, start,
+                                         min(start + self.BATCH, len(oids)), None)
+
+    def get_pages(self, pool_id: int, keys: Iterable[tuple[int | Sequence[int], int]]
+                  ) -> list[bytes | None]:
+        """Fetch many pages, ``BATCH`` per multicall; ``None`` for each miss or error."""
+        keys = keys if isinstance(keys, list) else list(keys)
+        frames = self._batch_memory().frames
+        out: list[bytes | None] = []
+        for _, results in self._get_batches(pool_id, keys):
+            raw = frames.read(0, len(results))
+            out += [raw[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] if r == 1 else None
+                    for i, r in enumerate(results)]
         return out
+
+    def get_pages_into(self, pool_id: int, keys: Iterable[tuple[int | Sequence[int], int]],
+                       out: bytearray | memoryview) -> list[int]:
+        """Fetch many pages straight into ``out`` (writable, at least ``4096 * len(keys)``
+        bytes): page ``i`` lands at ``out[4096*i:]`` when op ``i`` hits, and that slot is left
+        as it was on a miss. No page object is made, so this is the fast batched GET. Returns
+        each op's raw result (1 hit, 0 miss, or a negative errno) without raising."""
+        keys = keys if isinstance(keys, list) else list(keys)
+        with memoryview(out) as view, view.cast("B") as dst:
+            if dst.readonly:
+                raise ValueError("get_pages_into needs a writable buffer")
+            if dst.nbytes < len(keys) * PAGE_SIZE:
+                raise ValueError(f"{len(keys)} pages need {len(keys) * PAGE_SIZE} bytes, the "
+                                 f"buffer has {dst.nbytes}")
+            frames = self._batch_memory().frames
+            status: list[int] = []
+            for start, results in self._get_batches(pool_id, keys):
+                count = len(results)
+                if results.count(1) == count:  # all hits: the whole run in one copy
+                    frames.read_into(dst[start * PAGE_SIZE:(start + count) * PAGE_SIZE])
+                else:
+                    for i, r in enumerate(results, start):
+                        if r == 1:
+                            frames.read_into(dst[i * PAGE_SIZE:(i + 1) * PAGE_SIZE], i - start)
+                status += results
+        return status
 
     # -- control plane ---------------------------------------------------------------------------
 
