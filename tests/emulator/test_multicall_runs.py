@@ -3,10 +3,11 @@ issued one by one as tmem_op hypercalls would.
 
 Two identical hosts get the same random batches (PUT/GET runs into every kind of pool, mixed
 commands, bad and aliasing frames, bad pools and struct addresses, frozen clients, eviction
-pressure, compression): host A as one multicall, host B entry by entry, each result written back
-into B's entry as a multicall would. Results, guest memory, the whole persisted state, the page
-arena bookkeeping and the long ``tmem-list`` must be identical. A spy on ``Tmem.put_run`` /
-``get_run`` checks that the batched path really ran.
+pressure, compression, and sequential runs: one object, consecutive frames, as a batching
+client issues them and the bulk paths take them): host A as one multicall, host B entry by
+entry, each result written back into B's entry as a multicall would. Results, guest memory, the
+whole persisted state, the page arena bookkeeping and the long ``tmem-list`` must be identical.
+Spies on ``Tmem.put_run`` / ``get_run`` and on the bulk paths check that they really ran.
 """
 
 from __future__ import annotations
@@ -39,14 +40,19 @@ class Side:
         self.ops = hv.alloc_buffer(64 * 56)
         self.entries = hv.alloc_buffer(64 * 64)
         self.frames = [hv.alloc_frame() for _ in range(8)]
+        self.run = hv.alloc_frames(64)  # consecutive frames, for sequential runs
         self.op_buf = hv.alloc_buffer(56)
-        self.runs = 0
+        self.runs = self.bulk = 0
         tm = self.host.tmem
-        for name in ("put_run", "get_run"):
+        for name, bulk in (("put_run", False), ("get_run", False), ("_put_new_pages", True),
+                           ("_get_pages", True)):
             real = getattr(tm, name)
 
-            def spy(*args, real=real):
-                self.runs += 1
+            def spy(*args, real=real, bulk=bulk):
+                if bulk:
+                    self.bulk += 1
+                else:
+                    self.runs += 1
                 return real(*args)
 
             setattr(tm, name, spy)
@@ -57,16 +63,21 @@ class Side:
 
     def memory(self) -> list[bytes]:
         """Every frame a GET can write: the page frames and the two buffers' frames."""
-        return [f.read() for f in self.frames] + [self.ops.read(), self.entries.read()]
+        return [f.read() for f in self.frames] + [self.run.read(), self.ops.read(),
+                                                  self.entries.read()]
 
 
-def _scenario(seed: int) -> int:
+def _scenario(seed: int, sequential: float = 0.4, roomy: bool = False) -> tuple[int, int]:
+    """One random scenario; ``sequential`` is the share of sequential runs, ``roomy`` gives
+    the host and guest room for whole runs. Returns (batched multicalls, bulk runs)."""
     rng = random.Random(seed)
     version = rng.choice(VERSIONS)
     conf = dict(version=version, compress=rng.random() < 0.4, designed=rng.random() < 0.3,
-                memory_mb=rng.choice([16, 17, 24, 64]), guest_mb=(g := rng.choice([4, 6, 7])),
-                max_mb=g + rng.choice([0, 1]))
-    keys = rng.choice([24, 300])
+                memory_mb=rng.choice([96, 128] if roomy else [16, 17, 24, 64]),
+                guest_mb=(g := rng.choice([12, 16] if roomy else [4, 6, 7])),
+                max_mb=g + rng.choice([0, 1, 8] if roomy else [0, 1]))
+    keys = rng.choice([2000, 5000] if roomy else [24, 300])
+    put_runs: list[tuple[int, tuple[int, int, int], int, int]] = []  # sequential PUTs, for GETs
     a, b = Side(**conf), Side(**conf)
     flags = [PRIV_PERS, PRIV_EPH, SHARED_EPH] + ([SHARED_PERS] if version == "4.12" else [])
     pools = []
@@ -79,7 +90,7 @@ def _scenario(seed: int) -> int:
         dom0 = Tmem(EmulatedHypervisor(side.host, 0), version=version)
         dom0.put_pages(dom0.new_pool(persistent=False), [(1, i, page(i))
                                                          for i in range(dom0_pages)])
-    fast_batches = 0
+    fast_batches = bulk_batches = 0
     for _ in range(rng.randint(4, 40)):
         if rng.random() < 0.1:  # a control-ish op between batches: freeze, thaw, flush
             cmd = rng.choice([TmemCmd.TMEM_FLUSH_OBJECT, TmemCmd.TMEM_FLUSH_PAGE])
@@ -104,7 +115,23 @@ def _scenario(seed: int) -> int:
         frames = [f.number for f in a.frames]
         special = [0, 1, 10**6, a.ops.address >> 12, a.entries.address >> 12]
         ops = b""
-        for _ in range(count):
+        if not mixed and rng.random() < sequential:
+            # A sequential run: one object, mostly distinct indexes, consecutive frames
+            oid = (rng.randrange(3), rng.choice([0, 0, 1]), 0)
+            base = rng.randrange(keys)
+            if cmd == PUT:
+                put_runs.append((pool, oid, base, count))
+            elif put_runs and rng.random() < 0.7:
+                pool, oid, base, count = rng.choice(put_runs)  # mostly hits
+            indexes = [(base + i) % keys for i in range(count)]
+            if rng.random() < 0.2:
+                indexes[rng.randrange(count)] = indexes[0]  # a repeat: no bulk path
+            cmfns = a.run.numbers[:count]
+            if rng.random() < 0.05:
+                cmfns = cmfns[::-1]  # not ascending: no bulk path
+            for index, cmfn in zip(indexes, cmfns, strict=True):
+                ops += abi.pack_tmem_op(cmd, pool, oid=oid, index=index, cmfn=cmfn)
+        for _ in range(0 if ops else count):
             c = rng.choice([PUT, GET, TmemCmd.TMEM_FLUSH_PAGE]) if mixed else cmd
             cmfn = rng.choice(frames) if rng.random() < 0.95 else rng.choice(special)
             ops += abi.pack_tmem_op(c, pool if not mixed or rng.random() < 0.8 else 0,
@@ -124,9 +151,13 @@ def _scenario(seed: int) -> int:
             data = make(rng.randrange(1000))
             frame.write(data)
             b.frames[i].write(data)
-        runs = a.runs
+        data = b"".join(make(rng.randrange(1000)) for _ in range(64))
+        a.run.write(data)
+        b.run.write(data)
+        runs, bulk = a.runs, a.bulk
         assert a.host.hypercall(a.domid, Hypercall.multicall, a.entries.address, count) == 0
         fast_batches += a.runs - runs
+        bulk_batches += a.bulk - bulk
         for i in range(count):  # B: Xen's do_multicall, one entry at a time, read when due
             op, _, *args = abi.MULTICALL_ENTRY.unpack(b.entries.read(64, i * 64))
             rc = -22 if op == Hypercall.multicall else b.host.hypercall(b.domid, op, *args)
@@ -137,13 +168,23 @@ def _scenario(seed: int) -> int:
     ta, tb = a.host.tmem, b.host.tmem
     assert (ta.free_slots, ta.next_slot) == (tb.free_slots, tb.next_slot)
     assert a.host.tmem_list(long=True) == b.host.tmem_list(long=True)
-    return fast_batches
+    return fast_batches, bulk_batches
 
 
 @pytest.mark.parametrize("block", range(4))
 def test_multicall_equals_the_entries_one_by_one(block):
-    fast = sum(_scenario(seed) for seed in range(block * 60, block * 60 + 60))
-    assert fast > 100  # the batched path ran, not only the one-by-one fallback
+    counts = [_scenario(seed) for seed in range(block * 60, block * 60 + 60)]
+    assert sum(fast for fast, _ in counts) > 100  # the batched path ran, not only the fallback
+    assert sum(bulk for _, bulk in counts) > 20  # and so did the bulk paths
+
+
+@pytest.mark.parametrize("block", range(2))
+def test_sequential_runs_equal_the_entries_one_by_one(block):
+    """Mostly sequential runs on hosts with room for them: the bulk paths, and their
+    fallbacks (repeated index, page already there, a miss, frames not ascending)."""
+    counts = [_scenario(seed, sequential=0.9, roomy=True)
+              for seed in range(1000 + block * 40, 1000 + block * 40 + 40)]
+    assert sum(bulk for _, bulk in counts) > 80
 
 
 @pytest.mark.parametrize("batched", [False, True])

@@ -589,8 +589,7 @@ class EmulatedHost:
             results = [ENODEV] * count
         else:
             run = tm.put_run if cmd == 4 else tm.get_run
-            results = run(cc, pool, dom, zip(fields[2::7], fields[3::7], fields[4::7],
-                                             strict=True),
+            results = run(cc, pool, dom, fields[2::7], fields[3::7], fields[4::7],
                           fields[5::7], cmfns)
         failed = count - results.count(1) - results.count(0)
         if failed:

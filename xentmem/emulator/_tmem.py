@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import mmap
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 import lz4.block
@@ -205,6 +206,29 @@ def _cdiv(a: int, b: int) -> int:
     """C integer division (truncates toward zero)."""
     q = abs(a) // abs(b)
     return q if (a >= 0) == (b >= 0) else -q
+
+
+def _sequential_run(dom: Domain, o0s: Sequence[int], o1s: Sequence[int], o2s: Sequence[int],
+                    indexes: Sequence[int], cmfns: Sequence[int]) -> tuple[int, int, int] | None:
+    """The oid of a run whose ops all name one object, distinct indexes, and consecutive RAM
+    frames of ``dom`` (how a batching client, or Linux swapping out a cluster, issues them), or
+    None. Such a run is where ``put_run``/``get_run`` move pages in bulk; checked in C."""
+    count = len(cmfns)
+    first = cmfns[0]
+    if (o0s.count(o0s[0]) != count or o1s.count(o1s[0]) != count
+            or o2s.count(o2s[0]) != count or not 0 < first <= dom.max_pages - count
+            or cmfns[-1] != first + count - 1 or b"\0" in dom.populated[first:first + count]
+            or len(set(indexes)) != count):
+        return None
+    if count > 2 and tuple(cmfns) != tuple(range(first, first + count)):
+        return None
+    return o0s[0], o1s[0], o2s[0]
+
+
+def _consecutive(slots: list[int]) -> bool:
+    """Whether arena offsets follow one another (one copy moves them all)."""
+    return slots[-1] - slots[0] == (len(slots) - 1) * PAGE and (
+        len(slots) < 3 or slots == list(range(slots[0], slots[-1] + 1, PAGE)))
 
 
 class Tmem:
@@ -512,11 +536,14 @@ class Tmem:
         pool.ps += 1
         return 1
 
-    def put_run(self, cc: Client, pool: Pool, dom: Domain, oids: Iterable[tuple[int, int, int]],
-                indexes: Iterable[int], cmfns: Sequence[int]) -> list[int]:
-        """A run of PUTs by ``dom`` into one pool (a multicall): op by op exactly what the entry
-        (ensure-free step, frame lookup) and ``put`` do, with the common case, a new page, inline
-        and every other case handed to ``put``. Returns each op's result."""
+    def put_run(self, cc: Client, pool: Pool, dom: Domain, o0s: Sequence[int],
+                o1s: Sequence[int], o2s: Sequence[int], indexes: Sequence[int],
+                cmfns: Sequence[int]) -> list[int]:
+        """A run of PUTs by ``dom`` into one pool (a multicall; the oid words, indexes and
+        frames as columns): op by op exactly what the entry (ensure-free step, frame lookup)
+        and ``put`` do, with the common case, a new page, inline and every other case handed
+        to ``put``. A run of new pages of one object from consecutive frames, with room for
+        all of them, is stored in bulk. Returns each op's result."""
         host = self.host
         results: list[int] = []
         append = results.append
@@ -552,8 +579,17 @@ class Tmem:
             if owner.eph_count > owner.Em:
                 owner.Em = owner.eph_count
 
+        if inline and not check_free and not check_max:
+            oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
+            obj = objs.get(oid) if oid is not None else None
+            if oid is not None and (obj is None or obj.pages.keys().isdisjoint(indexes)):
+                results = self._put_new_pages(cc, pool, oid, obj, indexes,
+                                              cmfns[0] << 12, dom)
+                peaks()
+                return results
         handed = 0  # successes of ops handed to ``put``, which counted them itself
-        for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
+        for oid, index, cmfn in zip(zip(o0s, o1s, o2s, strict=True), indexes, cmfns,
+                                    strict=True):
             if check_free and self.free_list + host.heap_free - self.reserve < 256:
                 peaks()
                 if not self.weight_sum and g_eph:
@@ -638,6 +674,95 @@ class Tmem:
             self.Ep += stored
         return results
 
+    def _put_new_pages(self, cc: Client, pool: Pool, oid: tuple[int, int, int],
+                       obj: Obj | None, indexes: Sequence[int], src: int,
+                       dom: Domain) -> list[int]:
+        """``put_run`` for new pages of one object from consecutive frames at ``src`` with
+        headroom for every op (no eviction, no max-memory refusal): the same storage, slots,
+        descriptors, lists and counters as op-by-op PUTs, taken in bulk. Only a compressing
+        owner can still refuse an op (-ENOMEM when a compressed page needs a page Xen lacks)."""
+        host, owner, mv = self.host, pool.client, dom.mv
+        count = len(indexes)
+        results = [1] * count
+        if owner.compress:
+            stored: list[tuple[bytes | int, int]] = []
+            kept_indexes: list[int] = []
+            failed = 0
+            for i, index in enumerate(indexes):
+                at = src + i * PAGE
+                kept = self._store(owner, mv[at:at + PAGE])
+                if kept is None:
+                    results[i] = ENOMEM
+                    failed += 1
+                    continue
+                stored.append(kept)
+                kept_indexes.append(index)
+            if failed:
+                pool.pt += failed
+                pool.px += failed
+                self.Pf += failed
+            indexes = kept_indexes
+            if not indexes:
+                return results
+            datas, csizes = [d for d, _ in stored], [c for _, c in stored]
+        else:
+            # Storage: tmem's free list first, then Xen's heap (the headroom covers it all).
+            from_list = min(self.free_list, count)
+            self.free_list -= from_list
+            host.heap_free -= count - from_list
+            self.raw_pages += count
+            slots = self.free_slots
+            reused = min(len(slots), count)
+            datas = slots[len(slots) - reused:]
+            datas.reverse()  # popped one by one, last freed first
+            del slots[len(slots) - reused:]
+            if reused < count:
+                fresh = self.next_slot
+                self.next_slot = fresh + (count - reused) * PAGE
+                datas += range(fresh, self.next_slot, PAGE)
+            av = self.av
+            if _consecutive(datas):
+                av[datas[0]:datas[0] + count * PAGE] = mv[src:src + count * PAGE]
+            else:
+                for at in datas:
+                    av[at:at + PAGE] = mv[src:src + PAGE]
+                    src += PAGE
+            csizes = repeat(0)
+        stored_count = len(indexes)
+        if obj is None:
+            obj = pool.objs[oid] = Obj(pool, oid)
+            self.nobjs += 1
+            if self.nobjs > self.Om:
+                self.Om = self.nobjs
+            if len(pool.objs) > pool.Om:
+                pool.Om = len(pool.objs)
+        pages = list(map(Page, repeat(obj), indexes, datas, csizes))
+        obj.pages.update(zip(indexes, pages, strict=True))
+        pool.npages += stored_count
+        self.npages += stored_count
+        if pool.persistent:
+            head = pool.head
+            prev = head.prev
+            for pg in pages:
+                pg.prev = prev
+                prev.next = pg
+                prev = pg
+            prev.next = head
+            head.prev = prev
+            owner.dom.tmem_pages += stored_count
+            cc.Pp += stored_count
+        else:
+            fresh_pages = dict.fromkeys(pages)
+            self.g_eph.update(fresh_pages)
+            owner.eph.update(fresh_pages)
+            self.eph_count += stored_count
+            owner.eph_count += stored_count
+            self.Ep += stored_count
+        obj.last_client = owner.domid if self.mark_owner else cc.domid
+        pool.pt += stored_count
+        pool.ps += stored_count
+        return results
+
     def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, data) -> int:
         owner = pool.client
         if owner.migrating:
@@ -711,16 +836,25 @@ class Tmem:
         pool.gs += 1
         return 1
 
-    def get_run(self, cc: Client, pool: Pool, dom: Domain, oids: Iterable[tuple[int, int, int]],
-                indexes: Iterable[int], cmfns: Sequence[int]) -> list[int]:
-        """A run of GETs by ``dom`` from one pool (a multicall): op by op exactly what ``get``
-        does, with hits and misses of a private pool inline and every other case handed to
-        ``get``. Returns each op's result."""
+    def get_run(self, cc: Client, pool: Pool, dom: Domain, o0s: Sequence[int],
+                o1s: Sequence[int], o2s: Sequence[int], indexes: Sequence[int],
+                cmfns: Sequence[int]) -> list[int]:
+        """A run of GETs by ``dom`` from one pool (a multicall; the oid words, indexes and
+        frames as columns): op by op exactly what ``get`` does, with hits and misses of a
+        private pool inline and every other case handed to ``get``. A run of hits on one
+        object into consecutive frames is copied in bulk. Returns each op's result."""
         mem, pop, max_pages = dom.mem, dom.populated, dom.max_pages
+        oids = zip(o0s, o1s, o2s, strict=True)
         if pool.shared:  # LRU refresh and last_client per hit: rare enough for ``get``
             return [self.get(cc, pool, oid, index, mem,
                              cmfn << 12 if 0 < cmfn < max_pages and pop[cmfn] else -1)
                     for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True)]
+        oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
+        obj = pool.objs.get(oid) if oid is not None else None
+        if obj is not None:
+            pages = list(map(obj.pages.get, indexes))
+            if None not in pages:
+                return self._get_pages(cc, pool, obj, pages, cmfns[0] << 12, mem)
         results: list[int] = []
         append = results.append
         objs, av, persistent = pool.objs, self.av, pool.persistent
@@ -757,6 +891,54 @@ class Tmem:
         else:
             cc.Ge += hits
         return results
+
+    def _get_pages(self, cc: Client, pool: Pool, obj: Obj, pages: list[Page], dst: int,
+                   mem) -> list[int]:
+        """``get_run`` for a run of hits on one object of a private pool into consecutive
+        frames at ``dst``: the same copies (one, when the pages sit in consecutive arena
+        slots), removals (ephemeral GETs are destructive) and counters as op-by-op GETs."""
+        count = len(pages)
+        av = self.av
+        slots = [pg.data for pg in pages]
+        if not any(pg.csize for pg in pages) and _consecutive(slots):
+            mem[dst:dst + count * PAGE] = av[slots[0]:slots[0] + count * PAGE]
+        else:
+            for pg in pages:
+                if pg.csize:
+                    mem[dst:dst + PAGE] = _decompress(pg.data, uncompressed_size=PAGE)
+                else:
+                    at = pg.data
+                    mem[dst:dst + PAGE] = av[at:at + PAGE]
+                dst += PAGE
+        pool.gt += count
+        pool.gs += count
+        if pool.persistent:
+            cc.Gp += count
+            return [1] * count
+        cc.Ge += count
+        # Destructive: every page goes, as ``remove_page`` would take them one by one.
+        owner = pool.client
+        g_eph, o_eph, by_index = self.g_eph, owner.eph, obj.pages
+        raw = 0
+        for pg in pages:
+            del by_index[pg.index]
+            del g_eph[pg]
+            del o_eph[pg]
+            if pg.csize:
+                self._release(pg)
+            else:
+                self.free_slots.append(pg.data)
+                raw += 1
+        self.raw_pages -= raw
+        self.free_list += raw
+        pool.npages -= count
+        self.npages -= count
+        self.eph_count -= count
+        owner.eph_count -= count
+        if not by_index:
+            del pool.objs[obj.oid]
+            self.nobjs -= 1
+        return [1] * count
 
     def flush_page(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int) -> int:
         pool.ft += 1
