@@ -25,6 +25,7 @@ def test_bench_tmem_json_rows():
         expect_all = not (row["scenario"].startswith("private ephemeral") and row["op"] == "get")
         assert row["hits"] == 200 if expect_all else 0 <= row["hits"] <= 200
     assert out["resident_bytes_per_page"] > 0
+    assert out["lz4_pages_s"]["compress"] > 0 and out["lz4_pages_s"]["decompress"] > 0
 
 
 def test_bench_tmem_rejects_tiny_runs():

@@ -23,7 +23,8 @@ U = (0xAAAA, 0xBBBB)
 def test_public_api():
     import xentmem.emulator as pkg
 
-    assert sorted(pkg.__all__) == ["Behaviour", "BenchRow", "Domain", "EmulatedHost", "bench_tmem"]
+    assert sorted(pkg.__all__) == ["Behaviour", "BenchRow", "Domain", "EmulatedHost", "TmemBench",
+                                   "bench_tmem"]
     for name in pkg.__all__:
         assert getattr(pkg, name).__doc__
 

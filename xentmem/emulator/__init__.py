@@ -46,7 +46,7 @@ tmem clients, pools, pages and counters; guest frame contents are not kept.
 from __future__ import annotations
 
 from xentmem.emulator._behaviour import Behaviour
-from xentmem.emulator._bench import BenchRow, bench_tmem
+from xentmem.emulator._bench import BenchRow, TmemBench, bench_tmem
 from xentmem.emulator._host import Domain, EmulatedHost
 
-__all__ = ["Behaviour", "BenchRow", "Domain", "EmulatedHost", "bench_tmem"]
+__all__ = ["Behaviour", "BenchRow", "Domain", "EmulatedHost", "TmemBench", "bench_tmem"]

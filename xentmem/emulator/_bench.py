@@ -6,7 +6,7 @@ moving through a plain dict the way tmem moves them, i.e. a PUT copies the page 
 4 KiB guest frame into the dict and a GET copies it back into the frame (storing a reference to
 an immutable ``bytes`` would move no data at all). Times are CPU seconds of this process, the
 best of a few rounds after a warm-up round (so pages land in recycled storage, as in a
-long-running host).
+long-running host), with the baseline and both modes taking turns within every round.
 """
 
 from __future__ import annotations
@@ -73,23 +73,37 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _best(rounds: int, put: Callable[[], int], get: Callable[[], int],
-          reset: Callable[[], None]) -> tuple[float, float, int, int]:
-    """Warm-up round, then the best of ``rounds`` timed PUT-then-GET rounds."""
-    put()
-    reset()
-    best_put = best_get = float("inf")
-    put_hits = get_hits = 0
+@dataclass
+class _Contender:
+    """One way of storing pages: its PUT and GET passes (each returns its hits), the reset
+    between rounds, and the best CPU seconds seen."""
+
+    put: Callable[[], int]
+    get: Callable[[], int]
+    reset: Callable[[], None]
+    best_put: float = float("inf")
+    best_get: float = float("inf")
+    put_hits: int = 0
+    get_hits: int = 0
+
+
+def _race(rounds: int, contenders: list[_Contender]) -> None:
+    """A warm-up round, then ``rounds`` rounds in which every contender runs PUT then GET in
+    turn, keeping each one's best: interleaved, so a noisy neighbour slows all of them in
+    the same stretch instead of spoiling one side of a ratio."""
+    for c in contenders:
+        c.put()
+        c.reset()
     for _ in range(rounds):
-        secs, put_hits = _timed(put)
-        best_put = min(best_put, secs)
-        secs, get_hits = _timed(get)
-        best_get = min(best_get, secs)
-        reset()
-    return best_put, best_get, put_hits, get_hits
+        for c in contenders:
+            secs, c.put_hits = _timed(c.put)
+            c.best_put = min(c.best_put, secs)
+            secs, c.get_hits = _timed(c.get)
+            c.best_get = min(c.best_get, secs)
+            c.reset()
 
 
-def _dict_baseline(pages: list[bytes], n: int, rounds: int) -> tuple[float, float]:
+def _dict_baseline(pages: list[bytes], n: int) -> _Contender:
     store: dict[tuple[int, int], bytes] = {}
     frame = bytearray(PAGE_SIZE)
     distinct = len(pages)
@@ -109,18 +123,57 @@ def _dict_baseline(pages: list[bytes], n: int, rounds: int) -> tuple[float, floa
                 hits += 1
         return hits
 
-    put_s, get_s, _, _ = _best(rounds, put, get, store.clear)
-    return put_s, get_s
+    return _Contender(put, get, store.clear)
+
+
+def codec_pages_per_s(pages: list[bytes], n: int, rounds: int) -> tuple[float, float]:
+    """lz4 alone, as the compressing emulator calls it (compress, then decompress to a page):
+    pages/s each way, best of ``rounds``. No path that compresses can beat these."""
+    import lz4.block
+
+    packed = [lz4.block.compress(page, store_size=False) for page in pages]
+    distinct = len(pages)
+
+    def compress() -> int:
+        for i in range(n):
+            lz4.block.compress(pages[i % distinct], store_size=False)
+        return n
+
+    def decompress() -> int:
+        for i in range(n):
+            lz4.block.decompress(packed[i % distinct], uncompressed_size=PAGE_SIZE)
+        return n
+
+    codec = _Contender(compress, decompress, lambda: None)
+    _race(rounds, [codec])
+    return n / codec.best_put, n / codec.best_get
 
 
 SCENARIOS = ("private persistent", "private ephemeral, eviction", "persistent, compression on")
 
 
+@dataclass(frozen=True)
+class TmemBench:
+    """What ``bench_tmem`` measured: the rows, resident bytes per stored page (private
+    persistent pool, first fill), and lz4 alone on the compression scenario's pages
+    (pages/s each way: the ceiling of any path that compresses)."""
+
+    rows: list[BenchRow]
+    resident_bytes_per_page: float
+    lz4_compress_pages_s: float
+    lz4_decompress_pages_s: float
+
+    def as_dict(self) -> dict[str, object]:
+        return {"rows": [row.as_dict() for row in self.rows],
+                "resident_bytes_per_page": round(self.resident_bytes_per_page),
+                "lz4_pages_s": {"compress": round(self.lz4_compress_pages_s),
+                                "decompress": round(self.lz4_decompress_pages_s)}}
+
+
 def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
-               rounds: int = 3) -> tuple[list[BenchRow], float]:
-    """Run every scenario (single ops, and the batched multicall API: ``put_pages`` and
-    ``get_pages_into`` a reused buffer); returns the rows and
-    the resident bytes per stored page (private persistent pool, first fill)."""
+               rounds: int = 5) -> TmemBench:
+    """Run every scenario: single ops, and the batched multicall API (``put_pages``, and
+    ``get_pages_into`` a reused buffer), each against the dict baseline."""
     from xentmem.hypercalls.emulated import EmulatedHypervisor
     from xentmem.hypercalls.tmem import Tmem
 
@@ -142,10 +195,13 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
         data = text_pages if name == SCENARIOS[2] else random_pages
         distinct = len(data)
         gc.collect()
-        dict_put, dict_get = _dict_baseline(data, pages, rounds)
+        baseline = _dict_baseline(data, pages)
+        contenders = {}
+        clients = []
         for mode in ("single", "batched"):
             host = EmulatedHost(xen_version=xen_version, **options[name])
             tmem = Tmem(EmulatedHypervisor(host, 0), version=xen_version)
+            clients.append(tmem)
             pool = tmem.new_pool(persistent=persistent)
             if mode == "batched":
                 items = [(1, i, data[i % distinct]) for i in range(pages)]
@@ -168,16 +224,21 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
                     get_page = tmem.get_page
                     return sum(1 for i in range(pages) if get_page(pool, 1, i) is not None)
 
+            def reset(tmem=tmem, pool=pool) -> None:
+                tmem.flush_object(pool, 1)
+
             if name == SCENARIOS[0] and mode == "single":
                 rss = _rss_bytes()
                 put()
                 per_page = (_rss_bytes() - rss) / pages
-                tmem.flush_object(pool, 1)
-            put_s, get_s, put_hits, get_hits = _best(
-                rounds, put, get, lambda tmem=tmem, pool=pool: tmem.flush_object(pool, 1))
-            rows.append(BenchRow(name, mode, "put", pages, pages / put_s, pages / dict_put,
-                                 put_hits))
-            rows.append(BenchRow(name, mode, "get", pages, pages / get_s, pages / dict_get,
-                                 get_hits))
+                reset()
+            contenders[mode] = _Contender(put, get, reset)
+        _race(rounds, [baseline, *contenders.values()])
+        for mode, c in contenders.items():
+            rows.append(BenchRow(name, mode, "put", pages, pages / c.best_put,
+                                 pages / baseline.best_put, c.put_hits))
+            rows.append(BenchRow(name, mode, "get", pages, pages / c.best_get,
+                                 pages / baseline.best_get, c.get_hits))
+        for tmem in clients:
             tmem.close()
-    return rows, per_page
+    return TmemBench(rows, per_page, *codec_pages_per_s(text_pages, pages, rounds))

@@ -70,6 +70,9 @@ def _gen_keys(count: int) -> struct.Struct:
     return struct.Struct("<" + _GEN_KEY * count)
 
 
+_unpack_key = _gen_keys(1).unpack_from  # a single PUT/GET needs no more
+
+
 @functools.lru_cache(maxsize=64)
 def _strides(first: int, count: int) -> tuple[int, ...]:
     """The addresses of ``count`` consecutive 56-byte structs from ``first``."""
@@ -442,7 +445,7 @@ class EmulatedHost:
                 return EFAULT
             dom.op_ok = addr
         mem = dom.mem
-        t = _unpack_gen(mem, addr)
+        t = _unpack_key(mem, addr)  # cmd, pool_id, oid[3], index, cmfn
         cmd = t[0]
         if cmd in (4, 5):  # TMEM_PUT_PAGE, TMEM_GET_PAGE: the hot path
             if cc is None:
@@ -451,7 +454,7 @@ class EmulatedHost:
             if pool_id >> 4 or (pool := cc.pools[pool_id]) is None:  # outside 0..15, or empty
                 tm.Te += 1
                 return ENODEV
-            cmfn = t[9]  # unsigned: 0 (the null frame) is never RAM we accept
+            cmfn = t[6]  # unsigned: 0 (the null frame) is never RAM we accept
             off = cmfn << 12 if cmfn and cmfn < dom.max_pages and pop[cmfn] else -1
             if cmd == 4:
                 if tm.free_list + self.heap_free - tm.reserve < 256 and not tm.ensure_free(cc):
