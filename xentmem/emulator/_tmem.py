@@ -12,7 +12,7 @@ from __future__ import annotations
 import mmap
 from collections import OrderedDict
 from collections.abc import Sequence
-from itertools import repeat
+from itertools import islice, repeat
 from typing import TYPE_CHECKING
 
 import lz4.block
@@ -447,6 +447,16 @@ class Tmem:
         self.eph_count -= 1
         owner.eph_count -= 1
 
+    def _new_obj(self, pool: Pool, oid: tuple[int, int, int]) -> Obj:
+        """A new, empty object in ``pool`` (counted, with the high-water marks)."""
+        obj = pool.objs[oid] = Obj(pool, oid)
+        self.nobjs += 1
+        if self.nobjs > self.Om:
+            self.Om = self.nobjs
+        if len(pool.objs) > pool.Om:
+            pool.Om = len(pool.objs)
+        return obj
+
     def put(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int,
             data) -> int:
         """PUT (§2.2): ``data`` is the 4 KiB page (any buffer), or None when the frame is
@@ -499,12 +509,7 @@ class Tmem:
             self.av[at:at + PAGE] = data
             csize = 0
         if obj is None:
-            obj = pool.objs[oid] = Obj(pool, oid)
-            self.nobjs += 1
-            if self.nobjs > self.Om:
-                self.Om = self.nobjs
-            if len(pool.objs) > pool.Om:
-                pool.Om = len(pool.objs)
+            obj = self._new_obj(pool, oid)
         pg = Page(obj, index, at, csize)
         obj.pages[index] = pg
         pool.npages += 1
@@ -579,14 +584,16 @@ class Tmem:
             if owner.eph_count > owner.Em:
                 owner.Em = owner.eph_count
 
-        if inline and not check_free and not check_max:
+        if inline and not check_max:
             oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
             obj = objs.get(oid) if oid is not None else None
             if oid is not None and (obj is None or obj.pages.keys().isdisjoint(indexes)):
-                results = self._put_new_pages(cc, pool, oid, obj, indexes,
-                                              cmfns[0] << 12, dom)
-                peaks()
-                return results
+                victims = self._run_victims(pool, obj, count) if check_free else []
+                if victims is not None:
+                    results = self._put_new_pages(cc, pool, oid, obj, indexes,
+                                                  cmfns[0] << 12, dom, victims)
+                    peaks()
+                    return results
         handed = 0  # successes of ops handed to ``put``, which counted them itself
         for oid, index, cmfn in zip(zip(o0s, o1s, o2s, strict=True), indexes, cmfns,
                                     strict=True):
@@ -640,12 +647,7 @@ class Tmem:
                 av[at:at + PAGE] = data
                 csize = 0
             if obj is None:
-                obj = objs[oid] = Obj(pool, oid)
-                self.nobjs += 1
-                if self.nobjs > self.Om:
-                    self.Om = self.nobjs
-                if len(objs) > pool.Om:
-                    pool.Om = len(objs)
+                obj = self._new_obj(pool, oid)
             pg = Page(obj, index, at, csize)
             obj.pages[index] = pg
             pool.npages += 1
@@ -674,16 +676,40 @@ class Tmem:
             self.Ep += stored
         return results
 
+    def _run_victims(self, pool: Pool, obj: Obj | None, count: int) -> list[Page] | None:
+        """The pages a run of ``count`` new raw pages would evict, oldest first, when that is
+        simple to do in bulk: no weights (each victim is the global LRU head), every victim
+        raw and older than the run, and ``obj`` never emptied by one. Else None."""
+        if pool.client.compress or self.weight_sum:
+            return None
+        # The ensure-free step evicts once the free memory is below 256 pages; the first ops
+        # take free pages until then, and each later op evicts one page and reuses it.
+        free_ops = max(0, min(count, self.free_list + self.host.heap_free - self.reserve - 255))
+        if self.free_list + max(self.host.heap_free, 0) < free_ops \
+                or count - free_ops > len(self.g_eph):
+            return None
+        victims = list(islice(self.g_eph, count - free_ops))
+        if any(pg.csize for pg in victims) or (
+                victims and not free_ops and obj is not None and len(obj.pages) == 1
+                and victims[0].obj is obj):
+            return None
+        return victims
+
     def _put_new_pages(self, cc: Client, pool: Pool, oid: tuple[int, int, int],
                        obj: Obj | None, indexes: Sequence[int], src: int,
-                       dom: Domain) -> list[int]:
-        """``put_run`` for new pages of one object from consecutive frames at ``src`` with
-        headroom for every op (no eviction, no max-memory refusal): the same storage, slots,
-        descriptors, lists and counters as op-by-op PUTs, taken in bulk. Only a compressing
-        owner can still refuse an op (-ENOMEM when a compressed page needs a page Xen lacks)."""
+                       dom: Domain, victims: list[Page]) -> list[int]:
+        """``put_run`` for new pages of one object from consecutive frames at ``src`` with no
+        max-memory refusal possible: the same storage, slots, evictions (``victims``, from
+        ``_run_victims``), descriptors, lists and counters as op-by-op PUTs, taken in bulk.
+        Only a compressing owner can still refuse an op (-ENOMEM when a compressed page needs
+        a page Xen lacks); it never evicts here."""
         host, owner, mv = self.host, pool.client, dom.mv
         count = len(indexes)
         results = [1] * count
+        if victims:
+            evicted = self._evict_for_run(pool, oid, obj, count, victims)
+            if obj is None:
+                obj = pool.objs.get(oid)  # made between the first eviction and the others
         if owner.compress:
             stored: list[tuple[bytes | int, int]] = []
             kept_indexes: list[int] = []
@@ -706,20 +732,24 @@ class Tmem:
                 return results
             datas, csizes = [d for d, _ in stored], [c for _, c in stored]
         else:
-            # Storage: tmem's free list first, then Xen's heap (the headroom covers it all).
-            from_list = min(self.free_list, count)
+            # Storage: tmem's free list first, then Xen's heap, for the ops that evict nothing;
+            # each later op reuses the page (and slot) of the page it evicted.
+            free_ops = count - len(victims)
+            from_list = min(self.free_list, free_ops)
             self.free_list -= from_list
-            host.heap_free -= count - from_list
-            self.raw_pages += count
+            host.heap_free -= free_ops - from_list
+            self.raw_pages += free_ops
             slots = self.free_slots
-            reused = min(len(slots), count)
+            reused = min(len(slots), free_ops)
             datas = slots[len(slots) - reused:]
             datas.reverse()  # popped one by one, last freed first
             del slots[len(slots) - reused:]
-            if reused < count:
+            if reused < free_ops:
                 fresh = self.next_slot
-                self.next_slot = fresh + (count - reused) * PAGE
+                self.next_slot = fresh + (free_ops - reused) * PAGE
                 datas += range(fresh, self.next_slot, PAGE)
+            if victims:
+                datas += evicted
             av = self.av
             if _consecutive(datas):
                 av[datas[0]:datas[0] + count * PAGE] = mv[src:src + count * PAGE]
@@ -730,12 +760,7 @@ class Tmem:
             csizes = repeat(0)
         stored_count = len(indexes)
         if obj is None:
-            obj = pool.objs[oid] = Obj(pool, oid)
-            self.nobjs += 1
-            if self.nobjs > self.Om:
-                self.Om = self.nobjs
-            if len(pool.objs) > pool.Om:
-                pool.Om = len(pool.objs)
+            obj = self._new_obj(pool, oid)
         pages = list(map(Page, repeat(obj), indexes, datas, csizes))
         obj.pages.update(zip(indexes, pages, strict=True))
         pool.npages += stored_count
@@ -762,6 +787,43 @@ class Tmem:
         pool.pt += stored_count
         pool.ps += stored_count
         return results
+
+    def _evict_for_run(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None,
+                       count: int, victims: list[Page]) -> list[int]:
+        """The evictions of a bulk run of ``count`` new pages into ``pool``: every victim
+        removed, the object made when op 0 would make it (after its eviction, if op 0
+        evicts), and the high-water marks op-by-op PUTs would have seen before each
+        eviction. Returns the victims' arena slots, which the run's last pages reuse."""
+        owner = pool.client
+        remove = self.remove_page
+        free_ops = count - len(victims)
+        # Levels before the first eviction, then after each op that evicts (a persistent
+        # page does not count as the owner's ephemeral page; every victim is ephemeral).
+        grows = 0 if pool.persistent else 1
+        pool_level = pool.npages + free_ops
+        owner_level = owner.eph_count + free_ops * grows
+        pool_peak, owner_peak = pool_level, owner_level
+        for victim in victims:
+            victim_pool = victim.obj.pool  # type: ignore[union-attr]
+            pool_level += victim_pool is not pool
+            owner_level += grows - (victim_pool.client is owner)
+            pool_peak = max(pool_peak, pool_level)
+            owner_peak = max(owner_peak, owner_level)
+        if pool_peak > pool.Pm:
+            pool.Pm = pool_peak
+        if owner_peak > owner.Em:
+            owner.Em = owner_peak
+        first = 0
+        if obj is None:
+            if not free_ops:
+                remove(victims[0], release=False)  # op 0 evicts before it makes the object
+                first = 1
+            self._new_obj(pool, oid)
+        for victim in victims[first:]:
+            remove(victim, release=False)
+        self.Ea += len(victims)
+        self.Et += len(victims)
+        return [victim.data for victim in victims]  # type: ignore[misc]
 
     def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, data) -> int:
         owner = pool.client

@@ -12,6 +12,7 @@ import functools
 import struct
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from xentmem.abi import (
     MULTICALL_ENTRY,
@@ -118,13 +119,14 @@ def _ops(count: int) -> struct.Struct:
 _Keys = tuple[list[int], list[int], list[int], list[int]]
 
 
-def _split(rows: Iterable[Sequence], width: int) -> list[Sequence]:
-    """``width`` columns of ``rows`` (tuples of exactly ``width`` items)."""
+def _split(rows: Iterable[Sequence], width: int) -> list[list]:
+    """``width`` columns of ``rows`` (tuples of exactly ``width`` items). Column by column,
+    so no object is made per row (a big batch would otherwise wake the cyclic GC)."""
     rows = rows if isinstance(rows, list) else list(rows)
     if rows and set(map(len, rows)) != {width}:
         bad = next(row for row in rows if len(row) != width)
         raise ValueError(f"expected {width}-tuples, got {bad!r}")
-    return list(zip(*rows, strict=True)) if rows else [()] * width
+    return [list(map(itemgetter(i), rows)) for i in range(width)]
 
 
 def _words_ok(values: Sequence, top: int) -> bool:
