@@ -62,14 +62,13 @@ def test_unknown_hypercall_slot_is_enosys(hv: PrivcmdHypervisor) -> None:
     assert caught.value.errno == errno.ENOSYS
 
 
-def test_pv_frames_come_from_our_own_reservation(hv: PrivcmdHypervisor, xs) -> None:
-    # dom0 runs at its max (dom0_mem=512M,max:512M): balloon it down 8 MiB through its
-    # memory/target first, so XENMEM_increase_reservation has room for the run.
-    target = "/local/domain/0/memory/target"
-    original = int(xs.read(target))
+def test_pv_frames_come_from_our_own_reservation(hv: PrivcmdHypervisor) -> None:
+    # dom0 runs at its max (dom0_mem=512M,max:512M): `xl mem-set` balloons it down 8 MiB and
+    # sets its max 1 MiB above that, which leaves XENMEM_increase_reservation room for the run.
+    mem = xl_list()["Domain-0"]["mem"]
     try:
-        xs.write(target, str(original - 8 * 1024))
-        wait_until(lambda: xl_list()["Domain-0"]["mem"] <= original // 1024 - 7, 60.0,
+        run("xl", "mem-set", "0", f"{mem - 8}m")
+        wait_until(lambda: xl_list()["Domain-0"]["mem"] <= mem - 8, 60.0,
                    "dom0 to balloon down 8 MiB")
         frames = hv.alloc_frames(4)
         try:
@@ -84,4 +83,5 @@ def test_pv_frames_come_from_our_own_reservation(hv: PrivcmdHypervisor, xs) -> N
         finally:
             frames.close()  # the frames go back to Xen
     finally:
-        xs.write(target, str(original))
+        run("xl", "mem-set", "0", f"{mem}m")
+        run("xl", "mem-max", "0", f"{mem}m")
