@@ -297,7 +297,7 @@ class Tmem:
             if size < SUBPAGE_MAX:
                 before = (self.cbytes + PAGE - 1) >> 12
                 after = (self.cbytes + size + PAGE - 1) >> 12
-                if not self._grow(after - before):
+                if after > before and not self._grow(after - before):  # most fit the last page
                     client.cm += 1
                     self.Af += 1
                     return None
