@@ -54,6 +54,9 @@ def script(dom0: Hypervisor, guest: Hypervisor, version: str) -> list[Any]:
     out.append(outcome(lambda: g.get_page(14, 1, 1)))
     out.append(g.put_pages(pers, [(77, i, page(i)) for i in range(70)]))
     out.append(g.get_pages(pers, [(77, i) for i in range(0, 75, 5)]))
+    landed = bytearray(b"\x5a" * (200 * PAGE_SIZE))  # two batches; hits, misses, bulk runs
+    out.append(g.get_pages_into(pers, [(77, i) for i in range(60, 260)], landed))
+    out.append(bytes(landed))
     out.append(outcome(lambda: c.list()))
     out.append(outcome(lambda: c.list(long=True)))
     out.append(outcome(lambda: g.list()))  # a guest may not use the control plane
