@@ -795,7 +795,6 @@ class Tmem:
         evicts), and the high-water marks op-by-op PUTs would have seen before each
         eviction. Returns the victims' arena slots, which the run's last pages reuse."""
         owner = pool.client
-        remove = self.remove_page
         free_ops = count - len(victims)
         # Levels before the first eviction, then after each op that evicts (a persistent
         # page does not count as the owner's ephemeral page; every victim is ephemeral).
@@ -816,11 +815,11 @@ class Tmem:
         first = 0
         if obj is None:
             if not free_ops:
-                remove(victims[0], release=False)  # op 0 evicts before it makes the object
+                # op 0 evicts before it makes the object
+                self._remove_ephemeral(victims[:1], release=False)
                 first = 1
             self._new_obj(pool, oid)
-        for victim in victims[first:]:
-            remove(victim, release=False)
+        self._remove_ephemeral(victims[first:], release=False)
         self.Ea += len(victims)
         self.Et += len(victims)
         return [victim.data for victim in victims]  # type: ignore[misc]
@@ -978,29 +977,37 @@ class Tmem:
             cc.Gp += count
             return [1] * count
         cc.Ge += count
-        # Destructive: every page goes, as ``remove_page`` would take them one by one.
-        owner = pool.client
-        g_eph, o_eph, by_index = self.g_eph, owner.eph, obj.pages
+        self._remove_ephemeral(pages, release=True)  # destructive: every page goes
+        return [1] * count
+
+    def _remove_ephemeral(self, pages: list[Page], *, release: bool) -> None:
+        """``remove_page`` of each ephemeral page in turn (an object goes with its last
+        page), with the shared counters updated once."""
+        g_eph, slots = self.g_eph, self.free_slots
         raw = 0
         for pg in pages:
+            obj = pg.obj
+            pool = obj.pool  # type: ignore[union-attr]
+            by_index = obj.pages  # type: ignore[union-attr]
             del by_index[pg.index]
+            pool.npages -= 1
+            if not by_index:
+                del pool.objs[obj.oid]  # type: ignore[union-attr]
+                self.nobjs -= 1
+            if release:
+                if pg.csize:
+                    self._release(pg)
+                else:
+                    slots.append(pg.data)
+                    raw += 1
+            owner = pool.client
             del g_eph[pg]
-            del o_eph[pg]
-            if pg.csize:
-                self._release(pg)
-            else:
-                self.free_slots.append(pg.data)
-                raw += 1
+            del owner.eph[pg]
+            owner.eph_count -= 1
         self.raw_pages -= raw
         self.free_list += raw
-        pool.npages -= count
-        self.npages -= count
-        self.eph_count -= count
-        owner.eph_count -= count
-        if not by_index:
-            del pool.objs[obj.oid]
-            self.nobjs -= 1
-        return [1] * count
+        self.npages -= len(pages)
+        self.eph_count -= len(pages)
 
     def flush_page(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int) -> int:
         pool.ft += 1
