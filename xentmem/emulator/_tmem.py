@@ -791,30 +791,16 @@ class Tmem:
     def _evict_for_run(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None,
                        count: int, victims: list[Page]) -> list[int]:
         """The evictions of a bulk run of ``count`` new pages into ``pool``: every victim
-        removed, the object made when op 0 would make it (after its eviction, if op 0
-        evicts), and the high-water marks op-by-op PUTs would have seen before each
-        eviction. Returns the victims' arena slots, which the run's last pages reuse."""
-        owner = pool.client
-        free_ops = count - len(victims)
-        # Levels before the first eviction, then after each op that evicts (a persistent
-        # page does not count as the owner's ephemeral page; every victim is ephemeral).
-        grows = 0 if pool.persistent else 1
-        pool_level = pool.npages + free_ops
-        owner_level = owner.eph_count + free_ops * grows
-        pool_peak, owner_peak = pool_level, owner_level
-        for victim in victims:
-            victim_pool = victim.obj.pool  # type: ignore[union-attr]
-            pool_level += victim_pool is not pool
-            owner_level += grows - (victim_pool.client is owner)
-            pool_peak = max(pool_peak, pool_level)
-            owner_peak = max(owner_peak, owner_level)
-        if pool_peak > pool.Pm:
-            pool.Pm = pool_peak
-        if owner_peak > owner.Em:
-            owner.Em = owner_peak
+        removed, and the object made when op 0 would make it (after its eviction, if op 0
+        evicts). Returns the victims' arena slots, which the run's last pages reuse.
+
+        The high-water marks need nothing here: op by op, the pool's page count and the
+        owner's ephemeral count only grow (each op adds a page and evicts at most one) or,
+        for a persistent pool, the owner's only shrinks, so the marks ``put_run`` takes at
+        the end are the ones op-by-op PUTs would have reached."""
         first = 0
         if obj is None:
-            if not free_ops:
+            if len(victims) == count:
                 # op 0 evicts before it makes the object
                 self._remove_ephemeral(victims[:1], release=False)
                 first = 1
