@@ -10,7 +10,7 @@ purpose is ``HypervisorCrash``: a path where the imitated release dereferenced f
 from __future__ import annotations
 
 import mmap
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from itertools import islice, repeat
 from typing import TYPE_CHECKING
@@ -255,10 +255,12 @@ class Tmem:
         self.nobjs = 0
         # Raw pages live in one arena the size of host RAM (tmem can never hold more): a PUT
         # copies into a slot and a GET copies out, no allocation per page. Freed slots are
-        # reused first, like tmem's own free list.
+        # reused first, oldest first: pages freed in order (a flushed object) come back in
+        # order, so runs of pages keep runs of slots and move with one copy. (Where a page
+        # sits in the arena is ours alone: Xen's ABI never shows it.)
         self.arena = anonymous_memory(host.memory_mb << 20)
         self.av = memoryview(self.arena)
-        self.free_slots: list[int] = []
+        self.free_slots: deque[int] = deque()
         self.next_slot = 0
         self.leak_pages = 0  # counters that real releases never decremented (§9)
         self.leak_frames = 0
@@ -311,7 +313,7 @@ class Tmem:
         self.raw_pages += 1
         slots = self.free_slots
         if slots:
-            at = slots.pop()
+            at = slots.popleft()
         else:
             at = self.next_slot
             self.next_slot = at + PAGE
@@ -502,7 +504,7 @@ class Tmem:
             self.raw_pages += 1
             slots = self.free_slots
             if slots:
-                at = slots.pop()
+                at = slots.popleft()
             else:
                 at = self.next_slot
                 self.next_slot = at + PAGE
@@ -640,7 +642,7 @@ class Tmem:
                     continue
                 self.raw_pages += 1
                 if slots:
-                    at = slots.pop()
+                    at = slots.popleft()
                 else:
                     at = self.next_slot
                     self.next_slot = at + PAGE
@@ -741,9 +743,8 @@ class Tmem:
             self.raw_pages += free_ops
             slots = self.free_slots
             reused = min(len(slots), free_ops)
-            datas = slots[len(slots) - reused:]
-            datas.reverse()  # popped one by one, last freed first
-            del slots[len(slots) - reused:]
+            take = slots.popleft
+            datas = [take() for _ in range(reused)]
             if reused < free_ops:
                 fresh = self.next_slot
                 self.next_slot = fresh + (free_ops - reused) * PAGE
