@@ -84,6 +84,7 @@ log = logging.getLogger("xentmem.emulator.daemon")
 XENSTORE_SOCKET = "xenstore.sock"
 LOCK, PIDFILE, LOGFILE = "daemon.lock", "daemon.pid", "daemon.log"
 JOURNAL_LIMIT = 256 << 20  # compact into a snapshot beyond this many journal bytes
+RECV_BUFFER = 1 << 20
 MAX_ALLOC_FRAMES = 1 << 14  # 64 MiB in one buffer is more than any hypercall reads
 _UNIX_PATH_MAX = 107
 _EPHEMERAL_SAFE = frozenset({TmemCmd.TMEM_PUT_PAGE, TmemCmd.TMEM_FLUSH_PAGE,
@@ -169,6 +170,9 @@ class Daemon:
         self._replies: list[tuple[_Conn, bytes]] = []
         self._stop_r, self._stop_w = socket.socketpair()
         self._stopping = False
+        # one receive buffer for every connection: recv(n) would allocate n bytes per call
+        self._rbuf = bytearray(RECV_BUFFER)
+        self._rview = memoryview(self._rbuf)
 
     # -- lifecycle --
 
@@ -266,15 +270,15 @@ class Daemon:
 
     def _readable(self, conn: _Conn) -> None:
         try:
-            data = conn.sock.recv(1 << 20)
+            got = conn.sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            got = 0
+        if not got:
             self._drop(conn)
             return
-        conn.inbuf += data
+        conn.inbuf += self._rview[:got]
         while not conn.closing and len(conn.inbuf) >= FRAME.size:
             (size,) = FRAME.unpack_from(conn.inbuf)
             if not 1 <= size <= MAX_FRAME:

@@ -163,6 +163,8 @@ class SocketHypervisor:
         self._dirty: dict[int, SocketBuffer] = {}
         self._freed: list[int] = []
         self._in = bytearray()
+        self._rbuf = bytearray(SOCKET_BUFFER)
+        self._rview = memoryview(self._rbuf)
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
@@ -325,7 +327,7 @@ class SocketHypervisor:
             if remaining <= 0:
                 raise TimeoutError
             self._sock.settimeout(remaining)
-            chunk = self._sock.recv(1 << 20)
-            if not chunk:
+            got = self._sock.recv_into(self._rbuf)  # recv(n) would allocate n bytes per call
+            if not got:
                 raise EOFError("connection closed by the daemon")
-            buf += chunk
+            buf += self._rview[:got]
