@@ -10,9 +10,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from xentmem.abi import PAGE_SIZE, Hypercall
+from xentmem.abi import PAGE_SIZE, Hypercall, XenVersionCmd
 from xentmem.emulator import EmulatedHost
-from xentmem.hypercalls import Frames
+from xentmem.hypercalls import Frames, Hypervisor
 from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.privcmd import _PagemapFrames
 from xentmem.hypercalls.socket import SocketHypervisor
@@ -25,8 +25,8 @@ def page(i: int) -> bytes:
 
 
 # Each kind: (frames, what the hypervisor sees at a frame number, or None when it cannot be
-# looked at from here, and a way to let the hypervisor write a frame).
-Kind = tuple[Frames, Callable[[int], bytes] | None, Callable[[int, bytes], None] | None]
+# looked at from here, and the transport, to let the hypervisor write into a frame).
+Kind = tuple[Frames, Callable[[int], bytes] | None, Hypervisor | None]
 
 
 @pytest.fixture(params=["emulated", "socket", "pagemap"])
@@ -34,27 +34,20 @@ def kind(request: pytest.FixtureRequest) -> Iterator[Kind]:
     if request.param == "emulated":
         host = EmulatedHost(64)
         mem = host.domains[0].mem
-        frames = EmulatedHypervisor(host, 0).alloc_frames(COUNT)
-
-        def poke(number: int, data: bytes) -> None:
-            mem[number * PAGE_SIZE:(number + 1) * PAGE_SIZE] = data
-
-        yield frames, lambda n: mem[n * PAGE_SIZE:(n + 1) * PAGE_SIZE], poke
+        hv = EmulatedHypervisor(host, 0)
+        frames = hv.alloc_frames(COUNT)
+        yield frames, lambda n: mem[n * PAGE_SIZE:(n + 1) * PAGE_SIZE], hv
     elif request.param == "socket":
         d = request.getfixturevalue("make_daemon")(memory_mb=128)
         mem = d.daemon.host.domains[0].mem
-        with SocketHypervisor(d.directory, 0) as hv:
-            frames = hv.alloc_frames(COUNT)
+        with SocketHypervisor(d.directory, 0) as remote:
+            frames = remote.alloc_frames(COUNT)
 
             def peek(number: int) -> bytes:
-                hv.hypercall(Hypercall.xen_version, 0, 0)  # dirty pages ride along
+                remote.hypercall(Hypercall.xen_version, 0, 0)  # dirty pages ride along
                 return mem[number * PAGE_SIZE:(number + 1) * PAGE_SIZE]
 
-            def poke_remote(number: int, data: bytes) -> None:
-                mem[number * PAGE_SIZE:(number + 1) * PAGE_SIZE] = data
-                hv.hypercall(Hypercall.xen_version, 0, 0)  # the change rides back
-
-            yield frames, peek, poke_remote
+            yield frames, peek, remote
     else:
         if os.geteuid() != 0:
             pytest.skip("pagemap reports PFNs to root only")
@@ -65,7 +58,7 @@ def kind(request: pytest.FixtureRequest) -> Iterator[Kind]:
 
 
 def test_frames_move_whole_pages_by_index(kind: Kind) -> None:
-    frames, peek, poke = kind
+    frames, peek, hv = kind
     numbers = frames.numbers
     assert len(numbers) == len(set(numbers)) == COUNT and 0 not in numbers
     frames.write(b"".join(page(i) for i in range(COUNT)))
@@ -79,9 +72,12 @@ def test_frames_move_whole_pages_by_index(kind: Kind) -> None:
     assert out == expected[3] + expected[4]
     if peek is not None:
         assert [peek(n) for n in numbers] == expected  # what the hypervisor reads
-    if poke is not None:
-        poke(numbers[4], page(99))  # the hypervisor writes a frame (a GET)
-        assert frames.read(4) == page(99)
+    if hv is not None:  # the hypervisor writes into a frame: what the guest reads changes
+        hv.hypercall(Hypercall.xen_version, XenVersionCmd.XENVER_extraversion,
+                     numbers[4] * PAGE_SIZE + 8)
+        written = frames.read(4)
+        assert written[:8] == expected[4][:8] and written[24:] == expected[4][24:]
+        assert written[8:24] != expected[4][8:24] and written[8:9] == b"."
 
 
 @pytest.mark.parametrize(("call", "args"), [

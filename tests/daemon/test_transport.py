@@ -325,3 +325,30 @@ def test_random_requests_never_take_the_daemon_down(make_daemon):
         pool = tm.new_pool(persistent=True)
         tm.put_page(pool, 1, 1, page(1))
         assert tm.get_page(pool, 1, 1) == page(1)
+
+
+def test_a_reply_carries_only_the_frames_the_hypervisor_wrote(make_daemon):
+    """The daemon sends back the regions the hypervisor wrote during the call (its log-dirty
+    frames), not every region of the connection: a single GET after a batch brings back one
+    frame, not the 128-frame batch run."""
+    d = make_daemon(guests=1)
+    with SocketHypervisor(d.directory, 1) as hv:
+        tm = Tmem(hv)
+        pool = tm.new_pool(persistent=True)
+        assert tm.put_pages(pool, [(1, i, page(i)) for i in range(200)]) == [1] * 200
+        replies: list[bytes] = []
+        request = hv._request
+
+        def spy(kind: int, body: bytes) -> bytes:
+            replies.append(request(kind, body))
+            return replies[-1]
+
+        hv._request = spy  # type: ignore[method-assign]
+        assert tm.get_page(pool, 1, 3) == page(3)
+        assert wire.CALL_REPLY.unpack_from(replies[-1]) == (1, 1)  # a hit, one region back
+        assert len(replies[-1]) < 2 * PAGE_SIZE
+        tm.put_page(pool, 1, 500, page(500))  # a PUT writes nothing of the guest's
+        assert wire.CALL_REPLY.unpack_from(replies[-1]) == (1, 0)
+        out = bytearray(3 * PAGE_SIZE)
+        assert tm.get_pages_into(pool, [(1, 7), (1, 500), (1, 999)], out) == [1, 1, 0]
+        assert bytes(out[:2 * PAGE_SIZE]) == page(7) + page(500)

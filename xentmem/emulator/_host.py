@@ -105,7 +105,7 @@ class Domain:
     an anonymous mapping, so untouched frames cost nothing.
     """
 
-    __slots__ = ("avail", "client", "domid", "dying", "max_pages", "mem", "mv", "name",
+    __slots__ = ("avail", "client", "dirty", "domid", "dying", "max_pages", "mem", "mv", "name",
                  "nr_pages", "op_ok", "populated", "privileged", "size", "tmem_pages")
 
     def __init__(self, domid: int, name: str, nr_pages: int, max_pages: int) -> None:
@@ -125,6 +125,9 @@ class Domain:
         self.tmem_pages = 0  # persistent tmem pages charged to this domain
         self.client: Any = None  # its tmem client, once it has one
         self.op_ok = -1  # the last tmem_op address found valid (reset when RAM shrinks)
+        # Frames the hypervisor wrote, while someone tracks them (the daemon, to send back
+        # only what changed); None when nobody does. Like log-dirty mode, for Xen's writes.
+        self.dirty: set[int] | None = None
 
     @property
     def tot_pages(self) -> int:
@@ -156,7 +159,14 @@ class Domain:
         if not self.valid(address, len(data)):
             return False
         self.mem[address:address + len(data)] = data
+        if self.dirty is not None:
+            self.touched(address, len(data))
         return True
+
+    def touched(self, address: int, size: int) -> None:
+        """Note a hypervisor write of ``size`` bytes at ``address`` (when tracking)."""
+        if self.dirty is not None and size > 0:
+            self.dirty.update(range(address >> 12, ((address + size - 1) >> 12) + 1))
 
     def alloc(self, count: int, *, top: bool) -> int:
         """``count`` contiguous free RAM frames (from the top for buffers); -1 if none."""
@@ -509,6 +519,8 @@ class EmulatedHost:
                     return ENOMEM
                 return tm.put(cc, pool, oid, index, bytes(PAGE))
             if cmd in (TmemCmd.TMEM_READ, TmemCmd.TMEM_WRITE):
+                if cmd == TmemCmd.TMEM_READ and off >= 0:
+                    dom.touched(off, PAGE)  # it may copy into the frame
                 return tm.partial(cc, pool, oid, index, mem, off, t[6], t[7], t[8],
                                   cmd == TmemCmd.TMEM_WRITE)
             return 0  # TMEM_XCHG and unknown commands
@@ -559,6 +571,7 @@ class EmulatedHost:
                 handler = handlers.get(op)
                 rc = handler(dom, a0, a1, a2, a3, a4, a5) if handler is not None else ENOSYS
             _pack_result(mem, pos + 8, rc)
+        dom.touched(addr, count * size)
         return 0
 
     def _tmem_run(self, dom: Domain, addr: int, count: int) -> bool:
@@ -600,6 +613,10 @@ class EmulatedHost:
         # Each entry's ``result`` word (the second of eight), written in one strided store.
         with dom.mv[addr:addr + count * 64] as raw, raw.cast("q") as words:
             words[1::8] = array.array("q", results)
+        if dom.dirty is not None:
+            dom.touched(addr, count * 64)
+            if cmd == 5:  # GETs wrote into their frames
+                dom.dirty.update(cmfns)
         return True
 
     def _hc_memory_op(self, dom: Domain, cmd: int, addr: int, *_: int) -> int:
@@ -642,6 +659,7 @@ class EmulatedHost:
             dom.avail[frame] = 0
             dom.op_ok = -1
             dom.mem[frame * PAGE:(frame + 1) * PAGE] = bytes(PAGE)
+            dom.touched(frame * PAGE, PAGE)
             dom.nr_pages -= 1
             self.heap_free += 1
             done += 1

@@ -871,6 +871,8 @@ class Tmem:
         else:
             at = pg.data
             mem[off:off + PAGE] = self.av[at:at + PAGE]
+        if cc.dom.dirty is not None:  # ``mem`` is the caller's memory
+            cc.dom.dirty.add(off >> 12)
         if persistent:
             cc.Gp += 1
         elif pool.shared:

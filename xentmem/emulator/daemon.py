@@ -435,14 +435,19 @@ class Daemon:
             if journaled else []
         domid: int = conn.domid  # type: ignore[assignment]
         durable = journaled and self._durable(dom, op, args)
+        dom.dirty = set()  # the frames the hypervisor writes during this call
         try:
             result = self.host.hypercall(domid, op, *args)
         except HostCrashed as exc:
             self._crashed(str(exc))
             raise
+        finally:
+            dirty, dom.dirty = dom.dirty, None
         mem = dom.mem
         changed = []
         for region in conn.regions.values():
+            if dirty.isdisjoint(range(region.first, region.first + region.frames)):
+                continue  # untouched: the client's mirror is still right
             now = mem[region.address:region.address + region.size]
             if now != region.shadow:
                 region.shadow = now
