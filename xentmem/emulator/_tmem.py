@@ -485,31 +485,12 @@ class Tmem:
             pool.px += 1
             self.Cf += 1
             return EFAULT
-        if owner.compress:
-            stored = self._store(owner, data)
-            if stored is None:
-                pool.px += 1
-                self.Pf += 1
-                return ENOMEM
-            at, csize = stored
-        else:  # the raw-page path of _store, inlined: this is the hot path
-            if self.free_list:
-                self.free_list -= 1
-            elif self.host.heap_free > 0:
-                self.host.heap_free -= 1
-            else:
-                pool.px += 1
-                self.Pf += 1
-                return ENOMEM
-            self.raw_pages += 1
-            slots = self.free_slots
-            if slots:
-                at = slots.popleft()
-            else:
-                at = self.next_slot
-                self.next_slot = at + PAGE
-            self.av[at:at + PAGE] = data
-            csize = 0
+        stored = self._store(owner, data)
+        if stored is None:
+            pool.px += 1
+            self.Pf += 1
+            return ENOMEM
+        at, csize = stored
         if obj is None:
             obj = self._new_obj(pool, oid)
         pg = Page(obj, index, at, csize)
@@ -558,7 +539,6 @@ class Tmem:
         owner = pool.client
         odom = owner.dom
         persistent = pool.persistent
-        compress = owner.compress
         # Neither can change during a run of PUTs; either sends every op through ``put``.
         inline = not pool.dangerous and not cc.frozen
         # A PUT takes at most one page of memory and charges at most one page to the owner: with
@@ -568,7 +548,6 @@ class Tmem:
         check_free = self.free_list + host.heap_free - self.reserve - 256 < count
         check_max = persistent and odom.max_pages - odom.nr_pages - odom.tmem_pages < count
         pop, max_pages, mv = dom.populated, dom.max_pages, dom.mv
-        av, slots = self.av, self.free_slots
         g_eph, o_eph = self.g_eph, owner.eph
         remove = self.remove_page
         head = pool.head
@@ -620,34 +599,14 @@ class Tmem:
                 handed += rc == 1
                 append(rc)
                 continue
-            if compress:
-                kept = self._store(owner, data)
-                if kept is None:
-                    pool.pt += 1
-                    pool.px += 1
-                    self.Pf += 1
-                    append(ENOMEM)
-                    continue
-                at, csize = kept
-            else:  # _store's raw path, inlined
-                if self.free_list:
-                    self.free_list -= 1
-                elif host.heap_free > 0:
-                    host.heap_free -= 1
-                else:
-                    pool.pt += 1
-                    pool.px += 1
-                    self.Pf += 1
-                    append(ENOMEM)
-                    continue
-                self.raw_pages += 1
-                if slots:
-                    at = slots.popleft()
-                else:
-                    at = self.next_slot
-                    self.next_slot = at + PAGE
-                av[at:at + PAGE] = data
-                csize = 0
+            kept = self._store(owner, data)
+            if kept is None:
+                pool.pt += 1
+                pool.px += 1
+                self.Pf += 1
+                append(ENOMEM)
+                continue
+            at, csize = kept
             if obj is None:
                 obj = self._new_obj(pool, oid)
             pg = Page(obj, index, at, csize)
