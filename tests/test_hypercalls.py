@@ -131,6 +131,9 @@ class RecordingHypervisor:
             size = self.size if size is None else size
             return bytes(self.hv.memory[self.address + offset:self.address + offset + size])
 
+        def packer(self, layout):
+            return lambda *values: self.write(layout.pack(*values))
+
         def close(self):
             pass
 

@@ -12,7 +12,7 @@ from xentmem.emulator import bench_tmem
 def test_tmem_data_path_benchmark():
     result = bench_tmem(20000)
     for row in result.rows:
-        print(f"{row.scenario:30} {row.mode:8} {row.op:4} {row.pages_per_s:9.0f} pages/s "
+        print(f"{row.scenario:30} {row.mode:8} {row.op:9} {row.pages_per_s:9.0f} pages/s "
               f"dict {row.dict_pages_per_s:9.0f}  ratio {row.ratio:5.2f}  "
               f"{row.gb_per_s:5.2f} GB/s  hits {row.hits}")
     print(f"resident memory per stored page: {result.resident_bytes_per_page:.0f} bytes")

@@ -48,6 +48,13 @@ def script(dom0: Hypervisor, guest: Hypervisor, version: str) -> list[Any]:
     out += [outcome(lambda i=i: g.get_page(pers, (i % 3, 1, 2), i)) for i in range(0, 22, 3)]
     out += [outcome(lambda i=i: g.get_page(eph, 5, i)) for i in range(0, 22, 4)]
     out.append(outcome(lambda: g.get_page(eph, 5, 0)))  # private ephemeral GET is destructive
+    frame = guest.alloc_frame()  # the frame ops: the guest's page is the frame
+    frame.write(page(200))
+    out.append(outcome(lambda: g.put_page_from(pers, 8, 8, frame)))
+    frame.write(bytes(PAGE_SIZE))
+    out += [outcome(lambda: g.get_page_to(pers, 8, 8, frame)), frame.read()]
+    out += [outcome(lambda: g.get_page_to(pers, 8, 9, frame)), frame.read()]  # a miss
+    frame.close()
     out.append(outcome(lambda: g.flush_page(pers, (1, 1, 2), 1)))
     out.append(outcome(lambda: g.flush_object(pers, (2, 1, 2))))
     out.append(outcome(lambda: g.put_page(9, 1, 1, page(1))))  # no such pool

@@ -472,7 +472,7 @@ class EmulatedHost:
                     return ENOMEM
                 rc = tm.put(cc, pool, t[2:5], t[5], dom.mv[off:off + PAGE] if off > 0 else None)
             else:
-                rc = tm.get(cc, pool, t[2:5], t[5], mem, off)
+                rc = tm.get(cc, pool, t[2:5], t[5], off)
             if rc < 0:
                 tm.Te += 1
             return rc

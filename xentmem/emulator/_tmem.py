@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from itertools import islice, repeat
 from typing import TYPE_CHECKING
 
-import lz4.block
-
 from xentmem.abi import (
     MAX_GLOBAL_SHARED_POOLS,
     MAX_POOLS_PER_DOMAIN,
@@ -25,6 +23,7 @@ from xentmem.abi import (
     PoolFlags,
     XenErrno,
 )
+from xentmem.emulator._codec import compress, decode_into, decompress
 
 if TYPE_CHECKING:
     from xentmem.emulator._behaviour import Behaviour
@@ -47,8 +46,6 @@ ENOSPC = -XenErrno.ENOSPC
 EFROZEN = -XenErrno.EFROZEN
 EEMPTY = -XenErrno.EEMPTY
 
-_compress = lz4.block.compress
-_decompress = lz4.block.decompress
 # Linux MAP_NORESERVE (not exported by the mmap module): emulated RAM is address space only
 # until touched, so a guest with a large max_memory must not be refused by overcommit checks.
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
@@ -63,6 +60,11 @@ def anonymous_memory(size: int) -> mmap.mmap:
 
 class HypervisorCrash(Exception):
     """The imitated hypervisor would have crashed here (ref §9); ``str()`` says why."""
+
+
+def _corrupt() -> None:
+    # Xen ASSERTs that a stored page decompresses to a whole page: a debug build stops there.
+    raise HypervisorCrash("a compressed page did not decompress to 4096 bytes")
 
 
 class Page:
@@ -294,7 +296,7 @@ class Tmem:
         """Storage for one page: compressed bytes when the owner compresses and it pays,
         else a slot of the page arena. Returns ``(data, csize)`` for ``Page``."""
         if client.compress:
-            packed = _compress(src, store_size=False)
+            packed = compress(src, store_size=False)
             size = len(packed)
             if size < SUBPAGE_MAX:
                 before = (self.cbytes + PAGE - 1) >> 12
@@ -803,13 +805,13 @@ class Tmem:
     def page_bytes(self, pg: Page) -> bytes:
         """The 4 KiB content of a page."""
         if pg.csize:
-            return _decompress(pg.data, uncompressed_size=PAGE)
+            return decompress(pg.data, uncompressed_size=PAGE)
         at = pg.data
         return self.arena[at:at + PAGE]
 
-    def get(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int, mem,
+    def get(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int,
             off: int) -> int:
-        """GET (§2.2) into ``mem[off:off+4096]``; ``off`` < 0 means a bad frame."""
+        """GET (§2.2) into the caller's memory at ``off``; ``off`` < 0 means a bad frame."""
         if pool.npages == 0:
             return EEMPTY
         pool.gt += 1
@@ -825,13 +827,15 @@ class Tmem:
             if not persistent and not pool.shared and self.b.bug_get_fault_consumes:
                 self.remove_page(pg, leak=True)
             return EFAULT
+        dom = cc.dom
         if pg.csize:
-            mem[off:off + PAGE] = _decompress(pg.data, uncompressed_size=PAGE)
+            if not decode_into(pg.data, dom.mem, off):
+                _corrupt()
         else:
             at = pg.data
-            mem[off:off + PAGE] = self.av[at:at + PAGE]
-        if cc.dom.dirty is not None:  # ``mem`` is the caller's memory
-            cc.dom.dirty.add(off >> 12)
+            dom.mem[off:off + PAGE] = self.av[at:at + PAGE]
+        if dom.dirty is not None:
+            dom.dirty.add(off >> 12)
         if persistent:
             cc.Gp += 1
         elif pool.shared:
@@ -855,7 +859,7 @@ class Tmem:
         mem, pop, max_pages = dom.mem, dom.populated, dom.max_pages
         oids = zip(o0s, o1s, o2s, strict=True)
         if pool.shared:  # LRU refresh and last_client per hit: rare enough for ``get``
-            return [self.get(cc, pool, oid, index, mem,
+            return [self.get(cc, pool, oid, index,
                              cmfn << 12 if 0 < cmfn < max_pages and pop[cmfn] else -1)
                     for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True)]
         oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
@@ -863,7 +867,7 @@ class Tmem:
         if obj is not None:
             pages = list(map(obj.pages.get, indexes))
             if None not in pages:
-                return self._get_pages(cc, pool, obj, pages, cmfns[0] << 12, mem)
+                return self._get_pages(cc, pool, obj, pages, dom, cmfns[0] << 12)
         results: list[int] = []
         append = results.append
         objs, av, persistent = pool.objs, self.av, pool.persistent
@@ -881,11 +885,12 @@ class Tmem:
                 continue
             if not 0 < cmfn < max_pages or not pop[cmfn]:
                 skipped += 1
-                append(self.get(cc, pool, oid, index, mem, -1))  # -EFAULT, never a hit
+                append(self.get(cc, pool, oid, index, -1))  # -EFAULT, never a hit
                 continue
             off = cmfn << 12
             if pg.csize:
-                mem[off:off + PAGE] = _decompress(pg.data, uncompressed_size=PAGE)
+                if not decode_into(pg.data, mem, off):
+                    _corrupt()
             else:
                 at = pg.data
                 mem[off:off + PAGE] = av[at:at + PAGE]
@@ -901,20 +906,21 @@ class Tmem:
             cc.Ge += hits
         return results
 
-    def _get_pages(self, cc: Client, pool: Pool, obj: Obj, pages: list[Page], dst: int,
-                   mem) -> list[int]:
+    def _get_pages(self, cc: Client, pool: Pool, obj: Obj, pages: list[Page], dom: Domain,
+                   dst: int) -> list[int]:
         """``get_run`` for a run of hits on one object of a private pool into consecutive
         frames at ``dst``: the same copies (one, when the pages sit in consecutive arena
         slots), removals (ephemeral GETs are destructive) and counters as op-by-op GETs."""
         count = len(pages)
-        av = self.av
+        av, mem = self.av, dom.mem
         slots = [pg.data for pg in pages]
         if not any(pg.csize for pg in pages) and _consecutive(slots):
             mem[dst:dst + count * PAGE] = av[slots[0]:slots[0] + count * PAGE]
         else:
             for pg in pages:
                 if pg.csize:
-                    mem[dst:dst + PAGE] = _decompress(pg.data, uncompressed_size=PAGE)
+                    if not decode_into(pg.data, mem, dst):
+                        _corrupt()
                 else:
                     at = pg.data
                     mem[dst:dst + PAGE] = av[at:at + PAGE]

@@ -9,6 +9,8 @@ client asks its transport for both and never knows which it got.
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 from xentmem.abi import PAGE_SIZE, XenVersion
@@ -25,7 +27,19 @@ class Buffer(Protocol):
 
     def read(self, size: int | None = None, offset: int = 0) -> bytes: ...
 
+    def packer(self, layout: struct.Struct) -> Callable[..., None]:
+        """A function that writes ``layout.pack(*values)`` at offset 0 in one step (the data
+        path's argument struct); ``ValueError`` here if ``layout`` does not fit. The values are
+        the caller's to check: a bad one raises ``struct.error`` after some fields went in."""
+        ...
+
     def close(self) -> None: ...
+
+
+def check_fits(layout: struct.Struct, size: int) -> None:
+    """``Buffer.packer``'s check, shared by every transport."""
+    if layout.size > size:
+        raise ValueError(f"a {layout.size}-byte struct overflows a {size}-byte buffer")
 
 
 @runtime_checkable

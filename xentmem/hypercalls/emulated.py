@@ -7,10 +7,14 @@ them exactly as Xen resolves a guest's, answering -EFAULT for bad ones.
 
 from __future__ import annotations
 
+import functools
+import struct
+from collections.abc import Callable
+
 from xentmem.abi import PAGE_SIZE, Hypercall
 from xentmem.emulator import EmulatedHost
 from xentmem.errors import TransportError, tmem_error
-from xentmem.hypercalls._base import page_span
+from xentmem.hypercalls._base import check_fits, page_span
 
 __all__ = ["EmulatedBuffer", "EmulatedFrames", "EmulatedHypervisor"]
 
@@ -43,6 +47,10 @@ class EmulatedBuffer:
             raise ValueError(f"{size} bytes at offset {offset} overflow a {self.size}-byte buffer")
         start = self.address + offset
         return self._mem[start:start + size]
+
+    def packer(self, layout: struct.Struct) -> Callable[..., None]:
+        check_fits(layout, self.size)
+        return functools.partial(layout.pack_into, self._mem, self.address)  # no Python frame
 
     def close(self) -> None:
         if self._first:

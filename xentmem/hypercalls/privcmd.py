@@ -12,6 +12,7 @@ mapped with ``IOCTL_PRIVCMD_MMAPBATCH_V2`` (DOMID_SELF), given back on close.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from xentmem.abi import (
     ffi,
 )
 from xentmem.errors import TmemError, TransportError, tmem_error
-from xentmem.hypercalls._base import page_span
+from xentmem.hypercalls._base import check_fits, page_span
 
 __all__ = ["PRIVCMD_PATHS", "LockedBuffer", "PrivcmdHypervisor", "guest_type"]
 
@@ -95,6 +96,10 @@ class LockedBuffer:
         if offset < 0 or size < 0 or offset + size > self.size:
             raise ValueError(f"read of {size} bytes at {offset} outside {self.size}")
         return self._view[offset:offset + size]
+
+    def packer(self, layout: struct.Struct) -> Callable[..., None]:
+        check_fits(layout, self.size)
+        return functools.partial(layout.pack_into, self._view, 0)
 
     def close(self) -> None:
         if self._ptr is not None:

@@ -33,12 +33,13 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from xentmem.abi import PAGE_SIZE, Hypercall
 from xentmem.errors import EmulatorError, HostCrashed, TransportError, tmem_error
-from xentmem.hypercalls._base import page_span
+from xentmem.hypercalls._base import check_fits, page_span
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -108,6 +109,17 @@ class SocketBuffer:
         if offset < 0 or size < 0 or offset + size > self.size:
             raise ValueError(f"{size} bytes at offset {offset} overflow a {self.size}-byte buffer")
         return bytes(self.mirror[offset:offset + size])
+
+    def packer(self, layout: struct.Struct) -> Callable[..., None]:
+        check_fits(layout, self.size)
+        pack_into, mirror, dirty, address = layout.pack_into, self.mirror, self._hv._dirty, \
+            self.address
+
+        def pack(*values: int) -> None:
+            pack_into(mirror, 0, *values)
+            dirty[address] = self
+
+        return pack
 
     def close(self) -> None:
         if self.address:

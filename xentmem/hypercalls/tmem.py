@@ -52,7 +52,6 @@ Oid = tuple[int, int, int]
 _TMEM_OP = int(Hypercall.tmem_op)
 _MULTICALL = int(Hypercall.multicall)
 _PUT, _GET = int(TmemCmd.TMEM_PUT_PAGE), int(TmemCmd.TMEM_GET_PAGE)
-_pack_gen = TMEM_OP_GEN.pack
 
 
 def xen_version(hv: Hypervisor) -> tuple[XenVersion, str]:
@@ -208,7 +207,7 @@ class Tmem:
         self.version = XenVersion.parse(version)
         self._op: Buffer = hypervisor.alloc_buffer(TMEM_OP_GEN.size)
         self._op_address = self._op.address
-        self._write_op = self._op.write
+        self._pack_op = self._op.packer(TMEM_OP_GEN)
         self._hypercall = hypervisor.hypercall
         self._frame: Frame | None = None
         self._sysctl: Buffer | None = None
@@ -248,7 +247,7 @@ class Tmem:
 
     def _gen(self, cmd: int, pool_id: int, oid: Oid, index: int = 0, cmfn: int = 0) -> int:
         o0, o1, o2 = oid
-        self._write_op(_pack_gen(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn))
+        self._pack_op(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn)
         try:
             return self._hypercall(_TMEM_OP, self._op_address)
         except TmemError as exc:
@@ -277,11 +276,22 @@ class Tmem:
     def get_page(self, pool_id: int, oid: int | Sequence[int], index: int) -> bytes | None:
         """Fetch one page; ``None`` on a miss (including -EEMPTY, as Linux treats it)."""
         frame = self._frame or self.frame
+        return frame.read() if self.get_page_to(pool_id, oid, index, frame) else None
+
+    def put_page_from(self, pool_id: int, oid: int | Sequence[int], index: int,
+                      frame: Frame) -> None:
+        """Store the page held in ``frame``, a frame of this client's transport
+        (``hv.alloc_frame()``), as Linux's shim PUTs a guest page: nothing is copied first."""
+        self._page_op(_PUT, pool_id, oid, index, frame.number)
+
+    def get_page_to(self, pool_id: int, oid: int | Sequence[int], index: int,
+                    frame: Frame) -> bool:
+        """Fetch one page straight into ``frame`` (as ``put_page_from``): the hypervisor's copy
+        is the only one. False on a miss (including -EEMPTY), the frame left as it was."""
         try:
-            hit = self._page_op(_GET, pool_id, oid, index, frame.number)
+            return self._page_op(_GET, pool_id, oid, index, frame.number) == 1
         except TmemEmpty:
-            return None
-        return frame.read() if hit == 1 else None
+            return False
 
     def _page_op(self, cmd: int, pool_id: int, oid: int | Sequence[int], index: int,
                  cmfn: int) -> int:
@@ -293,11 +303,10 @@ class Tmem:
         if type(pool_id) is not int or (pool_id + 0x80000000) >> 32:
             _pool(pool_id)  # raises
         if type(oid) is int and not oid >> 64:
-            op = _pack_gen(cmd, pool_id, oid, 0, 0, index, 0, 0, 0, cmfn)
+            self._pack_op(cmd, pool_id, oid, 0, 0, index, 0, 0, 0, cmfn)
         else:
             o0, o1, o2 = _oid(oid)
-            op = _pack_gen(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn)
-        self._write_op(op)
+            self._pack_op(cmd, pool_id, o0, o1, o2, index, 0, 0, 0, cmfn)
         try:
             return self._hypercall(_TMEM_OP, self._op_address)
         except TmemError as exc:
