@@ -1,6 +1,7 @@
-"""The emulator's native page codec (``_pagecodec.decode_into``): decodes exactly one 4 KiB page
-into a writable buffer, never writes outside it, and refuses bad arguments with an exception
-instead of touching memory."""
+"""The emulator's native page codec (``_pagecodec``): ``compress_page`` makes the lz4 block of one
+4 KiB page (python-lz4 reads it back); ``decode_into`` decodes exactly one page into a writable
+buffer, never writes outside it, and refuses bad arguments with an exception instead of touching
+memory."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import lz4.block
 import pytest
 
 from xentmem.abi import PAGE_SIZE
-from xentmem.emulator._codec import compress, decode_into
+from xentmem.emulator._codec import compress_page, decode_into
 
 TEXT = (b"a line of a text file, more or less; " * 120)[:PAGE_SIZE]
 
@@ -19,7 +20,7 @@ TEXT = (b"a line of a text file, more or less; " * 120)[:PAGE_SIZE]
 @pytest.mark.parametrize("page", [TEXT, bytes(PAGE_SIZE), os.urandom(PAGE_SIZE)],
                          ids=["text", "zeros", "random"])
 def test_decodes_a_page_in_place(page):
-    packed = compress(page, store_size=False)
+    packed = compress_page(memoryview(page))
     mem = mmap.mmap(-1, 3 * PAGE_SIZE)
     mem[:] = b"\x11" * (3 * PAGE_SIZE)
     assert decode_into(packed, mem, PAGE_SIZE) is True
@@ -29,9 +30,9 @@ def test_decodes_a_page_in_place(page):
 
 
 @pytest.mark.parametrize("packed", [
-    compress(TEXT, store_size=False)[:-6],  # truncated
-    compress(TEXT[:100], store_size=False),  # a valid block, but not a page long
-    compress(TEXT + TEXT, store_size=False),  # longer than a page
+    compress_page(TEXT)[:-6],  # truncated
+    lz4.block.compress(TEXT[:100], store_size=False),  # a valid block, but not a page long
+    lz4.block.compress(TEXT + TEXT, store_size=False),  # longer than a page
     b"",
     os.urandom(300),
 ], ids=["truncated", "short", "long", "empty", "garbage"])
@@ -56,3 +57,20 @@ def test_bad_arguments_raise_and_write_nothing(args, error):
     with pytest.raises(error):
         decode_into(*args)
     assert len(args) < 2 or bytes(args[1]) == before
+
+
+def test_compress_page_is_python_lz4s_block_format():
+    assert len(compress_page(TEXT)) < 200 and len(compress_page(bytes(PAGE_SIZE))) < 40
+    noise = os.urandom(PAGE_SIZE)
+    assert len(compress_page(noise)) > PAGE_SIZE  # it does not pay; _tmem stores it raw
+    for page in (TEXT, noise):
+        assert lz4.block.decompress(compress_page(bytearray(page)),
+                                    uncompressed_size=PAGE_SIZE) == page
+
+
+@pytest.mark.parametrize(("page", "error"), [
+    (bytes(PAGE_SIZE - 1), ValueError), (bytes(PAGE_SIZE + 1), ValueError), (b"", ValueError),
+    ("a str", TypeError), (4096, TypeError)])
+def test_compress_page_takes_exactly_one_page(page, error):
+    with pytest.raises(error):
+        compress_page(page)

@@ -132,15 +132,15 @@ def _dict_baseline(pages: list[bytes], n: int) -> _Contender:
 def codec_pages_per_s(pages: list[bytes], n: int, rounds: int) -> tuple[float, float]:
     """lz4 alone, as the compressing emulator calls it (compress a page; decode one into a
     frame): pages/s each way, best of ``rounds``. No path that compresses can beat these."""
-    from xentmem.emulator._codec import compress, decode_into
+    from xentmem.emulator._codec import compress_page, decode_into
 
-    packed = [compress(page, store_size=False) for page in pages]
+    packed = [compress_page(page) for page in pages]
     distinct = len(pages)
     frame = bytearray(PAGE_SIZE)
 
     def encode() -> int:
         for i in range(n):
-            compress(pages[i % distinct], store_size=False)
+            compress_page(pages[i % distinct])
         return n
 
     def decode() -> int:

@@ -23,7 +23,7 @@ from xentmem.abi import (
     PoolFlags,
     XenErrno,
 )
-from xentmem.emulator._codec import compress, decode_into, decompress
+from xentmem.emulator._codec import compress_page, decode_into, decompress
 
 if TYPE_CHECKING:
     from xentmem.emulator._behaviour import Behaviour
@@ -296,7 +296,7 @@ class Tmem:
         """Storage for one page: compressed bytes when the owner compresses and it pays,
         else a slot of the page arena. Returns ``(data, csize)`` for ``Page``."""
         if client.compress:
-            packed = compress(src, store_size=False)
+            packed = compress_page(src)
             size = len(packed)
             if size < SUBPAGE_MAX:
                 before = (self.cbytes + PAGE - 1) >> 12
