@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from xentmem.abi import PAGE_SIZE
 from xentmem.emulator import EmulatedHost
 
 from .driver import ALL, PRIV_EPH, PRIV_PERS, Guest, page
@@ -24,8 +25,15 @@ ops = st.lists(
     max_size=50)
 
 
-def _run(version: str, designed: bool, sequence) -> None:
-    host = EmulatedHost(16, xen_version=version, designed=designed, dom0_memory_mb=12)
+def text_page(seed: int) -> bytes:
+    """A page that compresses well (where compression pays, it is stored compressed)."""
+    return (f"line {seed:05d} of a text file; " * 160).encode()[:PAGE_SIZE]
+
+
+def _run(version: str, designed: bool, sequence, compress: bool = False) -> None:
+    host = EmulatedHost(16, xen_version=version, designed=designed, dom0_memory_mb=12,
+                        tmem_compress=compress)
+    content = (lambda seed: text_page(seed) if seed % 2 else page(seed)) if compress else page
     guests = [Guest(host, 0)] + [Guest(host, host.create_domain(f"g{i}", 1, 2))
                                  for i in range(2)]
     pools = {}
@@ -41,7 +49,7 @@ def _run(version: str, designed: bool, sequence) -> None:
         key = (g.domid, persistent, oid, index)
         model = pers if persistent else eph
         if kind == "put":
-            data = page(seed)
+            data = content(seed)
             present = key in model
             rc = g.put(pool, oid, index, data)
             if rc == 1:
@@ -111,6 +119,12 @@ def test_random_ops_4_12_designed(sequence):
 
 @SETTINGS
 @given(ops)
+def test_random_ops_4_12_compressed(sequence):
+    _run("4.12", False, sequence, compress=True)
+
+
+@SETTINGS
+@given(ops)
 def test_random_ops_4_5(sequence):
     _run("4.5", False, sequence)
 
@@ -123,6 +137,6 @@ def test_random_ops_4_1(sequence):
 
 @pytest.mark.slow
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from(["4.1", "4.5", "4.8", "4.12"]), st.booleans(), ops)
-def test_random_ops_long(version, designed, sequence):
-    _run(version, designed, sequence)
+@given(st.sampled_from(["4.1", "4.5", "4.8", "4.12"]), st.booleans(), ops, st.booleans())
+def test_random_ops_long(version, designed, sequence, compress):
+    _run(version, designed, sequence, compress)
