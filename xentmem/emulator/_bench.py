@@ -158,18 +158,21 @@ SCENARIOS = ("private persistent", "private ephemeral, eviction", "persistent, c
 
 @dataclass(frozen=True)
 class TmemBench:
-    """What ``bench_tmem`` measured: the rows, resident bytes per stored page (private
-    persistent pool, first fill), and lz4 alone on the compression scenario's pages
-    (pages/s each way: the ceiling of any path that compresses)."""
+    """What ``bench_tmem`` measured: the rows, resident bytes per stored page (first fill of
+    the private persistent pool, and of the compressing one with its text pages), and lz4 alone
+    on those text pages (pages/s each way: the ceiling of any path that compresses)."""
 
     rows: list[BenchRow]
     resident_bytes_per_page: float
+    resident_bytes_per_compressed_page: float
     lz4_compress_pages_s: float
     lz4_decompress_pages_s: float
 
     def as_dict(self) -> dict[str, object]:
         return {"rows": [row.as_dict() for row in self.rows],
                 "resident_bytes_per_page": round(self.resident_bytes_per_page),
+                "resident_bytes_per_compressed_page":
+                    round(self.resident_bytes_per_compressed_page),
                 "lz4_pages_s": {"compress": round(self.lz4_compress_pages_s),
                                 "decompress": round(self.lz4_decompress_pages_s)}}
 
@@ -193,7 +196,7 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
         SCENARIOS[1]: dict(memory_mb=8 + max(8, mib // 2), dom0_memory_mb=8),
         SCENARIOS[2]: dict(memory_mb=mib + 256, tmem_compress=True),
     }
-    per_page = 0.0
+    per_page = dict.fromkeys(SCENARIOS, 0.0)
     for name in SCENARIOS:
         persistent = name != SCENARIOS[1]
         data = text_pages if name == SCENARIOS[2] else random_pages
@@ -244,10 +247,10 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
             def reset(tmem=tmem, pool=pool) -> None:
                 tmem.flush_object(pool, 1)
 
-            if name == SCENARIOS[0] and mode == "single":
+            if name != SCENARIOS[1] and mode == "single":
                 rss = _rss_bytes()
                 put()
-                per_page = (_rss_bytes() - rss) / pages
+                per_page[name] = (_rss_bytes() - rss) / pages
                 reset()
             contenders[mode] = _Contender(put, get, reset)
         _race(rounds, [baseline, *contenders.values()])
@@ -262,4 +265,5 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
                                  pages / baseline.best_get, c.get_hits))
         for tmem in clients:
             tmem.close()
-    return TmemBench(rows, per_page, *codec_pages_per_s(text_pages, pages, rounds))
+    return TmemBench(rows, per_page[SCENARIOS[0]], per_page[SCENARIOS[2]],
+                     *codec_pages_per_s(text_pages, pages, rounds))
