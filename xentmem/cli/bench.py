@@ -19,7 +19,7 @@ app.add_typer(bench_app, name="bench")
 def tmem(
     pages: Annotated[int, typer.Option("--pages", "-n", help="Pages per run (>= 100).")] = 20000,
     xen_version: Annotated[str, typer.Option("--xen-version", help="Imitated Xen.")] = "4.12",
-    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timed rounds (best kept).")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timed rounds (best kept).")] = 9,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """PUT then GET of 4 KiB pages through Tmem client -> struct -> entry -> pool, against a

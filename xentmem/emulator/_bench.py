@@ -178,7 +178,7 @@ class TmemBench:
 
 
 def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
-               rounds: int = 5) -> TmemBench:
+               rounds: int = 9) -> TmemBench:
     """Run every scenario: single ops (and ``get_page``'s bytes), and the batched multicall API
     (``put_pages``, and ``get_pages_into`` a reused buffer), each against the dict baseline."""
     from xentmem.hypercalls.emulated import EmulatedHypervisor
