@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import lz4.block
 
-from xentmem.emulator._pagecodec import compress_page, decode_into
+try:
+    from xentmem.emulator._pagecodec import compress_page, decode_into
+except ImportError as exc:  # a source tree nobody installed: say what to do
+    raise ImportError("xentmem's page codec (xentmem/emulator/_pagecodec.c) is not built: run "
+                      "scripts/bootstrap, or pip install -e . (needs gcc, python3-dev and "
+                      "liblz4-1)") from exc
 
 __all__ = ["compress_page", "decode_into", "decompress"]
 
