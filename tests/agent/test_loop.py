@@ -4,6 +4,8 @@ sysfs tree -> data/tmem -> the host facade reads it back. Nothing here is faked.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from xentmem.agent import Agent, ModelSink, SysfsSink
@@ -11,7 +13,7 @@ from xentmem.agent.testing import EmulatedGuest
 from xentmem.errors import XenStorePermission
 from xentmem.guest import Guest, SysfsView
 from xentmem.guest.selfballoon import MB
-from xentmem.host.guests import Host
+from xentmem.host.guests import SILENT_SLACK_S, Host
 from xentmem.xenstore import XenStoreClient, XenStoreServer
 
 from ._wait import eventually
@@ -136,7 +138,8 @@ def test_junk_in_data_is_reported_sanitised(server: XenStoreServer, host: Host, 
                 "data/tmem/reason": b"\x1b[31mred\x1b[0m", "data/tmem/sink": b"sysfs2",
                 "data/tmem/stats/frontswap_loads": b"99999999999999999999999999",
                 "data/tmem/balloon/current_kib": b"0x100", "data/tmem/refused/evil": b"x",
-                "data/tmem/refused/interval": b"\xff" * 1000, "name": b"pwned"}
+                "data/tmem/refused/interval": b"\xff" * 1000, "name": b"pwned",
+                "data/tmem/heartbeat": b"soon", "data/tmem/heartbeat_interval": b"0"}
         for path, value in junk.items():
             if path == "name":
                 with pytest.raises(XenStorePermission):
@@ -150,6 +153,7 @@ def test_junk_in_data_is_reported_sanitised(server: XenStoreServer, host: Host, 
         assert t.applied["frontswap"] is None and t.applied["interval"] is None
         assert t.stats["frontswap_loads"] is None and t.balloon["current_kib"] is None
         assert t.refused == {"interval": "(unreadable reason)"}  # unknown key names dropped
+        assert (t.heartbeat_age_s, t.heartbeat_interval) == (None, None)
         assert t.status == "no agent" and info.row()["agent"] == "no agent"
         assert info.memory_kib == 65536  # memory/target (toolstack's), not the junk
         result = host.set_toggles("evil", {"interval": 9}, timeout=0.2)
@@ -303,3 +307,20 @@ def test_sysfs_write_errors_and_missing_files_are_refused(server: XenStoreServer
     report = agent.reconcile()
     assert set(report.refused) == {"interval", "uphysteresis"}
     assert "missing (kernel without self-ballooning?)" in report.refused["uphysteresis"]
+
+
+def test_an_agent_that_stops_publishing_turns_silent(host: Host, web: EmulatedGuest, dom0):
+    """The agent's heartbeat: its clock at every publish, and its interval. dom0 calls an agent
+    silent once the heartbeat is more than three intervals (plus slack for skew) behind."""
+    assert host.set_toggles("web", {"interval": 11}, timeout=10).status == "applied"
+    report = host.tmem_report(web.domid)
+    assert report.heartbeat_interval == 1  # 0.2 s, in whole seconds
+    assert -2 <= report.heartbeat_age_s <= 5 and not report.silent
+    web.agent.stop()
+    limit = 3 * report.heartbeat_interval + SILENT_SLACK_S
+    for ahead, status in ((0, "applied"), (limit - 5, "applied"), (limit + 10, "silent")):
+        later = Host(dom0, clock=lambda ahead=ahead: time.time() + ahead)
+        assert later.tmem_report(web.domid).status == status, ahead
+    assert later.guest("web").row()["agent"] == "silent"
+    # a guest clock ahead of dom0's is skew, not silence
+    assert not Host(dom0, clock=lambda: time.time() - 3600).tmem_report(web.domid).silent

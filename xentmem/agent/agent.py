@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xentmem.errors import XenStoreError, XenStoreNotFound, XenStoreUnavailable, XentmemError
@@ -30,6 +32,8 @@ from xentmem.xenstore import (
 from .keys import (
     CONTROL_SEQ,
     DATA,
+    DATA_HEARTBEAT,
+    DATA_HEARTBEAT_INTERVAL,
     DATA_REASON,
     DATA_REFUSED,
     DATA_SEQ,
@@ -100,18 +104,19 @@ class Agent:
     """Applies ``control/`` of one guest to ``sink`` and publishes ``data/tmem``.
 
     ``xs`` is a connection *as the guest* (xenbus inside a guest, or our xenstored's
-    ``domain_socket(domid)``); all paths are relative to the guest's home. Counters are
-    republished every ``stats_interval`` seconds.
+    ``domain_socket(domid)``); all paths are relative to the guest's home. Counters, and the
+    heartbeat (``clock()`` in whole seconds), are republished every ``stats_interval`` seconds.
     """
 
     def __init__(self, xs: XenStore, sink: Sink, *, stats_interval: float = 5.0,
-                 max_backoff: float = 2.0) -> None:
+                 max_backoff: float = 2.0, clock: Callable[[], float] = time.time) -> None:
         if stats_interval <= 0:
             raise ValueError(f"stats_interval must be positive, not {stats_interval}")
         self.xs = xs
         self.sink = sink
         self.stats_interval = stats_interval
         self.max_backoff = max_backoff
+        self.clock = clock
         self.report = Report(None, "applied")
         self._published: dict[str, str] = {}
         self._stop = threading.Event()
@@ -193,7 +198,9 @@ class Agent:
 
     def _nodes(self) -> dict[str, str]:
         r = self.report
-        nodes = {DATA_SINK: self.sink.kind, DATA_STATE: r.state, DATA_REASON: r.reason}
+        nodes = {DATA_SINK: self.sink.kind, DATA_STATE: r.state, DATA_REASON: r.reason,
+                 DATA_HEARTBEAT: str(int(self.clock())),
+                 DATA_HEARTBEAT_INTERVAL: str(math.ceil(self.stats_interval))}
         if r.seq is not None:
             nodes[DATA_SEQ] = str(r.seq)
         for k in KEYS:

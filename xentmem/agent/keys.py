@@ -18,6 +18,8 @@ __all__ = [
     "BALLOON_KEYS",
     "CONTROL_SEQ",
     "DATA",
+    "DATA_HEARTBEAT",
+    "DATA_HEARTBEAT_INTERVAL",
     "DATA_REASON",
     "DATA_REFUSED",
     "DATA_SEQ",
@@ -87,6 +89,10 @@ DATA_STATE = "data/tmem/state"  # one of STATES
 DATA_REASON = "data/tmem/reason"  # one line; empty when applied
 DATA_REFUSED = "data/tmem/refused"  # one node per refused key: why
 DATA_SINK = "data/tmem/sink"  # "sysfs" or "model": what the agent drives
+# Liveness: the agent's clock (whole seconds since the epoch) at every publish, and the seconds
+# between publishes; dom0 calls an agent silent when the heartbeat falls well behind.
+DATA_HEARTBEAT = "data/tmem/heartbeat"
+DATA_HEARTBEAT_INTERVAL = "data/tmem/heartbeat_interval"
 STATES = ("applied", "refused")
 STATS_KEYS = (  # data/tmem/stats/<name>: the debugfs counters (ref §1.7, §2.3)
     "frontswap_succ_stores", "frontswap_failed_stores", "frontswap_loads",

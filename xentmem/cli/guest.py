@@ -76,6 +76,7 @@ def _show(g: GuestInfo) -> dict[str, Any]:
         "max_mib": mib(g.max_kib), "agent": t.status if t else "unknown",
         "sink": t.sink if t else None, "request": t.requested_seq if t else None,
         "answered": t.seq if t else None, "reason": (t.reason or None) if t else None,
+        "heartbeat_age_s": t.heartbeat_age_s if t else None,
     }
     if g.metadata is not None:
         record["libvirt_metadata"] = g.metadata

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from xml.etree import ElementTree
@@ -28,6 +28,8 @@ from xml.sax.saxutils import escape
 from xentmem.agent.keys import (
     BALLOON_KEYS,
     CONTROL_SEQ,
+    DATA_HEARTBEAT,
+    DATA_HEARTBEAT_INTERVAL,
     DATA_REASON,
     DATA_REFUSED,
     DATA_SEQ,
@@ -67,6 +69,9 @@ __all__ = [
 
 METADATA_URI = "https://xentmem.invalid/libvirt/tmem/1"  # our libvirt <metadata> namespace
 _U64 = (1 << 64) - 1
+SILENT_SLACK_S = 10  # beyond three heartbeat intervals plus this, an agent counts as silent
+_MAX_EPOCH_S = 1 << 40  # heartbeats are whole seconds since 1970
+_MAX_INTERVAL = 3600  # the agent's --stats-interval limit
 
 
 def mib(kib: int | None) -> int | None:
@@ -88,6 +93,8 @@ class TmemReport:
     sink: str | None
     stats: dict[str, int | None]
     balloon: dict[str, int | None]
+    heartbeat_age_s: int | None = None  # dom0's clock minus the agent's last heartbeat
+    heartbeat_interval: int | None = None  # what the agent says it publishes at
 
     @property
     def agent(self) -> bool:
@@ -95,10 +102,20 @@ class TmemReport:
         return self.state is not None
 
     @property
+    def silent(self) -> bool:
+        """Whether the agent stopped publishing: its heartbeat is more than three intervals
+        behind, plus slack for clock skew (an agent too old to send one is never silent)."""
+        return (self.heartbeat_age_s is not None and self.heartbeat_interval is not None
+                and self.heartbeat_age_s > 3 * self.heartbeat_interval + SILENT_SLACK_S)
+
+    @property
     def status(self) -> str:
-        """``no agent``, ``pending`` (a request not yet answered), or the agent's state."""
+        """``no agent``, ``silent`` (it reported, then stopped), ``pending`` (a request not yet
+        answered), or the agent's state."""
         if self.state is None:
             return "no agent"
+        if self.silent:
+            return "silent"
         if self.requested_seq is not None and self.seq != self.requested_seq:
             return "pending"
         return self.state
@@ -175,8 +192,9 @@ def _acked(answered: int | None, wanted: int) -> bool:
     return (answered - wanted) % (MAX_SEQ + 1) < (MAX_SEQ + 1) // 2
 
 
-def _read_report(tx, dom: str) -> TmemReport:
-    """Everything under control/ and data/tmem of one domain, sanitised."""
+def _read_report(tx, dom: str, now: float) -> TmemReport:
+    """Everything under control/ and data/tmem of one domain, sanitised; ``now`` is dom0's
+    clock, to age the agent's heartbeat."""
     requested: dict[str, int] = {}
     applied: dict[str, int | None] = {}
     for k in KEYS:
@@ -201,6 +219,7 @@ def _read_report(tx, dom: str) -> TmemReport:
             if name is not None:
                 why = sanitize_text(tx.read(f"{dom}/{DATA_REFUSED}/{name}", None))
                 refused[name] = why if why is not None else "(unreadable reason)"
+    heartbeat = sanitize_int(tx.read(f"{dom}/{DATA_HEARTBEAT}", None), 0, _MAX_EPOCH_S)
     return TmemReport(
         requested=requested,
         applied=applied,
@@ -214,6 +233,9 @@ def _read_report(tx, dom: str) -> TmemReport:
                for n in STATS_KEYS},
         balloon={n: sanitize_kib(tx.read(f"{dom}/data/tmem/balloon/{n}", None))
                  for n in BALLOON_KEYS},
+        heartbeat_age_s=None if heartbeat is None else int(now) - heartbeat,
+        heartbeat_interval=sanitize_int(tx.read(f"{dom}/{DATA_HEARTBEAT_INTERVAL}", None), 1,
+                                        _MAX_INTERVAL),
     )
 
 
@@ -248,12 +270,13 @@ class Host:
     (optional) makes it a real host whose domains and memory libvirt manages."""
 
     def __init__(self, xs: XenStore | None, libvirt: LibvirtConnection | None = None, *,
-                 ack_timeout: float = 5.0) -> None:
+                 ack_timeout: float = 5.0, clock: Callable[[], float] = time.time) -> None:
         if xs is None and libvirt is None:
             raise ValueError("a host needs xenstore, libvirt, or both")
         self.xs = xs
         self.libvirt = libvirt
         self.ack_timeout = ack_timeout
+        self.clock = clock  # wall clock, to age the agents' heartbeats
 
     @property
     def kind(self) -> str:
@@ -268,14 +291,16 @@ class Host:
 
     def tmem_report(self, domid: int) -> TmemReport:
         """The sanitised control/ and data/tmem of ``domid``."""
-        return transaction(self._xs(), lambda tx: _read_report(tx, domain_path(domid)))
+        now = self.clock()
+        return transaction(self._xs(), lambda tx: _read_report(tx, domain_path(domid), now))
 
     def _xs_guest(self, domid: int) -> GuestInfo:
         dom = domain_path(domid)
+        now = self.clock()
 
         def read(tx) -> tuple[Any, ...]:
             return (tx.read(f"{dom}/name", None), tx.read(f"{dom}/memory/target", None),
-                    tx.read(f"{dom}/memory/static-max", None), _read_report(tx, dom))
+                    tx.read(f"{dom}/memory/static-max", None), _read_report(tx, dom, now))
 
         untrusted_name, untrusted_target, untrusted_max, report = transaction(self._xs(), read)
         name = sanitize_text(untrusted_name, 64) or f"domain-{domid}"
