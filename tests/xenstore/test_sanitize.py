@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from xentmem.xenstore import sanitize
 from xentmem.xenstore.sanitize import (
     MAX_KIB,
+    escape_value,
     sanitize_bool,
     sanitize_choice,
     sanitize_domid,
@@ -121,10 +122,22 @@ def test_sanitizers_never_raise(untrusted, lo: int, hi: int) -> None:
     info = sanitize_meminfo(untrusted)
     assert info is None or all(0 <= v <= MAX_KIB for v in info.values())
     assert sanitize_domid(untrusted) is None or 0 <= sanitize_domid(untrusted) <= 0x7FEF
+    shown = escape_value(untrusted)  # the display form: printable whatever came in
+    assert shown.isascii() and shown.isprintable()
+
+
+def test_escape_value_is_unambiguous_and_leaves_plain_text_alone() -> None:
+    """Each byte has one escape (the C tools' table, checked byte by byte against xenstore-ls
+    in test_cli.py), so the display form is unambiguous."""
+    assert escape_value(b'plain "text" 42') == 'plain "text" 42'
+    assert escape_value(b"\x00\x07\x08\t\n\r\\\x7f\xff") == r"\000\007\x08\t\n\r\\\x7f\xff"
+    assert escape_value(None) == "" and escape_value("caf\u00e9") == r"caf\xc3\xa9"
+    table = [escape_value(bytes([b])) for b in range(256)]
+    assert len(set(table)) == 256
 
 
 def test_api_is_the_documented_one() -> None:
     assert sorted(sanitize.__all__) == [
-        "MAX_KIB", "sanitize_bool", "sanitize_choice", "sanitize_domid", "sanitize_int",
-        "sanitize_kib", "sanitize_meminfo", "sanitize_text",
+        "MAX_KIB", "escape_value", "sanitize_bool", "sanitize_choice", "sanitize_domid",
+        "sanitize_int", "sanitize_kib", "sanitize_meminfo", "sanitize_text",
     ]  # fmt: skip

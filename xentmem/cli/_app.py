@@ -103,6 +103,7 @@ _COMMAND_MODULES = (
     "xentmem.cli.status",
     "xentmem.cli.bench",
     "xentmem.cli.bench_guest",
+    "xentmem.cli.xenstore",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

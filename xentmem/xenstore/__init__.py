@@ -36,6 +36,7 @@ from ._client import (
 from ._store import Quota
 from ._wire import Op, Perm
 from .sanitize import (
+    escape_value,
     sanitize_bool,
     sanitize_choice,
     sanitize_domid,
@@ -46,6 +47,7 @@ from .sanitize import (
 )
 from .server import XenStoreServer
 from .toolstack import layout_dom0, layout_domain, teardown_domain
+from .tree import TreeNode, ls_lines, walk
 
 __all__ = [
     "LocalXenStore",
@@ -53,14 +55,17 @@ __all__ = [
     "Perm",
     "Quota",
     "Transaction",
+    "TreeNode",
     "Watch",
     "WatchEvent",
     "XenStore",
     "XenStoreClient",
     "XenStoreOps",
     "XenStoreServer",
+    "escape_value",
     "layout_dom0",
     "layout_domain",
+    "ls_lines",
     "resolve_path",
     "sanitize_bool",
     "sanitize_choice",
@@ -71,4 +76,5 @@ __all__ = [
     "sanitize_text",
     "teardown_domain",
     "transaction",
+    "walk",
 ]

@@ -24,6 +24,7 @@ from collections.abc import Collection
 
 __all__ = [
     "MAX_KIB",
+    "escape_value",
     "sanitize_bool",
     "sanitize_choice",
     "sanitize_domid",
@@ -41,6 +42,14 @@ _INT = re.compile(rb"[ \t]*([+-]?[0-9]{1,20})[ \t]*\n?")
 _TRUE = {b"1", b"y", b"yes", b"true", b"on"}
 _FALSE = {b"0", b"n", b"no", b"false", b"off"}
 _TEXT_OK = re.compile(rb"[\x20-\x7e]*")
+# Display form of every byte, as xenstore-ls / xenstore-read print values: printable ASCII as is,
+# \t \n \r \\ by name, 0-7 in octal, every other byte in hex (checked against the C tools).
+_ESCAPED = [
+    chr(b) if 0x20 <= b <= 0x7E and b != 0x5C
+    else {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x5C: "\\\\"}.get(b)
+    or (f"\\{b:03o}" if b < 8 else f"\\x{b:02x}")
+    for b in range(256)
+]
 _MEMINFO_LINE = re.compile(rb"([A-Za-z0-9_()]{1,32}):[ \t]*([0-9]{1,20})(?:[ \t]+kB)?[ \t]*")
 
 
@@ -138,3 +147,13 @@ def sanitize_meminfo(untrusted: Untrusted, max_lines: int = 64) -> dict[str, int
             return None
         out[key] = value
     return out
+
+
+def escape_value(untrusted: Untrusted) -> str:
+    """Any value as printable ASCII, escaped as Xen's C tools print it (``xenstore-ls``,
+    ``xenstore-read``): safe on a terminal whatever a guest wrote. ``None`` gives ``""``."""
+    if untrusted is None:
+        return ""
+    raw = untrusted.encode("utf-8", "surrogateescape") if isinstance(untrusted, str) \
+        else bytes(untrusted)
+    return "".join(map(_ESCAPED.__getitem__, raw))
