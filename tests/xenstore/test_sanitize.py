@@ -128,7 +128,7 @@ def test_sanitizers_never_raise(untrusted, lo: int, hi: int) -> None:
 
 def test_escape_value_is_unambiguous_and_leaves_plain_text_alone() -> None:
     """Each byte has one escape (the C tools' table, checked byte by byte against xenstore-ls
-    in test_cli.py), so the display form is unambiguous."""
+    in test_xenstore_cli.py), so the display form is unambiguous."""
     assert escape_value(b'plain "text" 42') == 'plain "text" 42'
     assert escape_value(b"\x00\x07\x08\t\n\r\\\x7f\xff") == r"\000\007\x08\t\n\r\\\x7f\xff"
     assert escape_value(None) == "" and escape_value("caf\u00e9") == r"caf\xc3\xa9"
