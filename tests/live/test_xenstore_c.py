@@ -1,5 +1,7 @@
 """The xenstore conformance suite (``tests/xenstore/test_conformance.py``) against a third
-server: the real C ``xenstored`` 4.17 that dom0 runs under a real Xen.
+server: the real C ``xenstored`` 4.17 that dom0 runs under a real Xen. The ``xentmem xenstore``
+CLI suite (``tests/xenstore/test_xenstore_cli.py``, its output against the C tools') runs
+against it too.
 
 The suite is loaded from its file and its tests are collected here with ``xs_server`` bound to
 dom0's xenstored. It was written for two servers (ours and oxenstored) and branches on
@@ -10,6 +12,7 @@ with what C xenstored does, so a change in either direction shows up.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import itertools
 import os
 import sys
@@ -31,6 +34,8 @@ def _load(name: str, path: Path):
 
 _harness = _load("xenstore_conformance_harness", SUITE_DIR / "conftest.py")
 _suite = _load("xenstore_conformance_suite", SUITE_DIR / "test_conformance.py")
+sys.path.insert(0, str(SUITE_DIR))  # the CLI suite imports its sibling test_real_clients
+_cli_suite = _load("xenstore_cli_suite", SUITE_DIR / "test_xenstore_cli.py")
 
 # Where the real C xenstored 4.17 fails a check written for ours/oxenstored: test name (or
 # name[param]) -> what C xenstored does instead, read off the failing assertion in dom0. They
@@ -101,3 +106,5 @@ def base() -> str:
 
 
 globals().update({n: getattr(_suite, n) for n in dir(_suite) if n.startswith("test_")})
+globals().update({n: f for n, f in vars(_cli_suite).items()  # those that take a server
+                  if n.startswith("test_") and "xs_server" in inspect.signature(f).parameters})

@@ -98,12 +98,22 @@ def test_an_unreadable_node_is_shown_and_fails_the_listing(ours: ServerUnderTest
 
 def test_watch_prints_each_event_path(xs_server: ServerUnderTest, base: str) -> None:
     p = xs_server.dom0_path
-    writer = threading.Timer(0.5, lambda: xs_server.client().write(f"{base}/w/x", "1"))
+    xs_server.dom0.write(f"{base}/w", "")  # the parent exists: one event per child write
+    done = threading.Event()
+
+    def keep_writing() -> None:  # until the watch (set at some unknown moment) has seen one
+        while not done.wait(0.3):
+            xs_server.dom0.write(f"{base}/w/x", "1")
+
+    writer = threading.Thread(target=keep_writing)
     writer.start()
     try:
-        code, out, _ = cli(p, "watch", f"{base}/w", "--count", "2", "--for", "20")
+        code, out, err = cli(p, "watch", f"{base}/w", "--count", "2", "--for", "60")
     finally:
-        writer.cancel()
-    assert code == 0 and out.splitlines() == [f"{base}/w", f"{base}/w/x"]
-    code, out, _ = cli(p, "watch", f"{base}/w", "--for", "0.3")  # only the initial event
-    assert code == 0 and out.splitlines() == [f"{base}/w"]
+        done.set()
+        writer.join()
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [f"{base}/w", f"{base}/w/x"]
+    code, out, _ = cli(p, "watch", f"{base}/w", "--for", "1")  # only the initial event
+    assert code == 0
+    assert out.splitlines() == [f"{base}/w"]

@@ -112,15 +112,15 @@ def watch(
     path: Annotated[str, typer.Argument(help="Path to watch (and its subtree).")],
     count: Annotated[int | None, typer.Option("--count", "-n", min=1,
                                               help="Stop after this many events.")] = None,
-    duration: Annotated[float | None, typer.Option("--for", min=0.1,
-                                                   help="Stop after this many seconds.")] = None,
+    duration: Annotated[float | None, typer.Option(
+        "--for", min=0.1, help="Stop this many seconds after the watch is set.")] = None,
     xenstored: XenStored = None, timeout: Timeout = 5.0,
 ) -> None:
     """Print the path of each event (the first fires at once), as xenstore-watch does."""
-    deadline = None if duration is None else time.monotonic() + duration
     seen = 0
     with XenStoreClient(xenstored, timeout=timeout) as xs, \
             xs.watch(_check(path), timeout=None) as w:
+        deadline = None if duration is None else time.monotonic() + duration  # once watching
         while count is None or seen < count:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
