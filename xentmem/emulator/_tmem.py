@@ -870,7 +870,7 @@ class Tmem:
                 return self._get_pages(cc, pool, obj, pages, dom, cmfns[0] << 12)
         results: list[int] = []
         append = results.append
-        objs, av, persistent = pool.objs, self.av, pool.persistent
+        objs, persistent, copy_out = pool.objs, pool.persistent, self._copy_out
         remove = self.remove_page
         skipped = 0  # ops that did not look the page up here (-EEMPTY, or handed to ``get``)
         for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
@@ -887,13 +887,7 @@ class Tmem:
                 skipped += 1
                 append(self.get(cc, pool, oid, index, -1))  # -EFAULT, never a hit
                 continue
-            off = cmfn << 12
-            if pg.csize:
-                if not decode_into(pg.data, mem, off):
-                    _corrupt()
-            else:
-                at = pg.data
-                mem[off:off + PAGE] = av[at:at + PAGE]
+            copy_out(pg, mem, cmfn << 12)
             if not persistent:
                 remove(pg)
             append(1)
@@ -905,6 +899,16 @@ class Tmem:
         else:
             cc.Ge += hits
         return results
+
+    def _copy_out(self, pg: Page, mem, off: int) -> None:
+        """A stored page into ``mem[off:off+4096]``: decoded when compressed, else copied from
+        its arena slot. (``get``, the single-op hot path, has this inline.)"""
+        if pg.csize:
+            if not decode_into(pg.data, mem, off):
+                _corrupt()
+        else:
+            at = pg.data
+            mem[off:off + PAGE] = self.av[at:at + PAGE]
 
     def _get_pages(self, cc: Client, pool: Pool, obj: Obj, pages: list[Page], dom: Domain,
                    dst: int) -> list[int]:
@@ -918,12 +922,7 @@ class Tmem:
             mem[dst:dst + count * PAGE] = av[slots[0]:slots[0] + count * PAGE]
         else:
             for pg in pages:
-                if pg.csize:
-                    if not decode_into(pg.data, mem, dst):
-                        _corrupt()
-                else:
-                    at = pg.data
-                    mem[dst:dst + PAGE] = av[at:at + PAGE]
+                self._copy_out(pg, mem, dst)
                 dst += PAGE
         pool.gt += count
         pool.gs += count
