@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from xentmem.agent.testing import EmulatedGuest
 from xentmem.cli import app
 from xentmem.guest.selfballoon import MB
+from xentmem.host.guests import Host
 from xentmem.xenstore import XenStoreClient, XenStoreServer
 
 from ._wait import eventually
@@ -133,6 +134,15 @@ def test_agent_run_once_against_a_sysfs_tree(server: XenStoreServer, dom0: XenSt
     assert (root / "sys/devices/system/xen_memory/xen_memory0/selfballoon/"
                    "selfballoon_interval").read_text() == "4\n"
     assert dom0.read(f"{base}/data/tmem/sink") == b"sysfs"
+    # a one-shot agent sends no heartbeat, and takes down one a running agent left behind, so
+    # dom0 never calls it silent between runs
+    assert not dom0.exists(f"{base}/data/tmem/heartbeat")
+    dom0.write(f"{base}/data/tmem/heartbeat", "1")
+    dom0.write(f"{base}/data/tmem/heartbeat_interval", "5")
+    assert runner.invoke(app, argv).exit_code == 0
+    assert not dom0.exists(f"{base}/data/tmem/heartbeat")
+    assert not dom0.exists(f"{base}/data/tmem/heartbeat_interval")
+    assert not Host(dom0, clock=lambda: 1e12).tmem_report(domid).silent
     dom0.write(f"{base}/control/tmem/frontswap", "1")  # no tmem module in this tree
     dom0.write(f"{base}/control/tmem/seq", "4")
     refused = runner.invoke(app, argv)

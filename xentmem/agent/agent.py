@@ -72,6 +72,7 @@ _APPLY_ORDER = sorted(KEYS, key=lambda k: (k.name not in _MODULE_KEYS, k.boolean
 _U64 = (1 << 64) - 1
 _REASON_MAX = 200  # data/tmem/reason is one line the host shows as is
 _TARGET_SETTLE = 0.1  # s after a memory/target change before the balloon is republished
+_HEARTBEAT = (DATA_HEARTBEAT, DATA_HEARTBEAT_INTERVAL)
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,13 @@ class Agent:
     ``xs`` is a connection *as the guest* (xenbus inside a guest, or our xenstored's
     ``domain_socket(domid)``); all paths are relative to the guest's home. Counters, and the
     heartbeat (``clock()`` in whole seconds), are republished every ``stats_interval`` seconds.
+    A one-shot agent (``heartbeat=False``, ``agent run --once``) publishes no heartbeat and takes
+    down one that a running agent left, so dom0 never calls it silent between runs.
     """
 
     def __init__(self, xs: XenStore, sink: Sink, *, stats_interval: float = 5.0,
-                 max_backoff: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+                 max_backoff: float = 2.0, clock: Callable[[], float] = time.time,
+                 heartbeat: bool = True) -> None:
         if stats_interval <= 0:
             raise ValueError(f"stats_interval must be positive, not {stats_interval}")
         self.xs = xs
@@ -117,8 +121,11 @@ class Agent:
         self.stats_interval = stats_interval
         self.max_backoff = max_backoff
         self.clock = clock
+        self.heartbeat = heartbeat
         self.report = Report(None, "applied")
-        self._published: dict[str, str] = {}
+        # what this agent last wrote under data/; a node listed here and not published again is
+        # removed at the next publish (so a one-shot agent lists the heartbeat from the start)
+        self._published: dict[str, str] = {} if heartbeat else dict.fromkeys(_HEARTBEAT, "")
         self._stop = threading.Event()
         self._reported = threading.Event()  # set once the first report is published
         self._thread: threading.Thread | None = None
@@ -198,9 +205,10 @@ class Agent:
 
     def _nodes(self) -> dict[str, str]:
         r = self.report
-        nodes = {DATA_SINK: self.sink.kind, DATA_STATE: r.state, DATA_REASON: r.reason,
-                 DATA_HEARTBEAT: str(int(self.clock())),
-                 DATA_HEARTBEAT_INTERVAL: str(math.ceil(self.stats_interval))}
+        nodes = {DATA_SINK: self.sink.kind, DATA_STATE: r.state, DATA_REASON: r.reason}
+        if self.heartbeat:
+            nodes[DATA_HEARTBEAT] = str(int(self.clock()))
+            nodes[DATA_HEARTBEAT_INTERVAL] = str(math.ceil(self.stats_interval))
         if r.seq is not None:
             nodes[DATA_SEQ] = str(r.seq)
         for k in KEYS:

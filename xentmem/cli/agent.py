@@ -49,7 +49,7 @@ def run(
         if not os.path.exists(path):
             raise UsageError(f"no socket {path}: is domain {domid} introduced to that xenstored?")
     xs = XenStoreClient(path, timeout=timeout)
-    agent = Agent(xs, SysfsSink(sysfs_root), stats_interval=stats_interval)
+    agent = Agent(xs, SysfsSink(sysfs_root), stats_interval=stats_interval, heartbeat=not once)
     try:
         if once:
             report = agent.reconcile()
