@@ -248,6 +248,12 @@ class EmulatedHost:
             raise HostCrashed(f"the emulated Xen {self.version} host crashed: {self.crashed}; "
                               "every domain is gone")
 
+    def _no_domain(self, domid: int) -> NoReturn:
+        """Why a call names no domain: the host crashed (a crash empties ``domains``), or
+        there is no such domain. Kept off the entries' hot path."""
+        self._alive()
+        raise EmulatorError(f"no domain {domid}")
+
     def _add_domain(self, domid: int, name: str, memory_mb: int, max_memory_mb: int) -> int:
         pages = memory_mb * 256
         if pages > self.heap_free:
@@ -403,9 +409,8 @@ class EmulatedHost:
         try:
             try:
                 dom = self.domains.get(domid)
-                if dom is None:  # a crash empties ``domains``
-                    self._alive()
-                    raise EmulatorError(f"no domain {domid}")
+                if dom is None:
+                    self._no_domain(domid)
                 handler = self._handlers.get(op)
                 if handler is None:
                     return ENOSYS
@@ -427,9 +432,8 @@ class EmulatedHost:
         try:
             try:
                 dom = self.domains.get(domid)
-                if dom is None:  # a crash empties ``domains``
-                    self._alive()
-                    raise EmulatorError(f"no domain {domid}")
+                if dom is None:
+                    self._no_domain(domid)
                 return self._hc_tmem_op(dom, addr & U64)
             except HypervisorCrash as crash:
                 reason = str(crash)
