@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from xentmem.cli import _connect, app
 from xentmem.cli.tmem import parse_xl_uuid
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.hypercalls import Tmem
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 
 runner = CliRunner()
 

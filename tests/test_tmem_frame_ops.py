@@ -9,8 +9,8 @@ import pytest
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import HostCrashed, TmemFault, TmemNoPoolError
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.tmem import Tmem
 
 

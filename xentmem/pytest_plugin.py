@@ -54,8 +54,8 @@ def xentmem_host(request: pytest.FixtureRequest) -> EmulatedHost:
 def xentmem_tmem(xentmem_host: EmulatedHost) -> Iterator[Tmem]:
     """A ``Tmem`` client of a new domain (256 MiB, max 512: persistent pages need headroom
     below the domain's maximum) on ``xentmem_host``."""
+    from xentmem.emulator.transport import EmulatedHypervisor
     from xentmem.hypercalls import Tmem
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
 
     domid = xentmem_host.create_domain("tmem-client", memory_mb=256, max_memory_mb=512)
     with Tmem(EmulatedHypervisor(xentmem_host, domid), version=xentmem_host.version) as tmem:
@@ -66,10 +66,10 @@ def xentmem_tmem(xentmem_host: EmulatedHost) -> Iterator[Tmem]:
 def xentmem_guest(xentmem_host: EmulatedHost) -> Iterator[Callable[..., Guest]]:
     """A factory booting guest models on ``xentmem_host``; fails the test at teardown if any
     page of any guest comes back lost or stale."""
+    from xentmem.emulator.transport import EmulatedHypervisor
     from xentmem.guest import Guest, XenTmem, Zcache
     from xentmem.guest.balloon import HypervisorReservation
     from xentmem.hypercalls import Tmem
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
 
     guests: list[Guest] = []
 

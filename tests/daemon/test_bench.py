@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from xentmem.emulator import EmulatedHost, daemon
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.hypercalls import Hypervisor, Tmem
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.socket import SocketHypervisor
 
 pytestmark = pytest.mark.bench

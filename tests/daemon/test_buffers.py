@@ -11,8 +11,8 @@ import pytest
 
 from xentmem.abi import TMEM_OP_GEN, Hypercall
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.hypercalls import Buffer
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.privcmd import LockedBuffer
 from xentmem.hypercalls.socket import SocketHypervisor
 

@@ -12,8 +12,8 @@ import pytest
 
 from xentmem.abi import PAGE_SIZE, Hypercall, XenVersionCmd
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.hypercalls import Frames, Hypervisor
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.privcmd import _PagemapFrames
 from xentmem.hypercalls.socket import SocketHypervisor
 

@@ -16,10 +16,10 @@ import pytest
 
 from xentmem.abi import PAGE_SIZE, TMEM_OP_GEN, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import EmulatorError, HostCrashed, TmemError, TransportError
 from xentmem.hypercalls import Hypervisor, Tmem
 from xentmem.hypercalls import socket as wire
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.socket import SocketHypervisor
 
 

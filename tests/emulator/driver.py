@@ -10,7 +10,7 @@ import hashlib
 from xentmem import abi
 from xentmem.abi import PAGE_SIZE, TmemCmd, XenVersion
 from xentmem.emulator import EmulatedHost
-from xentmem.hypercalls.emulated import EmulatedHypervisor
+from xentmem.emulator.transport import EmulatedHypervisor
 
 ALL = 0xFFFF
 PRIV_PERS = abi.pool_flags(persistent=True)

@@ -11,8 +11,8 @@ import pytest
 from xentmem import abi
 from xentmem.abi import PAGE_SIZE, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import EmulatorError, HostCrashed, TmemNoPoolError
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.tmem import Tmem
 
 from .driver import PRIV_EPH, PRIV_PERS, SHARED_EPH, Guest, make, page, text_page

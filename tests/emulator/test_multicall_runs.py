@@ -19,8 +19,8 @@ import pytest
 from xentmem import abi
 from xentmem.abi import Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import HostCrashed
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.tmem import Tmem
 
 from .driver import PRIV_EPH, PRIV_PERS, SHARED_EPH, SHARED_PERS, VERSIONS, page, text_page

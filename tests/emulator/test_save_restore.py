@@ -8,8 +8,8 @@ import pytest
 
 from xentmem.abi import TMEM_HANDLE, TmemcSubop
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import HostCrashed, TmemError
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.hypercalls.tmem import Tmem
 
 from .driver import ALL, PRIV_EPH, PRIV_PERS, Guest, page, text_page

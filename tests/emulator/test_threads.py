@@ -15,7 +15,7 @@ import pytest
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.emulator import EmulatedHost
-from xentmem.hypercalls.emulated import EmulatedHypervisor
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.hypercalls.tmem import Tmem
 
 

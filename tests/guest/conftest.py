@@ -16,9 +16,9 @@ def guest() -> Guest:
 def emulated_tmem_factory():
     """Builds ``XenTmem`` modules over a tmem client of one domain on an emulated Xen 4.12."""
     from xentmem.emulator import EmulatedHost
+    from xentmem.emulator.transport import EmulatedHypervisor
     from xentmem.guest import XenTmem
     from xentmem.hypercalls import Tmem
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
 
     host = EmulatedHost(memory_mb=1024, xen_version="4.12")
     domid = host.create_domain("guest", memory_mb=128, max_memory_mb=256)

@@ -111,8 +111,8 @@ def test_selfshrink_brings_frontswap_pages_back_after_inertia():
 
 def test_hypervisor_reservation_moves_the_emulated_domain_and_host_heap():
     from xentmem.emulator import EmulatedHost
+    from xentmem.emulator.transport import EmulatedHypervisor
     from xentmem.guest.balloon import HypervisorReservation
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
 
     host = EmulatedHost(memory_mb=1024)
     domid = host.create_domain("g", memory_mb=64, max_memory_mb=128)

@@ -8,11 +8,11 @@ import pytest
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import GuestError
 from xentmem.guest import Guest, XenTmem, Zcache
 from xentmem.guest.backends.tmem import swap_oid_index
 from xentmem.hypercalls import Tmem
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 
 from ._fakes import page
 

@@ -6,7 +6,7 @@ the emulator (as domain N on our xenstored's ``domain_socket(N)``, or in-process
     agent = Agent(XenStoreClient(), SysfsSink("/")).start()      # a real guest
     agent = Agent(server.connect(5), ModelSink(guest)).start()   # an emulated guest
 
-Key layout (relative to ``/local/domain/<domid>``; :mod:`xentmem.agent.keys` is the one source)
+Key layout (relative to ``/local/domain/<domid>``; :mod:`xentmem.xenstore.keys` is the one source)
 
 ==========================================  =====  =========================================
 node                                        who    meaning
@@ -43,8 +43,9 @@ tmem backend, so there the module toggles apply. The host reads ``data/`` throug
 sanitiser only (``xentmem.host.guests``).
 """
 
+from xentmem.xenstore.keys import KEYS, KNOBS, TOGGLES, Key
+
 from .agent import SYSFS_PATHS, Agent, Report
-from .keys import KEYS, KNOBS, TOGGLES, Key
 from .sinks import ModelSink, Sink, SysfsSink
 from .target import XenStoreTargetSource
 

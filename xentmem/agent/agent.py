@@ -1,5 +1,5 @@
 """The agent loop: watch ``control/``, apply through a :class:`~xentmem.agent.sinks.Sink`,
-publish under ``data/tmem/`` (layout: :mod:`xentmem.agent.keys`).
+publish under ``data/tmem/`` (layout: :mod:`xentmem.xenstore.keys`).
 
 Reconciling is level-triggered: every watch event re-reads *all* requested settings (in one
 transaction, so a request written by dom0 in one transaction is seen whole), compares each with
@@ -28,8 +28,7 @@ from xentmem.xenstore import (
     sanitize_text,
     transaction,
 )
-
-from .keys import (
+from xentmem.xenstore.keys import (
     CONTROL_SEQ,
     DATA,
     DATA_HEARTBEAT,
@@ -43,7 +42,10 @@ from .keys import (
     MAX_SEQ,
     STATS_KEYS,
     Key,
+    balloon_key,
+    stats_key,
 )
+
 from .sinks import Sink, module_param_path
 
 __all__ = ["SYSFS_PATHS", "Agent", "Report"]
@@ -216,11 +218,11 @@ class Agent:
                 nodes[k.data] = str(r.applied[k.name])
         for name, why in r.refused.items():
             nodes[f"{DATA_REFUSED}/{name}"] = why[:_REASON_MAX]
-        for group, paths in (("stats", _STATS_PATHS), ("balloon", _BALLOON_PATHS)):
+        for where, paths in ((stats_key, _STATS_PATHS), (balloon_key, _BALLOON_PATHS)):
             for name, path in paths.items():
                 value = sanitize_int(self.sink.read(path), 0, _U64)
                 if value is not None:
-                    nodes[f"{DATA}/{group}/{name}"] = str(value)
+                    nodes[where(name)] = str(value)
         return nodes
 
     def _publish(self) -> None:

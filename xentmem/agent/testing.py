@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.guest import Guest, SysfsView, XenTmem
 from xentmem.hypercalls import Tmem
-from xentmem.hypercalls.emulated import EmulatedHypervisor
 from xentmem.xenstore import XenStoreClient, XenStoreServer
 
 from .agent import Agent

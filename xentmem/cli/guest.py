@@ -16,13 +16,13 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from xentmem.agent.keys import key
 from xentmem.cli._app import UsageError, app
 from xentmem.cli._render import render
 from xentmem.errors import XentmemError
 from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
 from xentmem.host.libvirt import LibvirtConnection
 from xentmem.xenstore import XenStoreClient
+from xentmem.xenstore.keys import key
 
 __all__ = [
     "Json",

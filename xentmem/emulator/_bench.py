@@ -181,7 +181,7 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
                rounds: int = 9) -> TmemBench:
     """Run every scenario: single ops (and ``get_page``'s bytes), and the batched multicall API
     (``put_pages``, and ``get_pages_into`` a reused buffer), each against the dict baseline."""
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
+    from xentmem.emulator.transport import EmulatedHypervisor
     from xentmem.hypercalls.tmem import Tmem
 
     if pages < 100:

@@ -39,8 +39,8 @@ class GuestBenchRow:
 
 def _tmem_factory(xen_version: str, max_memory_mb: int) -> Callable[[], XenTmem]:
     from xentmem.emulator import EmulatedHost
+    from xentmem.emulator.transport import EmulatedHypervisor
     from xentmem.hypercalls import Tmem
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
 
     def make() -> XenTmem:
         host = EmulatedHost(memory_mb=max_memory_mb + 1024, xen_version=xen_version)

@@ -313,8 +313,8 @@ class _Booted:
         try:
             if name == "zcache":
                 return Zcache(**params)
+            from xentmem.emulator.transport import EmulatedHypervisor
             from xentmem.hypercalls import Tmem
-            from xentmem.hypercalls.emulated import EmulatedHypervisor
 
             tmem = Tmem(EmulatedHypervisor(self.host, self.domid), version=self.host.version)
             return XenTmem(tmem, **params)
@@ -345,7 +345,7 @@ class _Booted:
 
 def _boot(scenario: Scenario, tmpdir: Path | None) -> list[_Booted]:
     from xentmem.emulator import EmulatedHost
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
+    from xentmem.emulator.transport import EmulatedHypervisor
 
     host = EmulatedHost(memory_mb=scenario.host_memory_mb, xen_version=scenario.xen_version)
     booted = []

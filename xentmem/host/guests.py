@@ -10,7 +10,7 @@ guests and ``memory/target`` is written as libxl would). Both are chosen at the 
     result.status                                                 # applied | pending | refused
 
 Toggles go to ``control/`` with a new request number in one transaction; the guest agent
-answers under ``data/tmem`` (layout: :mod:`xentmem.agent.keys`). Everything read from ``data/``
+answers under ``data/tmem`` (layout: :mod:`xentmem.xenstore.keys`). Everything read from ``data/``
 was written by the guest and passes :mod:`xentmem.xenstore.sanitize` before use: junk reads as
 None, never as an exception.
 """
@@ -25,7 +25,19 @@ from typing import Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
-from xentmem.agent.keys import (
+from xentmem.errors import LibvirtError, XenStoreError, XenStoreNotFound
+from xentmem.host.libvirt import DomainInfo, LibvirtConnection
+from xentmem.xenstore import (
+    XenStore,
+    sanitize_bool,
+    sanitize_choice,
+    sanitize_domid,
+    sanitize_int,
+    sanitize_kib,
+    sanitize_text,
+    transaction,
+)
+from xentmem.xenstore.keys import (
     BALLOON_KEYS,
     CONTROL_SEQ,
     DATA_HEARTBEAT,
@@ -39,19 +51,9 @@ from xentmem.agent.keys import (
     MAX_SEQ,
     STATES,
     STATS_KEYS,
+    balloon_key,
     key,
-)
-from xentmem.errors import LibvirtError, XenStoreError, XenStoreNotFound
-from xentmem.host.libvirt import DomainInfo, LibvirtConnection
-from xentmem.xenstore import (
-    XenStore,
-    sanitize_bool,
-    sanitize_choice,
-    sanitize_domid,
-    sanitize_int,
-    sanitize_kib,
-    sanitize_text,
-    transaction,
+    stats_key,
 )
 from xentmem.xenstore.toolstack import domain_path
 
@@ -229,9 +231,9 @@ def _read_report(tx, dom: str, now: float) -> TmemReport:
         reason=sanitize_text(tx.read(f"{dom}/{DATA_REASON}", None)),
         refused=refused,
         sink=sanitize_choice(tx.read(f"{dom}/{DATA_SINK}", None), ("sysfs", "model")),
-        stats={n: sanitize_int(tx.read(f"{dom}/data/tmem/stats/{n}", None), 0, _U64)
+        stats={n: sanitize_int(tx.read(f"{dom}/{stats_key(n)}", None), 0, _U64)
                for n in STATS_KEYS},
-        balloon={n: sanitize_kib(tx.read(f"{dom}/data/tmem/balloon/{n}", None))
+        balloon={n: sanitize_kib(tx.read(f"{dom}/{balloon_key(n)}", None))
                  for n in BALLOON_KEYS},
         heartbeat_age_s=None if heartbeat is None else int(now) - heartbeat,
         heartbeat_interval=sanitize_int(tx.read(f"{dom}/{DATA_HEARTBEAT_INTERVAL}", None), 1,
@@ -395,7 +397,7 @@ class Host:
 
     def set_toggles(self, dom: str | int, values: Mapping[str, int | bool | None], *,
                     timeout: float | None = None) -> ToggleResult:
-        """Request ``values`` (names of :data:`xentmem.agent.keys.KEYS`; None withdraws the
+        """Request ``values`` (names of :data:`xentmem.xenstore.keys.KEYS`; None withdraws the
         standing request for that key, leaving the guest as it is) for ``dom`` and wait at
         most ``timeout`` s for the agent's answer (``pending`` if none comes)."""
         requested = validate(values)
@@ -485,7 +487,7 @@ class Host:
         """Wait (at most ``timeout`` s) for the agent to report balloon target ``kib``; the
         last reported value."""
         xs = self._xs()
-        path = f"{domain_path(domid)}/data/tmem/balloon/target_kib"
+        path = f"{domain_path(domid)}/{balloon_key('target_kib')}"
         deadline = time.monotonic() + timeout
         with xs.watch(path) as w:
             while True:

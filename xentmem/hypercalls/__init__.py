@@ -3,7 +3,7 @@
 Transports (chosen at the edge, never by a global switch):
 
 - ``PrivcmdHypervisor``: a real Xen host through ``/dev/xen/privcmd``;
-- ``xentmem.hypercalls.emulated.EmulatedHypervisor``: the in-process emulator;
+- ``xentmem.emulator.transport.EmulatedHypervisor``: the in-process emulator;
 - ``xentmem.hypercalls.socket.SocketHypervisor``: the emulator daemon over a unix socket.
 """
 

@@ -80,11 +80,11 @@ def collect_trace(spec: CollectSpec, *, name: str = "collected",
     """Boot the guest, run the workloads for ``spec.duration`` model seconds and return the
     trace (one sample per step, the first before any work)."""
     from xentmem.emulator import EmulatedHost
+    from xentmem.emulator.transport import EmulatedHypervisor
     from xentmem.guest import Guest, XenTmem
     from xentmem.guest.swap import MemorySlotStore
     from xentmem.guest.workload import Workload
     from xentmem.hypercalls import Tmem
-    from xentmem.hypercalls.emulated import EmulatedHypervisor
 
     host = EmulatedHost(memory_mb=spec.host_memory_mb, xen_version="4.12")
     domid = host.create_domain(name, memory_mb=spec.memory_mb,

@@ -1,4 +1,5 @@
-"""The xenstore keys dom0 and the guest agent talk through, stated once for both sides.
+"""The xenstore keys dom0 and the guest agent talk through, stated once for both sides (the
+contract of DESIGN §3a, owned by neither: ``host/`` and ``agent/`` both import it from here).
 
 Paths are relative to the guest's home ``/local/domain/<domid>`` (the agent uses them as they
 are; the host prefixes :func:`domain_path`). ``control/`` is writable by dom0 only and readable
@@ -32,7 +33,9 @@ __all__ = [
     "STATS_KEYS",
     "TOGGLES",
     "Key",
+    "balloon_key",
     "key",
+    "stats_key",
 ]
 
 MAX_SEQ = 0x7FFFFFFF  # the request counter wraps here (kept within a signed 32-bit int)
@@ -100,6 +103,16 @@ STATS_KEYS = (  # data/tmem/stats/<name>: the debugfs counters (ref §1.7, §2.3
     "cleancache_puts", "cleancache_invalidates",
 )
 BALLOON_KEYS = ("current_kib", "target_kib")  # data/tmem/balloon/<name>
+
+
+def stats_key(name: str) -> str:
+    """Where the agent publishes debugfs counter ``name`` (one of :data:`STATS_KEYS`)."""
+    return f"{DATA}/stats/{name}"
+
+
+def balloon_key(name: str) -> str:
+    """Where the agent publishes balloon value ``name`` (one of :data:`BALLOON_KEYS`)."""
+    return f"{DATA}/balloon/{name}"
 
 
 def key(name: str) -> Key:

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Callable
 
 from xentmem.abi import PAGE_SIZE, Hypercall
-from xentmem.emulator import EmulatedHost
+from xentmem.emulator._host import EmulatedHost
 from xentmem.errors import TransportError, tmem_error
 from xentmem.hypercalls._base import check_fits, page_span
 
