@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from xentmem.errors import XenStoreError, XenStoreNotFound, XenStoreUnavailable, XentmemError
+from xentmem.guest.kernel import Kernel
 from xentmem.guest.sysfs import BALLOON_DIR
 from xentmem.xenstore import (
     Watch,
@@ -69,6 +70,7 @@ _BALLOON_PATHS = {"current_kib": f"{BALLOON_DIR}/info/current_kb",
                   "target_kib": f"{BALLOON_DIR}/target_kb"}
 # Module parameters first (a reload resets the flags), the numeric knobs before the flags
 # (0->1 of selfballooning schedules the worker after `interval`).
+OSRELEASE = "proc/sys/kernel/osrelease"  # uname -r: which kernel refuses, and why
 _MODULE_KEYS = ("frontswap", "cleancache")  # tmem module parameters, not sysfs knobs
 _APPLY_ORDER = sorted(KEYS, key=lambda k: (k.name not in _MODULE_KEYS, k.boolean))
 _U64 = (1 << 64) - 1
@@ -143,6 +145,16 @@ class Agent:
 
         return transaction(self.xs, read)
 
+    def _missing(self, k: Key, path: str) -> str:
+        """Why ``k``'s file is absent: the running kernel's reason when it names one."""
+        kernel = Kernel.from_release(self.sink.read(OSRELEASE) or "")
+        feature = "tmem" if k.name in _MODULE_KEYS else "selfballoon"
+        if kernel is not None and not kernel.has_tmem:
+            return kernel.missing(feature)
+        if k.name in _MODULE_KEYS:
+            return "the tmem module is not loaded"
+        return f"/{path} is missing (kernel without self-ballooning?)"
+
     def _apply(self, k: Key, untrusted: bytes) -> str | None:
         """Bring ``k`` to the requested value; None if done, else why not."""
         if k.boolean:
@@ -155,9 +167,7 @@ class Agent:
         path = SYSFS_PATHS[k.name]
         current = _parse_current(k, self.sink.read(path))
         if current is None:
-            if k.name in _MODULE_KEYS:
-                return "the tmem module is not loaded"
-            return f"/{path} is missing (kernel without self-ballooning?)"
+            return self._missing(k, path)
         if current == wanted:
             return None
         try:

@@ -116,6 +116,8 @@ class ModelSink:
     def set_module_param(self, name: str, value: bool) -> None:
         if name not in MODULE_PARAMS:
             raise GuestError(f"tmem has no parameter {name!r}")
+        if not self.guest.kernel.has_tmem:
+            raise GuestError(self.guest.kernel.missing("tmem"))
         old = self.guest.backend
         if not isinstance(old, XenTmem):
             raise GuestError("the tmem module is not loaded")

@@ -15,6 +15,7 @@ from xentmem.guest.cleancache import Cleancache, CleancacheOps
 from xentmem.guest.frontswap import DrainReport, Frontswap, FrontswapOps
 from xentmem.guest.fs import Filesystem, FsDisk
 from xentmem.guest.guest import Guest, GuestStats, anon_content
+from xentmem.guest.kernel import Kernel
 from xentmem.guest.selfballoon import MemorySnapshot, SelfBalloonKnobs
 from xentmem.guest.swap import FileSlotStore, MemorySlotStore, SlotStore, SwapDevice
 from xentmem.guest.sysfs import SysfsView
@@ -35,6 +36,7 @@ __all__ = [
     "GuestStats",
     "HypervisorReservation",
     "InMemoryTargetSource",
+    "Kernel",
     "MemorySlotStore",
     "MemorySnapshot",
     "SelfBalloon",

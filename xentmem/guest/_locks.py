@@ -10,7 +10,6 @@ it returns, every operation that was inside a stripe when it started has finishe
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -44,23 +43,3 @@ class StripedLock:
         finally:
             for lock in reversed(self._locks):
                 lock.release()
-
-
-_HYPERVISOR_LOCKS: weakref.WeakKeyDictionary[object, threading.Lock] = weakref.WeakKeyDictionary()
-_HYPERVISOR_LOCKS_GUARD = threading.Lock()
-
-
-def hypervisor_lock(hv: object) -> threading.Lock:
-    """The lock serialising the guest model's hypercalls to one hypervisor.
-
-    Backends and the balloon of every guest call the hypervisor from whatever thread runs them
-    (workload threads, an agent's watch thread). Xen takes concurrent hypercalls from many
-    vCPUs; the in-process emulated host does not, so all callers of one host share one lock —
-    keyed by the host behind an ``EmulatedHypervisor`` (its ``host``), else the transport.
-    """
-    key = getattr(hv, "host", hv)
-    with _HYPERVISOR_LOCKS_GUARD:
-        lock = _HYPERVISOR_LOCKS.get(key)
-        if lock is None:
-            lock = _HYPERVISOR_LOCKS[key] = threading.Lock()
-        return lock

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Protocol
 
 from xentmem.abi import DOMID_SELF, XEN_MEMORY_RESERVATION, Hypercall, XenMemOp
 from xentmem.errors import XentmemError
-from xentmem.guest._locks import hypervisor_lock
 from xentmem.guest.selfballoon import (
     MemorySnapshot,
     SelfBalloonKnobs,
@@ -119,8 +118,7 @@ class HypervisorReservation:
     process's own pages: do not use it there.)"""
 
     def __init__(self, hypervisor: Hypervisor) -> None:
-        self.hv = hypervisor
-        self.lock = hypervisor_lock(hypervisor)
+        self.hv = hypervisor  # thread-safe; each call brings its own buffers
 
     def _memory_op(self, cmd: int, frames: list[int]) -> int:
         extents = self.hv.alloc_buffer(8 * len(frames))
@@ -137,24 +135,21 @@ class HypervisorReservation:
 
     def decrease(self, pages: int) -> int:
         frames: list[Frame] = []
-        with self.lock:
-            try:
-                for _ in range(pages):
-                    frames.append(self.hv.alloc_frame())
-            except XentmemError:
-                pass  # the domain has no more free frames: a short allocation
-            if not frames:
-                return 0
-            done = self._memory_op(XenMemOp.XENMEM_decrease_reservation,
-                                   [f.number for f in frames])
-            for frame in frames[done:]:
-                frame.close()  # not taken: back to the domain's allocator
-            return done
+        try:
+            for _ in range(pages):
+                frames.append(self.hv.alloc_frame())
+        except XentmemError:
+            pass  # the domain has no more free frames: a short allocation
+        if not frames:
+            return 0
+        done = self._memory_op(XenMemOp.XENMEM_decrease_reservation, [f.number for f in frames])
+        for frame in frames[done:]:
+            frame.close()  # not taken: back to the domain's allocator
+        return done
 
     def increase(self, pages: int) -> int:
-        with self.lock:
-            # Xen picks the frames and writes their numbers into the extent list
-            return self._memory_op(XenMemOp.XENMEM_increase_reservation, [0] * pages)
+        # Xen picks the frames and writes their numbers into the extent list
+        return self._memory_op(XenMemOp.XENMEM_increase_reservation, [0] * pages)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from xentmem.guest.balloon import Balloon, Reservation, SelfBalloon, TargetSourc
 from xentmem.guest.cleancache import Cleancache
 from xentmem.guest.frontswap import Frontswap
 from xentmem.guest.fs import Filesystem, FsDisk
+from xentmem.guest.kernel import DEFAULT_KERNEL, Kernel
 from xentmem.guest.selfballoon import MB, MemorySnapshot
 from xentmem.guest.swap import MAX_SWAPFILES, ZERO_PAGE, MemorySlotStore, SlotStore, SwapDevice
 
@@ -89,18 +90,21 @@ class Guest:
     ``memory_mb`` is the initial reservation and ``max_memory_mb`` the domain maximum (max_pfn);
     ``base_committed_mb`` models the kernel and userspace outside the workloads (resident and
     committed; default an eighth of ``memory_mb``, at most 32). ``reservation`` is the hypervisor
-    side of ballooning (default: capped at max).
+    side of ballooning (default: capped at max). ``kernel`` is the release it runs (default
+    3.10): from 5.3 there is no tmem driver and no self-balloon driver (:mod:`.kernel`).
     """
 
     def __init__(self, name: str = "guest", *, memory_mb: int = 256,
                  max_memory_mb: int | None = None, base_committed_mb: int | None = None,
                  reservation: Reservation | None = None, dom0: bool = False,
-                 swapoff_invalidates_area: bool = False) -> None:
+                 swapoff_invalidates_area: bool = False,
+                 kernel: Kernel | str = DEFAULT_KERNEL) -> None:
         max_memory_mb = memory_mb if max_memory_mb is None else max_memory_mb
         if memory_mb < 16 or max_memory_mb < memory_mb:
             raise GuestError(f"need 16 <= memory_mb ({memory_mb}) <= max_memory_mb "
                              f"({max_memory_mb})")
         self.name = name
+        self.kernel = Kernel.parse(kernel)
         self.max_pfn = max_memory_mb * MB
         self.kernel_pages = max(MB, self.max_pfn // 100)  # outside totalram (image, memmap)
         self.totalreserve_pages = self.max_pfn // 64
@@ -605,6 +609,8 @@ class Guest:
         (the kernel would silently orphan its pages) unless ``replace``, which unloads it
         first — draining its pages — and returns that report."""
         report = None
+        if module.name == "tmem" and not self.kernel.has_tmem:
+            raise GuestError(self.kernel.missing("tmem"))
         if self.backend is not None:
             if not replace:
                 raise GuestError(f"backend {self.backend.name} already loaded "

@@ -114,7 +114,7 @@ class SysfsView:
             f"{BALLOON_DIR}/info/low_kb": _Attr(lambda: f"{b.balloon_low << kb}\n"),
             f"{BALLOON_DIR}/info/high_kb": _Attr(lambda: f"{b.balloon_high << kb}\n"),
         }
-        for name, knob, boolean in (
+        for name, knob, boolean in () if not g.kernel.has_selfballoon else (
             ("selfballooning", "selfballooning", True),
             ("selfballoon_interval", "interval", False),
             ("selfballoon_downhysteresis", "downhysteresis", False),
@@ -127,15 +127,18 @@ class SysfsView:
         ):
             attrs[f"{SELFBALLOON_DIR}/{name}"] = _Attr(
                 self._knob_reader(knob), self._knob_writer(name, knob, boolean))
-        for name, value in g.frontswap.debugfs().items():
-            attrs[f"sys/kernel/debug/frontswap/{name}"] = _Attr(lambda v=value: f"{v}\n")
-        for name, value in g.cleancache.debugfs().items():
-            attrs[f"sys/kernel/debug/cleancache/{name}"] = _Attr(lambda v=value: f"{v}\n")
+        if g.kernel.has_frontswap:
+            for name, value in g.frontswap.debugfs().items():
+                attrs[f"sys/kernel/debug/frontswap/{name}"] = _Attr(lambda v=value: f"{v}\n")
+        if g.kernel.has_cleancache:
+            for name, value in g.cleancache.debugfs().items():
+                attrs[f"sys/kernel/debug/cleancache/{name}"] = _Attr(lambda v=value: f"{v}\n")
         params = getattr(g.backend, "params", None)
         if g.backend is not None and isinstance(params, dict):
             for name, value in params.items():
                 attrs[f"sys/module/{g.backend.name}/parameters/{name}"] = _Attr(
                     lambda v=value: "Y\n" if v else "N\n")
+        attrs["proc/sys/kernel/osrelease"] = _Attr(lambda: f"{g.kernel}.0-xentmem\n")
         attrs["proc/meminfo"] = _Attr(lambda: "".join(
             f"{k + ':':<16}{v:>8} kB\n" for k, v in g.meminfo().items()))
         return attrs

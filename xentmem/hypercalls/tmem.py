@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import struct
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -199,6 +200,9 @@ class Tmem:
 
     def __init__(self, hypervisor: Hypervisor, version: XenVersion | str | None = None) -> None:
         self.hv = hypervisor
+        # The op buffer, frame and batch below are shared by every call: a caller with several
+        # threads holds this around each call (the transport itself is thread-safe).
+        self.lock = threading.Lock()
         if version is None:
             try:
                 version = xen_version(hypervisor)[0]

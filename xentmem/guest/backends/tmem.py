@@ -7,8 +7,12 @@ must fit 32 bits. Cleancache: a private ephemeral pool per filesystem, a shared 
 (lo = bytes 0-7, hi = bytes 8-15, little-endian), the 24-byte file key as the oid. The hypercall
 succeeds with 1; anything else (a negative errno here raised as ``TmemError``) is a failure.
 
-The ``Tmem`` client owns one argument buffer and one frame, and the emulated host takes one
-hypercall at a time, so calls are serialised by the hypervisor's lock (``hypervisor_lock``).
+Pages move through one frame of the transport (``put_page_from`` / ``get_page_to``): the guest's
+page is copied into the frame for a PUT and out of it after a GET, and the hypervisor copies
+between the frame and its store, one copy per direction as Linux's shim (which hands Xen the
+page's own frame) plus the one our model needs because its pages are not guest frames. The
+``Tmem`` client's op buffer and that frame are shared by every caller, so each call holds the
+client's own lock (``Tmem.lock``); nothing else is serialised here.
 """
 
 from __future__ import annotations
@@ -20,13 +24,12 @@ from typing import TYPE_CHECKING
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.errors import TmemError
-from xentmem.guest._locks import hypervisor_lock
 from xentmem.guest.backends._module import UnloadReport
 from xentmem.guest.cleancache import FileKey
 
 if TYPE_CHECKING:
     from xentmem.guest.guest import Guest
-    from xentmem.hypercalls import Tmem
+    from xentmem.hypercalls import Frames, Tmem
 
 __all__ = ["XenTmem", "swap_oid_index"]
 
@@ -40,25 +43,35 @@ def swap_oid_index(type: int, offset: int) -> tuple[tuple[int, int, int], int]:
     return ((type << SWIZ_BITS) | (offset & SWIZ_MASK), 0, 0), offset >> SWIZ_BITS
 
 
-def _get_into(tmem: Tmem, lock: threading.Lock, pool: int, oid, index: int,
-              page: bytearray) -> int:
-    """The shim's GET: 0 with ``page`` filled on a hit, -1 on a miss or any hypervisor error
-    (``xen_tmem_get_page``'s ``1 -> 0, else -1``)."""
-    with lock:
-        try:
-            data = tmem.get_page(pool, oid, index)
-        except TmemError:
-            return -1
-    if data is None:
-        return -1
-    page[:] = data
-    return 0
+class _Shim:
+    """What both halves of the shim share: the client, its lock and the page frame."""
 
-
-class _FrontswapOps:
-    def __init__(self, tmem: Tmem, lock: threading.Lock) -> None:
+    def __init__(self, tmem: Tmem, frame: Frames) -> None:
         self.tmem = tmem
-        self.lock = lock
+        self.lock: threading.Lock = tmem.lock
+        self.frame = frame
+
+    def _get_into(self, pool: int, oid, index: int, page: bytearray) -> int:
+        """The shim's GET: 0 with ``page`` filled on a hit, -1 on a miss or any hypervisor
+        error (``xen_tmem_get_page``'s ``1 -> 0, else -1``)."""
+        with self.lock:
+            try:
+                if not self.tmem.get_page_to(pool, oid, index, self.frame):
+                    return -1
+            except TmemError:
+                return -1
+            self.frame.read_into(page)
+        return 0
+
+    def _put_from(self, pool: int, oid, index: int, page: bytes) -> None:
+        """The shim's PUT (caller holds the lock); raises ``TmemError``."""
+        self.frame.write(page)
+        self.tmem.put_page_from(pool, oid, index, self.frame)  # type: ignore[arg-type]
+
+
+class _FrontswapOps(_Shim):
+    def __init__(self, tmem: Tmem, frame: Frames) -> None:
+        super().__init__(tmem, frame)
         self.pool_id = -1  # tmem_frontswap_poolid
 
     def init(self, type: int) -> None:
@@ -76,7 +89,7 @@ class _FrontswapOps:
         oid, index = swap_oid_index(type, offset)
         with self.lock:
             try:
-                self.tmem.put_page(pool, oid, index, bytes(page))
+                self._put_from(pool, oid, index, page)
             except TmemError:
                 return -1  # Xen already dropped a failed duplicate (-ENOSPC)
         return 0
@@ -86,7 +99,7 @@ class _FrontswapOps:
         if pool < 0 or offset > _U32:
             return -1
         oid, index = swap_oid_index(type, offset)
-        return _get_into(self.tmem, self.lock, pool, oid, index, page)
+        return self._get_into(pool, oid, index, page)
 
     def invalidate_page(self, type: int, offset: int) -> None:
         pool = self.pool_id
@@ -106,10 +119,7 @@ class _FrontswapOps:
                     self.tmem.flush_object(pool, ((type << SWIZ_BITS) | low, 0, 0))
 
 
-class _CleancacheOps:
-    def __init__(self, tmem: Tmem, lock: threading.Lock) -> None:
-        self.tmem = tmem
-        self.lock = lock
+class _CleancacheOps(_Shim):
 
     def _new_pool(self, *, shared: bool, uuid: tuple[int, int], pagesize: int) -> int:
         if pagesize != PAGE_SIZE:
@@ -131,13 +141,13 @@ class _CleancacheOps:
     def get_page(self, pool_id: int, key: FileKey, index: int, page: bytearray) -> int:
         if pool_id < 0 or index > _U32:
             return -1
-        return _get_into(self.tmem, self.lock, pool_id, key, index, page)
+        return self._get_into(pool_id, key, index, page)
 
     def put_page(self, pool_id: int, key: FileKey, index: int, page: bytes) -> None:
         if pool_id < 0 or index > _U32:
             return
         with self.lock, contextlib.suppress(TmemError):  # "always succeeds" for the caller
-            self.tmem.put_page(pool_id, key, index, bytes(page))
+            self._put_from(pool_id, key, index, page)
 
     def invalidate_page(self, pool_id: int, key: FileKey, index: int) -> None:
         if pool_id < 0 or index > _U32:
@@ -169,9 +179,9 @@ class XenTmem:
         self.params = {"frontswap": bool(frontswap), "cleancache": bool(cleancache),
                        "selfballooning": bool(selfballooning),
                        "selfshrinking": bool(selfshrinking)}
-        lock = hypervisor_lock(tmem.hv)
-        self.frontswap_ops = _FrontswapOps(tmem, lock)
-        self.cleancache_ops = _CleancacheOps(tmem, lock)
+        frame = tmem.hv.alloc_frames(1)
+        self.frontswap_ops = _FrontswapOps(tmem, frame)
+        self.cleancache_ops = _CleancacheOps(tmem, frame)
         self.log: list[str] = []
 
     def module_init(self, guest: Guest) -> None:
