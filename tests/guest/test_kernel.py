@@ -37,7 +37,7 @@ def test_modern_guest_has_no_tmem_and_no_selfballoon_knobs() -> None:
     class Tmemish(Zcache):
         name = "tmem"
 
-    with pytest.raises(GuestError, match="Linux 6.1 has no tmem"):
+    with pytest.raises(GuestError, match=r"Linux 6\.1 has no tmem"):
         guest.load_backend(Tmemish())
     assert guest.backend is None
     paths = SysfsView(guest).paths()
