@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from xentmem.agent.testing import EmulatedGuest
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MachineGuest
 from xentmem.host.guests import Host
 from xentmem.xenstore import XenStoreClient, XenStoreServer
 
@@ -42,16 +42,20 @@ def host(dom0: XenStoreClient) -> Host:
 
 
 @pytest.fixture
-def web(server: XenStoreServer, emulated_host: EmulatedHost) -> Iterator[EmulatedGuest]:
-    """Domain "web": the agent applies to the guest model directly."""
-    with EmulatedGuest(server, emulated_host, "web", 128, 256, stats_interval=0.2) as g:
-        yield g
+def machine(server: XenStoreServer, emulated_host: EmulatedHost) -> Iterator[EmulatedMachine]:
+    """The emulated host and our xenstored as one machine (agents publish every 0.2 s)."""
+    with EmulatedMachine(emulated_host, server, stats_interval=0.2) as m:
+        yield m
 
 
 @pytest.fixture
-def db(server: XenStoreServer, emulated_host: EmulatedHost, tmp_path: Path
-       ) -> Iterator[EmulatedGuest]:
+def web(machine: EmulatedMachine) -> MachineGuest:
+    """Domain "web": the agent applies to the guest model directly."""
+    return machine.add_guest(GuestSpec("web", 128, 256, backend="tmem"))
+
+
+@pytest.fixture
+def db(machine: EmulatedMachine, tmp_path: Path) -> MachineGuest:
     """Domain "db": the agent drives a sysfs tree in a temporary directory, as on a real guest."""
-    with EmulatedGuest(server, emulated_host, "db", 128, 256, sysfs_root=tmp_path / "root",
-                       stats_interval=0.2) as g:
-        yield g
+    return machine.add_guest(GuestSpec("db", 128, 256, backend="tmem"),
+                             sysfs_root=tmp_path / "root")

@@ -8,8 +8,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from xentmem.agent.testing import EmulatedGuest
 from xentmem.cli import app
+from xentmem.emulator.machine import GuestSpec, MachineGuest
 from xentmem.guest.selfballoon import MB
 from xentmem.host.guests import Host
 from xentmem.xenstore import XenStoreClient, XenStoreServer
@@ -26,7 +26,7 @@ def cli(server: XenStoreServer):
     return invoke
 
 
-def test_status_json_lists_domains_and_agents(cli, web: EmulatedGuest, db: EmulatedGuest):
+def test_status_json_lists_domains_and_agents(cli, web: MachineGuest, db: MachineGuest):
     result = cli("status", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -38,7 +38,7 @@ def test_status_json_lists_domains_and_agents(cli, web: EmulatedGuest, db: Emula
     assert table.exit_code == 0 and "2 agent(s) reporting" in table.stdout
 
 
-def test_list_and_show(cli, web: EmulatedGuest):
+def test_list_and_show(cli, web: MachineGuest):
     rows = json.loads(cli("guest", "list", "--json").stdout)
     assert [(r["domid"], r["name"]) for r in rows] == [(web.domid, "web")]
     shown = cli("guest", "show", "web", "--json")
@@ -51,7 +51,7 @@ def test_list_and_show(cli, web: EmulatedGuest):
     assert cli("guest", "show", str(web.domid)).exit_code == 0  # by id, as a table
 
 
-def test_set_applied(cli, web: EmulatedGuest):
+def test_set_applied(cli, web: MachineGuest):
     result = cli("guest", "set", "web", "--interval", "9", "--no-selfshrinking", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -63,7 +63,7 @@ def test_set_applied(cli, web: EmulatedGuest):
     assert table.exit_code == 0 and "applied" in table.stdout and "request 2" in table.stdout
 
 
-def test_set_refused_exits_1(cli, db: EmulatedGuest):
+def test_set_refused_exits_1(cli, db: MachineGuest):
     result = cli("guest", "set", "db", "--no-cleancache", "--json")
     assert result.exit_code == 1, result.output
     data = json.loads(result.stdout)
@@ -74,14 +74,11 @@ def test_set_refused_exits_1(cli, db: EmulatedGuest):
     assert json.loads(cleared.stdout)["settings"][0]["status"] == "withdrawn"
 
 
-def test_set_pending_without_agent(cli, server: XenStoreServer, emulated_host):
-    g = EmulatedGuest(server, emulated_host, "quiet", 64)  # never started
-    try:
-        result = cli("guest", "set", "quiet", "--interval", "8", "--wait", "0.2", "--json")
-        assert result.exit_code == 0, result.output
-        assert json.loads(result.stdout)["status"] == "pending"
-    finally:
-        g.close()
+def test_set_pending_without_agent(cli, machine):
+    machine.add_guest(GuestSpec("quiet", 64, backend="tmem", agent=False))
+    result = cli("guest", "set", "quiet", "--interval", "8", "--wait", "0.2", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["status"] == "pending"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -95,7 +92,7 @@ def test_set_pending_without_agent(cli, server: XenStoreServer, emulated_host):
     (["guest", "memory", "web", "--target", "4096"], "above the maximum"),
     (["guest", "memory", "web", "--target", "0"], "--target"),
 ])
-def test_bad_input_exits_2_and_changes_nothing(cli, dom0: XenStoreClient, web: EmulatedGuest,
+def test_bad_input_exits_2_and_changes_nothing(cli, dom0: XenStoreClient, web: MachineGuest,
                                                args, message):
     result = cli(*args)
     assert result.exit_code == 2, result.output
@@ -104,7 +101,7 @@ def test_bad_input_exits_2_and_changes_nothing(cli, dom0: XenStoreClient, web: E
     assert dom0.read(f"/local/domain/{web.domid}/memory/target") == b"131072"
 
 
-def test_memory_target(cli, web: EmulatedGuest):
+def test_memory_target(cli, web: MachineGuest):
     result = cli("guest", "memory", "web", "--target", "100", "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from xentmem.agent import Agent, ModelSink, SysfsSink
-from xentmem.agent.testing import EmulatedGuest
+from xentmem.emulator.machine import GuestSpec, MachineGuest
 from xentmem.errors import XenStorePermission
 from xentmem.guest import Guest, SysfsView
 from xentmem.guest.selfballoon import MB
@@ -21,7 +21,7 @@ from ._wait import eventually
 SB = "sys/devices/system/xen_memory/xen_memory0/selfballoon"
 
 
-def test_model_guest_applies_knobs_and_reports_them(host: Host, web: EmulatedGuest):
+def test_model_guest_applies_knobs_and_reports_them(host: Host, web: MachineGuest):
     result = host.set_toggles("web", {"interval": 7, "uphysteresis": 2, "selfballooning": True,
                                       "reserved_mb": 64})
     assert result.status == "applied", result
@@ -37,7 +37,7 @@ def test_model_guest_applies_knobs_and_reports_them(host: Host, web: EmulatedGue
     assert report.seq == report.requested_seq == result.seq
 
 
-def test_frontswap_off_reloads_the_backend_and_drains(host: Host, web: EmulatedGuest):
+def test_frontswap_off_reloads_the_backend_and_drains(host: Host, web: MachineGuest):
     g = web.guest
     g.swapon(4096)
     pids = g.alloc_anon(64)
@@ -55,7 +55,7 @@ def test_frontswap_off_reloads_the_backend_and_drains(host: Host, web: EmulatedG
     assert g.backend.params["frontswap"] is True
 
 
-def test_sysfs_guest_writes_the_kernel_files(host: Host, db: EmulatedGuest):
+def test_sysfs_guest_writes_the_kernel_files(host: Host, db: MachineGuest):
     assert isinstance(db.sink, SysfsSink)
     root = db.sink.root
     assert (root / SB / "selfballoon_interval").read_text() == "5\n"
@@ -73,7 +73,7 @@ def test_sysfs_guest_writes_the_kernel_files(host: Host, db: EmulatedGuest):
     assert (knobs.interval, knobs.downhysteresis, knobs.selfballooning) == (11, 4, False)
 
 
-def test_sysfs_guest_refuses_module_parameters(host: Host, db: EmulatedGuest):
+def test_sysfs_guest_refuses_module_parameters(host: Host, db: MachineGuest):
     param = db.sink.root / "sys/module/tmem/parameters/frontswap"
     assert param.read_text() == "Y\n"
     result = host.set_toggles("db", {"frontswap": False, "interval": 6})
@@ -94,7 +94,7 @@ def test_sysfs_guest_refuses_module_parameters(host: Host, db: EmulatedGuest):
     assert report.status == "applied" and "cleancache" not in report.requested
 
 
-def test_kernel_rejects_zero_once_set(host: Host, web: EmulatedGuest):
+def test_kernel_rejects_zero_once_set(host: Host, web: MachineGuest):
     assert host.set_toggles("web", {"reserved_mb": 0}).status == "applied"  # already 0
     assert host.set_toggles("web", {"reserved_mb": 32}).status == "applied"
     result = host.set_toggles("web", {"reserved_mb": 0})
@@ -111,7 +111,7 @@ def test_kernel_rejects_zero_once_set(host: Host, web: EmulatedGuest):
     ("control/tmem/cleancache", b"\x00\xff\x01", "unprintable"),
 ])
 def test_garbage_in_control_is_refused_and_changes_nothing(
-        dom0: XenStoreClient, host: Host, web: EmulatedGuest, path: str, value: bytes, why: str):
+        dom0: XenStoreClient, host: Host, web: MachineGuest, path: str, value: bytes, why: str):
     """An admin's raw ``xenstore-write`` skips the CLI's checks; the agent holds the line."""
     before = web.guest.selfballoon.knobs
     params = dict(web.guest.backend.params)
@@ -162,37 +162,29 @@ def test_junk_in_data_is_reported_sanitised(server: XenStoreServer, host: Host, 
         evil.close()
 
 
-def test_guest_cannot_write_control(server: XenStoreServer, web: EmulatedGuest,
-                                    emulated_host):
+def test_guest_cannot_write_control(server: XenStoreServer, web: MachineGuest, machine):
     with pytest.raises(XenStorePermission):
         web.xs.write("control/tmem/frontswap", "0")
     with pytest.raises(XenStorePermission):
         web.xs.write("control/tmem/seq", "1000")
     with pytest.raises(XenStorePermission):
         web.xs.write("memory/target", "1")
-    other = EmulatedGuest(server, emulated_host, "other", 64)
-    try:  # nor another guest's data
-        with pytest.raises(XenStorePermission):
-            web.xs.write(f"/local/domain/{other.domid}/data/tmem/state", "applied")
-    finally:
-        other.close()
+    other = machine.add_guest(GuestSpec("other", 64, backend="tmem"))
+    with pytest.raises(XenStorePermission):  # nor another guest's data
+        web.xs.write(f"/local/domain/{other.domid}/data/tmem/state", "applied")
 
 
-def test_no_agent_is_pending_then_applied_when_it_starts(
-        server: XenStoreServer, host: Host, emulated_host):
-    g = EmulatedGuest(server, emulated_host, "late", 64, 128, stats_interval=0.2)
-    try:
-        result = host.set_toggles("late", {"interval": 13}, timeout=0.3)
-        assert result.status == "pending" and "no answer" in result.reason
-        assert host.guest("late").tmem.status == "no agent"
-        g.start()  # the request waits in control/ and is applied when the agent comes
-        assert eventually(lambda: host.tmem_report(g.domid).status == "applied")
-        assert g.guest.selfballoon.knobs.interval == 13
-    finally:
-        g.close()
+def test_no_agent_is_pending_then_applied_when_it_starts(host: Host, machine):
+    g = machine.add_guest(GuestSpec("late", 64, 128, backend="tmem", agent=False))
+    result = host.set_toggles("late", {"interval": 13}, timeout=0.3)
+    assert result.status == "pending" and "no answer" in result.reason
+    assert host.guest("late").tmem.status == "no agent"
+    g.start_agent()  # the request waits in control/ and is applied when the agent comes
+    assert eventually(lambda: host.tmem_report(g.domid).status == "applied")
+    assert g.guest.selfballoon.knobs.interval == 13
 
 
-def test_agent_reconnects_after_xenstored_restarts(host: Host, web: EmulatedGuest,
+def test_agent_reconnects_after_xenstored_restarts(host: Host, web: MachineGuest,
                                                    server: XenStoreServer):
     server.stop()
     server.start()  # the store survives in-process; every connection was dropped
@@ -201,7 +193,7 @@ def test_agent_reconnects_after_xenstored_restarts(host: Host, web: EmulatedGues
     assert web.guest.selfballoon.knobs.interval == 17
 
 
-def test_memory_target_reaches_the_balloon_driver(host: Host, web: EmulatedGuest):
+def test_memory_target_reaches_the_balloon_driver(host: Host, web: MachineGuest):
     result = host.set_memory_target("web", 96 * 1024, wait=10)
     assert (result.via, result.previous_kib, result.target_kib) == ("xenstore", 131072, 98304)
     assert (result.status, result.guest_target_kib) == ("applied", 98304)
@@ -220,13 +212,13 @@ def test_memory_target_reaches_the_balloon_driver(host: Host, web: EmulatedGuest
     assert eventually(lambda: balloon.current_pages == 112 * MB)
 
 
-def test_memory_target_not_taken_is_pending(host: Host, db: EmulatedGuest):
+def test_memory_target_not_taken_is_pending(host: Host, db: MachineGuest):
     """db's sysfs tree is a copy no balloon driver reads: the target is never taken."""
     result = host.set_memory_target("db", 100 * 1024, wait=0.3)
     assert (result.status, result.guest_target_kib) == ("pending", 131072)
 
 
-def test_counters_are_published(host: Host, web: EmulatedGuest):
+def test_counters_are_published(host: Host, web: MachineGuest):
     g = web.guest
     g.swapon(1024)
     for pid in g.alloc_anon(8):
@@ -309,7 +301,7 @@ def test_sysfs_write_errors_and_missing_files_are_refused(server: XenStoreServer
     assert "missing (kernel without self-ballooning?)" in report.refused["uphysteresis"]
 
 
-def test_an_agent_that_stops_publishing_turns_silent(host: Host, web: EmulatedGuest, dom0):
+def test_an_agent_that_stops_publishing_turns_silent(host: Host, web: MachineGuest, dom0):
     """The agent's heartbeat: its clock at every publish, and its interval. dom0 calls an agent
     silent once the heartbeat is more than three intervals (plus slack for skew) behind."""
     assert host.set_toggles("web", {"interval": 11}, timeout=10).status == "applied"

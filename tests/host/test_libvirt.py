@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from xentmem.agent.testing import EmulatedGuest
 from xentmem.cli import app
 from xentmem.emulator import EmulatedHost
+from xentmem.emulator.machine import EmulatedMachine, GuestSpec
 from xentmem.errors import LibvirtError
 from xentmem.host.guests import METADATA_URI, Host
 from xentmem.host.libvirt import DomainInfo, LibvirtConnection
@@ -51,12 +51,12 @@ def xenstored() -> Iterator[XenStoreServer]:
 @pytest.fixture
 def real_host(lv: LibvirtConnection, xenstored: XenStoreServer) -> Iterator[Host]:
     """libvirt knows domain 1 as "test"; our xenstored has domain 1 with an agent running."""
-    guest = EmulatedGuest(xenstored, EmulatedHost(1024), "test", 128, 256, stats_interval=0.2)
-    assert guest.domid == 1
-    xs = XenStoreClient(xenstored.path, timeout=5)
-    with guest:
+    with EmulatedMachine(EmulatedHost(1024), xenstored, stats_interval=0.2) as machine:
+        guest = machine.add_guest(GuestSpec("test", 128, 256, backend="tmem"))
+        assert guest.domid == 1
+        xs = XenStoreClient(xenstored.path, timeout=5)
         yield Host(xs, lv, ack_timeout=5)
-    xs.close()
+        xs.close()
 
 
 def test_domains_and_lookup(lv: LibvirtConnection):

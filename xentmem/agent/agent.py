@@ -319,6 +319,11 @@ class Agent:
             self._reported.wait(wait)
         return self
 
+    @property
+    def running(self) -> bool:
+        """Whether the loop started by :meth:`start` is still serving."""
+        return self._thread is not None and self._thread.is_alive()
+
     def request_stop(self) -> None:
         """Ask the loop to end (it notices within 0.2 s, or at once if ``xs`` is closed)."""
         self._stop.set()

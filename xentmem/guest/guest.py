@@ -23,6 +23,7 @@ from typing import Literal
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.errors import GuestError
+from xentmem.guest._pages import compact
 from xentmem.guest.backends import BackendModule, UnloadReport
 from xentmem.guest.balloon import Balloon, Reservation, SelfBalloon, TargetSource
 from xentmem.guest.cleancache import Cleancache
@@ -59,6 +60,19 @@ class AnonPage:
         self.dirty = True
         self.freed = False
         self.lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # a checkpoint keeps the state, not the lock; resident data is kept as its pattern
+        data = None if self.data is None else compact(self.data)
+        return (_anon_page, (self.pid, self.version, data, self.entry, self.dirty, self.freed))
+
+
+def _anon_page(pid: int, version: int, data: bytes | None, entry: tuple[int, int] | None,
+               dirty: bool, freed: bool) -> AnonPage:
+    page = AnonPage.__new__(AnonPage)
+    page.pid, page.version, page.data, page.entry = pid, version, data, entry
+    page.dirty, page.freed, page.lock = dirty, freed, threading.Lock()
+    return page
 
 
 @dataclass
@@ -131,6 +145,11 @@ class Guest:
         self._pc_lock = threading.Lock()
         self._reclaim_lock = threading.Lock()
         self.now = 0.0
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()  # page-cache pages kept as their patterns
+        state["_pagecache"] = OrderedDict((k, compact(v)) for k, v in self._pagecache.items())
+        return state
 
     # -- memory accounting -----------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import Protocol, runtime_checkable
 from xentmem.abi import PAGE_SIZE
 from xentmem.errors import GuestError
 from xentmem.guest._locks import StripedLock
+from xentmem.guest._pages import compact
 
 __all__ = ["MAX_SWAPFILES", "FileSlotStore", "MemorySlotStore", "SlotStore", "SwapDevice"]
 
@@ -49,6 +50,9 @@ class MemorySlotStore:
 
     def close(self) -> None:
         self._slots.clear()
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"pages": self.pages, "_slots": {k: compact(v) for k, v in self._slots.items()}}
 
 
 class FileSlotStore:

@@ -31,6 +31,10 @@ class WorkloadSpec:
     - ``file``: read ``files`` files of ``file_mb`` each on filesystem ``fs``; ``hot_share`` of
       the reads go to the first ``working_set`` fraction; ``write_fraction`` are writes.
     - ``burst``: allocate and write ``mb`` at ``start``, touch it for ``duration``, free it.
+
+    With ``period`` the workload repeats: every ``period`` seconds from ``start`` it runs one
+    cycle of ``active`` seconds (default the whole period; ``grow``/``shrink`` apply within the
+    cycle) and rests for the rest, until ``duration`` ends.
     """
 
     kind: Kind
@@ -47,6 +51,8 @@ class WorkloadSpec:
     working_set: float = 0.25
     hot_share: float = 0.8
     seed: int = 0
+    period: float = 0.0
+    active: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -58,6 +64,11 @@ class WorkloadSpec:
                 raise GuestError(f"workload {name} must be within [0, 1]")
         if self.duration <= 0 or self.grow < 0 or self.shrink < 0:
             raise GuestError("workload duration must be positive, grow/shrink not negative")
+        if self.period < 0 or self.active < 0 or (self.period and self.active > self.period):
+            raise GuestError("workload period and active must not be negative, active <= "
+                             "period")
+        if self.active and not self.period:
+            raise GuestError("workload active needs a period")
 
     @property
     def end(self) -> float:
@@ -75,14 +86,25 @@ class Workload:
         self.ops = 0
         self.finished = False
 
+    def _cycle(self, now: float) -> tuple[float, float]:
+        """``(t, end)``: time since the current cycle began, and when that cycle's work ends
+        (a workload without a period has one cycle, ``[start, end)``)."""
+        s = self.spec
+        if not s.period:
+            return now - s.start, s.duration
+        return (now - s.start) % s.period, min(s.active or s.period,
+                                                s.end - now + (now - s.start) % s.period)
+
     def _target_pages(self, now: float) -> int:
         s = self.spec
         full = s.mb * MB
+        t, end = self._cycle(now)
+        if t >= end or now >= s.end:
+            return 0
         if s.kind == "burst":
-            return full if now < s.end else 0
-        t = now - s.start
-        if s.shrink and now >= s.end - s.shrink:
-            return int(full * max(s.end - now, 0.0) / s.shrink)
+            return full
+        if s.shrink and t >= end - s.shrink:
+            return int(full * max(end - t, 0.0) / s.shrink)
         if s.grow and t < s.grow:
             return int(full * t / s.grow)
         return full
@@ -106,6 +128,9 @@ class Workload:
             self.finished = True
             return 0
         count = int(s.rate * min(dt, s.end - max(now, s.start)))
+        if s.period:
+            t, end = self._cycle(max(now, s.start))
+            count = int(s.rate * max(0.0, min(dt, end - t)))  # the rest of a cycle rests
         if s.kind == "file":
             self._file_ops(count)
         else:
