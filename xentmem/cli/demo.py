@@ -10,7 +10,7 @@ import typer
 
 from xentmem.cli._app import app
 from xentmem.cli.emulator_run import run_and_report
-from xentmem.guest.scenario import load_scenario
+from xentmem.emulator.scenario import load_scenario
 
 __all__ = ["demo"]
 

@@ -13,8 +13,8 @@ from rich.progress import BarColumn, Progress, TextColumn
 from xentmem.cli._app import UsageError
 from xentmem.cli._render import render
 from xentmem.cli.emulator import emulator_app
+from xentmem.emulator.scenario import Scenario, ScenarioResult, load_scenario, run_scenario
 from xentmem.errors import GuestError
-from xentmem.guest.scenario import Scenario, ScenarioResult, load_scenario, run_scenario
 
 __all__ = ["run_and_report"]
 

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from xentmem.cli import app
+from xentmem.emulator.scenario import parse_scenario, run_scenario
 from xentmem.errors import GuestError
 from xentmem.guest import MemorySlotStore
-from xentmem.guest.scenario import parse_scenario, run_scenario
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 runner = CliRunner()

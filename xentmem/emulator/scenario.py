@@ -34,7 +34,6 @@ Every page is checked whenever it is read, and every guest reads all its pages b
 from __future__ import annotations
 
 import math
-import threading
 import time
 import tomllib
 import uuid as uuidlib
@@ -43,16 +42,20 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from xentmem.emulator.machine import (
+    BACKENDS,
+    EmulatedMachine,
+    GuestSpec,
+    MachineGuest,
+    MountSpec,
+    SwapSpec,
+)
 from xentmem.errors import GuestError, XentmemError
-from xentmem.guest.backends import BackendModule, XenTmem, Zcache
-from xentmem.guest.balloon import HypervisorReservation, InMemoryTargetSource
 from xentmem.guest.cleancache import FS_NO_BACKEND
-from xentmem.guest.fs import FSTYPES, FsDisk
-from xentmem.guest.guest import Guest
+from xentmem.guest.fs import FSTYPES
 from xentmem.guest.selfballoon import MB
-from xentmem.guest.swap import FileSlotStore, MemorySlotStore
 from xentmem.guest.sysfs import SysfsView
-from xentmem.guest.workload import Workload, WorkloadSpec
+from xentmem.guest.workload import WorkloadSpec
 
 __all__ = [
     "ACTIONS",
@@ -67,33 +70,7 @@ __all__ = [
 ]
 
 ACTIONS = ("load", "unload", "replace", "target", "swapoff", "drop_caches", "sysfs")
-BACKENDS = ("tmem", "zcache")
 _WORKLOAD_FIELDS = {f.name for f in fields(WorkloadSpec)}
-
-
-@dataclass(frozen=True)
-class SwapSpec:
-    mb: int
-    priority: int | None = None
-    file: str | None = None
-
-
-@dataclass(frozen=True)
-class MountSpec:
-    name: str
-    type: str = "ext4"
-    uuid: bytes | None = None
-
-
-@dataclass(frozen=True)
-class GuestSpec:
-    name: str
-    memory_mb: int = 128
-    max_memory_mb: int | None = None
-    swap: tuple[SwapSpec, ...] = ()
-    mounts: tuple[MountSpec, ...] = ()
-    workloads: tuple[WorkloadSpec, ...] = ()
-    concurrent: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,8 +124,8 @@ def _parse_guest(table: Any, i: int) -> GuestSpec:
     where = f"guests[{i}]"
     if not isinstance(table, dict):
         raise GuestError(f"{where}: must be a table")
-    _unknown(table, {"name", "memory_mb", "max_memory_mb", "swap", "mounts", "workloads",
-                     "concurrent"}, where)
+    _unknown(table, {"name", "memory_mb", "max_memory_mb", "kernel", "swap", "mounts",
+                     "workloads", "concurrent"}, where)
     name = _get(table, "name", str, where)
     memory_mb = _get(table, "memory_mb", int, where, 128, positive=True)
     max_mb = _get(table, "max_memory_mb", int, where, memory_mb, positive=True)
@@ -185,8 +162,13 @@ def _parse_guest(table: Any, i: int) -> GuestSpec:
             workloads.append(WorkloadSpec(**{"seed": i * 1000 + j, **wl}))
         except (TypeError, GuestError) as exc:
             raise GuestError(f"{w}: {exc}") from None
-    return GuestSpec(name, memory_mb, max_mb, tuple(swaps), tuple(mounts), tuple(workloads),
-                     _get(table, "concurrent", bool, where, False))
+    kernel = str(_get(table, "kernel", (str, float), where, "3.10"))
+    try:
+        return GuestSpec(name, memory_mb, max_mb, kernel, tuple(swaps), tuple(mounts),
+                         tuple(workloads), concurrent=_get(table, "concurrent", bool, where,
+                                                           False), agent=False)
+    except GuestError as exc:
+        raise GuestError(f"{where}: {exc}") from None
 
 
 def _parse_event(table: Any, i: int, guests: set[str]) -> EventSpec:
@@ -299,80 +281,15 @@ class ScenarioResult:
                 "seconds": round(self.seconds, 2), "ok": self.ok}
 
 
-class _Booted:
-    def __init__(self, spec: GuestSpec, guest: Guest, domid: int, host: Any) -> None:
-        self.spec = spec
-        self.guest = guest
-        self.domid = domid
-        self.host = host
-        self.target = InMemoryTargetSource()
-        guest.attach_target(self.target)
-        self.workloads = [Workload(w, guest) for w in spec.workloads]
-
-    def backend(self, name: str, params: Mapping[str, Any]) -> BackendModule:
-        try:
-            if name == "zcache":
-                return Zcache(**params)
-            from xentmem.emulator.transport import EmulatedHypervisor
-            from xentmem.hypercalls import Tmem
-
-            tmem = Tmem(EmulatedHypervisor(self.host, self.domid), version=self.host.version)
-            return XenTmem(tmem, **params)
-        except TypeError as exc:
-            raise GuestError(f"backend {name}: bad parameter ({exc})") from None
-
-    def step(self, now: float, dt: float) -> int:
-        if not self.spec.concurrent or len(self.workloads) < 2:
-            return sum(w.step(now, dt) for w in self.workloads)
-        counts = [0] * len(self.workloads)
-        errors: list[BaseException] = []
-
-        def run(i: int, w: Workload) -> None:
-            try:
-                counts[i] = w.step(now, dt)
-            except BaseException as exc:  # re-raised in the caller's thread
-                errors.append(exc)
-        threads = [threading.Thread(target=run, args=(i, w)) for i, w in
-                   enumerate(self.workloads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=600)
-        if errors:
-            raise errors[0]
-        return sum(counts)
-
-
-def _boot(scenario: Scenario, tmpdir: Path | None) -> list[_Booted]:
-    from xentmem.emulator import EmulatedHost
-    from xentmem.emulator.transport import EmulatedHypervisor
-
-    host = EmulatedHost(memory_mb=scenario.host_memory_mb, xen_version=scenario.xen_version)
-    booted = []
-    cluster_disks: dict[bytes, FsDisk] = {}  # one volume per uuid of a shared (cluster) fs
+def _boot(scenario: Scenario, tmpdir: Path | None) -> EmulatedMachine:
+    machine = EmulatedMachine.boot(memory_mb=scenario.host_memory_mb,
+                                   xen_version=scenario.xen_version, directory=tmpdir)
     for spec in scenario.guests:
-        domid = host.create_domain(spec.name, memory_mb=spec.memory_mb,
-                                   max_memory_mb=spec.max_memory_mb or spec.memory_mb)
-        guest = Guest(spec.name, memory_mb=spec.memory_mb, max_memory_mb=spec.max_memory_mb,
-                      reservation=HypervisorReservation(EmulatedHypervisor(host, domid)))
-        for n, sw in enumerate(spec.swap):
-            pages = sw.mb * MB + 1  # + the header slot
-            if sw.file is not None:
-                base = tmpdir or Path(".")
-                store: Any = FileSlotStore(base / sw.file, pages)
-            else:
-                store = MemorySlotStore(pages)
-            guest.swapon(store, priority=sw.priority, name=sw.file or f"/dev/xvdb{n + 1}")
-        for m in spec.mounts:
-            disk = None
-            if FSTYPES[m.type].shared and m.uuid is not None:
-                disk = cluster_disks.setdefault(m.uuid, FsDisk())
-            guest.mount(m.name, m.type, uuid=m.uuid, disk=disk)
-        booted.append(_Booted(spec, guest, domid, host))
-    return booted
+        machine.add_guest(spec)
+    return machine
 
 
-def _apply(event: EventSpec, b: _Booted) -> str:
+def _apply(event: EventSpec, b: MachineGuest) -> str:
     g = b.guest
     if event.action == "load":
         queued = sum(g.frontswap.need_init)
@@ -393,7 +310,7 @@ def _apply(event: EventSpec, b: _Booted) -> str:
                 "pool(s)")
         return text + (f", then loaded {event.backend}" if event.action == "replace" else "")
     if event.action == "target":
-        b.target.write(int(event.value) * 1024)
+        b.set_target(int(event.value))
         return f"memory/target = {event.value} MiB"
     if event.action == "swapoff":
         dev = g.swap_info[int(event.value)]
@@ -411,43 +328,42 @@ def run_scenario(scenario: Scenario, *, tmpdir: Path | None = None,
     """Boot, run and verify ``scenario``. ``on_event`` sees each applied event as it happens,
     ``on_tick`` the model time after each tick."""
     started = time.perf_counter()
-    booted = _boot(scenario, tmpdir)
-    by_name = {b.spec.name: b for b in booted}
-    log: list[dict[str, Any]] = []
-    pending = list(scenario.events)
-    ops = 0
-    ticks = max(1, math.ceil(scenario.duration / scenario.step))
-    for n in range(ticks + 1):
-        now = min(n * scenario.step, scenario.duration)
-        while pending and pending[0].at <= now:
-            event = pending.pop(0)
-            try:
-                text = _apply(event, by_name[event.guest])
-            except XentmemError as exc:
-                text = f"{event.action} failed: {exc}"
-            entry = {"at": event.at, "guest": event.guest, "event": text}
-            log.append(entry)
-            if on_event is not None:
-                on_event(entry)
-        if n == ticks:
-            break
-        for b in booted:
-            b.guest.tick(now)
-            ops += b.step(now, scenario.step)
-        if on_tick is not None:
-            on_tick(now + scenario.step)
-    rows = []
-    for b in booted:
-        held = b.guest.frontswap.curr_pages()  # before the read-back empties exclusive pools
-        b.guest.verify_anon()
-        g, s = b.guest, b.guest.stats
-        rows.append({
-            "guest": g.name, "backend": g.backend.name if g.backend else "-",
-            "stored": g.frontswap.succ_stores, "loaded": g.frontswap.loads,
-            "drained": s.drained, "to_disk": s.disk_writes,
-            "cache_hits": s.cleancache_hits,
-            "memory_mb": g.balloon.stats.current_pages // MB,
-            "frontswap_pages": held,
-            "lost": s.lost, "stale": s.stale,
-        })
+    with _boot(scenario, tmpdir) as machine:
+        by_name = {g.name: g for g in machine.guests.values()}
+        log: list[dict[str, Any]] = []
+        pending = list(scenario.events)
+        ops = 0
+        ticks = max(1, math.ceil(scenario.duration / scenario.step))
+        for n in range(ticks + 1):
+            now = min(n * scenario.step, scenario.duration)
+            while pending and pending[0].at <= now:
+                event = pending.pop(0)
+                try:
+                    text = _apply(event, by_name[event.guest])
+                except XentmemError as exc:
+                    text = f"{event.action} failed: {exc}"
+                entry = {"at": event.at, "guest": event.guest, "event": text}
+                log.append(entry)
+                if on_event is not None:
+                    on_event(entry)
+            if n == ticks:
+                break
+            machine.now = now
+            ops += machine.advance(scenario.step)
+            if on_tick is not None:
+                on_tick(now + scenario.step)
+        rows = []
+        for b in by_name.values():
+            held = b.guest.frontswap.curr_pages()  # before the read-back empties exclusive pools
+            b.guest.verify_anon()
+            g, s = b.guest, b.guest.stats
+            rows.append({
+                "guest": g.name, "backend": g.backend.name if g.backend else "-",
+                "stored": g.frontswap.succ_stores, "loaded": g.frontswap.loads,
+                "drained": s.drained, "to_disk": s.disk_writes,
+                "cache_hits": s.cleancache_hits,
+                "memory_mb": g.balloon.stats.current_pages // MB,
+                "frontswap_pages": held,
+                "lost": s.lost, "stale": s.stale,
+            })
     return ScenarioResult(scenario.name, rows, log, ops, time.perf_counter() - started)
