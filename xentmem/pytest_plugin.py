@@ -3,12 +3,20 @@ CI, no Xen needed.
 
 Fixtures:
 
-- ``xentmem_host``: an ``EmulatedHost`` (Xen ``--xentmem-xen-version``, default 4.12, 2 GiB);
-- ``xentmem_tmem``: a ``Tmem`` client of a fresh domain on that host;
+- ``xentmem_machine``: an :class:`~xentmem.emulator.machine.EmulatedMachine` in this process
+  (Xen ``--xentmem-xen-version``, default 4.12, 2 GiB, no xenstored); add guests with
+  ``machine.add_guest(GuestSpec(...))`` or ``living_guest(...)`` and advance its clock with
+  ``machine.advance(seconds)``. At teardown every guest reads all its pages back, and the test
+  fails if any came back lost or stale.
+- ``xentmem_host``: that machine's ``EmulatedHost``;
+- ``xentmem_tmem``: a ``Tmem`` client of a fresh guest domain on it;
 - ``xentmem_guest``: a factory ``(name, *, memory_mb=128, max_memory_mb=2*memory_mb, swap_mb=64,
-  mounts=("root",), backend="tmem" | "zcache" | None) -> Guest`` booting a guest model as a
-  domain of the host. At teardown every page of every guest is read back, and the test fails if
-  any was lost or stale.
+  mounts=("root",), backend="tmem" | "zcache" | None, kernel="3.10") -> Guest`` booting a
+  guest model on the machine;
+- ``xentmem_daemon``: a living emulator daemon (``xentmem emulator up``) in a temporary
+  directory with ``--xentmem-guests`` living guests; point any ``xentmem`` command or client at
+  ``daemon.connect`` (``emulator:DIR``). Stopped after the test, which fails if any guest lost
+  or read back a stale page.
 
 Example::
 
@@ -22,87 +30,126 @@ Example::
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from xentmem.emulator import EmulatedHost
+    from xentmem.emulator.machine import EmulatedMachine
     from xentmem.guest import Guest
     from xentmem.hypercalls import Tmem
 
-__all__ = ["pytest_addoption", "xentmem_guest", "xentmem_host", "xentmem_tmem"]
+__all__ = ["EmulatorDaemon", "pytest_addoption", "xentmem_daemon", "xentmem_guest",
+           "xentmem_host", "xentmem_machine", "xentmem_tmem"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("xentmem", "emulated Xen host (xentmem)")
     group.addoption("--xentmem-xen-version", default="4.12",
                     help="Xen release the emulated host imitates (4.1-4.12; default 4.12).")
+    group.addoption("--xentmem-guests", type=int, default=2,
+                    help="Living guests the xentmem_daemon fixture starts (default 2).")
+
+
+def _bad_pages(rows: Sequence[dict[str, Any]]) -> list[str]:
+    return [f"{r['name']}: {r['lost']} lost, {r['stale']} stale "
+            f"({'; '.join(r.get('incidents') or [])[:300]})"
+            for r in rows if r["lost"] or r["stale"]]
 
 
 @pytest.fixture
-def xentmem_host(request: pytest.FixtureRequest) -> EmulatedHost:
-    """A fresh emulated Xen host with 2 GiB."""
-    from xentmem.emulator import EmulatedHost
+def xentmem_machine(request: pytest.FixtureRequest) -> Iterator[EmulatedMachine]:
+    """A fresh emulated machine (2 GiB host); fails the test at teardown if any page of any
+    guest comes back lost or stale."""
+    from xentmem.emulator.machine import EmulatedMachine
 
-    return EmulatedHost(memory_mb=2048,
-                        xen_version=request.config.getoption("--xentmem-xen-version"))
-
-
-@pytest.fixture
-def xentmem_tmem(xentmem_host: EmulatedHost) -> Iterator[Tmem]:
-    """A ``Tmem`` client of a new domain (256 MiB, max 512: persistent pages need headroom
-    below the domain's maximum) on ``xentmem_host``."""
-    from xentmem.emulator.transport import EmulatedHypervisor
-    from xentmem.hypercalls import Tmem
-
-    domid = xentmem_host.create_domain("tmem-client", memory_mb=256, max_memory_mb=512)
-    with Tmem(EmulatedHypervisor(xentmem_host, domid), version=xentmem_host.version) as tmem:
-        yield tmem
+    machine = EmulatedMachine.boot(
+        memory_mb=2048, xen_version=request.config.getoption("--xentmem-xen-version"))
+    try:
+        yield machine
+        machine.stop()
+        machine.verify()
+        bad = _bad_pages(machine.report())
+    finally:
+        machine.close()
+    if bad:
+        pytest.fail("xentmem: pages came back wrong: " + " | ".join(bad), pytrace=False)
 
 
 @pytest.fixture
-def xentmem_guest(xentmem_host: EmulatedHost) -> Iterator[Callable[..., Guest]]:
-    """A factory booting guest models on ``xentmem_host``; fails the test at teardown if any
-    page of any guest comes back lost or stale."""
-    from xentmem.emulator.transport import EmulatedHypervisor
-    from xentmem.guest import Guest, XenTmem, Zcache
-    from xentmem.guest.balloon import HypervisorReservation
-    from xentmem.hypercalls import Tmem
+def xentmem_host(xentmem_machine: EmulatedMachine) -> EmulatedHost:
+    """The emulated Xen host of ``xentmem_machine``."""
+    return xentmem_machine.host
 
-    guests: list[Guest] = []
+
+@pytest.fixture
+def xentmem_tmem(xentmem_machine: EmulatedMachine) -> Tmem:
+    """A ``Tmem`` client of a new guest domain (256 MiB, max 512: persistent pages need
+    headroom below the domain's maximum, which Xen counts them against)."""
+    from xentmem.emulator.machine import GuestSpec
+
+    return xentmem_machine.add_guest(GuestSpec("tmem-client", 256, 512)).client()
+
+
+@pytest.fixture
+def xentmem_guest(xentmem_machine: EmulatedMachine) -> Callable[..., Guest]:
+    """A factory booting guest models on ``xentmem_machine``."""
+    from xentmem.emulator.machine import GuestSpec, MountSpec, SwapSpec
 
     def make(name: str = "guest", *, memory_mb: int = 128, max_memory_mb: int | None = None,
              swap_mb: int = 64, mounts: Sequence[str] = ("root",),
-             backend: str | None = "tmem", **backend_params: Any) -> Guest:
-        # Xen counts persistent tmem pages against the domain's maximum: leave headroom
-        max_memory_mb = max_memory_mb or 2 * memory_mb
-        domid = xentmem_host.create_domain(name, memory_mb=memory_mb,
-                                           max_memory_mb=max_memory_mb)
-        hv = EmulatedHypervisor(xentmem_host, domid)
-        guest = Guest(name, memory_mb=memory_mb, max_memory_mb=max_memory_mb,
-                      reservation=HypervisorReservation(hv))
-        if swap_mb:
-            guest.swapon(swap_mb * 256 + 1)
-        for mount in mounts:
-            guest.mount(mount, "ext4")
-        if backend == "tmem":
-            guest.load_backend(XenTmem(Tmem(hv, version=xentmem_host.version),
-                                       **backend_params))
-        elif backend == "zcache":
-            guest.load_backend(Zcache(**backend_params))
-        elif backend is not None:
+             backend: str | None = "tmem", kernel: str = "3.10",
+             **backend_params: Any) -> Guest:
+        if backend not in ("tmem", "zcache", None):
             raise ValueError(f"backend must be 'tmem', 'zcache' or None, not {backend!r}")
-        guests.append(guest)
-        return guest
+        spec = GuestSpec(name, memory_mb, max_memory_mb, kernel,
+                         swap=(SwapSpec(swap_mb),) if swap_mb else (),
+                         mounts=tuple(MountSpec(m) for m in mounts), backend=backend,
+                         backend_params=backend_params)
+        return xentmem_machine.add_guest(spec).guest
 
-    yield make
-    bad = []
-    for guest in guests:
-        guest.verify_anon()
-        if guest.stats.lost or guest.stats.stale:
-            bad.append(f"{guest.name}: {guest.stats.lost} lost, {guest.stats.stale} stale "
-                       f"({'; '.join(guest.stats.incidents[:3])})")
+    return make
+
+
+@dataclass(frozen=True)
+class EmulatorDaemon:
+    """A running ``xentmem emulator up`` in ``directory``; ``connect`` is its URI."""
+
+    directory: Path
+
+    @property
+    def connect(self) -> str:
+        return f"emulator:{self.directory}"
+
+    def status(self) -> dict[str, Any]:
+        """The daemon's status (what ``xentmem emulator status --json`` prints)."""
+        from xentmem.emulator.daemon import control
+
+        return control(self.directory, "status")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def xentmem_daemon(request: pytest.FixtureRequest) -> Iterator[EmulatorDaemon]:
+    """A living emulator daemon in a temporary directory, stopped after the test; the test
+    fails if any of its guests lost a page or read one back stale."""
+    from xentmem.emulator.daemon import HostConfig, start, stop
+
+    directory = Path(tempfile.mkdtemp(prefix="xentmem-", dir="/tmp"))  # short socket paths
+    config = HostConfig(xen_version=request.config.getoption("--xentmem-xen-version"),
+                        guests=request.config.getoption("--xentmem-guests"))
+    try:
+        start(directory, config)
+        daemon = EmulatorDaemon(directory)
+        yield daemon
+        bad = _bad_pages(daemon.status().get("guests", []))
+    finally:
+        stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
     if bad:
         pytest.fail("xentmem: pages came back wrong: " + " | ".join(bad), pytrace=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from xentmem.guest.bench import bench_guest
+from xentmem.emulator.bench_guest import bench_guest
 
 pytestmark = pytest.mark.bench
 

@@ -10,7 +10,7 @@ from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError
 from xentmem.cli._render import render
 from xentmem.cli.bench import bench_app
-from xentmem.guest.bench import bench_guest
+from xentmem.emulator.bench_guest import bench_guest
 
 __all__ = ["guest"]
 

@@ -11,11 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 from xentmem.errors import GuestError, TraceError
-from xentmem.guest.selfballoon import MB
 from xentmem.guest.workload import WorkloadSpec
 from xentmem.tuning.trace import Trace
+
+if TYPE_CHECKING:
+    from xentmem.emulator.machine import EmulatedMachine
+    from xentmem.guest import Guest
 
 __all__ = ["CollectSpec", "collect_trace", "parse_workload"]
 
@@ -79,25 +83,21 @@ def collect_trace(spec: CollectSpec, *, name: str = "collected",
                   on_tick: Callable[[float], None] | None = None) -> Trace:
     """Boot the guest, run the workloads for ``spec.duration`` model seconds and return the
     trace (one sample per step, the first before any work)."""
-    from xentmem.emulator import EmulatedHost
-    from xentmem.emulator.transport import EmulatedHypervisor
-    from xentmem.guest import Guest, XenTmem
-    from xentmem.guest.swap import MemorySlotStore
-    from xentmem.guest.workload import Workload
-    from xentmem.hypercalls import Tmem
+    from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MountSpec, SwapSpec
 
-    host = EmulatedHost(memory_mb=spec.host_memory_mb, xen_version="4.12")
-    domid = host.create_domain(name, memory_mb=spec.memory_mb,
-                               max_memory_mb=spec.memory_mb + spec.tmem_mb)
-    guest = Guest(name, memory_mb=spec.memory_mb)
-    guest.swapon(MemorySlotStore(spec.swap_mb * MB + 1), name="/dev/xvdb1")  # + header slot
-    if any(w.kind == "file" for w in spec.workloads):
-        for fs in sorted({w.fs for w in spec.workloads if w.kind == "file"}):
-            guest.mount(fs, "ext4")
-    if spec.backend == "tmem":
-        tmem = Tmem(EmulatedHypervisor(host, domid), version=str(host.version))
-        guest.load_backend(XenTmem(tmem, selfballooning=False, selfshrinking=False))
-    workloads = [Workload(w, guest) for w in spec.workloads]
+    fss = sorted({w.fs for w in spec.workloads if w.kind == "file"})
+    guest_spec = GuestSpec(
+        name, spec.memory_mb, spec.memory_mb + spec.tmem_mb, swap=(SwapSpec(spec.swap_mb),),
+        mounts=tuple(MountSpec(fs) for fs in fss), workloads=spec.workloads,
+        backend="tmem" if spec.backend == "tmem" else None,
+        backend_params={"selfballooning": False, "selfshrinking": False}, agent=False)
+    machine = EmulatedMachine.boot(memory_mb=spec.host_memory_mb, xen_version="4.12")
+    with machine:
+        return _record(machine, machine.add_guest(guest_spec).guest, spec, name, on_tick)
+
+
+def _record(machine: EmulatedMachine, guest: Guest, spec: CollectSpec, name: str,
+            on_tick: Callable[[float], None] | None) -> Trace:
     cols: dict[str, list[int]] = {k: [] for k in ("time_ms", "committed", "reserve", "max_pfn",
                                                    "totalram", "frontswap")}
 
@@ -113,9 +113,8 @@ def collect_trace(spec: CollectSpec, *, name: str = "collected",
     ticks = math.floor(spec.duration / spec.step + 1e-9)
     for n in range(ticks):
         now = n * spec.step
-        for w in workloads:
-            w.step(now, spec.step)
-        guest.tick(now + spec.step)
+        machine.now = now
+        machine.advance(spec.step)
         sample(now + spec.step)
         if on_tick is not None:
             on_tick(now + spec.step)

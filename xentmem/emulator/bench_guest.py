@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from xentmem.abi import PAGE_SIZE
-from xentmem.guest.backends import BackendModule, XenTmem, Zcache
+from xentmem.emulator.machine import EmulatedMachine, GuestSpec, SwapSpec
 from xentmem.guest.guest import Guest, anon_content
+from xentmem.guest.selfballoon import MB
 
 __all__ = ["GuestBenchRow", "bench_guest"]
 
@@ -37,25 +37,17 @@ class GuestBenchRow:
         return row
 
 
-def _tmem_factory(xen_version: str, max_memory_mb: int) -> Callable[[], XenTmem]:
-    from xentmem.emulator import EmulatedHost
-    from xentmem.emulator.transport import EmulatedHypervisor
-    from xentmem.hypercalls import Tmem
-
-    def make() -> XenTmem:
-        host = EmulatedHost(memory_mb=max_memory_mb + 1024, xen_version=xen_version)
-        domid = host.create_domain("bench", memory_mb=64, max_memory_mb=max_memory_mb)
-        return XenTmem(Tmem(EmulatedHypervisor(host, domid), version=xen_version),
-                       selfballooning=False, selfshrinking=False)
-    return make
-
-
-def _guest(pages: int, backend: BackendModule | None) -> tuple[Guest, int]:
-    guest = Guest("bench", memory_mb=64)
-    sis = guest.swapon(pages + 1)
-    if backend is not None:
-        guest.load_backend(backend)
-    return guest, sis.type
+def _machine_guest(xen_version: str, max_memory_mb: int, pages: int,
+                   backend: str | None) -> tuple[Guest, int]:
+    """A guest of a new emulated machine, one swap device of ``pages`` slots (+ header),
+    ``backend`` loaded with self-ballooning off."""
+    machine = EmulatedMachine.boot(memory_mb=max_memory_mb + 1024, xen_version=xen_version)
+    params = {"max_pool_mb": max_memory_mb} if backend == "zcache" else \
+        {"selfballooning": False, "selfshrinking": False}
+    spec = GuestSpec("bench", 64, max_memory_mb, swap=(SwapSpec(math.ceil(pages / MB)),),
+                     backend=backend, backend_params=params if backend else {}, agent=False)
+    guest = machine.add_guest(spec).guest
+    return guest, guest.swap_info[0].type  # type: ignore[union-attr]
 
 
 def _store_load(guest: Guest, type: int, pages: list[bytes]) -> float:
@@ -95,30 +87,31 @@ def bench_guest(pages: int = 20_000, *, rounds: int = 3, xen_version: str = "4.1
     """Run every measurement ``rounds`` times and keep the best of each."""
     drain_pages = drain_pages or pages
     max_mb = max(pages, drain_pages) // 256 * 2 + 64  # persistent pages need domain headroom
-    tmem = _tmem_factory(xen_version, max_mb)
     data = [anon_content(i + 1, 0) for i in range(pages)]
     rows = []
-    backends: list[tuple[str, Callable[[], BackendModule | None]]] = [
-        ("no backend", lambda: None),
-        ("zcache", lambda: Zcache(max_pool_mb=max_mb)),
-        (f"tmem on emulated Xen {xen_version}", tmem),
+    backends: list[tuple[str, str | None]] = [
+        ("no backend", None), ("zcache", "zcache"), (f"tmem on emulated Xen {xen_version}", "tmem"),
     ]
-    for name, make in backends:
-        best = min(_store_load(*_guest(pages, make()), data) for _ in range(rounds))
+
+    def boot(n: int, backend: str | None) -> tuple[Guest, int]:
+        return _machine_guest(xen_version, max_mb, n, backend)
+
+    for name, backend in backends:
+        best = min(_store_load(*boot(pages, backend), data) for _ in range(rounds))
         rows.append(GuestBenchRow(f"frontswap store+load, {name}", pages, best,
                                   2 * pages / best, best / (2 * pages) * 1e9))
     calls = max(pages, 1000)
-    for name, make in (backends[0], backends[2]):
-        best = min(_per_call(*_guest(16, make()), calls) for _ in range(rounds))
+    for name, backend in (backends[0], backends[2]):
+        best = min(_per_call(*boot(16, backend), calls) for _ in range(rounds))
         rows.append(GuestBenchRow(f"one frontswap_store call, {name}", calls, best * calls,
                                   1 / best, best * 1e9))
-    for name, make in (backends[0], backends[2]):
-        best = min(_per_get(_guest(16, make())[0], calls) for _ in range(rounds))
+    for name, backend in (backends[0], backends[2]):
+        best = min(_per_get(boot(16, backend)[0], calls) for _ in range(rounds))
         rows.append(GuestBenchRow(f"one cleancache_get_page call (miss), {name}", calls,
                                   best * calls, 1 / best, best * 1e9))
     best_drain = math.inf
     for _ in range(rounds):
-        guest, type = _guest(drain_pages, tmem())
+        guest, type = boot(drain_pages, "tmem")
         for offset in range(1, drain_pages + 1):
             guest.frontswap.store(type, offset, anon_content(offset, 0))
         report = guest.unload_backend()
