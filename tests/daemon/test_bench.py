@@ -56,7 +56,8 @@ def test_socket_vs_in_process(persistent: bool):
                               ("socket, no fsync, /tmp", "/tmp", False)):
         with tempfile.TemporaryDirectory(prefix="xtb", dir=base) as d:
             directory = Path(d)
-            daemon.start(directory, daemon.HostConfig(guests=1, guest_memory_mb=256), sync=sync)
+            config = daemon.HostConfig(guests=1, guest_memory_mb=256, bare=True)
+            daemon.start(directory, config, sync=sync)
             try:
                 with SocketHypervisor(directory, 1) as hv:
                     rows[label] = _measure(hv, persistent)

@@ -69,7 +69,7 @@ def test_up_refuses_options_that_contradict_the_saved_host(make_daemon):
     d.stop()
     with pytest.raises(EmulatorError, match=r"xen_version=4\.12.*--fresh"):
         d.start(daemon.HostConfig(xen_version="4.5"))
-    d.start(daemon.HostConfig(xen_version="4.5", guests=1), fresh=True)
+    d.start(daemon.HostConfig(xen_version="4.5", guests=1, bare=True), fresh=True)
     assert str(d.daemon.host.version) == "4.5" and sorted(d.daemon.host.domains) == [0, 1]
 
 
@@ -79,7 +79,7 @@ def test_sigkill_after_acknowledged_puts_loses_nothing(process_daemon: Path):
     replays every acknowledged hypercall onto the last snapshot: the host comes back exactly
     as it was."""
     directory = process_daemon
-    info = daemon.start(directory, daemon.HostConfig(guests=1), timeout=60)
+    info = daemon.start(directory, daemon.HostConfig(guests=1, bare=True), timeout=60)
     pers, _ = _fill(directory, 30, ephemeral=5)
     before = _listing(directory)
     os.kill(info["pid"], signal.SIGSTOP)

@@ -22,6 +22,52 @@ State = Annotated[Path | None, typer.Option(
     "--state", help="State directory: sockets, pid, saved host (default $XENTMEM_STATE, "
     "/run/xentmem as root, else $XDG_RUNTIME_DIR/xentmem).", show_default=False)]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+Workload = Annotated[list[str] | None, typer.Option(
+    "--workload", help="What the guests run: idle, web, db or batch, for all guests or as "
+    "N=NAME for guest N (repeat); or a scenario TOML file whose guests to run instead "
+    "(default: web, db, batch, idle in turn).", show_default=False)]
+Kernel = Annotated[list[str] | None, typer.Option(
+    "--kernel", help="Guest kernel release, for all guests or as N=VERSION (repeat): "
+    "3.10-5.2 have tmem and self-ballooning, 5.3+ the balloon driver only (default 3.10).",
+    show_default=False)]
+Bare = Annotated[bool, typer.Option(
+    "--bare", help="Plain domains with no guest kernel running in them (drive them "
+    "yourself through the hypercall socket).")]
+
+
+def _per_guest(values: list[str] | None, guests: int, option: str) -> tuple[str, ...]:
+    """``["web", "2=db"]`` -> one value per guest 1..N (a bare value applies to all)."""
+    default: str | None = None
+    chosen: dict[int, str] = {}
+    for value in values or ():
+        index, sep, rest = value.partition("=")
+        if not sep:
+            default = value
+            continue
+        if not index.isdigit() or not 1 <= int(index) <= max(guests, 1) or not rest:
+            raise UsageError(f"{option} {value!r}: expected NAME or N=NAME with 1 <= N <= "
+                             f"{max(guests, 1)}")
+        chosen[int(index)] = rest
+    if not chosen and default is None:
+        return ()
+    return tuple(chosen.get(i, default or "") for i in range(1, guests + 1))
+
+
+def _check_living(workloads: tuple[str, ...], kernels: tuple[str, ...]) -> None:
+    from xentmem.emulator.machine import WORKLOADS
+    from xentmem.errors import GuestError
+    from xentmem.guest.kernel import Kernel
+
+    for w in workloads:
+        if w and w not in WORKLOADS:
+            raise UsageError(f"--workload {w!r}: one of {', '.join(WORKLOADS)}, or a scenario "
+                             "TOML file for all guests")
+    for k in kernels:
+        if k:
+            try:
+                Kernel.parse(k)
+            except GuestError as exc:
+                raise UsageError(f"--kernel {k!r}: {exc}") from None
 
 
 def _dir(state: Path | None) -> Path:
@@ -45,9 +91,16 @@ def up(state: State = None,
        memory_mb: Annotated[int | None, typer.Option(
            "--memory-mb", min=16, help="Host memory in MiB (default 2048).")] = None,
        guests: Annotated[int, typer.Option(
-           "--guests", min=0, max=64, help="Guests guest1..N to create on a new host.")] = 0,
+           "--guests", min=0, max=64, help="Living guests guest1..N on a new host.")] = 0,
        guest_memory_mb: Annotated[int, typer.Option(
-           "--guest-memory-mb", min=1, help="Memory of each new guest (max: twice).")] = 128,
+           "--guest-memory-mb", min=16, help="Memory of each new guest (max: twice).")] = 128,
+       workload: Workload = None, kernel: Kernel = None, bare: Bare = False,
+       speed: Annotated[float, typer.Option(
+           "--speed", min=0.01, max=1000, help="Guest clocks run this many times faster "
+           "than wall time (demos).")] = 1.0,
+       checkpoint_interval: Annotated[float, typer.Option(
+           "--checkpoint-interval", min=1, max=3600, help="Seconds between saves of the "
+           "running guests (a SIGKILL rewinds them at most this far, losing no page).")] = 30.0,
        tmem_compress: Annotated[bool | None, typer.Option(
            "--tmem-compress/--no-tmem-compress", help="Boot option tmem_compress.",
            show_default=False)] = None,
@@ -68,8 +121,18 @@ def up(state: State = None,
             XenVersion.parse(xen_version)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    scenario = None
+    if workload and len(workload) == 1 and workload[0].endswith(".toml"):
+        scenario = str(Path(workload[0]).absolute())
+        if not Path(scenario).is_file():
+            raise UsageError(f"--workload {workload[0]}: no such scenario file")
+        workload = None
+    workloads = _per_guest(workload, guests, "--workload")
+    kernels = _per_guest(kernel, guests, "--kernel")
+    _check_living(workloads, kernels)
     config = daemon.HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
-                               guest_memory_mb)
+                               guest_memory_mb, workloads, kernels, bare, speed, scenario,
+                               checkpoint_interval)
     info = daemon.start(_dir(state), config, fresh=fresh, timeout=timeout)
     if as_json:
         render(info, as_json=True)
@@ -81,6 +144,17 @@ def up(state: State = None,
     else:
         console.print(f"[green]up[/green]: {info['note']}")
     render(_summary(info), as_json=False, title="emulator")
+    if info.get("guests"):
+        _render_guests(info["guests"])
+
+
+def _render_guests(guests: list[dict[str, Any]]) -> None:
+    rows = [{"dom": g["domid"], "name": g["name"], "kernel": g["kernel"],
+             "runs": g["workload"], "MiB": g["memory_mb"], "target": g["target_mb"],
+             "tmem": g["tmem_pages"], "swap": g["swap_pages"], "lost": g["lost"],
+             "stale": g["stale"], "agent": (g["agent"] or {}).get("state", "-")}
+            for g in guests]
+    render(rows, as_json=False, title="guests (tmem, swap: pages; lost and stale stay 0)")
 
 
 @emulator_app.command()
@@ -123,6 +197,8 @@ def status(state: State = None, as_json: Json = False) -> None:
     render(_summary(info), as_json=False, title="emulator")
     if info["domains"]:
         render(info["domains"], as_json=False, title="domains")
+    if info.get("guests"):
+        _render_guests(info["guests"])
     wanted = [r for r in tmem if r["kind"] in ("global", "client")]
     if wanted:
         render(wanted, as_json=False, title="tmem",
@@ -133,13 +209,24 @@ def status(state: State = None, as_json: Json = False) -> None:
 def create_domain(name: Annotated[str, typer.Argument(help="Domain name.")],
                   memory_mb: Annotated[int, typer.Option("--memory-mb", min=1)] = 128,
                   max_memory_mb: Annotated[int | None, typer.Option(
-                      "--max-memory-mb", min=1, help="Default: --memory-mb.")] = None,
-                  state: State = None, as_json: Json = False) -> None:
-    """Create a guest on the running host (it appears in xenstore, @introduceDomain fires)."""
+                      "--max-memory-mb", min=1,
+                      help="Default: twice --memory-mb (--memory-mb with --bare).")] = None,
+                  workload: Annotated[str, typer.Option(
+                      "--workload", help="idle, web, db or batch.")] = "web",
+                  kernel: Annotated[str, typer.Option(
+                      "--kernel", help="Guest kernel release.")] = "3.10",
+                  bare: Bare = False, state: State = None, as_json: Json = False) -> None:
+    """Create a guest on the running host (it appears in xenstore, @introduceDomain fires)
+    and boot its kernel model with its workload and agent (or a bare domain)."""
     if max_memory_mb is not None and max_memory_mb < memory_mb:
         raise UsageError(f"--max-memory-mb {max_memory_mb} is below --memory-mb {memory_mb}")
+    if not bare:
+        if memory_mb < 16:
+            raise UsageError(f"--memory-mb {memory_mb}: a guest kernel needs at least 16")
+        _check_living((workload,), (kernel,))
     result = _control(state, "create_domain", name=name, memory_mb=memory_mb,
-                      max_memory_mb=max_memory_mb)
+                      max_memory_mb=max_memory_mb, workload=workload, kernel=kernel,
+                      bare=bare)
     if as_json:
         render(result, as_json=True)
     else:

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import os
 import select
 import selectors
@@ -41,14 +42,15 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from xentmem.abi import MAX_POOLS_PER_DOMAIN, PAGE_SIZE, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
 from xentmem.emulator._daemon_store import Record, StateStore
-from xentmem.errors import EmulatorError, HostCrashed, TransportError
+from xentmem.emulator.machine import EmulatedMachine, GuestSpec, living_guest
+from xentmem.errors import EmulatorError, GuestError, HostCrashed, TransportError
 from xentmem.hypercalls.socket import (
     ADDR,
     ALLOC,
@@ -93,7 +95,16 @@ _EPHEMERAL_SAFE = frozenset({TmemCmd.TMEM_PUT_PAGE, TmemCmd.TMEM_FLUSH_PAGE,
 
 @dataclass(frozen=True)
 class HostConfig:
-    """How to boot a new host; ``None`` fields keep the saved host's (or the default)."""
+    """How to boot a new host; ``None`` fields keep the saved host's (or the default).
+
+    ``guests`` living guests ``guest1..N`` come with a new host, each running the workload and
+    kernel at its position in ``workloads`` / ``kernels`` (a shorter tuple repeats its last
+    entry; empty: web, db, batch, idle in turn, on 3.10), or the guests of ``scenario`` (a
+    scenario TOML file: its guests and workloads, without its events). ``bare`` makes plain
+    domains instead, for those who drive the domains themselves. ``speed`` runs the guests'
+    clocks that many times faster than wall time; ``checkpoint_s`` is how often the guests and
+    the host are saved together while guests run (a SIGKILL rewinds guests to that point, with
+    every page where they believe it is)."""
 
     xen_version: str | None = None
     memory_mb: int | None = None
@@ -101,14 +112,31 @@ class HostConfig:
     designed: bool | None = None
     guests: int = 0
     guest_memory_mb: int = 128
+    workloads: tuple[str, ...] = ()
+    kernels: tuple[str, ...] = ()
+    bare: bool = False
+    speed: float = 1.0
+    scenario: str | None = None
+    checkpoint_s: float = 30.0
 
     def boot(self) -> EmulatedHost:
-        host = EmulatedHost(self.memory_mb or 2048, xen_version=self.xen_version or "4.12",
+        return EmulatedHost(self.memory_mb or 2048, xen_version=self.xen_version or "4.12",
                             tmem_compress=bool(self.tmem_compress), designed=bool(self.designed))
+
+    def guest_specs(self) -> list[GuestSpec]:
+        """The living guests a new host starts with."""
+        if self.scenario is not None:
+            from xentmem.emulator.scenario import load_scenario
+
+            return [replace(g, agent=True) for g in load_scenario(self.scenario).guests]
+        specs = []
         for i in range(1, self.guests + 1):
-            host.create_domain(f"guest{i}", self.guest_memory_mb,
-                               max(self.guest_memory_mb, 2 * self.guest_memory_mb))
-        return host
+            workload = _nth(self.workloads, i) or DEFAULT_WORKLOADS[(i - 1)
+                                                                    % len(DEFAULT_WORKLOADS)]
+            specs.append(living_guest(f"guest{i}", workload=workload,
+                                      kernel=_nth(self.kernels, i) or "3.10",
+                                      memory_mb=self.guest_memory_mb, seed=i))
+        return specs
 
     def conflicts(self, saved: dict[str, Any]) -> list[str]:
         """Options given on the command line that differ from a saved host's."""
@@ -122,6 +150,35 @@ class HostConfig:
 
         return [f"{k}={saved.get(k)} (not {v})" for k, v in wanted.items()
                 if v is not None and not same(k, v)]
+
+    def argv(self) -> list[str]:
+        """The daemon's command-line options for this configuration."""
+        argv: list[str] = []
+        for flag, value in (("--xen-version", self.xen_version), ("--memory-mb", self.memory_mb),
+                            ("--scenario", self.scenario)):
+            if value is not None:
+                argv += [flag, str(value)]
+        argv += ["--guests", str(self.guests), "--guest-memory-mb", str(self.guest_memory_mb),
+                 "--speed", repr(self.speed), "--checkpoint-s", repr(self.checkpoint_s)]
+        argv += ["--workloads", ",".join(self.workloads)] if self.workloads else []
+        argv += ["--kernels", ",".join(self.kernels)] if self.kernels else []
+        argv += ["--tmem-compress"] if self.tmem_compress else []
+        argv += ["--designed"] if self.designed else []
+        argv += ["--bare"] if self.bare else []
+        return argv
+
+
+DEFAULT_WORKLOADS = ("web", "db", "batch", "idle")
+
+
+def _positions(text: str) -> tuple[str, ...]:
+    """``"web,,db"`` -> one entry per guest, empty ones kept (they take the default)."""
+    return tuple(text.split(",")) if text else ()
+
+
+def _nth(values: tuple[str, ...], i: int) -> str | None:
+    """The ``i``-th (1-based) entry, the last one past the end, ``None`` when empty."""
+    return values[min(i, len(values)) - 1] if values else None
 
 
 # ---- the server ----------------------------------------------------------------------------
@@ -156,14 +213,21 @@ class Daemon:
     """Serve ``host`` on ``directory/hypercall.sock`` with xenstored beside it; state in
     ``store``. ``open()``, then ``serve()`` until ``request_stop()``, then ``close()``."""
 
-    def __init__(self, directory: Path, host: EmulatedHost, store: StateStore) -> None:
+    def __init__(self, directory: Path, host: EmulatedHost, store: StateStore, *,
+                 config: HostConfig | None = None, guests: bytes | None = None,
+                 new: bool = False) -> None:
         self.directory = directory
         self.host = host
         self.store = store
+        self.config = config or HostConfig()
         self.epoch = 0
         self.started = time.time()
         self.socket_path = directory / HYPERCALL_SOCKET
         self.xenstore = XenStoreServer(directory / XENSTORE_SOCKET)
+        self.machine = EmulatedMachine(host, self.xenstore, directory=directory)
+        self._saved_guests = guests  # a checkpoint's guests, brought back by open()
+        self._new = new  # a newly booted host: its guests start in open()
+        self._next_checkpoint = math.inf
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._conns: dict[int, _Conn] = {}
@@ -180,17 +244,23 @@ class Daemon:
         for path in (self.socket_path, self.directory / f"{XENSTORE_SOCKET}.dom99999"):
             if len(os.fsencode(path)) > _UNIX_PATH_MAX:
                 raise EmulatorError(f"state directory path too long for a unix socket: {path}")
-        self.snapshot()
         self.xenstore.start()
         xs = self.xenstore.connect(0)
         try:
             layout_dom0(xs, self.host.domains[0].nr_pages * 4 if 0 in self.host.domains else None)
         finally:
             xs.close()
+        if self._saved_guests is not None:
+            self.machine.restore_guests(self._saved_guests)
+            self._saved_guests = None
+        elif self._new:
+            self._boot_guests()
         for domid, dom in sorted(self.host.domains.items()):
-            if domid:
+            if domid and not self.xenstore.is_introduced(domid):
                 self.xenstore.introduce_domain(domid, dom.name, dom.nr_pages * 4,
                                                dom.max_pages * 4)
+        self.snapshot()
+        self.machine.start(speed=self.config.speed)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -203,6 +273,17 @@ class Daemon:
         self._stop_w.setblocking(False)
         self._sel.register(self._stop_r, selectors.EVENT_READ, None)
 
+    def _boot_guests(self) -> None:
+        """A new host's guests: living ones (or bare domains with ``bare``)."""
+        config = self.config
+        if config.bare:
+            for i in range(1, config.guests + 1):
+                self.host.create_domain(f"guest{i}", config.guest_memory_mb,
+                                        2 * config.guest_memory_mb)
+            return
+        for spec in config.guest_specs():
+            self.machine.add_guest(spec)
+
     def request_stop(self) -> None:
         """Make ``serve()`` return (safe from a signal handler or another thread)."""
         self._stopping = True
@@ -211,6 +292,7 @@ class Daemon:
 
     def close(self) -> None:
         """Hang up every client, write the final snapshot, stop xenstored, remove sockets."""
+        self.machine.stop()
         for conn in list(self._conns.values()):
             self._drop(conn)
         if self._listener is not None:
@@ -220,6 +302,7 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
         self.snapshot()
+        self.machine.close()
         self.store.close()
         self.xenstore.stop()
         self._sel.close()
@@ -227,8 +310,14 @@ class Daemon:
         self._stop_w.close()
 
     def snapshot(self) -> None:
-        self.store.save(self.host.to_state())
+        """Save the host and its living guests as they are at this instant."""
+        state, guests = self.machine.checkpoint()
+        if self.machine.guests:
+            state["machine"] = {"guests": guests}
+        self.store.save(state)
         self.epoch += 1  # every region's content must be captured again by the new journal
+        self._next_checkpoint = (time.monotonic() + self.config.checkpoint_s
+                                 if self.machine.guests else math.inf)
 
     def serve(self) -> None:
         while not self._stopping:
@@ -251,6 +340,8 @@ class Daemon:
                         log.exception("error serving a connection; dropping it")
                         self._drop(conn)
             self._commit_and_reply()
+            if time.monotonic() >= self._next_checkpoint and not self.host.crashed:
+                self.snapshot()
 
     # -- sockets --
 
@@ -386,21 +477,23 @@ class Daemon:
                 conn.closing = True
             self._alive()  # a crash is why every domain is gone
             raise EmulatorError(f"domain {conn.domid} no longer exists")
-        # the whole message is valid: only now touch the domain's memory
-        for address in frees:
-            region = conn.regions.pop(address)
-            self.host.free_frames(conn.domid, region.first, region.frames)  # type: ignore[arg-type]
-        mem = dom.mem
-        for region, data in writes:
-            mem[region.address:region.address + region.size] = data
-            region.shadow, region.epoch = data, -1
-        if kind == CALL:
-            return self._call(conn, dom, rest)
-        if kind == ALLOC:
-            return self._alloc(conn, dom, rest)
-        if kind == CONTROL:
-            return self._control(conn, rest)
-        raise _Refused(f"unknown request kind {kind}")
+        if kind not in (CALL, ALLOC, CONTROL):
+            raise _Refused(f"unknown request kind {kind}")
+        # the whole message is valid: only now touch the domain's memory, under the host's
+        # lock (the living guests' clock calls the host from its own thread)
+        with self.host.lock:
+            for address in frees:
+                region = conn.regions.pop(address)
+                self.host.free_frames(conn.domid, region.first, region.frames)  # type: ignore[arg-type]
+            mem = dom.mem
+            for region, data in writes:
+                mem[region.address:region.address + region.size] = data
+                region.shadow, region.epoch = data, -1
+            if kind == CALL:
+                return self._call(conn, dom, rest)
+            if kind == ALLOC:
+                return self._alloc(conn, dom, rest)
+        return self._control(conn, rest)  # may take the guests' lock: never under the host's
 
     def _hello(self, conn: _Conn, rest: bytes) -> bytes:
         protocol, domid = HELLO_BODY.unpack_from(rest)
@@ -489,6 +582,8 @@ class Daemon:
 
     def _crashed(self, reason: str) -> None:
         log.error("%s", reason)
+        self.machine.close()
+        self.machine.guests.clear()  # their domains died with the host
         for domid in self.xenstore.domains:
             if domid:
                 self.xenstore.release_domain(domid)
@@ -502,25 +597,46 @@ class Daemon:
         if cmd == "status":
             result: Any = self.status()
         elif cmd == "create_domain":
-            name, mem = str(request["name"]), int(request["memory_mb"])
-            top = int(request.get("max_memory_mb") or mem)
-            domid = self.host.create_domain(name, mem, top)
-            self.xenstore.introduce_domain(domid, name, mem * 1024, top * 1024)
-            self.snapshot()
-            result = {"domid": domid, "name": name, "memory_mb": mem, "max_memory_mb": top}
+            result = self._create_domain(request)
         elif cmd == "destroy_domain":
             domid = int(request["domid"])
             try:
-                self.host.destroy_domain(domid)
+                if domid in self.machine.guests:
+                    self.machine.remove_guest(domid)
+                else:
+                    self.host.destroy_domain(domid)
+                    self.xenstore.release_domain(domid)
             except HostCrashed as exc:
                 self._crashed(str(exc))
                 raise
-            self.xenstore.release_domain(domid)
             self.snapshot()
             result = {"domid": domid}
         else:
             raise _Refused(f"unknown host-API request {cmd!r}")
         return _reply(OK, json.dumps(result).encode())
+
+    def _create_domain(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A bare domain (``bare``), or a living guest running ``workload`` on ``kernel``."""
+        name, mem = str(request["name"]), int(request["memory_mb"])
+        if request.get("bare"):
+            top = int(request.get("max_memory_mb") or mem)
+            domid = self.host.create_domain(name, mem, top)
+            self.xenstore.introduce_domain(domid, name, mem * 1024, top * 1024)
+            self.snapshot()
+            return {"domid": domid, "name": name, "memory_mb": mem, "max_memory_mb": top,
+                    "living": False}
+        try:
+            spec = living_guest(name, workload=str(request.get("workload") or "web"),
+                                kernel=str(request.get("kernel") or "3.10"), memory_mb=mem,
+                                max_memory_mb=request.get("max_memory_mb"),
+                                seed=len(self.host.domains))
+            mg = self.machine.add_guest(spec)
+        except GuestError as exc:
+            raise _Refused(str(exc)) from None
+        self.snapshot()
+        return {"domid": mg.domid, "name": name, "memory_mb": mem,
+                "max_memory_mb": spec.max_mb, "living": True, "workload": spec.workload,
+                "kernel": spec.kernel}
 
     def status(self) -> dict[str, Any]:
         """The host, its domains and the tmem-list text (what ``emulator status`` shows)."""
@@ -536,6 +652,9 @@ class Daemon:
             "tmem_compress": host.boot["tmem_compress"], "designed": host.designed,
             "crashed": host.crashed, "connections": len(self._conns),
             "journal_bytes": self.store.journal_bytes, "domains": [], "tmem_list": None,
+            "guests": self.machine.report(),
+            "clock": {"model_s": round(self.machine.now, 1), "speed": self.machine.speed,
+                      "lag_s": round(self.machine.lag, 1), "error": self.machine.clock_error},
         }
         if host.crashed:
             return info
@@ -564,20 +683,33 @@ def _reply(status: int, payload: bytes | str) -> bytes:
 # ---- boot: load, replay, serve ---------------------------------------------------------------
 
 
-def load_host(store: StateStore, config: HostConfig) -> tuple[EmulatedHost, str]:
-    """The host to serve: the saved one with its journal replayed, or a new one; and a note."""
+class Loaded(NamedTuple):
+    """What start-up found: the host, a note for the log, the saved guests of its last
+    checkpoint (``None`` if none) and whether the configured guests start (a host booted for
+    the first time; one rebooted after a crash comes back empty)."""
+
+    host: EmulatedHost
+    note: str
+    guests: bytes | None = None
+    new: bool = False
+
+
+def load_host(store: StateStore, config: HostConfig) -> Loaded:
+    """The host to serve: the saved one with its journal replayed, or a new one."""
     state, records = store.load()
     if state is None:
-        return config.boot(), "booted a new host"
+        return Loaded(config.boot(), "booted a new host", new=True)
+    machine = state.pop("machine", None) or {}
+    guests = machine.get("guests")
     conflicts = config.conflicts(state["config"])
     if conflicts:
         raise EmulatorError(f"{store.directory} holds a saved host with "
                             + ", ".join(conflicts) + "; drop those options or use --fresh")
     if state.get("crashed"):
         saved = state["config"]
-        return (HostConfig(saved["xen_version"], saved["memory_mb"], saved["tmem_compress"],
-                           saved["designed"]).boot(),
-                f"the saved host had crashed ({state['crashed']}); booted a new one")
+        return Loaded(HostConfig(saved["xen_version"], saved["memory_mb"],
+                                 saved["tmem_compress"], saved["designed"]).boot(),
+                      f"the saved host had crashed ({state['crashed']}); booted a new one")
     host = EmulatedHost.from_state(state)
     mismatched = 0
     for rec in records:
@@ -593,15 +725,17 @@ def load_host(store: StateStore, config: HostConfig) -> tuple[EmulatedHost, str]
             break
         mismatched += result != rec.result
     note = f"restored the saved host and replayed {len(records)} journaled hypercall(s)"
+    if guests:
+        note += "; its living guests continue from the last checkpoint"
     if config.guests:
         note += " (--guests applies to a new host only)"
     if mismatched:
         note += f" ({mismatched} replayed differently)"
         log.warning("%d journal record(s) replayed with a different result", mismatched)
     if host.crashed:
-        return host, note + f"; the host crashed again: {host.crashed}"
+        return Loaded(host, note + f"; the host crashed again: {host.crashed}")
     # a clean copy: replay left its scratch data in guest frames that nobody owns any more
-    return EmulatedHost.from_state(host.to_state()), note
+    return Loaded(EmulatedHost.from_state(host.to_state()), note, guests)
 
 
 def _lock(directory: Path) -> int:
@@ -626,8 +760,8 @@ def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
         store = StateStore(directory, sync=sync)
         if fresh:
             store.discard()
-        host, note = load_host(store, config)
-        daemon = Daemon(directory, host, store)
+        host, note, guests, new = load_host(store, config)
+        daemon = Daemon(directory, host, store, config=config, guests=guests, new=new)
         daemon.open()
         previous = {}
         try:
@@ -694,13 +828,8 @@ def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
                                 + "; stop it first (`xentmem emulator down`)")
         return {**status, "already_running": True, "note": "already running"}
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    argv = [sys.executable, "-m", "xentmem.emulator.daemon", "--state", str(directory)]
-    for flag, value in (("--xen-version", config.xen_version), ("--memory-mb", config.memory_mb)):
-        if value is not None:
-            argv += [flag, str(value)]
-    argv += ["--guests", str(config.guests), "--guest-memory-mb", str(config.guest_memory_mb)]
-    argv += ["--tmem-compress"] if config.tmem_compress else []
-    argv += ["--designed"] if config.designed else []
+    argv = [sys.executable, "-m", "xentmem.emulator.daemon", "--state", str(directory),
+            *config.argv()]
     argv += ["--fresh"] if fresh else []
     argv += [] if sync else ["--no-sync"]
     with open(directory / LOGFILE, "ab") as logfile:
@@ -783,13 +912,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guest-memory-mb", type=int, default=128)
     parser.add_argument("--tmem-compress", action="store_true", default=None)
     parser.add_argument("--designed", action="store_true", default=None)
+    parser.add_argument("--workloads", default="")
+    parser.add_argument("--kernels", default="")
+    parser.add_argument("--bare", action="store_true")
+    parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--scenario")
+    parser.add_argument("--checkpoint-s", type=float, default=30.0)
     parser.add_argument("--fresh", action="store_true")
     parser.add_argument("--no-sync", dest="sync", action="store_false")
     parser.add_argument("--foreground", action="store_true")
     args = parser.parse_args(argv)
     directory = (args.state or default_state_dir()).absolute()
     config = HostConfig(args.xen_version, args.memory_mb, args.tmem_compress, args.designed,
-                        args.guests, args.guest_memory_mb)
+                        args.guests, args.guest_memory_mb,
+                        _positions(args.workloads), _positions(args.kernels), args.bare,
+                        args.speed,
+                        args.scenario, args.checkpoint_s)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.foreground and os.fork():

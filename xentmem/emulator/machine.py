@@ -586,7 +586,7 @@ class EmulatedMachine:
         restored from the same checkpoint; each continues where it was."""
         token = _RESTORING.set(_Restoring(self.host))
         try:
-            data = pickle.loads(blob)
+            data = _GuestUnpickler(io.BytesIO(blob)).load()
         finally:
             _RESTORING.reset(token)
         if data.get("format") != CHECKPOINT_FORMAT:
@@ -642,6 +642,29 @@ class _GuestPickler(pickle.Pickler):
         if t is threading.Event:
             return (_resolve, ("event", obj.is_set()))
         return NotImplemented
+
+
+# What a guest checkpoint may name: the model's own classes, the few functions that rebuild
+# pages and process-bound objects, and plain standard types. Nothing else is looked up, so a
+# checkpoint file cannot call arbitrary code.
+_MODEL_MODULES = ("xentmem.guest.", "xentmem.emulator.machine")
+_FUNCTIONS = {("xentmem.guest._pages", "_expand"), ("xentmem.guest.guest", "_anon_page"),
+              ("xentmem.emulator.machine", "_resolve"), ("copyreg", "_reconstructor"),
+              ("_thread", "allocate_lock"), ("threading", "RLock"), ("_thread", "RLock")}
+_STANDARD = {("builtins", "object"), ("builtins", "set"), ("builtins", "frozenset"),
+             ("builtins", "bytearray"), ("collections", "OrderedDict"), ("random", "Random"),
+             ("itertools", "count"), ("collections", "deque"), ("builtins", "float")}
+
+
+class _GuestUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _FUNCTIONS or (module, name) in _STANDARD:
+            return super().find_class(module, name)
+        if module.startswith(_MODEL_MODULES):
+            found = super().find_class(module, name)
+            if isinstance(found, type):  # a class of the model; never a function
+                return found
+        raise pickle.UnpicklingError(f"a guest checkpoint may not name {module}.{name}")
 
 
 @dataclass
