@@ -1,9 +1,14 @@
-"""``xentmem agent run``: the guest agent (inside a guest, or as domain N of our xenstored)."""
+"""``xentmem agent run``: the guest agent (inside a guest, or as domain N of our xenstored).
+
+It talks to one xenstored, the one ``-c`` names (``xentmem.cli._connect``): inside a real guest
+(no ``-c``) the guest's xenbus device, found as the C tools find it; ``-c emulator:DIR?domid=N``
+(or ``-c emulator:DIR --domid N``) the emulator's xenstored as domain N, its socket
+``DIR/xenstore.sock.domN``. ``--xenstored PATH`` overrides the xenstored.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -11,8 +16,8 @@ import typer
 
 from xentmem.agent import Agent, SysfsSink
 from xentmem.cli._app import UsageError, app
+from xentmem.cli._connect import Connect, XenStored, resolve_target
 from xentmem.cli._render import render
-from xentmem.xenstore import XenStoreClient, resolve_path
 
 __all__ = ["agent_app"]
 
@@ -23,12 +28,12 @@ app.add_typer(agent_app, name="agent")
 
 @agent_app.command("run")
 def run(
+    connect: Connect = None,
     domid: Annotated[int | None, typer.Option(
-        min=1, max=0x7FEF, help="Act as this domain of our xenstored: connect to its "
-        "per-domain socket, <--xenstored>.dom<N>. Omit inside a real guest.")] = None,
-    xenstored: Annotated[str | None, typer.Option(
-        "--xenstored", help="xenstore path (default: $XENSTORED_PATH, $XENSTORED_RUNDIR/socket, "
-        "or the guest's /dev/xen/xenbus).")] = None,
+        min=1, max=0x7FEF, help="Act as this domain of our xenstored (as -c "
+        "emulator:DIR?domid=N does): connect to its per-domain socket, <xenstored>.dom<N>. "
+        "Omit inside a real guest.")] = None,
+    xenstored: XenStored = None,
     sysfs_root: Annotated[Path, typer.Option(
         "--sysfs-root", help="Directory holding sys/ (a real guest: /).")] = Path("/"),
     stats_interval: Annotated[float, typer.Option(
@@ -43,12 +48,8 @@ def run(
     """Watch control/tmem and control/selfballoon, apply them to sysfs, publish data/tmem."""
     if not (sysfs_root / "sys").is_dir():
         raise UsageError(f"{sysfs_root}/sys is not a directory (see --sysfs-root)")
-    path = xenstored or resolve_path()
-    if domid is not None:
-        path = f"{path}.dom{domid}"  # XenStoreServer.domain_socket's naming
-        if not os.path.exists(path):
-            raise UsageError(f"no socket {path}: is domain {domid} introduced to that xenstored?")
-    xs = XenStoreClient(path, timeout=timeout)
+    target = resolve_target(connect, xenstored=xenstored, domid=domid)
+    xs = target.xenstore(timeout)
     agent = Agent(xs, SysfsSink(sysfs_root), stats_interval=stats_interval, heartbeat=not once)
     try:
         if once:
@@ -60,7 +61,7 @@ def run(
                 raise typer.Exit(1)
             return
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        logging.getLogger("xentmem.agent").info("serving %s via %s", sysfs_root, path)
+        logging.getLogger("xentmem.agent").info("serving %s via %s", sysfs_root, xs.path)
         agent.run()  # until interrupted (the edge turns ^C into exit 130)
     finally:
         xs.close()

@@ -1,4 +1,4 @@
-"""``xentmem doctor``: is this machine a usable Xen/tmem host?"""
+"""``xentmem doctor``: is this machine (or the host ``-c`` names) a usable Xen/tmem host?"""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from xentmem.cli._app import app
+from xentmem.cli._app import UsageError, app
+from xentmem.cli._connect import XEN_SYSTEM, Connect, LibvirtUri, XenStored, resolve_target
 from xentmem.cli._render import render
 from xentmem.host.doctor import run_checks
 
@@ -14,16 +15,24 @@ from xentmem.host.doctor import run_checks
 @app.command()
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    privcmd: Annotated[str | None, typer.Option(help="privcmd device to use.")] = None,
-    xenstored: Annotated[str | None, typer.Option(
-        help="xenstored socket (default: $XENSTORED_PATH, $XENSTORED_RUNDIR/socket).")] = None,
-    libvirt_uri: Annotated[str | None, typer.Option(
-        "--libvirt-uri", help="libvirt URI (default: $LIBVIRT_DEFAULT_URI or xen:///system).")
-    ] = None,
+    connect: Connect = None,
+    privcmd: Annotated[str | None, typer.Option(
+        help="privcmd device to use (the same as -c privcmd:DEVICE).")] = None,
+    xenstored: XenStored = None,
+    libvirt_uri: LibvirtUri = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per network check.")] = 3.0,
 ) -> None:
     """Check privcmd, the Xen version, tmem, xenstored and libvirt. Always exits 0."""
-    checks = run_checks(privcmd_path=privcmd, xenstored=xenstored, libvirt_uri=libvirt_uri,
-                        timeout=timeout)
+    if privcmd is not None and connect:
+        raise UsageError("--privcmd and -c both name the hypervisor: give one")
+    # Unnamed, the doctor examines this machine as a Xen host (never the emulator, never the
+    # "no host here" error): its question is whether this machine is one.
+    target = resolve_target(connect or (f"privcmd:{privcmd}" if privcmd else None),
+                            xenstored=xenstored, libvirt_uri=libvirt_uri, default=XEN_SYSTEM)
+    scheme = (target.hypervisor_uri or "").partition(":")[0]
+    checks = run_checks(
+        xenstored=target.xenstored_path, libvirt_uri=target.libvirt_uri, timeout=timeout,
+        hypervisor=target.open_hypervisor if target.hypervisor_uri else None,
+        transport=scheme or "privcmd", libvirt=target.libvirt_uri is not None)
     render([c.as_dict() for c in checks], as_json=as_json, title="xentmem doctor",
            columns=["check", "ok", "status", "detail"])

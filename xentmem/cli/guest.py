@@ -1,14 +1,13 @@
 """``xentmem guest ...``: per-guest tmem and self-balloon toggles and memory targets.
 
-The host is chosen at the edge: ``--xenstored PATH`` (default as the C tools resolve it) is
-always where the agent keys live; ``--libvirt-uri URI`` (or ``$XENTMEM_LIBVIRT_URI``) makes it
-a real host whose domains and memory libvirt manages. Without it the host is xenstore-only, as
-an emulated host (``xentmem emulator up``) is.
+The host is chosen at the edge with ``-c URI`` (``xentmem.cli._connect``): its xenstored is
+where the agent keys live; a real host's libvirt (``xen:///system``) manages its domains and
+memory. An emulated host (``-c emulator[:DIR]``) has no libvirt: it is xenstore-only.
+``--xenstored`` and ``--libvirt-uri`` override either part.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -17,18 +16,16 @@ import typer
 from rich.console import Console
 
 from xentmem.cli._app import UsageError, app
+from xentmem.cli._connect import Connect, LibvirtUri, Target, XenStored, resolve_target
 from xentmem.cli._render import render
 from xentmem.errors import XentmemError
 from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
 from xentmem.host.libvirt import LibvirtConnection
-from xentmem.xenstore import XenStoreClient
 from xentmem.xenstore.keys import key
 
 __all__ = [
     "Json",
-    "LibvirtUri",
     "Timeout",
-    "XenStored",
     "guest_app",
     "open_host",
     "render_guests",
@@ -38,12 +35,6 @@ guest_app = typer.Typer(help="Per-guest tmem / self-ballooning toggles and memor
                         no_args_is_help=True)
 app.add_typer(guest_app, name="guest")
 
-XenStored = Annotated[str | None, typer.Option(
-    "--xenstored", help="xenstored socket (default: $XENSTORED_PATH, $XENSTORED_RUNDIR/socket, "
-    "or the xenbus device).")]
-LibvirtUri = Annotated[str | None, typer.Option(
-    "--libvirt-uri", help="Manage domains through libvirt (a real host), e.g. xen:///system "
-    "(default: $XENTMEM_LIBVIRT_URI; none: xenstore only, as on an emulated host).")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, max=600,
                                         help="Seconds per xenstore / libvirt call.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
@@ -51,11 +42,10 @@ Dom = Annotated[str, typer.Argument(help="Domain name or id.", show_default=Fals
 
 
 @contextmanager
-def open_host(xenstored: str | None, libvirt_uri: str | None, timeout: float) -> Iterator[Host]:
-    """The :class:`Host` the options name; closed on exit."""
-    xs = XenStoreClient(xenstored, timeout=timeout)
-    uri = libvirt_uri or os.environ.get("XENTMEM_LIBVIRT_URI") or None
-    lv = LibvirtConnection(uri, timeout=timeout) if uri else None
+def open_host(target: Target, timeout: float) -> Iterator[Host]:
+    """The :class:`Host` at ``target`` (its xenstored, and its libvirt if any); closed on exit."""
+    xs = target.xenstore(timeout)
+    lv = LibvirtConnection(target.libvirt_uri, timeout=timeout) if target.libvirt_uri else None
     try:
         yield Host(xs, lv, ack_timeout=timeout)
     except (ValueError, LookupError) as exc:
@@ -66,6 +56,10 @@ def open_host(xenstored: str | None, libvirt_uri: str | None, timeout: float) ->
         xs.close()
         if lv is not None:
             lv.close()
+
+
+def _target(connect: str | None, xenstored: str | None, libvirt_uri: str | None) -> Target:
+    return resolve_target(connect, xenstored=xenstored, libvirt_uri=libvirt_uri)
 
 
 def _show(g: GuestInfo) -> dict[str, Any]:
@@ -112,19 +106,20 @@ def render_guests(rows: list[dict[str, Any]], *, as_json: bool) -> None:
 
 
 @guest_app.command("list")
-def list_(as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
+def list_(as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+          libvirt_uri: LibvirtUri = None,
           timeout: Timeout = 5.0) -> None:
     """Every domain with its memory and tmem state."""
-    with open_host(xenstored, libvirt_uri, timeout) as host:
+    with open_host(_target(connect, xenstored, libvirt_uri), timeout) as host:
         rows = [g.row() for g in host.guests()]
     render_guests(rows, as_json=as_json)
 
 
 @guest_app.command("show")
-def show(dom: Dom, as_json: Json = False, xenstored: XenStored = None,
+def show(dom: Dom, as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
          libvirt_uri: LibvirtUri = None, timeout: Timeout = 5.0) -> None:
     """One guest: requested and applied settings, counters, balloon."""
-    with open_host(xenstored, libvirt_uri, timeout) as host:
+    with open_host(_target(connect, xenstored, libvirt_uri), timeout) as host:
         data = _show(host.guest(dom))
     if as_json:
         render(data, as_json=True)
@@ -166,7 +161,8 @@ def set_(dom: Dom,
              show_default=False)] = None,
          wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait for the "
                                              "guest agent's answer.")] = 5.0,
-         as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
+         as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+          libvirt_uri: LibvirtUri = None,
          timeout: Timeout = 5.0) -> None:
     """Request settings for a guest and report applied / pending / refused (exit 1 if the
     guest refused any)."""
@@ -182,7 +178,7 @@ def set_(dom: Dom,
         values[name] = None
     if not values:
         raise UsageError("nothing to set: give at least one option (see --help)")
-    with open_host(xenstored, libvirt_uri, timeout) as host:
+    with open_host(_target(connect, xenstored, libvirt_uri), timeout) as host:
         result = host.set_toggles(dom, values, timeout=wait)
     _report(result, as_json)
     if result.status == "refused":
@@ -213,11 +209,12 @@ def memory(dom: Dom,
            wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait for the "
                                                "guest agent to report the new balloon "
                                                "target.")] = 5.0,
-           as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
+           as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+          libvirt_uri: LibvirtUri = None,
            timeout: Timeout = 5.0) -> None:
     """Set a guest's memory target (libvirt setMemoryFlags, or memory/target in xenstore) and
     report whether its balloon driver took it (applied / pending; requested if no agent)."""
-    with open_host(xenstored, libvirt_uri, timeout) as host:
+    with open_host(_target(connect, xenstored, libvirt_uri), timeout) as host:
         result = host.set_memory_target(dom, target * 1024, config=config, wait=wait)
     render({"domid": result.domid, "name": result.name, "target_mib": mib(result.target_kib),
             "previous_mib": mib(result.previous_kib), "via": result.via,

@@ -5,23 +5,26 @@ from __future__ import annotations
 from rich.console import Console
 
 from xentmem.cli._app import app
+from xentmem.cli._connect import Connect, LibvirtUri, XenStored, resolve_target
 from xentmem.cli._render import render
-from xentmem.cli.guest import Json, LibvirtUri, Timeout, XenStored, open_host, render_guests
+from xentmem.cli.guest import Json, Timeout, open_host, render_guests
 
 __all__ = ["status"]
 
 
 @app.command()
-def status(as_json: Json = False, xenstored: XenStored = None, libvirt_uri: LibvirtUri = None,
-           timeout: Timeout = 5.0) -> None:
+def status(as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+           libvirt_uri: LibvirtUri = None, timeout: Timeout = 5.0) -> None:
     """Host summary: domains, memory, and each guest's tmem / agent state."""
-    with open_host(xenstored, libvirt_uri, timeout) as host:
+    target = resolve_target(connect, xenstored=xenstored, libvirt_uri=libvirt_uri)
+    with open_host(target, timeout) as host:
         summary = host.summary()
+    summary["host"] = {"connect": target.uri, **summary["host"]}
     if as_json:
         render(summary, as_json=True)
         return
     h = summary["host"]
-    where = h["libvirt"] or h["xenstore"]
+    where = h["connect"] or h["libvirt"] or h["xenstore"]
     memory = (f", {h['memory_mib']} MiB ({h['free_mib']} MiB free)"
               if "memory_mib" in h else "")
     Console(highlight=False, soft_wrap=True).print(

@@ -11,7 +11,7 @@ import typer
 
 from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import open_hypervisor
+from xentmem.cli._connect import Connect, resolve_target
 from xentmem.cli._render import render
 from xentmem.host.tmemlist import parse_tmem_list
 from xentmem.hypercalls import ALL_CLIENTS, Tmem
@@ -20,9 +20,6 @@ tmem_app = typer.Typer(help="tmem control plane: list, freeze, thaw, set, shared
                        no_args_is_help=True)
 app.add_typer(tmem_app, name="tmem")
 
-Connect = Annotated[str | None, typer.Option(
-    "--connect", "-c", help="Transport URI: privcmd[:DEVICE], emulator:SOCKET "
-    "(default $XENTMEM_CONNECT or privcmd).")]
 XenVer = Annotated[str | None, typer.Option(
     "--xen-version", help="Xen version to encode for (default: probe xen_version).")]
 Domain = Annotated[int | None, typer.Argument(min=0, max=0x7FEF, help="Domain id.",
@@ -39,7 +36,7 @@ def _tmem(connect: str | None, xen_version: str | None) -> Iterator[Tmem]:
             version = XenVersion.parse(xen_version)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
-    hv = open_hypervisor(connect)
+    hv = resolve_target(connect).open_hypervisor()
     try:
         with Tmem(hv, version) as tmem:
             yield tmem

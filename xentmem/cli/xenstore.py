@@ -2,8 +2,10 @@
 
 The text output is that of Debian's C tools (``xenstore-ls [-f]``, ``-read``, ``-list``), so a
 script can switch between them; values are escaped by the one sanitiser, so whatever a guest
-wrote prints safely. ``--xenstored`` picks the socket as the C tools do (``$XENSTORED_PATH``,
-``$XENSTORED_RUNDIR/socket``, the xenbus device); every call has ``--timeout``.
+wrote prints safely. The xenstored is the host's that ``-c URI`` names (on a real host found as
+the C tools find it: ``$XENSTORED_PATH``, ``$XENSTORED_RUNDIR/socket``, the xenbus device;
+``-c emulator:DIR?domid=N`` is the emulator's as domain N), or ``--xenstored PATH``; every call
+has ``--timeout``.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Annotated
 import typer
 
 from xentmem.cli._app import UsageError, app
+from xentmem.cli._connect import Connect, XenStored, resolve_target
 from xentmem.cli._render import render
-from xentmem.cli.guest import Json, Timeout, XenStored
+from xentmem.cli.guest import Json, Timeout
 from xentmem.errors import XenStoreError, XenStoreTimeout
 from xentmem.xenstore import XenStoreClient, escape_value, ls_lines, walk
 
@@ -27,6 +30,10 @@ xenstore_app = typer.Typer(help="Read and change xenstore (the C xenstore-* tool
 app.add_typer(xenstore_app, name="xenstore")
 
 Paths = Annotated[list[str], typer.Argument(help="xenstore paths.", show_default=False)]
+
+
+def _xs(connect: str | None, xenstored: str | None, timeout: float) -> XenStoreClient:
+    return resolve_target(connect, xenstored=xenstored).xenstore(timeout)
 
 
 def _check(path: str) -> str:
@@ -44,10 +51,11 @@ def ls(
     path: Annotated[str, typer.Argument(help="Subtree to list.")] = "/",
     full_paths: Annotated[bool, typer.Option("--full-paths", "-f",
                                              help="Full paths, whole values.")] = False,
-    as_json: Json = False, xenstored: XenStored = None, timeout: Timeout = 5.0,
+    as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+    timeout: Timeout = 5.0,
 ) -> None:
     """Every node below PATH, as xenstore-ls prints it (exit 1 if any could not be read)."""
-    with XenStoreClient(xenstored, timeout=timeout) as xs:
+    with _xs(connect, xenstored, timeout) as xs:
         nodes = list(walk(xs, _check(path)))
     if as_json:
         render([{"path": n.path, "value": None if n.value is None else escape_value(n.value),
@@ -63,10 +71,10 @@ def ls(
 
 
 @xenstore_app.command("read")
-def read(paths: Paths, as_json: Json = False, xenstored: XenStored = None,
-         timeout: Timeout = 5.0) -> None:
+def read(paths: Paths, as_json: Json = False, connect: Connect = None,
+         xenstored: XenStored = None, timeout: Timeout = 5.0) -> None:
     """The value of each PATH, one per line, escaped as xenstore-read prints it."""
-    with XenStoreClient(xenstored, timeout=timeout) as xs:
+    with _xs(connect, xenstored, timeout) as xs:
         values = {p: escape_value(xs.read(_check(p))) for p in paths}
     if as_json:
         render(values, as_json=True)
@@ -76,9 +84,10 @@ def read(paths: Paths, as_json: Json = False, xenstored: XenStored = None,
 
 @xenstore_app.command("list")
 def list_(path: Annotated[str, typer.Argument(help="Directory to list.")],
-          as_json: Json = False, xenstored: XenStored = None, timeout: Timeout = 5.0) -> None:
+          as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+          timeout: Timeout = 5.0) -> None:
     """The children of PATH, one per line (xenstore-list)."""
-    with XenStoreClient(xenstored, timeout=timeout) as xs:
+    with _xs(connect, xenstored, timeout) as xs:
         names = xs.list(_check(path))
     if as_json:
         render({"path": path, "children": names}, as_json=True)
@@ -89,20 +98,21 @@ def list_(path: Annotated[str, typer.Argument(help="Directory to list.")],
 @xenstore_app.command("write")
 def write(pairs: Annotated[list[str], typer.Argument(help="PATH VALUE [PATH VALUE ...]",
                                                      show_default=False)],
-          xenstored: XenStored = None, timeout: Timeout = 5.0) -> None:
+          connect: Connect = None, xenstored: XenStored = None, timeout: Timeout = 5.0) -> None:
     """Write each VALUE to its PATH (created with its parents, as xenstore-write does)."""
     if len(pairs) % 2:
         raise UsageError("write takes PATH VALUE pairs")
     writes = [(_check(p), v) for p, v in zip(pairs[::2], pairs[1::2], strict=True)]
-    with XenStoreClient(xenstored, timeout=timeout) as xs:
+    with _xs(connect, xenstored, timeout) as xs:
         for path, value in writes:
             xs.write(path, value)
 
 
 @xenstore_app.command("rm")
-def rm(paths: Paths, xenstored: XenStored = None, timeout: Timeout = 5.0) -> None:
+def rm(paths: Paths, connect: Connect = None, xenstored: XenStored = None,
+       timeout: Timeout = 5.0) -> None:
     """Remove each PATH and everything below it."""
-    with XenStoreClient(xenstored, timeout=timeout) as xs:
+    with _xs(connect, xenstored, timeout) as xs:
         for path in paths:
             xs.rm(_check(path))
 
@@ -114,11 +124,11 @@ def watch(
                                               help="Stop after this many events.")] = None,
     duration: Annotated[float | None, typer.Option(
         "--for", min=0.1, help="Stop this many seconds after the watch is set.")] = None,
-    xenstored: XenStored = None, timeout: Timeout = 5.0,
+    connect: Connect = None, xenstored: XenStored = None, timeout: Timeout = 5.0,
 ) -> None:
     """Print the path of each event (the first fires at once), as xenstore-watch does."""
     seen = 0
-    with XenStoreClient(xenstored, timeout=timeout) as xs, \
+    with _xs(connect, xenstored, timeout) as xs, \
             xs.watch(_check(path), timeout=None) as w:
         deadline = None if duration is None else time.monotonic() + duration  # once watching
         while count is None or seen < count:

@@ -1,6 +1,8 @@
-"""``xentmem doctor``: what this machine offers, checked with harmless probes (ref §5.3).
+"""``xentmem doctor``: what this machine (or a named host) offers, checked with harmless probes
+(ref §5.3).
 
 Each check answers plainly, including "not on Xen"; nothing here raises for a missing component.
+The hypervisor is privcmd unless the caller hands another transport (the emulator daemon's).
 """
 
 from __future__ import annotations
@@ -8,13 +10,15 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import stat
 import struct
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from xentmem.abi import XenVersion
-from xentmem.errors import LibvirtError, TmemError, TransportError
+from xentmem.errors import EmulatorError, LibvirtError, TmemError, TransportError
 from xentmem.host.libvirt import LibvirtConnection
-from xentmem.hypercalls import PrivcmdHypervisor, Tmem, xen_version
+from xentmem.hypercalls import Hypervisor, PrivcmdHypervisor, Tmem, xen_version
 
 __all__ = ["Check", "run_checks", "xenstored_path"]
 
@@ -50,22 +54,27 @@ def _tmem_meaning(exc: TmemError, version: XenVersion | None) -> tuple[str, str]
     return "error", str(exc)
 
 
-def _hypervisor_checks(privcmd_path: str | None) -> list[Check]:
+def _hypervisor_checks(open_hv: Callable[[], Hypervisor], name: str) -> list[Check]:
     try:
-        hv = PrivcmdHypervisor(privcmd_path)
+        hv = open_hv()
     except TransportError as exc:
         reason = exc.strerror or str(exc)
-        return [Check("privcmd", False, "missing", reason),
-                Check("xen", None, "not on Xen", "no privcmd device to ask"),
-                Check("tmem", None, "not on Xen", "no privcmd device to ask")]
-    with hv:
+        if name == "privcmd":
+            status, detail = "not on Xen", "no privcmd device to ask"
+        else:
+            status, detail = "unknown", f"no {name} to ask"
+        return [Check(name, False, "missing", reason),
+                Check("xen", None, status, detail),
+                Check("tmem", None, status, detail)]
+    where = str(getattr(hv, "path", name))
+    try:
         try:
             version, extra = xen_version(hv)
-        except TmemError as exc:
-            return [Check("privcmd", False, "refused", f"{hv.path}: {exc}"),
+        except (TmemError, TransportError, EmulatorError) as exc:
+            return [Check(name, False, "refused", f"{where}: {exc}"),
                     Check("xen", None, "unknown", "xen_version refused"),
-                    Check("tmem", None, "unknown", "privcmd refuses hypercalls")]
-        rows = [Check("privcmd", True, "usable", hv.path),
+                    Check("tmem", None, "unknown", f"{name} refuses hypercalls")]
+        rows = [Check(name, True, "usable", where),
                 Check("xen", True, f"{version}{extra}", f"XENVER_version {version.word:#010x}")]
         tmem = Tmem(hv, version)
         try:
@@ -73,6 +82,8 @@ def _hypervisor_checks(privcmd_path: str | None) -> list[Check]:
         except TmemError as exc:
             status, detail = _tmem_meaning(exc, version)
             rows.append(Check("tmem", False, status, detail))
+        except (TransportError, EmulatorError) as exc:
+            rows.append(Check("tmem", False, "error", str(exc)))
         else:
             tmem.destroy_pool(pool)
             rows.append(Check("tmem", True, "available",
@@ -80,12 +91,17 @@ def _hypervisor_checks(privcmd_path: str | None) -> list[Check]:
         finally:
             tmem.close()
         return rows
+    finally:
+        hv.close()
 
 
 def _xenstored_check(path: str, timeout: float) -> Check:
     """Connect and ask for DIRECTORY of "/" (xenstore wire protocol, op 1)."""
     if not os.path.exists(path):
         return Check("xenstored", False, "missing", f"no socket at {path}")
+    if stat.S_ISCHR(os.stat(path).st_mode):  # the C tools fall back to it inside a guest
+        return Check("xenstored", None, "xenbus device",
+                     f"{path}: a guest's link to xenstore; dom0's xenstored is not local")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
@@ -112,8 +128,19 @@ def _libvirt_check(uri: str | None, timeout: float) -> Check:
 
 
 def run_checks(*, privcmd_path: str | None = None, xenstored: str | None = None,
-               libvirt_uri: str | None = None, timeout: float = 3.0) -> list[Check]:
-    """Every doctor check, in report order."""
-    return [*_hypervisor_checks(privcmd_path),
-            _xenstored_check(xenstored or xenstored_path(), timeout),
-            _libvirt_check(libvirt_uri, timeout)]
+               libvirt_uri: str | None = None, timeout: float = 3.0,
+               hypervisor: Callable[[], Hypervisor] | None = None, transport: str = "privcmd",
+               libvirt: bool = True) -> list[Check]:
+    """Every doctor check, in report order.
+
+    ``hypervisor`` opens the transport to probe (default: privcmd at ``privcmd_path``), reported
+    as ``transport``; ``libvirt=False`` says the host has none (an emulated host), unless
+    ``libvirt_uri`` names one anyway.
+    """
+    open_hv = hypervisor or (lambda: PrivcmdHypervisor(privcmd_path))
+    rows = [*_hypervisor_checks(open_hv, transport),
+            _xenstored_check(xenstored or xenstored_path(), timeout)]
+    if libvirt or libvirt_uri:
+        return [*rows, _libvirt_check(libvirt_uri, timeout)]
+    return [*rows, Check("libvirt", None, "not used",
+                         "this host has no libvirt (--libvirt-uri checks one)")]

@@ -48,6 +48,7 @@ __all__ = [
     "SocketFrames",
     "SocketHypervisor",
     "default_state_dir",
+    "parse_uri",
 ]
 
 HYPERCALL_SOCKET = "hypercall.sock"
@@ -88,6 +89,29 @@ def socket_path(location: str | os.PathLike[str] | None) -> Path:
     """The hypercall socket for a socket path, a state directory, or ``None`` (the default)."""
     path = default_state_dir() if location is None or str(location) == "" else Path(location)
     return path / HYPERCALL_SOCKET if path.is_dir() else path
+
+
+def parse_uri(rest: str) -> tuple[str | None, int, float]:
+    """The location (``None``: the default state directory), domid and timeout named by
+    ``emulator:[SOCKET|STATE_DIR][?domid=N&timeout=S]`` (``rest`` is what follows
+    ``emulator:``); ``ValueError`` for a malformed one."""
+    location, _, query = rest.partition("?")
+    params = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
+    unknown = set(params) - {"domid", "timeout"}
+    if unknown:
+        raise ValueError(f"unknown emulator URI parameter(s) {', '.join(sorted(unknown))}: "
+                         "expected domid=N, timeout=SECONDS")
+    try:
+        domid = int(params.get("domid", "0"))
+        timeout = float(params.get("timeout", DEFAULT_TIMEOUT))
+    except ValueError:
+        raise ValueError(f"bad emulator URI parameters {query!r}: expected domid=N, "
+                         "timeout=SECONDS") from None
+    if not 0 <= domid < 0x7FF0:
+        raise ValueError(f"domid must be 0..32751, not {domid}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout}")
+    return location or None, domid, timeout
 
 
 class SocketBuffer:
@@ -200,21 +224,8 @@ class SocketHypervisor:
     def from_uri(cls, rest: str) -> SocketHypervisor:
         """The transport for ``emulator:[SOCKET|STATE_DIR][?domid=N&timeout=S]`` (what follows
         ``emulator:``); ``ValueError`` for a malformed one."""
-        location, _, query = rest.partition("?")
-        params = dict(pair.partition("=")[::2] for pair in query.split("&") if pair)
-        unknown = set(params) - {"domid", "timeout"}
-        if unknown:
-            raise ValueError(f"unknown emulator URI parameter(s) {', '.join(sorted(unknown))}: "
-                             "expected domid=N, timeout=SECONDS")
-        try:
-            domid = int(params.get("domid", "0"))
-            timeout = float(params.get("timeout", DEFAULT_TIMEOUT))
-        except ValueError:
-            raise ValueError(f"bad emulator URI parameters {query!r}: expected domid=N, "
-                             "timeout=SECONDS") from None
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive, not {timeout}")
-        return cls(location or None, domid, timeout=timeout)
+        location, domid, timeout = parse_uri(rest)
+        return cls(location, domid, timeout=timeout)
 
     # -- the Hypervisor protocol ---------------------------------------------------------------
 
