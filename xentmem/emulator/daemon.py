@@ -598,6 +598,8 @@ class Daemon:
             result: Any = self.status()
         elif cmd == "create_domain":
             result = self._create_domain(request)
+        elif cmd == "meminfo":
+            result = self._meminfo(int(request["domid"]))
         elif cmd == "destroy_domain":
             domid = int(request["domid"])
             try:
@@ -614,6 +616,20 @@ class Daemon:
         else:
             raise _Refused(f"unknown host-API request {cmd!r}")
         return _reply(OK, json.dumps(result).encode())
+
+    def _meminfo(self, domid: int) -> dict[str, Any]:
+        """A living guest's memory as its kernel sees it, at the model's clock (what ``tune
+        collect`` samples)."""
+        machine = self.machine
+        with machine.model_lock:
+            mg = machine.guests.get(domid)
+            if mg is None:
+                raise _Refused(f"domain {domid} is not a living guest of this host")
+            snap = mg.guest.memory_snapshot()
+            return {"domid": domid, "name": mg.name, "model_s": machine.now,
+                    "committed": snap.committed_pages, "reserve": snap.totalreserve_pages,
+                    "max_pfn": snap.max_pfn, "totalram": snap.totalram_pages,
+                    "frontswap": snap.frontswap_pages}
 
     def _create_domain(self, request: dict[str, Any]) -> dict[str, Any]:
         """A bare domain (``bare``), or a living guest running ``workload`` on ``kernel``."""

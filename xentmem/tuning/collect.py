@@ -9,7 +9,8 @@ workload's demand, not some policy's reaction to it; the replay then applies the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from xentmem.emulator.machine import EmulatedMachine
     from xentmem.guest import Guest
 
-__all__ = ["CollectSpec", "collect_trace", "parse_workload"]
+__all__ = ["CollectSpec", "collect_trace", "parse_workload", "record_living"]
 
 _CASTS: dict[str, Callable[[str], object]] = {"int": int, "float": float, "str": str}
 _FIELD_TYPES = {f.name: str(f.type) for f in fields(WorkloadSpec)}
@@ -120,3 +121,39 @@ def _record(machine: EmulatedMachine, guest: Guest, spec: CollectSpec, name: str
             on_tick(now + spec.step)
     return Trace.build(cols["time_ms"], cols["committed"], cols["reserve"], cols["max_pfn"],
                        cols["totalram"], None, cols["frontswap"], name=name)
+
+
+def record_living(sample: Callable[[], Mapping[str, float]], duration: float, step: float, *,
+                  speed: float = 1.0, name: str = "living",
+                  sleep: Callable[[float], None] = time.sleep,
+                  on_tick: Callable[[float], None] | None = None) -> Trace:
+    """A trace of a guest that runs on its own (a living guest of the emulator daemon):
+    ``sample()`` returns its memory (``model_s``, ``committed``, ``reserve``, ``max_pfn``,
+    ``totalram``, ``frontswap``), taken every ``step`` model seconds (``step / speed`` wall
+    seconds) for ``duration`` model seconds; times are model seconds from the first sample."""
+    if not (step > 0 and duration >= 2 * step and speed > 0):
+        raise TraceError("collect: need step > 0, duration >= 2 steps and speed > 0")
+    cols: dict[str, list[int]] = {k: [] for k in _LIVING}
+    start: float | None = None
+    last = -1
+    for n in range(math.floor(duration / step + 1e-9) + 1):
+        if n:
+            sleep(step / speed)
+        got = sample()
+        start = got["model_s"] if start is None else start
+        time_ms = round((got["model_s"] - start) * 1000)
+        if time_ms <= last:  # the guest's clock stood still (paused, or a checkpoint)
+            continue
+        last = time_ms
+        cols["time_ms"].append(time_ms)
+        for key in _LIVING[1:]:
+            cols[key].append(int(got[key]))
+        if on_tick is not None:
+            on_tick(n * step)
+    if len(cols["time_ms"]) < 2:
+        raise TraceError("collect: the guest's clock did not move; is the daemon running?")
+    return Trace.build(cols["time_ms"], cols["committed"], cols["reserve"], cols["max_pfn"],
+                       cols["totalram"], None, cols["frontswap"], name=name)
+
+
+_LIVING = ("time_ms", "committed", "reserve", "max_pfn", "totalram", "frontswap")
