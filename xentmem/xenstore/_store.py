@@ -24,14 +24,23 @@ in ``DIFFERENCES`` and checked in tests/xenstore.
   replayed on the live tree (any failure there -> EAGAIN). Blind writes therefore never
   conflict, exactly like oxenstored's merge mode; reads of absent nodes are validated too (a
   phantom that oxenstored 4.17 lets through).
+* Effects (for a durable server, see :mod:`._persist`): when the store is made with
+  ``record=True``, every change to the live tree is appended to ``Store.effects`` as whole-node
+  effects, ``("w", path, value, perms)`` (the node now is exactly this; its children are kept) or
+  ``("r", path)`` (the subtree is gone), in order. :meth:`Store.apply` replays them exactly,
+  so a journal never re-runs a request with its permission checks and quotas.
 """
 
 from __future__ import annotations
 
 import errno as E
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ._wire import Perm
+
+# ("w", path, value, perms) or ("r", path); the server adds domain effects of its own.
+Effect = tuple
 
 DIFFERENCES = """\
 Where our server deliberately differs from oxenstored 4.17 (tests/xenstore checks each one,
@@ -163,6 +172,15 @@ def split(path: str) -> list[str]:
     return path[1:].split("/") if path.startswith("/") else [path]
 
 
+def child_path(path: str, name: str) -> str:
+    """The path of child ``name`` of ``path``, in the form :func:`split` reads back: a
+    child of "/" named "@..." is a special node, spelled without the "/" (its name may hold
+    "/": "@a/b" is one node)."""
+    if path == "/":
+        return name if name[0] == "@" else "/" + name
+    return path + "/" + name
+
+
 def walk(node: Node | None, comps: list[str]) -> Node | None:
     for c in comps:
         if node is None:
@@ -182,6 +200,17 @@ def iter_subtree(node: Node, path: str):
             stack.append((base + name, child))
 
 
+def iter_subtree_preorder(root: Node) -> Iterator[tuple[str, Node]]:
+    """Yield ``(path, node)`` for the whole tree from ``root`` ("/"), every parent before its
+    children, children by name (a stable order: equal trees dump equal bytes)."""
+    stack: list[tuple[str, Node]] = [("/", root)]
+    while stack:
+        p, n = stack.pop()
+        yield p, n
+        for name in sorted(n.children, reverse=True):
+            stack.append((child_path(p, name), n.children[name]))
+
+
 class Work:
     """A handle on one tree: the live store, a transaction's own tree, or a commit replay.
 
@@ -190,15 +219,17 @@ class Work:
     quota is checked against.
     """
 
-    __slots__ = ("delta", "entries", "events", "gens", "quota", "root")
+    __slots__ = ("delta", "effects", "entries", "events", "gens", "quota", "root")
 
-    def __init__(self, root: Node, gens: _Gen, quota: Quota, entries: dict[int, int]) -> None:
+    def __init__(self, root: Node, gens: _Gen, quota: Quota, entries: dict[int, int],
+                 effects: list[Effect] | None = None) -> None:  # fmt: skip
         self.root = root
         self.gens = gens
         self.quota = quota
         self.entries = entries
         self.delta: dict[int, int] = {}
         self.events: list[Event] = []
+        self.effects = effects  # None: not recording (an in-memory server pays one test)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -261,6 +292,8 @@ class Work:
         node.value = value
         node.vgen = self.gens.next()
         self.events.append(Event(path, node.perms))
+        if self.effects is not None:
+            self.effects.append(("w", path, value, node.perms))
 
     def mkdir(self, caller: Caller, path: str) -> None:
         comps = split(path)
@@ -296,6 +329,11 @@ class Work:
         parent.children[comps[depth]] = new
         parent.cgen = gen
         self.events.append(Event(path, perms))
+        if self.effects is not None:
+            # Every node made, top down: the ancestors made on the way are nodes too.
+            for k in range(depth + 1, len(comps)):
+                self.effects.append(("w", "/" + "/".join(comps[:k]), b"", perms))
+            self.effects.append(("w", path, value, perms))
 
     def rm(self, caller: Caller, path: str) -> None:
         comps = split(path)
@@ -316,6 +354,8 @@ class Work:
         del parent.children[comps[-1]]
         parent.cgen = self.gens.next()
         self.events.append(Event(path, node.perms, None, node))
+        if self.effects is not None:
+            self.effects.append(("r", path))
 
     def set_perms(self, caller: Caller, path: str, perms: tuple[Perm, ...]) -> None:
         comps = split(path)
@@ -337,21 +377,25 @@ class Work:
         node.vgen = self.gens.next()
         # Watchers who could read the node before or after the change learn of it.
         self.events.append(Event(path, perms, old_perms))
+        if self.effects is not None:
+            self.effects.append(("w", path, node.value, perms))
 
     def strip_domain(self, domid: int) -> None:
         """What oxenstored does on RELEASE: delete every node ``domid`` owns (with its subtree)
         and drop ``domid`` from every ACL. No watch fires."""
+        effects = self.effects
 
         def visit(node: Node, path: str) -> Node | None:
             if node.owner == domid and path != "/":
                 for _p, n in iter_subtree(node, path):
                     self._count(n.owner, -1)
+                if effects is not None:
+                    effects.append(("r", path))
                 return None
             children = node.children
             new_children: dict[str, Node] | None = None
-            base = path if path.endswith("/") else path + "/"
             for name, child in children.items():
-                got = visit(child, base + name)
+                got = visit(child, child_path(path, name))
                 if got is not child:
                     if new_children is None:
                         new_children = dict(children)
@@ -364,6 +408,8 @@ class Work:
                 perms = (perms[0], *(p for p in perms[1:] if p.domid != domid))
             if new_children is None and perms is node.perms:
                 return node
+            if effects is not None and perms is not node.perms:
+                effects.append(("w", path, node.value, perms))
             gen = self.gens.next()
             return Node(
                 node.value,
@@ -409,7 +455,8 @@ class Transaction:
         self.id = tx_id
         self.caller = caller
         self.base = store.snapshot()
-        self.work = Work(self.base, store.gens, store.quota, store.entries)
+        self.work = Work(self.base, store.gens, store.quota, store.entries,
+                         None if store.effects is None else [])  # fmt: skip
         self.reads: dict[tuple[str, str], int | None] = {}
         self.log: list[tuple[str, tuple]] = []
         self.created: set[str] = set()
@@ -471,9 +518,11 @@ def parent_of(path: str) -> str:
 class Store:
     """The live tree plus node counts per owner. Not thread-safe: the server serialises calls."""
 
-    def __init__(self, quota: Quota | None = None) -> None:
+    def __init__(self, quota: Quota | None = None, *, record: bool = False) -> None:
         self.quota = quota or Quota()
         self.gens = _Gen()
+        # Whole-node effects of every live change, in order, until the owner drains them.
+        self.effects: list[Effect] | None = [] if record else None
         none0 = (Perm("n", 0),)
         g = self.gens.next()
         # The initial tree of oxenstored 4.17: "/", the two special watch nodes, /local, /tool.
@@ -493,7 +542,7 @@ class Store:
             e,
         )
         self.entries: dict[int, int] = {0: 6}
-        self.live = Work(root, self.gens, self.quota, self.entries)
+        self.live = Work(root, self.gens, self.quota, self.entries, self.effects)
 
     @property
     def root(self) -> Node:
@@ -546,6 +595,7 @@ class Store:
         clone.quota = self.quota
         clone.gens = self.gens
         clone.entries = dict(self.entries)
+        clone.effects = None
         clone.live = Work(self.snapshot(), self.gens, self.quota, clone.entries)
         return clone
 
@@ -556,8 +606,11 @@ class Store:
         """Commit ``tx``: its events, or XsError(EAGAIN) on a conflict."""
         if not tx.log:
             return []
+        effects = self.effects
         if self.live.root is tx.base:
             self.live.root = tx.work.root
+            if effects is not None and tx.work.effects:
+                effects.extend(tx.work.effects)
             return self._settle(tx.work)
         for (path, kind), stamp in tx.reads.items():
             node = self.get(path)
@@ -565,11 +618,68 @@ class Store:
             if now != stamp:
                 raise XsError(E.EAGAIN)
         # Replay on a snapshot of the live tree: a failure halfway must leave it untouched.
-        replay = Work(self.snapshot(), self.gens, self.quota, self.entries)
+        replay = Work(self.snapshot(), self.gens, self.quota, self.entries,
+                      None if effects is None else [])  # fmt: skip
         try:
             for name, args in tx.log:
                 getattr(replay, name)(tx.caller, *args)
         except XsError:
             raise XsError(E.EAGAIN) from None
         self.live.root = replay.root
+        if effects is not None and replay.effects:
+            effects.extend(replay.effects)
         return self._settle(replay)
+
+    # --- durable state (see :mod:`._persist`) ---------------------------------------------
+
+    def dump(self) -> Iterator[Effect]:
+        """The whole tree as ``("w", ...)`` effects, parents first: applied in order after
+        :meth:`clear`, they rebuild it exactly."""
+        for path, node in iter_subtree_preorder(self.live.root):
+            yield ("w", path, node.value, node.perms)
+
+    def clear(self) -> None:
+        """Empty the tree (an empty "/" that only dom0 may touch), to load a snapshot into."""
+        g = self.gens.next()
+        self.live.root = Node(b"", (Perm("n", 0),), {}, g, g, self.gens.epoch)
+        self.entries.clear()
+        self.entries[0] = 1
+
+    def apply(self, effects: Iterable[Effect]) -> None:
+        """Replay whole-node effects on the live tree: no permission checks, quotas, events or
+        recording. ValueError if one does not fit the tree (a parent missing, a removed node
+        absent): the effects were not made on this tree."""
+        live = self.live
+        gens = self.gens
+        for effect in effects:
+            comps = split(effect[1])
+            if effect[0] == "w":
+                _kind, path, value, perms = effect
+                node = walk(live.root, comps)
+                if node is not None:
+                    node = live._owned_path(comps)
+                    if perms[0].domid != node.owner:
+                        live._count(node.owner, -1)
+                        live._count(perms[0].domid, 1)
+                    node.value, node.perms, node.vgen = value, perms, gens.next()
+                    continue
+                if not comps or walk(live.root, comps[:-1]) is None:
+                    raise ValueError(f"cannot create {path!r}: no parent")
+                parent = live._owned_path(comps[:-1])
+                g = gens.next()
+                parent.children[comps[-1]] = Node(value, perms, {}, g, g, gens.epoch)
+                parent.cgen = g
+                live._count(perms[0].domid, 1)
+            elif effect[0] == "r":
+                path = effect[1]
+                if not comps or walk(live.root, comps) is None:
+                    raise ValueError(f"cannot remove {path!r}: no such node")
+                for _p, n in iter_subtree(walk(live.root, comps), path):  # type: ignore[arg-type]
+                    live._count(n.owner, -1)
+                parent = live._owned_path(comps[:-1])
+                del parent.children[comps[-1]]
+                parent.cgen = gens.next()
+            else:
+                raise ValueError(f"not a node effect: {effect[0]!r}")
+        live.events = []
+        self._settle(live)

@@ -20,6 +20,30 @@ Who a connection is
   ``/local/domain/N`` the way libxl does (:func:`~xentmem.xenstore.toolstack.layout_domain`), and
   ``release_domain()`` removes it again, as the toolstack does on destroy.
 
+Durable state
+-------------
+With ``state_dir``, the tree and the introduced domains (with their SET_TARGET targets) survive
+``stop()``/``start()``, a new process and a SIGKILL (:mod:`._persist` has the file formats):
+
+* ``<state_dir>/xenstore.state``: a snapshot, replaced atomically (temp file, fsync, rename,
+  fsync of the directory);
+* ``<state_dir>/xenstore.journal``: one record per successful change since that snapshot, with
+  its whole-node effects (path, value, perms; removals; domains introduced, released, targeted).
+
+Guarantee: every change a client was told succeeded (a reply on a socket, a return of
+``connect()``'s calls, of ``introduce_domain()`` or ``release_domain()``) was written to the
+journal before that, and with ``sync=True`` (the default) fdatasync'ed too, one fdatasync per
+batch of replies. A SIGKILL therefore loses nothing acknowledged; with ``sync=False`` a power cut
+may lose the last batches. ``start()`` loads the snapshot, replays the journal (dropping a torn
+last record, refusing anything else malformed with ``XenStoreStateError``), listens on every
+restored domain's socket again and writes a fresh snapshot; ``restored`` then says whether there
+was state to load (the caller should not lay out dom0 and the domains again). The journal is
+folded into a new snapshot when it passes ``journal_limit`` bytes, and on ``stop()``. Watches,
+open transactions and RESTRICTed connections are not state: clients set them up again after
+reconnecting, as with a restarted oxenstored. Changes made while the server is stopped (through
+``connect()``) reach the disk at the next ``start()``. Without ``state_dir`` nothing is written
+and a request costs what it always did.
+
 Robustness: a header announcing more than 4096 bytes gets an EINVAL reply and the connection is
 closed; any other malformed request gets an ERROR reply; a client that lets more than
 ``max_output`` bytes of replies and events pile up is disconnected; one bad client never stops
@@ -35,16 +59,29 @@ import os
 import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from . import _wire
 from ._client import LocalXenStore
-from ._store import DOM0, Caller, Event, Quota, Store, Transaction, XsError, allowed, split, walk
+from ._persist import JOURNAL_LIMIT, StateFiles, XenStoreStateError
+from ._store import (
+    DOM0,
+    Caller,
+    Effect,
+    Event,
+    Quota,
+    Store,
+    Transaction,
+    XsError,
+    allowed,
+    split,
+    walk,
+)
 from ._wire import HEADER, NUL, PAYLOAD_MAX, Op, Perm
 from .toolstack import layout_domain
 
-__all__ = ["XenStoreServer"]
+__all__ = ["XenStoreServer", "XenStoreStateError"]
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +160,16 @@ class XenStoreServer:
     """A xenstored on the unix socket ``path`` (see the module docstring for the design)."""
 
     def __init__(self, path: str | os.PathLike[str], *, quota: Quota | None = None,
-                 max_output: int = _MAX_OUTPUT) -> None:  # fmt: skip
+                 max_output: int = _MAX_OUTPUT, state_dir: str | os.PathLike[str] | None = None,
+                 sync: bool = True, journal_limit: int = JOURNAL_LIMIT) -> None:  # fmt: skip
         self.path = str(path)
         self.quota = quota or Quota()
         self.max_output = max_output
-        self.store = Store(self.quota)
+        self.store = Store(self.quota, record=state_dir is not None)
+        #: True once ``start()`` has loaded a saved state from ``state_dir``.
+        self.restored = False
+        self._state: StateFiles | None = None
+        self._state_is_ours = False  # the files hold what this object had at its last save
         self.lock = threading.RLock()
         self._domains: dict[int, _Domain] = {0: _Domain(0)}
         self._conns: set[Connection] = set()
@@ -165,6 +207,15 @@ class XenStoreServer:
             Op.RESTRICT: self._op_restrict,
             Op.RESTRICT_LEGACY: self._op_restrict,
         }
+        # The socket loop sends a connection its replies right away; a durable server first
+        # journals the batch (see _flush_durable), so replies wait for the end of the batch.
+        self._replies_ready: Callable[[Connection], None] = self._flush
+        if state_dir is not None:
+            self._state = StateFiles(Path(state_dir), sync=sync, journal_limit=journal_limit)
+            # Instance attributes: the in-memory server keeps its methods and their speed.
+            self._dispatch = self._dispatch_durable  # type: ignore[method-assign]
+            self._flush = self._flush_durable  # type: ignore[method-assign]
+            self._replies_ready = self._dirty.add
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -172,16 +223,23 @@ class XenStoreServer:
         """Bind the dom0 socket (replacing a stale one) and start serving in a thread."""
         if self._thread is not None:
             raise RuntimeError("server already started")
+        if self._state is not None:
+            self._open_state()  # first: restored domains get their sockets below
         self._ep = select.epoll()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._register(self._wake_r, self._wake_r)
-        self._listen(self._domains[0], self.path)
-        with self.lock:
-            for dom in self._domains.values():
-                if dom.domid and dom.listener is None:
-                    self._listen(dom, self.domain_socket(dom.domid))
+        try:
+            self._listen(self._domains[0], self.path)
+            with self.lock:
+                for dom in self._domains.values():
+                    if dom.domid and dom.listener is None:
+                        self._listen(dom, self.domain_socket(dom.domid))
+        except BaseException:
+            if self._state is not None:
+                self._state.close()  # saved just now: a later start() saves again
+            raise
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="xenstored", daemon=True)
         self._thread.start()
@@ -209,6 +267,12 @@ class XenStoreServer:
                 if s is not None:
                     s.close()
             self._wake_r = self._wake_w = None
+            if self._state is not None and self._state.open:
+                try:
+                    self._save()  # the next start() then has no journal to replay
+                except OSError:
+                    log.exception("xenstored: cannot write the final snapshot")
+                self._state.close()
 
     def __enter__(self) -> XenStoreServer:
         return self.start()
@@ -247,6 +311,7 @@ class XenStoreServer:
             finally:
                 xs.close()
             self._introduce(domid)
+            self._persist_now()
 
     def release_domain(self, domid: int) -> None:
         """Destroy domain ``domid`` as the toolstack would: remove ``/local/domain/<domid>``,
@@ -257,6 +322,7 @@ class XenStoreServer:
             with contextlib.suppress(XsError):
                 self._fire(self.store.mutate("rm", DOM0, f"/local/domain/{domid}"))
             self._release(domid)
+            self._persist_now()
         self._wake()
 
     def connect(self, domid: int = 0) -> LocalXenStore:
@@ -283,6 +349,12 @@ class XenStoreServer:
             self._dispatch(conn, op, 0, tx_id, payload)
             data = bytes(conn.out)
             conn.out.clear()
+            if self._state is not None:
+                try:
+                    self._persist_now()
+                except OSError:
+                    log.exception("xenstored: cannot write the journal")
+                    data = _wire.pack(Op.ERROR, 0, tx_id, b"EIO\0")  # not acknowledged
             dirty = bool(self._dirty)
         if dirty:
             self._wake()
@@ -421,7 +493,7 @@ class XenStoreServer:
                 return
         if pos < end:
             conn.inbuf += chunk[pos:]
-        self._flush(conn)  # the replies now; other connections' events via _dirty
+        self._replies_ready(conn)  # the replies now; other connections' events via _dirty
 
     def _flush_dirty(self) -> None:
         while self._dirty:
@@ -469,6 +541,117 @@ class XenStoreServer:
         self._remove_watches(conn)
         conn.domain.transactions -= len(conn.transactions)
         conn.transactions.clear()
+
+    # --- durable state ------------------------------------------------------------------------
+
+    def _open_state(self) -> None:
+        """Load ``state_dir`` (if it holds a state this object did not write itself), then
+        write a fresh snapshot: the journal starts empty."""
+        state = self._state
+        assert state is not None
+        with self.lock:
+            if not self._state_is_ours and state.exists():
+                if self.store.effects:
+                    raise RuntimeError(
+                        f"{state.directory} holds a saved xenstore, and this server was changed "
+                        "before start(): those changes would be lost"
+                    )
+                self._restore(state)
+                self.restored = True
+            self._save()
+            self._state_is_ours = True
+
+    def _restore(self, state: StateFiles) -> None:
+        gen, effects = state.load()
+        # Built aside and swapped in whole: a journal that does not fit leaves the server as is.
+        store = Store(self.quota, record=True)
+        store.gens.value = max(store.gens.value, gen)  # counters only grow, across restarts too
+        store.clear()
+        domains = {0: _Domain(0)}
+        where = state.directory
+        for i, effect in enumerate(effects):
+            kind = effect[0]
+            try:
+                if kind in ("w", "r"):
+                    store.apply((effect,))
+                elif kind == "i":
+                    domid = effect[1]
+                    if domid in domains or not 0 < domid < 0x7FF0:
+                        raise ValueError(f"introduces domain {domid} twice or out of range")
+                    domains[domid] = _Domain(domid)
+                elif kind == "x":
+                    if effect[1] == 0 or domains.pop(effect[1], None) is None:
+                        raise ValueError(f"releases domain {effect[1]}, which is not introduced")
+                else:  # "t"
+                    dom, target = domains.get(effect[1]), effect[2]
+                    if dom is None or (target is not None and target not in domains):
+                        raise ValueError(f"targets {effect[1]} -> {target}: no such domain")
+                    dom.target = target
+            except ValueError as exc:
+                raise XenStoreStateError(
+                    f"{where}: effect {i} ({kind}) does not apply: {exc}"
+                ) from None
+        self.store = store
+        self._domains = domains
+        self._abs_paths.clear()
+
+    def _dump(self) -> Iterator[Effect]:
+        """The snapshot: the tree, then the domains and their targets."""
+        yield from self.store.dump()
+        others = [self._domains[domid] for domid in sorted(self._domains) if domid]
+        for dom in others:
+            yield ("i", dom.domid)
+        for dom in others:
+            if dom.target is not None:
+                yield ("t", dom.domid, dom.target)
+
+    def _save(self) -> None:
+        assert self._state is not None
+        self._state.save(self.store.gens.value, self._dump())
+        self.store.effects.clear()  # type: ignore[union-attr]  # the snapshot holds them
+
+    def _record(self) -> None:
+        """Queue the effects of what just ran as one journal record."""
+        effects = self.store.effects
+        if effects:
+            self._state.add(self.store.gens.value, effects)  # type: ignore[union-attr]
+            effects.clear()
+
+    def _commit(self) -> None:
+        """Make every queued record durable (OSError if the disk refuses)."""
+        state = self._state
+        assert state is not None
+        if state.broken or state.full:
+            self._save()  # holds every change, also those the failed or skipped write had
+        else:
+            state.commit()
+
+    def _persist_now(self) -> None:
+        """Journal and commit what the in-process API just did (nothing while not started: the
+        next start() saves it)."""
+        state = self._state
+        if state is not None and state.open:
+            self._record()
+            if state.pending:
+                self._commit()
+
+    def _dispatch_durable(self, conn: Connection, op: int, rq_id: int, tx_id: int,
+                          payload: bytes) -> None:  # fmt: skip
+        XenStoreServer._dispatch(self, conn, op, rq_id, tx_id, payload)
+        if self.store.effects and self._state.open:  # type: ignore[union-attr]
+            self._record()
+
+    def _flush_durable(self, conn: Connection) -> None:
+        # Nothing leaves before the journal holds it: not a reply, nor a watch event that
+        # tells of a change.
+        if self._state.pending:  # type: ignore[union-attr]
+            try:
+                self._commit()
+            except OSError:
+                log.exception("xenstored: cannot write the journal; hanging up on a client")
+                self._close(conn)  # its replies were never sent: nothing acknowledged
+                return
+        XenStoreServer._flush(self, conn)
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -778,6 +961,8 @@ class XenStoreServer:
     def _introduce(self, domid: int) -> None:
         dom = _Domain(domid)
         self._domains[domid] = dom
+        if self.store.effects is not None:
+            self.store.effects.append(("i", domid))
         if self._ep is not None:
             self._listen(dom, self.domain_socket(domid))
         self._fire([Event("@introduceDomain", self._special_perms("@introduceDomain"))])
@@ -797,6 +982,8 @@ class XenStoreServer:
 
     def _release(self, domid: int) -> None:
         dom = self._domains.pop(domid)
+        if self.store.effects is not None:
+            self.store.effects.append(("x", domid))
         self._unlisten(dom)
         for c in list(self._conns):
             if c.domain is dom:
@@ -840,6 +1027,8 @@ class XenStoreServer:
 
     def _set_target(self, dom: _Domain, target: int | None) -> None:
         dom.target = target
+        if self.store.effects is not None:
+            self.store.effects.append(("t", dom.domid, target))
         for c in self._conns:
             if c.domain is dom:
                 c.caller = Caller(dom.domid, target)
