@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from xentmem.cli._app import UsageError, app
+from xentmem.cli._connect import Connect, resolve_target
 from xentmem.cli._render import render
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
@@ -97,9 +98,14 @@ def synth_cmd(
 @tune_app.command("collect")
 def collect_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write.")],
-    workload: Annotated[list[str], typer.Option(
+    workload: Annotated[list[str] | None, typer.Option(
         "--workload", "-w", help="kind[:field=value,...] (repeatable), e.g. "
-        "anon:mb=96,grow=20,shrink=10 or burst:start=30,duration=10,mb=64.")],
+        "anon:mb=96,grow=20,shrink=10 or burst:start=30,duration=10,mb=64: run a new guest "
+        "model with these workloads.")] = None,
+    connect: Connect = None,
+    domid: Annotated[int | None, typer.Option(
+        "--domid", min=1, help="Instead of -w: sample living guest DOMID of the emulator "
+        "daemon that -c names (xentmem emulator up), as it runs.")] = None,
     duration: Annotated[float, typer.Option(help="Model seconds.")] = 60.0,
     step: Annotated[float, typer.Option(help="Seconds between samples.")] = 1.0,
     memory_mb: Annotated[int, typer.Option("--memory-mb")] = 256,
@@ -108,23 +114,51 @@ def collect_cmd(
     backend: Annotated[str, typer.Option(help="tmem | none")] = "tmem",
     as_json: JsonOpt = False,
 ) -> None:
-    """Record a trace by running guest-model workloads on the emulator (self-ballooning off)."""
-    from xentmem.tuning import CollectSpec, collect_trace, parse_workload
-
-    with _usage():
-        spec = CollectSpec(tuple(parse_workload(w, seed=i) for i, w in enumerate(workload)),
-                           duration, step, memory_mb, swap_mb, tmem_mb, backend)
+    """Record a trace: run guest-model workloads on the emulator (self-ballooning off), or
+    sample a living guest of the emulator daemon (``-c emulator:DIR --domid N``)."""
     from rich.console import Console
     from rich.progress import Progress
 
+    from xentmem.tuning import CollectSpec, collect_trace, parse_workload
+
+    if (domid is None) == (not workload):
+        raise UsageError("give either --workload (a new guest model) or --domid (a living "
+                         "guest of the daemon -c names)")
+    spec = None
+    if workload:
+        with _usage():
+            spec = CollectSpec(tuple(parse_workload(w, seed=i) for i, w in enumerate(workload)),
+                               duration, step, memory_mb, swap_mb, tmem_mb, backend)
     console = Console(stderr=True)
     with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task("collecting (model seconds)", total=duration)
-        trace = collect_trace(spec, name=out.stem,
-                              on_tick=lambda now: bar.update(task, completed=now))
+
+        def tick(now: float) -> None:
+            bar.update(task, completed=now)
+
+        if spec is not None:
+            trace = collect_trace(spec, name=out.stem, on_tick=tick)
+        else:
+            trace = _collect_living(connect, int(domid), duration, step, out.stem, tick)  # type: ignore[arg-type]
     _save(trace, out)
     render({**trace.summary(), "frontswap_peak_mib": round(int(trace.frontswap.max()) / 256, 1),
             "file": str(out)}, as_json=as_json)
+
+
+def _collect_living(connect: str | None, domid: int, duration: float, step: float, name: str,
+                    on_tick: Any) -> Any:
+    from xentmem.emulator.daemon import control
+    from xentmem.tuning.collect import record_living
+
+    target = resolve_target(connect)
+    if target.state_dir is None:
+        raise UsageError(f"{target.uri or 'this host'}: --domid samples a living guest of the "
+                         "emulator daemon; name it with -c emulator:DIR")
+    directory = Path(target.state_dir)
+    speed = float(control(directory, "status")["clock"]["speed"])
+    with _usage():
+        return record_living(lambda: control(directory, "meminfo", domid=domid), duration,
+                             step, speed=speed, name=name, on_tick=on_tick)
 
 
 @tune_app.command("record")

@@ -26,6 +26,9 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from xentmem.xenstore._persist import JOURNAL as XENSTORE_JOURNAL
+from xentmem.xenstore._persist import SNAPSHOT as XENSTORE_SNAPSHOT
+
 SNAPSHOT = "host.state"
 JOURNAL = "journal"
 _MAGIC_SNAP, _MAGIC_JOURNAL, _FORMAT = b"XTMS", b"XTMJ", 1
@@ -180,9 +183,9 @@ class StateStore:
             self._fd = None
 
     def discard(self) -> None:
-        """Forget any saved state (``up --fresh``)."""
+        """Forget any saved state (``up --fresh``), xenstored's too."""
         self.close()
-        for name in (SNAPSHOT, JOURNAL):
+        for name in (SNAPSHOT, JOURNAL, XENSTORE_SNAPSHOT, XENSTORE_JOURNAL):
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / name).unlink()
         self.generation = 0

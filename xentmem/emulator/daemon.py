@@ -223,7 +223,10 @@ class Daemon:
         self.epoch = 0
         self.started = time.time()
         self.socket_path = directory / HYPERCALL_SOCKET
-        self.xenstore = XenStoreServer(directory / XENSTORE_SOCKET)
+        # xenstore is durable beside the host: requested settings, memory/target and the
+        # guests' reports survive down/up and a SIGKILL
+        self.xenstore = XenStoreServer(directory / XENSTORE_SOCKET, state_dir=directory,
+                                       sync=store.sync)
         self.machine = EmulatedMachine(host, self.xenstore, directory=directory)
         self._saved_guests = guests  # a checkpoint's guests, brought back by open()
         self._new = new  # a newly booted host: its guests start in open()
@@ -245,11 +248,16 @@ class Daemon:
             if len(os.fsencode(path)) > _UNIX_PATH_MAX:
                 raise EmulatorError(f"state directory path too long for a unix socket: {path}")
         self.xenstore.start()
-        xs = self.xenstore.connect(0)
-        try:
-            layout_dom0(xs, self.host.domains[0].nr_pages * 4 if 0 in self.host.domains else None)
-        finally:
-            xs.close()
+        for domid in self.xenstore.domains:  # a host booted anew: its old guests are gone
+            if domid and domid not in self.host.domains:
+                self.xenstore.release_domain(domid)
+        if not self.xenstore.restored:
+            xs = self.xenstore.connect(0)
+            try:
+                layout_dom0(xs, self.host.domains[0].nr_pages * 4
+                            if 0 in self.host.domains else None)
+            finally:
+                xs.close()
         if self._saved_guests is not None:
             self.machine.restore_guests(self._saved_guests)
             self._saved_guests = None

@@ -143,6 +143,9 @@ class GuestInfo:
         return {"domid": self.domid, "name": self.name, "state": self.state,
                 "memory_mib": mib(self.memory_kib), "target_mib": mib(self.target_kib),
                 "max_mib": mib(self.max_kib),
+                # what the guest's balloon driver says it holds (its agent's claim, shown
+                # beside the toolstack's numbers, never added to them)
+                "balloon_mib": mib(t.balloon.get("current_kib")) if t else None,
                 "frontswap": t.applied.get("frontswap") if t else None,
                 "cleancache": t.applied.get("cleancache") if t else None,
                 "selfballooning": t.applied.get("selfballooning") if t else None,
