@@ -40,3 +40,21 @@ def tmem(
            f"{result.resident_bytes_per_compressed_page:.0f} compressed; lz4 alone: "
            f"{result.lz4_compress_pages_s:,.0f} compressions/s, "
            f"{result.lz4_decompress_pages_s:,.0f} decompressions/s)")
+
+
+@bench_app.command("living")
+def living(
+    guests: Annotated[list[int] | None, typer.Option(
+        "--guests", "-g", min=1, max=64, help="Guest counts to measure (repeat; default 3 and "
+        "20).")] = None,
+    seconds: Annotated[float, typer.Option("--seconds", min=1, help="Measured window.")] = 20.0,
+    warmup: Annotated[float, typer.Option("--warmup", min=0, help="Seconds before it.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """A living emulated host per guest count: the daemon's CPU share (total and per guest),
+    tmem hypercalls/s, clock lag, and `status --json` wall time beside `virsh list`."""
+    from xentmem.emulator.bench_living import bench_living
+
+    rows = [r.as_dict() for r in bench_living(tuple(guests or (3, 20)), seconds=seconds,
+                                              warmup=warmup)]
+    render(rows, as_json=as_json, title="living emulated host (default workloads, speed 1)")

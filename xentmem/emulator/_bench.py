@@ -181,8 +181,7 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
                rounds: int = 9) -> TmemBench:
     """Run every scenario: single ops (and ``get_page``'s bytes), and the batched multicall API
     (``put_pages``, and ``get_pages_into`` a reused buffer), each against the dict baseline."""
-    from xentmem.emulator.transport import EmulatedHypervisor
-    from xentmem.hypercalls.tmem import Tmem
+    from xentmem.emulator.machine import EmulatedMachine
 
     if pages < 100:
         raise ValueError(f"use at least 100 pages, not {pages}")
@@ -206,8 +205,8 @@ def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",
         contenders = {}
         clients = []
         for mode in ("single", "get-bytes", "batched"):
-            host = EmulatedHost(xen_version=xen_version, **options[name])
-            tmem = Tmem(EmulatedHypervisor(host, 0), version=xen_version)
+            machine = EmulatedMachine(EmulatedHost(xen_version=xen_version, **options[name]))
+            tmem = machine.tmem_client(0)
             clients.append(tmem)
             pool = tmem.new_pool(persistent=persistent)
             if mode == "batched":

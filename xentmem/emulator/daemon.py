@@ -675,6 +675,7 @@ class Daemon:
             "free_mb": host.heap_free // 256, "tmem": host.tmem_enabled,
             "tmem_compress": host.boot["tmem_compress"], "designed": host.designed,
             "crashed": host.crashed, "connections": len(self._conns),
+            "tmem_ops": host.tmem.Tt,  # every tmem hypercall since boot (Tt of tmem-list)
             "journal_bytes": self.store.journal_bytes, "domains": [], "tmem_list": None,
             "guests": self.machine.report(),
             "clock": {"model_s": round(self.machine.now, 1), "speed": self.machine.speed,

@@ -233,7 +233,7 @@ class MachineGuest:
     def client(self) -> Tmem:
         """The domain's ``Tmem`` client (one per guest, as the kernel has one shim)."""
         if self.tmem is None:
-            self.tmem = Tmem(self.hv, version=self.machine.host.version)
+            self.tmem = self.machine.tmem_client(self.domid)
         return self.tmem
 
     def backend(self, name: str, params: Mapping[str, Any] | None = None) -> BackendModule:
@@ -410,6 +410,11 @@ class EmulatedMachine:
 
     # -- guests --
 
+    def tmem_client(self, domid: int = 0) -> Tmem:
+        """A new ``Tmem`` client acting as ``domid`` through the in-process transport (dom0 by
+        default: the control plane, or a benchmark's client)."""
+        return Tmem(EmulatedHypervisor(self.host, domid), version=self.host.version)
+
     def add_guest(self, spec: GuestSpec, *,
                   sysfs_root: str | os.PathLike[str] | None = None) -> MachineGuest:
         """Create the domain, introduce it, boot its kernel model and start its agent. With
@@ -477,13 +482,20 @@ class EmulatedMachine:
 
     # -- time --
 
-    def advance(self, dt: float) -> int:
-        """Run every guest for ``dt`` model seconds; workload operations done."""
+    def advance(self, seconds: float, *, tick: float = 0.5) -> int:
+        """Run every guest for ``seconds`` model seconds, in ticks of at most ``tick`` (the
+        workloads and the kernels' timers act once per tick); workload operations done."""
+        if not (seconds >= 0 and tick > 0):
+            raise GuestError(f"advance needs seconds >= 0 and tick > 0, not {seconds}, {tick}")
+        done = 0
+        end = self.now + seconds
         with self.model_lock:
-            now = self.now
-            done = sum(g.step(now, dt) for g in list(self.guests.values()))
-            self.now = now + dt
-            return done
+            while self.now < end - 1e-9:
+                now = self.now
+                dt = min(tick, end - now)
+                done += sum(g.step(now, dt) for g in list(self.guests.values()))
+                self.now = now + dt
+        return done
 
     def start(self, *, speed: float = 1.0, step: float = 0.1) -> EmulatedMachine:
         """Advance the clock in a thread: ``step`` wall seconds per tick, ``speed`` model
@@ -507,7 +519,7 @@ class EmulatedMachine:
             if dt <= 0:
                 continue
             try:
-                self.advance(dt)
+                self.advance(dt, tick=dt)
             except Exception as exc:  # a model bug stops the clock, and says so
                 log.exception("the machine's clock stopped")
                 self.clock_error = f"{type(exc).__name__}: {exc}"
@@ -584,7 +596,7 @@ class EmulatedMachine:
     def restore_guests(self, blob: bytes) -> None:
         """Bring back the guests of a :meth:`checkpoint` onto this machine, whose host was
         restored from the same checkpoint; each continues where it was."""
-        token = _RESTORING.set(_Restoring(self.host))
+        token = _RESTORING.set(_Restoring(self))
         try:
             data = _GuestUnpickler(io.BytesIO(blob)).load()
         finally:
@@ -669,8 +681,12 @@ class _GuestUnpickler(pickle.Unpickler):
 
 @dataclass
 class _Restoring:
-    host: EmulatedHost
+    machine: EmulatedMachine
     clients: dict[int, Tmem] = field(default_factory=dict)
+
+    @property
+    def host(self) -> EmulatedHost:
+        return self.machine.host
 
 
 def _resolve(kind: str, *args: Any) -> Any:
@@ -688,7 +704,7 @@ def _resolve(kind: str, *args: Any) -> Any:
         return EmulatedHypervisor(host, args[0])
     if kind == "tmem":
         if args[0] not in ctx.clients:
-            ctx.clients[args[0]] = Tmem(EmulatedHypervisor(host, args[0]), version=host.version)
+            ctx.clients[args[0]] = ctx.machine.tmem_client(args[0])
         return ctx.clients[args[0]]
     if kind == "frames":
         return EmulatedFrames(host, args[0], args[1])

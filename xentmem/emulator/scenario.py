@@ -349,7 +349,7 @@ def run_scenario(scenario: Scenario, *, tmpdir: Path | None = None,
             if n == ticks:
                 break
             machine.now = now
-            ops += machine.advance(scenario.step)
+            ops += machine.advance(scenario.step, tick=scenario.step)
             if on_tick is not None:
                 on_tick(now + scenario.step)
         rows = []

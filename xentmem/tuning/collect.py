@@ -115,7 +115,7 @@ def _record(machine: EmulatedMachine, guest: Guest, spec: CollectSpec, name: str
     for n in range(ticks):
         now = n * spec.step
         machine.now = now
-        machine.advance(spec.step)
+        machine.advance(spec.step, tick=spec.step)
         sample(now + spec.step)
         if on_tick is not None:
             on_tick(now + spec.step)

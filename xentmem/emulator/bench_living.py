@@ -1,0 +1,100 @@
+"""What a living emulated host costs: ``xentmem bench living``.
+
+For each guest count, start ``xentmem emulator up --guests N`` (default workloads, speed 1) in a
+temporary directory, let it warm up, then over a window measure the daemon's CPU share (from
+``/proc/PID/stat``), the tmem hypercalls its guests make per second, how far the guests' clock
+fell behind wall time, and the wall time of ``xentmem status -c emulator:DIR --json`` run as a
+user runs it, beside ``virsh -c test:///default list`` (libvirt's test driver) in the same run.
+Numbers, not tests.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from xentmem.emulator.daemon import HostConfig, control, running, start, stop
+
+__all__ = ["LivingBenchRow", "bench_living"]
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class LivingBenchRow:
+    guests: int
+    seconds: float
+    daemon_cpu_pct: float
+    cpu_pct_per_guest: float
+    tmem_ops_per_s: float
+    clock_lag_s: float
+    status_json_s: float
+    virsh_list_s: float | None
+    lost: int
+    stale: int
+
+    def as_dict(self) -> dict[str, object]:
+        row = asdict(self)
+        for key in ("daemon_cpu_pct", "cpu_pct_per_guest", "clock_lag_s"):
+            row[key] = round(row[key], 1)
+        row["tmem_ops_per_s"] = round(self.tmem_ops_per_s)
+        row["status_json_s"] = round(self.status_json_s, 3)
+        row["virsh_list_s"] = None if self.virsh_list_s is None else round(self.virsh_list_s, 3)
+        row["status_vs_virsh"] = (None if not self.virsh_list_s
+                                  else round(self.status_json_s / self.virsh_list_s, 1))
+        return row
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
+
+
+def _best_wall(argv: list[str], runs: int) -> float:
+    """The median wall time of ``argv`` over ``runs`` runs (each must succeed)."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, check=True, capture_output=True, timeout=120)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def bench_living(counts: tuple[int, ...] = (3, 20), *, seconds: float = 20.0,
+                 warmup: float = 10.0, runs: int = 5) -> list[LivingBenchRow]:
+    """One row per guest count (see the module docstring)."""
+    xentmem = str(Path(sys.executable).with_name("xentmem"))
+    virsh = shutil.which("virsh")
+    rows = []
+    for count in counts:
+        directory = Path(tempfile.mkdtemp(prefix="xtbl", dir="/tmp"))
+        try:
+            start(directory, HostConfig(guests=count, memory_mb=512 + 300 * count))
+            pid = running(directory)
+            assert pid
+            time.sleep(warmup)
+            cpu0, ops0, wall0 = _cpu_seconds(pid), control(directory, "status")["tmem_ops"], \
+                time.monotonic()
+            time.sleep(seconds)
+            cpu1, info, wall1 = _cpu_seconds(pid), control(directory, "status"), time.monotonic()
+            window = wall1 - wall0
+            cpu_pct = 100 * (cpu1 - cpu0) / window
+            status_s = _best_wall([xentmem, "status", "-c", f"emulator:{directory}", "--json"],
+                                  runs)
+            virsh_s = (_best_wall([virsh, "-c", "test:///default", "list"], runs)
+                       if virsh else None)
+            rows.append(LivingBenchRow(
+                count, round(window, 1), cpu_pct, cpu_pct / count,
+                (info["tmem_ops"] - ops0) / window, info["clock"]["lag_s"], status_s, virsh_s,
+                sum(g["lost"] for g in info["guests"]), sum(g["stale"] for g in info["guests"])))
+        finally:
+            stop(directory)
+            shutil.rmtree(directory, ignore_errors=True)
+    return rows
