@@ -26,6 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from xentmem._files import atomic_write
 from xentmem.xenstore._persist import JOURNAL as XENSTORE_JOURNAL
 from xentmem.xenstore._persist import SNAPSHOT as XENSTORE_SNAPSHOT
 
@@ -75,27 +76,6 @@ class _PlainUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"state files hold plain data only, not {module}.{name}")
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class StateStore:

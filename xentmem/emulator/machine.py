@@ -37,7 +37,6 @@ import os
 import pickle
 import threading
 import time
-import uuid as uuidlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -716,11 +715,3 @@ def _resolve(kind: str, *args: Any) -> Any:
             event.set()
         return event
     raise pickle.UnpicklingError(f"unknown reference {kind!r} in a guest checkpoint")
-
-
-def shared_uuid(text: str) -> bytes:
-    """A cluster filesystem's uuid from its text form (``GuestError`` if malformed)."""
-    try:
-        return uuidlib.UUID(text).bytes
-    except ValueError:
-        raise GuestError(f"bad uuid {text!r}") from None

@@ -36,6 +36,7 @@ import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from xentmem._files import atomic_write
 from xentmem.errors import XenStoreError
 
 from ._store import Effect
@@ -165,27 +166,6 @@ def _frame(payload: bytes) -> bytes:
 # --- files ----------------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 class StateFiles:
@@ -291,10 +271,10 @@ class StateFiles:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         generation = self.generation + 1
         head = _HEAD.pack(_MAGIC_SNAP, _FORMAT, generation)
-        _atomic_write(self.directory / SNAPSHOT, head + _frame(encode(gen, effects)))
+        atomic_write(self.directory / SNAPSHOT, head + _frame(encode(gen, effects)))
         self.generation = generation
         journal = _HEAD.pack(_MAGIC_JOURNAL, _FORMAT, generation)
-        _atomic_write(self.directory / JOURNAL, journal)
+        atomic_write(self.directory / JOURNAL, journal)
         self._fd = os.open(self.directory / JOURNAL, os.O_WRONLY | os.O_APPEND)
         self.journal_bytes = len(journal)
         self.broken = False
