@@ -32,6 +32,7 @@ import json
 import os
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -199,6 +200,7 @@ class SocketHypervisor:
         self._dirty: dict[int, SocketBuffer] = {}
         self._freed: list[int] = []
         self._in = bytearray()
+        self._lock = threading.Lock()
         self._rbuf = bytearray(SOCKET_BUFFER)
         self._rview = memoryview(self._rbuf)
         self._sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -302,6 +304,12 @@ class SocketHypervisor:
             self._freed.append(address)
 
     def _request(self, kind: int, body: bytes) -> bytes:
+        # one request at a time on the socket: a guest's balloon and its tmem shim may call
+        # from different threads, as vCPUs do
+        with self._lock:
+            return self._exchange(kind, body)
+
+    def _exchange(self, kind: int, body: bytes) -> bytes:
         if self._sock is None:
             raise TransportError(f"connection to the emulator daemon at {self.path} is closed")
         parts = [b"", HEAD.pack(kind, len(self._freed), len(self._dirty))]
