@@ -3,7 +3,8 @@
 For each guest count, start ``xentmem emulator up --guests N`` (default workloads, speed 1) in a
 temporary directory, let it warm up, then over a window measure the daemon's CPU share (from
 ``/proc/PID/stat``), the tmem hypercalls its guests make per second, how far the guests' clock
-fell behind wall time, and the wall time of ``xentmem status -c emulator:DIR --json`` run as a
+fell behind wall time, what the last checkpoint of host and guests cost (and how long the
+guests stood still for it), and the wall time of ``xentmem status -c emulator:DIR --json`` run as a
 user runs it, beside ``virsh -c test:///default list`` (libvirt's test driver) in the same run.
 Numbers, not tests.
 """
@@ -35,6 +36,8 @@ class LivingBenchRow:
     cpu_pct_per_guest: float
     tmem_ops_per_s: float
     clock_lag_s: float
+    checkpoint_s: float
+    guests_paused_s: float
     status_json_s: float
     virsh_list_s: float | None
     lost: int
@@ -86,13 +89,16 @@ def bench_living(counts: tuple[int, ...] = (3, 20), *, seconds: float = 20.0,
             cpu1, info, wall1 = _cpu_seconds(pid), control(directory, "status"), time.monotonic()
             window = wall1 - wall0
             cpu_pct = 100 * (cpu1 - cpu0) / window
+            saved = control(directory, "checkpoint")  # what a save of this host costs now
             status_s = _best_wall([xentmem, "status", "-c", f"emulator:{directory}", "--json"],
                                   runs)
             virsh_s = (_best_wall([virsh, "-c", "test:///default", "list"], runs)
                        if virsh else None)
             rows.append(LivingBenchRow(
                 count, round(window, 1), cpu_pct, cpu_pct / count,
-                (info["tmem_ops"] - ops0) / window, info["clock"]["lag_s"], status_s, virsh_s,
+                (info["tmem_ops"] - ops0) / window, info["clock"]["lag_s"],
+                saved["last_s"], saved["guests_paused_s"], status_s,
+                virsh_s,
                 sum(g["lost"] for g in info["guests"]), sum(g["stale"] for g in info["guests"])))
         finally:
             stop(directory)
