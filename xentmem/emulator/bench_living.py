@@ -47,6 +47,8 @@ class LivingBenchRow:
         row = asdict(self)
         for key in ("daemon_cpu_pct", "cpu_pct_per_guest", "clock_lag_s"):
             row[key] = round(row[key], 1)
+        for key in ("checkpoint_s", "guests_paused_s"):
+            row[key] = round(row[key], 3)
         row["tmem_ops_per_s"] = round(self.tmem_ops_per_s)
         row["status_json_s"] = round(self.status_json_s, 3)
         row["virsh_list_s"] = None if self.virsh_list_s is None else round(self.virsh_list_s, 3)

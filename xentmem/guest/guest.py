@@ -62,15 +62,17 @@ class AnonPage:
         self.lock = threading.Lock()
 
     def __reduce__(self) -> tuple[object, ...]:
-        # a checkpoint keeps the state, not the lock; resident data is kept as its pattern
-        data = None if self.data is None else compact(self.data)
-        return (_anon_page, (self.pid, self.version, data, self.entry, self.dirty, self.freed))
+        # a checkpoint keeps the state, not the lock; resident data is always the content of
+        # (pid, version) (every read is checked and repaired), so a flag stands for it
+        return (_anon_page, (self.pid, self.version, self.data is not None, self.entry,
+                             self.dirty, self.freed))
 
 
-def _anon_page(pid: int, version: int, data: bytes | None, entry: tuple[int, int] | None,
+def _anon_page(pid: int, version: int, resident: bool, entry: tuple[int, int] | None,
                dirty: bool, freed: bool) -> AnonPage:
     page = AnonPage.__new__(AnonPage)
-    page.pid, page.version, page.data, page.entry = pid, version, data, entry
+    page.pid, page.version, page.entry = pid, version, entry
+    page.data = anon_content(pid, version) if resident else None
     page.dirty, page.freed, page.lock = dirty, freed, threading.Lock()
     return page
 
