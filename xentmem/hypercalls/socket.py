@@ -76,14 +76,38 @@ _OP_NAMES = {int(h): h.name for h in Hypercall}
 
 def default_state_dir() -> Path:
     """Where the daemon keeps its sockets and state: ``$XENTMEM_STATE``, else ``/run/xentmem``
-    for root, else ``$XDG_RUNTIME_DIR/xentmem``, else ``/tmp/xentmem-<uid>``."""
+    for root, else ``$XDG_RUNTIME_DIR/xentmem``, else ``/run/user/<uid>/xentmem`` when that
+    runtime directory exists and is ours, else ``$XDG_CACHE_HOME/xentmem/run`` (default
+    ``~/.cache/xentmem/run``). Never a predictable name in a shared directory such as ``/tmp``,
+    which another local user could create first (the daemon checks the directory before use)."""
+    import stat
+
     env = os.environ.get("XENTMEM_STATE")
     if env:
         return Path(env)
-    if os.geteuid() == 0:
+    uid = os.geteuid()
+    if uid == 0:
         return Path("/run/xentmem")
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(runtime) / "xentmem" if runtime else Path(f"/tmp/xentmem-{os.geteuid()}")
+    # the XDG base directory spec: a relative XDG_* path is invalid and must be ignored
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(runtime):
+        return Path(runtime) / "xentmem"
+    run_user = f"/run/user/{uid}"
+    try:
+        st = os.stat(run_user)  # one stat: this runs at every CLI start
+    except OSError:
+        pass
+    else:
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == uid and not st.st_mode & 0o022:
+            return Path(run_user) / "xentmem"
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    if not os.path.isabs(cache):
+        home = os.path.expanduser("~")  # $HOME, else the password database
+        if not os.path.isabs(home):
+            raise EmulatorError(f"no state directory for uid {uid}: no home directory; set "
+                                "XENTMEM_STATE or XDG_RUNTIME_DIR")
+        cache = os.path.join(home, ".cache")
+    return Path(cache) / "xentmem" / "run"
 
 
 def socket_path(location: str | os.PathLike[str] | None) -> Path:
