@@ -13,7 +13,9 @@
      │    └── TmemFault                                 -EFAULT
      ├── TransportError (+OSError)          the transport itself failed (no device, socket gone)
      ├── EmulatorError                      the emulated host refused a host-API call
-     │    └── HostCrashed                   the imitated hypervisor crashed (ref §9): host gone
+     │    ├── HostCrashed                   the imitated hypervisor crashed (ref §9): host gone
+     │    ├── StateDamaged                  the daemon's saved state is damaged: nothing booted
+     │    └── StoreFailing (+OSError)       the daemon cannot write its state (disk full, EIO)
      ├── XenStoreError (.errno, .path)      a xenstore request failed
      │    ├── XenStoreNotFound (+KeyError)  ENOENT
      │    ├── XenStorePermission (+PermissionError)  EACCES / EPERM
@@ -34,8 +36,12 @@ __all__ = [
     "EEMPTY",
     "EFROZEN",
     "TMEM_ERRORS",
+    "EmulatorError",
     "GuestError",
+    "HostCrashed",
     "LibvirtError",
+    "StateDamaged",
+    "StoreFailing",
     "TmemEmpty",
     "TmemError",
     "TmemFault",
@@ -165,6 +171,16 @@ class TransportError(XentmemError, OSError):
 
 class EmulatorError(XentmemError):
     """The emulated host refused a host-API call (unknown domain, no memory left, ...)."""
+
+
+class StateDamaged(EmulatorError):
+    """The emulator daemon's saved state cannot be read as written; ``up`` refuses to boot over
+    it (``up --recover`` keeps a copy and truncates at the last good record)."""
+
+
+class StoreFailing(EmulatorError, OSError):
+    """The emulator daemon cannot make its state durable (disk full, I/O error): the write
+    that needed it was refused, nothing half-written is left."""
 
 
 class HostCrashed(EmulatorError):

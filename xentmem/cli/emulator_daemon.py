@@ -12,7 +12,7 @@ from xentmem.cli._app import UsageError
 from xentmem.cli._render import render
 from xentmem.cli.emulator import emulator_app
 from xentmem.emulator import daemon
-from xentmem.errors import TransportError
+from xentmem.errors import EmulatorError, TransportError
 from xentmem.host.tmemlist import parse_tmem_list
 from xentmem.hypercalls.socket import default_state_dir
 
@@ -109,6 +109,10 @@ def up(state: State = None,
            "defects (ref §9).", show_default=False)] = None,
        fresh: Annotated[bool, typer.Option(
            "--fresh", help="Discard the saved host and boot a new one.")] = False,
+       recover: Annotated[bool, typer.Option(
+           "--recover", help="Saved state is damaged: keep a copy of it, truncate the journal "
+           "at its last good record (or boot a new host if the snapshot is unreadable) and "
+           "start.")] = False,
        timeout: Annotated[float, typer.Option(
            "--timeout", min=1, help="Seconds to wait for the daemon to serve.")] = 60.0,
        as_json: Json = False) -> None:
@@ -133,7 +137,7 @@ def up(state: State = None,
     config = daemon.HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
                                guest_memory_mb, workloads, kernels, bare, speed, scenario,
                                checkpoint_interval)
-    info = daemon.start(_dir(state), config, fresh=fresh, timeout=timeout)
+    info = daemon.start(_dir(state), config, fresh=fresh, recover=recover, timeout=timeout)
     if as_json:
         render(info, as_json=True)
         return
@@ -173,8 +177,12 @@ def down(state: State = None,
     elif result["killed"]:
         typer.echo(f"emulator daemon (pid {result['pid']}) did not stop within {timeout:g} s "
                    "and was killed; its journal keeps every acknowledged hypercall")
-    else:
+    elif result["saved"]:
         typer.echo(f"emulator daemon (pid {result['pid']}) stopped; state saved in {directory}")
+    if result is not None and not result["saved"] and not result["killed"]:
+        raise EmulatorError(f"emulator daemon (pid {result['pid']}) stopped but its final "
+                            f"snapshot failed ({result['error'] or 'see daemon.log'}); the "
+                            f"journal in {directory} still holds every acknowledged call")
 
 
 def _control(state: Path | None, cmd: str, **args: Any) -> Any:

@@ -3,63 +3,85 @@
 * ``host.state``: ``EmulatedHost.to_state()`` (plain data, pickled; loaded with an unpickler
   that refuses every class, so a state file can never run code), written atomically
   (temp file, fsync, rename, fsync of the directory) with a generation number.
-* ``journal``: every hypercall the daemon acknowledged since that snapshot, as the hypervisor
-  saw it: caller, op, arguments, result and the caller's memory regions the call could read.
-  Records are appended before the reply is sent and fsync'ed once per batch of replies (group
-  commit), each with its length and CRC so that a torn tail (a crash mid-append, never
-  acknowledged) is recognised and dropped. Replaying the records through the same entry on top
-  of the snapshot rebuilds the host exactly: the emulator is deterministic.
+* ``journal``: every hypercall the daemon will acknowledge since that snapshot, as the
+  hypervisor is about to see it: caller, op, arguments and the caller's memory regions the call
+  could read. A record is appended **before** the call runs, so a call whose record cannot be
+  written (disk full, I/O error) is refused and never runs; records are fsync'ed once per batch
+  of replies (group commit) before any reply of the batch leaves. Replaying the records through
+  the same entry on top of the snapshot rebuilds the host exactly: the emulator is
+  deterministic.
+
+Each record (format 2) carries its length, the CRC of its payload and the CRC of that header.
+Reading tells a **torn tail** (a crash mid-append: the last record cut short, never
+acknowledged; dropped) from **damage** (a bad header, or a bad record with more after it):
+damage raises :class:`~xentmem.errors.StateDamaged` naming the file, the offset and how many
+records are readable, and nothing is written; :meth:`StateStore.recover` keeps a copy of the
+damaged files and truncates at the last good record. A missing snapshot beside a journal that
+holds records is damage too. A failed append leaves nothing behind (the file is cut back to its
+last record), so when space returns the journal continues with no hole.
 
 The journal carries the generation of the snapshot it extends; a journal left behind by a crash
 between writing a new snapshot and starting its journal belongs to the older generation and is
-ignored (its records are in the snapshot already).
+ignored (its records are in the snapshot already). Format 1 files (the previous release) are
+still read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import pickle
+import shutil
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from xentmem._files import atomic_write
+from xentmem.errors import StateDamaged, StoreFailing
 from xentmem.xenstore._persist import JOURNAL as XENSTORE_JOURNAL
 from xentmem.xenstore._persist import SNAPSHOT as XENSTORE_SNAPSHOT
 
 SNAPSHOT = "host.state"
 JOURNAL = "journal"
-_MAGIC_SNAP, _MAGIC_JOURNAL, _FORMAT = b"XTMS", b"XTMJ", 1
+_MAGIC_SNAP, _MAGIC_JOURNAL, _FORMAT = b"XTMS", b"XTMJ", 2
+_FORMATS = (1, 2)
 _HEAD = struct.Struct("<4sIQ")  # magic, format, generation
-_RECORD = struct.Struct("<II")  # payload length, crc32 of the payload
-_CALL = struct.Struct("<IIqBH")  # domid, op, result, nargs, ncaptures
+_RECORD_V1 = struct.Struct("<II")  # payload length, crc32 of the payload
+_RECORD = struct.Struct("<III")  # payload length, crc32 of the payload, crc32 of those 8 bytes
+_CALL_V1 = struct.Struct("<IIqBH")  # domid, op, result, nargs, ncaptures
+_CALL = struct.Struct("<IIBH")  # domid, op, nargs, ncaptures
 _CAPTURE = struct.Struct("<QI")  # guest address, size (+ bytes)
 
 
 class Record(NamedTuple):
-    """One acknowledged hypercall, replayable."""
+    """One hypercall, replayable."""
 
     domid: int
     op: int
     args: tuple[int, ...]
-    result: int
     captures: list[tuple[int, bytes]]
 
     def encode(self) -> bytes:
-        parts = [_CALL.pack(self.domid, self.op, self.result, len(self.args),
-                            len(self.captures)), struct.pack(f"<{len(self.args)}Q", *self.args)]
+        parts = [_CALL.pack(self.domid, self.op, len(self.args), len(self.captures)),
+                 struct.pack(f"<{len(self.args)}Q", *self.args)]
         for address, data in self.captures:
             parts += [_CAPTURE.pack(address, len(data)), data]
         payload = b"".join(parts)
-        return _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+        head = struct.pack("<II", len(payload), zlib.crc32(payload))
+        return head + struct.pack("<I", zlib.crc32(head)) + payload
 
     @classmethod
-    def decode(cls, payload: bytes) -> Record:
-        domid, op, result, nargs, ncaps = _CALL.unpack_from(payload)
-        pos = _CALL.size
+    def decode(cls, payload: bytes, fmt: int = _FORMAT) -> Record:
+        if fmt == 1:
+            domid, op, _result, nargs, ncaps = _CALL_V1.unpack_from(payload)
+            pos = _CALL_V1.size
+        else:
+            domid, op, nargs, ncaps = _CALL.unpack_from(payload)
+            pos = _CALL.size
         args = struct.unpack_from(f"<{nargs}Q", payload, pos)
         pos += 8 * nargs
         captures = []
@@ -68,7 +90,49 @@ class Record(NamedTuple):
             pos += _CAPTURE.size
             captures.append((address, payload[pos:pos + size]))
             pos += size
-        return cls(domid, op, args, result, captures)
+        if pos != len(payload):
+            raise ValueError(f"{len(payload) - pos} stray byte(s) after the record")
+        return cls(domid, op, args, captures)
+
+
+class _Scan(NamedTuple):
+    records: list[Record]
+    good: int  # offset just past the last good record
+    damage: str | None  # why reading stopped early, if it was damage and not a torn tail
+
+
+def _scan(raw: bytes, fmt: int) -> _Scan:
+    """Read every record after the header; tell a torn tail from damage."""
+    records: list[Record] = []
+    pos = _HEAD.size
+    size_of = _RECORD_V1.size if fmt == 1 else _RECORD.size
+    while pos < len(raw):
+        rest = raw[pos:]
+        if not any(rest[:size_of]):  # zeros: never written (or preallocated)
+            return _Scan(records, pos, None if not any(rest) else
+                         f"zeros at offset {pos} followed by data")
+        if len(rest) < size_of:
+            return _Scan(records, pos, None)  # a header cut short: torn tail
+        if fmt == 1:
+            length, crc = _RECORD_V1.unpack_from(raw, pos)
+        else:
+            length, crc, head_crc = _RECORD.unpack_from(raw, pos)
+            if zlib.crc32(raw[pos:pos + 8]) != head_crc:
+                return _Scan(records, pos, f"a damaged record header at offset {pos}")
+        end = pos + size_of + length
+        payload = raw[pos + size_of:end]
+        if end > len(raw):
+            return _Scan(records, pos, None)  # the last record cut short: torn tail
+        if zlib.crc32(payload) != crc:
+            if end == len(raw) or not any(raw[end:]) or fmt == 1:
+                return _Scan(records, pos, None)  # the last record, half written
+            return _Scan(records, pos, f"a damaged record at offset {pos}")
+        try:
+            records.append(Record.decode(payload, fmt))
+        except (struct.error, ValueError) as exc:
+            return _Scan(records, pos, f"an unreadable record at offset {pos} ({exc})")
+        pos = end
+    return _Scan(records, pos, None)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -95,64 +159,168 @@ class StateStore:
         return (self.directory / SNAPSHOT).exists()
 
     def load(self) -> tuple[dict[str, Any] | None, list[Record]]:
-        """The saved host state (``None`` if none) and the journal records extending it."""
+        """The saved host state (``None`` if none) and the journal records extending it;
+        ``StateDamaged`` (one line: file, offset, readable records) if either is damaged."""
         snap = self.directory / SNAPSHOT
         if not snap.exists():
+            journal = self._journal()
+            if journal is not None and _scan(*journal).records:
+                raise StateDamaged(f"{snap} is missing but {self.directory / JOURNAL} holds "
+                                   f"{len(_scan(*journal).records)} record(s); refusing to boot "
+                                   "a new host over them (up --recover keeps a copy and boots "
+                                   "a new host)")
             return None, []
-        raw = snap.read_bytes()
-        magic, fmt, generation = _HEAD.unpack_from(raw)
-        if magic != _MAGIC_SNAP or fmt != _FORMAT:
-            raise ValueError(f"{snap} is not an emulator state file (format {fmt})")
-        state = _PlainUnpickler(io.BytesIO(raw[_HEAD.size:])).load()
+        state, generation = self._snapshot(snap)
         self.generation = generation
         return state, self._records(generation)
 
-    def _records(self, generation: int) -> list[Record]:
+    def _snapshot(self, snap: Path) -> tuple[dict[str, Any], int]:
+        raw = snap.read_bytes()
+        if len(raw) < _HEAD.size:
+            raise StateDamaged(f"{snap}: {len(raw)} bytes, shorter than its header (damaged)")
+        magic, fmt, generation = _HEAD.unpack_from(raw)
+        if magic != _MAGIC_SNAP or fmt not in _FORMATS:
+            raise StateDamaged(f"{snap} is not an emulator state file (magic {magic!r}, "
+                               f"format {fmt})")
+        try:
+            state = _PlainUnpickler(io.BytesIO(raw[_HEAD.size:])).load()
+        except Exception as exc:  # any garbage: pickle, EOF, struct, unicode ... errors
+            raise StateDamaged(f"{snap} is damaged: {type(exc).__name__}: {exc}") from None
+        if not isinstance(state, dict) or "config" not in state:
+            raise StateDamaged(f"{snap} is damaged: it holds no host state")
+        return state, generation
+
+    def _journal(self) -> tuple[bytes, int] | None:
+        """The journal's bytes and format, or None when there is none (or only a header)."""
         try:
             raw = (self.directory / JOURNAL).read_bytes()
         except FileNotFoundError:
+            return None
+        if len(raw) < _HEAD.size:
+            return None
+        magic, fmt, _ = _HEAD.unpack_from(raw)
+        if magic != _MAGIC_JOURNAL or fmt not in _FORMATS:
+            raise StateDamaged(f"{self.directory / JOURNAL} is not an emulator journal (magic "
+                               f"{magic!r}, format {fmt})")
+        return raw, fmt
+
+    def _records(self, generation: int) -> list[Record]:
+        journal = self._journal()
+        if journal is None:
             return []
-        if len(raw) < _HEAD.size or _HEAD.unpack_from(raw) != (_MAGIC_JOURNAL, _FORMAT,
-                                                               generation):
-            return []
-        records, pos = [], _HEAD.size
-        while pos + _RECORD.size <= len(raw):
-            size, crc = _RECORD.unpack_from(raw, pos)
-            payload = raw[pos + _RECORD.size:pos + _RECORD.size + size]
-            if len(payload) != size or zlib.crc32(payload) != crc:
-                break  # torn tail: written, never acknowledged
-            records.append(Record.decode(payload))
-            pos += _RECORD.size + size
-        return records
+        raw, fmt = journal
+        gen = _HEAD.unpack_from(raw)[2]
+        if gen < generation:
+            return []  # older: its records are in the snapshot
+        if gen > generation:
+            raise StateDamaged(f"{self.directory / JOURNAL} extends snapshot {gen} but "
+                               f"{self.directory / SNAPSHOT} is snapshot {generation}")
+        scan = _scan(raw, fmt)
+        if scan.damage is not None:
+            raise StateDamaged(f"{self.directory / JOURNAL}: {scan.damage}; "
+                               f"{len(scan.records)} record(s) before it are readable "
+                               "(up --recover keeps a copy and truncates there)")
+        return scan.records
+
+    def recover(self) -> dict[str, Any]:
+        """Make damaged state bootable: keep a copy of the state files in
+        ``damaged-<time>/``, then truncate the journal at its last good record; a journal
+        without a readable header is set aside, and so is everything when the snapshot is
+        unreadable or missing (a new host boots). What was done, for the log."""
+        snap = self.directory / SNAPSHOT
+        report: dict[str, Any] = {"kept": None, "dropped_bytes": 0, "records": 0,
+                                  "set_aside": []}
+        try:
+            snapshot_ok = snap.exists() and bool(self._snapshot(snap))
+        except StateDamaged:
+            snapshot_ok = False
+        try:
+            journal = self._journal()
+        except StateDamaged:
+            journal, bad_header = None, True
+        else:
+            bad_header = False
+        scan = _scan(*journal) if journal is not None else None
+        damaged = (not snapshot_ok and (snap.exists() or bool(scan and scan.records))) \
+            or bad_header or bool(scan and scan.damage)
+        if not damaged:
+            return report
+        keep = self.directory / f"damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+        keep.mkdir(mode=0o700, exist_ok=True)
+        for name in (SNAPSHOT, JOURNAL):
+            if (self.directory / name).exists():
+                shutil.copy2(self.directory / name, keep / name)
+        report["kept"] = str(keep)
+        aside = (SNAPSHOT, JOURNAL) if not snapshot_ok else (JOURNAL,) if bad_header else ()
+        for name in aside:
+            with contextlib.suppress(FileNotFoundError):
+                (self.directory / name).unlink()
+        report["set_aside"] = list(aside)
+        if not aside and scan is not None and journal is not None:
+            with open(self.directory / JOURNAL, "r+b") as f:
+                f.truncate(scan.good)
+                os.fsync(f.fileno())
+            report.update(dropped_bytes=len(journal[0]) - scan.good, records=len(scan.records))
+        return report
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write a snapshot of ``state`` and start an empty journal extending it."""
+        """Write a snapshot of ``state`` and start an empty journal extending it. On failure
+        (``StoreFailing``) the previous snapshot and journal stay as they were and appends go
+        on to that journal."""
         self.close()
         generation = self.generation + 1
-        atomic_write(self.directory / SNAPSHOT, _HEAD.pack(_MAGIC_SNAP, _FORMAT, generation)
-                     + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
-        head = _HEAD.pack(_MAGIC_JOURNAL, _FORMAT, generation)
-        atomic_write(self.directory / JOURNAL, head)
+        try:
+            atomic_write(self.directory / SNAPSHOT, _HEAD.pack(_MAGIC_SNAP, _FORMAT, generation)
+                         + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError as exc:
+            self._open_journal()  # the old snapshot and journal still hold everything
+            raise StoreFailing(exc.errno, f"cannot write {self.directory / SNAPSHOT}: "
+                               f"{exc.strerror or exc}") from None
         self.generation = generation
-        self._fd = os.open(self.directory / JOURNAL, os.O_WRONLY | os.O_APPEND)
-        self.journal_bytes = len(head)
+        head = _HEAD.pack(_MAGIC_JOURNAL, _FORMAT, generation)
+        try:
+            atomic_write(self.directory / JOURNAL, head)
+        except OSError as exc:  # the new snapshot holds everything; no journal to append to
+            raise StoreFailing(exc.errno, f"cannot start {self.directory / JOURNAL}: "
+                               f"{exc.strerror or exc}") from None
+        self._open_journal()
+
+    def _open_journal(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fd = os.open(self.directory / JOURNAL, os.O_WRONLY | os.O_APPEND)
+            self.journal_bytes = os.fstat(self._fd).st_size
 
     def append(self, record: Record, *, durable: bool = True) -> None:
-        """Append one record. It is in the page cache at once (a killed daemon keeps it);
-        ``durable`` ones are also fsync'ed by the next ``commit()``, which makes every record
-        before them durable too."""
+        """Append one record, whole or not at all: ``StoreFailing`` when it cannot be written
+        (the file is cut back to its last record). It is in the page cache at once (a killed
+        daemon keeps it); ``durable`` ones are also fsync'ed by the next ``commit()``, which
+        makes every record before them durable too."""
         if self._fd is None:
-            raise RuntimeError("journal not open: save() a snapshot first")
+            raise StoreFailing(errno.EIO, f"{self.directory / JOURNAL} is not open (its last "
+                               "snapshot failed)")
         data = record.encode()
-        os.write(self._fd, data)
+        view = memoryview(data)
+        try:
+            while view:  # a short write (disk full) is followed by one that raises ENOSPC
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self.journal_bytes)  # no torn record left behind
+            raise StoreFailing(exc.errno, f"cannot append to {self.directory / JOURNAL}: "
+                               f"{exc.strerror or exc}") from None
         self.journal_bytes += len(data)
         self._unsynced |= durable
 
     def commit(self) -> None:
-        """fsync the journal if a durable record is waiting (one fsync for the batch)."""
+        """fsync the journal if a durable record is waiting (one fsync for the batch);
+        ``StoreFailing`` if it fails (then nothing of the batch may be acknowledged)."""
         if self._unsynced and self._fd is not None:
             if self.sync:
-                os.fdatasync(self._fd)
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as exc:
+                    raise StoreFailing(exc.errno, f"cannot sync {self.directory / JOURNAL}: "
+                                       f"{exc.strerror or exc}") from None
             self._unsynced = False
 
     def close(self) -> None:

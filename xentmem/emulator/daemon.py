@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -50,7 +51,13 @@ from xentmem.abi import MAX_POOLS_PER_DOMAIN, PAGE_SIZE, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
 from xentmem.emulator._daemon_store import Record, StateStore
 from xentmem.emulator.machine import EmulatedMachine, GuestSpec, living_guest
-from xentmem.errors import EmulatorError, GuestError, HostCrashed, TransportError
+from xentmem.errors import (
+    EmulatorError,
+    GuestError,
+    HostCrashed,
+    StoreFailing,
+    TransportError,
+)
 from xentmem.hypercalls.socket import (
     ADDR,
     ALLOC,
@@ -84,7 +91,7 @@ __all__ = ["XENSTORE_SOCKET", "Daemon", "HostConfig", "control", "load_host", "m
 log = logging.getLogger("xentmem.emulator.daemon")
 
 XENSTORE_SOCKET = "xenstore.sock"
-LOCK, PIDFILE, LOGFILE = "daemon.lock", "daemon.pid", "daemon.log"
+LOCK, PIDFILE, LOGFILE, EXITFILE = "daemon.lock", "daemon.pid", "daemon.log", "daemon.exit"
 JOURNAL_LIMIT = 256 << 20  # compact into a snapshot beyond this many journal bytes
 RECV_BUFFER = 1 << 20
 MAX_ALLOC_FRAMES = 1 << 14  # 64 MiB in one buffer is more than any hypercall reads
@@ -232,6 +239,9 @@ class Daemon:
         self._new = new  # a newly booted host: its guests start in open()
         self._next_checkpoint = math.inf
         self.checkpoint_s = self.checkpoint_pause_s = 0.0  # the last snapshot's cost
+        self.store_error: str | None = None  # why the last write of state failed, if it did
+        self.saved = False  # whether close() wrote the final snapshot
+        self._store_log_after = 0.0
         self._sel = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._conns: dict[int, _Conn] = {}
@@ -268,7 +278,7 @@ class Daemon:
             if domid and not self.xenstore.is_introduced(domid):
                 self.xenstore.introduce_domain(domid, dom.name, dom.nr_pages * 4,
                                                dom.max_pages * 4)
-        self.snapshot()
+        self.try_snapshot()  # failing, the saved snapshot and journal still hold everything
         self.machine.start(speed=self.config.speed)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
@@ -310,7 +320,7 @@ class Daemon:
             self._listener = None
             with contextlib.suppress(FileNotFoundError):
                 self.socket_path.unlink()
-        self.snapshot()
+        self.saved = self.try_snapshot()
         self.machine.close()
         self.store.close()
         self.xenstore.stop()
@@ -318,8 +328,20 @@ class Daemon:
         self._stop_r.close()
         self._stop_w.close()
 
+    def try_snapshot(self) -> bool:
+        """``snapshot()``, logging a failure (the journal still holds everything)."""
+        try:
+            self.snapshot()
+        except StoreFailing as exc:
+            self._store_failing(exc)
+            self._next_checkpoint = time.monotonic() + self.config.checkpoint_s
+            return False
+        return True
+
     def snapshot(self) -> None:
-        """Save the host and its living guests as they are at this instant."""
+        """Save the host and its living guests as they are at this instant
+        (``StoreFailing`` if it cannot be written: the last snapshot and journal still hold
+        every acknowledged call)."""
         started = time.perf_counter()
         state, guests = self.machine.checkpoint()
         self.checkpoint_pause_s = time.perf_counter() - started  # the guests stood still
@@ -353,7 +375,7 @@ class Daemon:
                         self._drop(conn)
             self._commit_and_reply()
             if time.monotonic() >= self._next_checkpoint and not self.host.crashed:
-                self.snapshot()
+                self.try_snapshot()
 
     # -- sockets --
 
@@ -398,10 +420,17 @@ class Daemon:
         if not self._replies:
             return
         # group commit: the journal is durable before any of this batch's replies leave
-        self.store.commit()
-        if self.store.journal_bytes > JOURNAL_LIMIT and not self.host.crashed:
-            self.snapshot()
         replies, self._replies = self._replies, []
+        try:
+            self.store.commit()
+        except StoreFailing as exc:  # never an ack for what may not be durable
+            self._store_failing(exc)
+            for conn, _ in replies:
+                self._drop(conn)
+            return
+        self.store_error = None
+        if self.store.journal_bytes > JOURNAL_LIMIT and not self.host.crashed:
+            self.try_snapshot()
         for conn, reply in replies:
             if conn.sock.fileno() < 0:
                 continue
@@ -540,6 +569,20 @@ class Daemon:
             if journaled else []
         domid: int = conn.domid  # type: ignore[assignment]
         durable = journaled and self._durable(dom, op, args)
+        if journaled:  # written before the call runs: a call the journal cannot take never runs
+            try:
+                self.store.append(Record(domid, op, args,
+                                         [(r.address, data) for r, data in captures]),
+                                  durable=durable)
+            except StoreFailing as exc:
+                self._store_failing(exc)
+                if durable or not self._harmless_read(dom, op, args):
+                    # the errno a host gives when it cannot take the page: nothing changed
+                    return _frame(bytes([OK]) + CALL_REPLY.pack(-errno.ENOMEM, 0))
+                journaled = captures = False  # a persistent GET changes only counters
+            else:
+                for region, _ in captures:
+                    region.epoch = self.epoch
         dom.dirty = set()  # the frames the hypervisor writes during this call
         try:
             result = self.host.hypercall(domid, op, *args)
@@ -559,16 +602,32 @@ class Daemon:
                 changed.append(region)
                 if not journaled:
                     region.epoch = -1
-        if journaled:
-            self.store.append(Record(domid, op, args, result,
-                                     [(r.address, data) for r, data in captures]),
-                              durable=durable)
-            for region, _ in captures:
-                region.epoch = self.epoch
         parts = [bytes([OK]), CALL_REPLY.pack(result, len(changed))]
         for region in changed:
             parts += [CHUNK.pack(region.address, region.size), region.shadow]
         return _frame(b"".join(parts))
+
+    def _harmless_read(self, dom: Any, op: int, args: tuple[int, ...]) -> bool:
+        """A GET from a persistent pool: it changes nothing but counters, so it may run while
+        the journal cannot be written (reads keep working). An ephemeral GET is destructive:
+        unjournaled, the page would come back after a restart, maybe older than the guest's."""
+        if op != Hypercall.tmem_op or not args or not dom.valid(args[0], 8):
+            return False
+        cmd, pool_id = struct.unpack_from("<Ii", dom.mem, args[0])
+        if cmd != TmemCmd.TMEM_GET_PAGE or not 0 <= pool_id < MAX_POOLS_PER_DOMAIN:
+            return False
+        client = self.host.tmem.clients.get(dom.domid)
+        pool = client.pools[pool_id] if client is not None else None
+        return pool is not None and bool(pool.persistent)
+
+    def _store_failing(self, exc: StoreFailing) -> None:
+        """Note that storage fails; say so in the log at most once every 10 s."""
+        now = time.monotonic()
+        self.store_error = str(exc)
+        if now >= self._store_log_after:
+            log.error("storage is failing (%s): refusing every call that changes state until "
+                      "a write succeeds", exc)
+            self._store_log_after = now + 10.0
 
     def _durable(self, dom: Any, op: int, args: tuple[int, ...]) -> bool:
         """Whether acknowledging this call needs an fsync: anything that may change
@@ -599,7 +658,7 @@ class Daemon:
         for domid in self.xenstore.domains:
             if domid:
                 self.xenstore.release_domain(domid)
-        self.snapshot()
+        self.try_snapshot()
 
     def _control(self, conn: _Conn, rest: bytes) -> bytes:
         if conn.domid != 0:
@@ -632,6 +691,20 @@ class Daemon:
             raise _Refused(f"unknown host-API request {cmd!r}")
         return _reply(OK, json.dumps(result).encode())
 
+    def _durable_domain(self, domid: int) -> None:
+        """A new domain exists once a snapshot holds it (domain creation is not journaled):
+        when the snapshot fails, the domain is destroyed again and the request fails."""
+        try:
+            self.snapshot()
+        except StoreFailing as exc:
+            self._store_failing(exc)
+            if domid in self.machine.guests:
+                self.machine.remove_guest(domid)
+            else:
+                self.host.destroy_domain(domid)
+                self.xenstore.release_domain(domid)
+            raise
+
     def _meminfo(self, domid: int) -> dict[str, Any]:
         """A living guest's memory as its kernel sees it, at the model's clock (what ``tune
         collect`` samples)."""
@@ -653,7 +726,7 @@ class Daemon:
             top = int(request.get("max_memory_mb") or mem)
             domid = self.host.create_domain(name, mem, top)
             self.xenstore.introduce_domain(domid, name, mem * 1024, top * 1024)
-            self.snapshot()
+            self._durable_domain(domid)
             return {"domid": domid, "name": name, "memory_mb": mem, "max_memory_mb": top,
                     "living": False}
         try:
@@ -664,7 +737,7 @@ class Daemon:
             mg = self.machine.add_guest(spec)
         except GuestError as exc:
             raise _Refused(str(exc)) from None
-        self.snapshot()
+        self._durable_domain(mg.domid)
         return {"domid": mg.domid, "name": name, "memory_mb": mem,
                 "max_memory_mb": spec.max_mb, "living": True, "workload": spec.workload,
                 "kernel": spec.kernel}
@@ -746,27 +819,26 @@ def load_host(store: StateStore, config: HostConfig) -> Loaded:
                                  saved["tmem_compress"], saved["designed"]).boot(),
                       f"the saved host had crashed ({state['crashed']}); booted a new one")
     host = EmulatedHost.from_state(state)
-    mismatched = 0
+    orphans = 0
     for rec in records:
         dom = host.domains.get(rec.domid)
-        if dom is None:
-            mismatched += 1
+        if dom is None:  # its domain died in a crash the journal saw first
+            orphans += 1
             continue
         for address, data in rec.captures:
             dom.mem[address:address + len(data)] = data
         try:
-            result = host.hypercall(rec.domid, rec.op, *rec.args)
+            host.hypercall(rec.domid, rec.op, *rec.args)
         except HostCrashed:
             break
-        mismatched += result != rec.result
     note = f"restored the saved host and replayed {len(records)} journaled hypercall(s)"
     if guests:
         note += "; its living guests continue from the last checkpoint"
     if config.guests:
         note += " (--guests applies to a new host only)"
-    if mismatched:
-        note += f" ({mismatched} replayed differently)"
-        log.warning("%d journal record(s) replayed with a different result", mismatched)
+    if orphans:
+        note += f" ({orphans} for domains that no longer exist)"
+        log.warning("%d journal record(s) name domains that no longer exist", orphans)
     if host.crashed:
         return Loaded(host, note + f"; the host crashed again: {host.crashed}")
     # a clean copy: replay left its scratch data in guest frames that nobody owns any more
@@ -786,16 +858,27 @@ def _lock(directory: Path) -> int:
 
 
 def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: bool = True,
-          on_ready: Any = None) -> None:
+          recover: bool = False, on_ready: Any = None) -> None:
     """Run a daemon in this process until SIGTERM/SIGINT (or ``on_ready``'s daemon is told to
-    stop); ``on_ready(daemon, note)`` is called once it serves."""
+    stop); ``on_ready(daemon, note)`` is called once it serves. Damaged saved state stops it
+    (``StateDamaged``) unless ``recover``. How it stopped is left in ``daemon.exit`` for
+    :func:`stop` (whether the final snapshot was written)."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     lock = _lock(directory)
     try:
         store = StateStore(directory, sync=sync)
         if fresh:
             store.discard()
+        recovered = store.recover() if recover else {}
+        with contextlib.suppress(FileNotFoundError):
+            (directory / EXITFILE).unlink()
         host, note, guests, new = load_host(store, config)
+        if recovered.get("kept"):
+            note = (f"recovered: kept the damaged files in {recovered['kept']}, "
+                    + (f"set aside {' and '.join(recovered['set_aside'])}"
+                       if recovered["set_aside"] else
+                       f"dropped {recovered['dropped_bytes']} journal byte(s) after record "
+                       f"{recovered['records']}") + "; " + note)
         daemon = Daemon(directory, host, store, config=config, guests=guests, new=new)
         daemon.open()
         previous = {}
@@ -814,7 +897,12 @@ def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
             daemon.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            log.info("stopped; state saved in %s", directory)
+            _write_exit(directory, daemon)
+            if daemon.saved:
+                log.info("stopped; state saved in %s", directory)
+            else:
+                log.error("stopped; the final snapshot failed (%s); the journal in %s still "
+                          "holds every acknowledged call", daemon.store_error, directory)
     finally:
         with contextlib.suppress(FileNotFoundError):
             (directory / PIDFILE).unlink()
@@ -849,7 +937,7 @@ def control(directory: Path, cmd: str, *, timeout: float = 10.0, **args: Any) ->
 
 
 def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: bool = True,
-          timeout: float = 60.0) -> dict[str, Any]:
+          recover: bool = False, timeout: float = 60.0) -> dict[str, Any]:
     """Start a daemon in the background and wait (at most ``timeout`` s) until it serves.
 
     Returns its status plus ``already_running`` (nothing was started) and ``note``.
@@ -866,6 +954,7 @@ def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
     argv = [sys.executable, "-m", "xentmem.emulator.daemon", "--state", str(directory),
             *config.argv()]
     argv += ["--fresh"] if fresh else []
+    argv += ["--recover"] if recover else []
     argv += [] if sync else ["--no-sync"]
     with open(directory / LOGFILE, "ab") as logfile:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -921,7 +1010,20 @@ def stop(directory: Path, *, timeout: float = 30.0) -> dict[str, Any] | None:
             os.kill(pid, signal.SIGKILL)
         if not _wait_gone(directory, 5.0):
             raise EmulatorError(f"emulator daemon pid {pid} survived SIGKILL")
-    return {"pid": pid, "killed": killed, "state_dir": str(directory)}
+    exit_info: dict[str, Any] = {}
+    if not killed:
+        with contextlib.suppress(OSError, ValueError):
+            exit_info = json.loads((directory / EXITFILE).read_text())
+    return {"pid": pid, "killed": killed, "state_dir": str(directory),
+            "saved": bool(exit_info.get("saved")) and not killed,
+            "error": exit_info.get("error")}
+
+
+def _write_exit(directory: Path, daemon: Daemon) -> None:
+    """Tell :func:`stop` how this daemon ended (best effort: the disk may be full)."""
+    with contextlib.suppress(OSError):
+        (directory / EXITFILE).write_text(json.dumps({"saved": daemon.saved,
+                                                      "error": daemon.store_error}))
 
 
 def _wait_gone(directory: Path, timeout: float) -> bool:
@@ -954,6 +1056,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenario")
     parser.add_argument("--checkpoint-s", type=float, default=30.0)
     parser.add_argument("--fresh", action="store_true")
+    parser.add_argument("--recover", action="store_true")
     parser.add_argument("--no-sync", dest="sync", action="store_false")
     parser.add_argument("--foreground", action="store_true")
     args = parser.parse_args(argv)
@@ -976,7 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
             os.close(null)
 
     try:
-        serve(directory, config, fresh=args.fresh, sync=args.sync, on_ready=ready)
+        serve(directory, config, fresh=args.fresh, sync=args.sync, recover=args.recover,
+              on_ready=ready)
     except (EmulatorError, OSError, ValueError) as exc:
         print(f"ERROR {exc}", flush=True)
         log.error("%s", exc)
