@@ -66,6 +66,8 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path)
     with SocketHypervisor(state, 1) as hv:
         tm = Tmem(hv)
         pool = tm.new_pool(persistent=True)
+        cache = tm.new_pool(persistent=False)
+        tm.put_page(cache, 2, 0, page(-1 & 0xFFFF))
         refused = 0
         for i in range(200):
             try:
@@ -75,7 +77,12 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path)
                 refused += 1
         assert acked and refused, (len(acked), refused)
         assert tm.get_page(pool, 1, acked[0]) == page(acked[0])  # reads keep working
+        with pytest.raises(TmemNoMemory):  # a newer version of a cached page is refused ...
+            tm.put_page(cache, 2, 0, page(7))
+        with pytest.raises(TmemNoMemory):  # (an ephemeral GET is destructive: refused too)
+            tm.get_page(cache, 2, 0)
         filler.unlink()  # space returns: writes resume, the journal has no hole
+        assert tm.get_page(cache, 2, 0) is None  # ... and the older one went, as on Xen
         for i in range(200, 220):
             tm.put_page(pool, 1, i, page(i))
             acked.append(i)

@@ -577,7 +577,10 @@ class Daemon:
             except StoreFailing as exc:
                 self._store_failing(exc)
                 if durable or not self._harmless_read(dom, op, args):
-                    # the errno a host gives when it cannot take the page: nothing changed
+                    # the errno a host gives when it cannot take the page: nothing changed,
+                    # but for an ephemeral PUT the older copy goes, as Xen drops a failed
+                    # duplicate (never journaled: an ephemeral page may vanish)
+                    self._drop_ephemeral_copy(dom, op, args)
                     return _frame(bytes([OK]) + CALL_REPLY.pack(-errno.ENOMEM, 0))
                 journaled = captures = False  # a persistent GET changes only counters
             else:
@@ -607,18 +610,39 @@ class Daemon:
             parts += [CHUNK.pack(region.address, region.size), region.shadow]
         return _frame(b"".join(parts))
 
+    def _page_op(self, dom: Any, op: int, args: tuple[int, ...]) -> tuple[int, Any] | None:
+        """``(cmd, pool)`` of a single ``tmem_op`` (pool ``None`` when the domain has no such
+        pool), or ``None`` for any other call."""
+        if op != Hypercall.tmem_op or not args or not dom.valid(args[0], 8):
+            return None
+        cmd, pool_id = struct.unpack_from("<Ii", dom.mem, args[0])
+        client = self.host.tmem.clients.get(dom.domid)
+        pool = client.pools[pool_id] if client is not None and \
+            0 <= pool_id < MAX_POOLS_PER_DOMAIN else None
+        return cmd, pool
+
     def _harmless_read(self, dom: Any, op: int, args: tuple[int, ...]) -> bool:
         """A GET from a persistent pool: it changes nothing but counters, so it may run while
         the journal cannot be written (reads keep working). An ephemeral GET is destructive:
         unjournaled, the page would come back after a restart, maybe older than the guest's."""
-        if op != Hypercall.tmem_op or not args or not dom.valid(args[0], 8):
-            return False
-        cmd, pool_id = struct.unpack_from("<Ii", dom.mem, args[0])
-        if cmd != TmemCmd.TMEM_GET_PAGE or not 0 <= pool_id < MAX_POOLS_PER_DOMAIN:
-            return False
-        client = self.host.tmem.clients.get(dom.domid)
-        pool = client.pools[pool_id] if client is not None else None
-        return pool is not None and bool(pool.persistent)
+        target = self._page_op(dom, op, args)
+        return target is not None and target[0] == TmemCmd.TMEM_GET_PAGE and \
+            target[1] is not None and bool(target[1].persistent)
+
+    def _drop_ephemeral_copy(self, dom: Any, op: int, args: tuple[int, ...]) -> None:
+        """The refused call is a PUT to an ephemeral pool: FLUSH that page (as Xen drops the
+        older copy when a duplicate PUT fails), so that a guest never reads back a version
+        older than the one it tried to store. Not journaled: an ephemeral page may vanish."""
+        target = self._page_op(dom, op, args)
+        if target is None or target[0] != TmemCmd.TMEM_PUT_PAGE or target[1] is None \
+                or target[1].persistent:
+            return
+        head = bytes(dom.mem[args[0]:args[0] + 4])
+        dom.mem[args[0]:args[0] + 4] = int(TmemCmd.TMEM_FLUSH_PAGE).to_bytes(4, "little")
+        try:
+            self.host.hypercall(dom.domid, op, *args)
+        finally:
+            dom.mem[args[0]:args[0] + 4] = head  # the guest's op struct as it wrote it
 
     def _store_failing(self, exc: StoreFailing) -> None:
         """Note that storage fails; say so in the log at most once every 10 s."""
@@ -635,16 +659,13 @@ class Daemon:
         pool, is journaled without one: it survives a killed daemon, and after a power cut an
         ephemeral page that comes back (or goes missing) is within tmem's contract. (Measured
         here: one fdatasync ~3 ms on ext4, against ~60 us for the whole request.)"""
-        if op != Hypercall.tmem_op or not args or not dom.valid(args[0], 8):
+        target = self._page_op(dom, op, args)
+        if target is None:
             return True
-        cmd, pool_id = struct.unpack_from("<Ii", dom.mem, args[0])
+        cmd, pool = target
         if cmd == TmemCmd.TMEM_GET_PAGE:
             return False
-        if cmd not in _EPHEMERAL_SAFE or not 0 <= pool_id < MAX_POOLS_PER_DOMAIN:
-            return True
-        client = self.host.tmem.clients.get(dom.domid)
-        pool = client.pools[pool_id] if client is not None else None
-        return pool is None or bool(pool.persistent)
+        return cmd not in _EPHEMERAL_SAFE or pool is None or bool(pool.persistent)
 
     def _alive(self) -> None:
         if self.host.crashed is not None:
