@@ -378,3 +378,19 @@ def test_default_state_dir_is_never_under_tmp_for_a_user(monkeypatch: pytest.Mon
     with pytest.raises(EmulatorError, match=r"no home directory; set XENTMEM_STATE or "
                                             r"XDG_RUNTIME_DIR$"):
         default_state_dir()
+
+
+@needs_root
+def test_the_daemon_refuses_a_state_dir_another_user_owns(tmp_path: Path) -> None:
+    """Wired in: `emulator up` and the readers (`running`, `stop`, `control`) refuse it."""
+    from xentmem.emulator import daemon
+
+    foreign = tmp_path / "state"
+    foreign.mkdir(mode=0o700)
+    os.chown(foreign, 65534, 65534)
+    pid_file = foreign / "daemon.pid"
+    with pytest.raises(EmulatorError, match="owned by uid 65534"):
+        daemon.start(foreign, daemon.HostConfig())
+    with pytest.raises(EmulatorError, match="owned by uid 65534"):
+        daemon.stop(foreign)
+    assert not pid_file.exists()

@@ -50,6 +50,14 @@ from typing import Any, NamedTuple
 from xentmem.abi import MAX_POOLS_PER_DOMAIN, PAGE_SIZE, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
 from xentmem.emulator._daemon_store import Record, StateStore
+from xentmem.emulator._statedir import (
+    bind_private,
+    check_state_dir,
+    open_private,
+    prepare_state_dir,
+    read_private,
+    write_private,
+)
 from xentmem.emulator.machine import EmulatedMachine, GuestSpec, living_guest
 from xentmem.errors import (
     EmulatorError,
@@ -280,11 +288,8 @@ class Daemon:
                                                dom.max_pages * 4)
         self.try_snapshot()  # failing, the saved snapshot and journal still hold everything
         self.machine.start(speed=self.config.speed)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._listener.bind(str(self.socket_path))
-        os.chmod(self.socket_path, 0o600)
+        bind_private(self._listener, self.socket_path)  # 0600 from the first instant
         self._listener.listen(64)
         self._listener.setblocking(False)
         self._sel.register(self._listener, selectors.EVENT_READ, None)
@@ -867,7 +872,7 @@ def load_host(store: StateStore, config: HostConfig) -> Loaded:
 
 
 def _lock(directory: Path) -> int:
-    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_private(directory / LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -884,7 +889,7 @@ def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
     stop); ``on_ready(daemon, note)`` is called once it serves. Damaged saved state stops it
     (``StateDamaged``) unless ``recover``. How it stopped is left in ``daemon.exit`` for
     :func:`stop` (whether the final snapshot was written)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory = prepare_state_dir(directory, parents=True)
     lock = _lock(directory)
     try:
         store = StateStore(directory, sync=sync)
@@ -907,7 +912,7 @@ def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
             if threading.current_thread() is threading.main_thread():
                 previous = {s: signal.signal(s, lambda *_: daemon.request_stop())
                             for s in (signal.SIGTERM, signal.SIGINT)}
-            (directory / PIDFILE).write_text(f"{os.getpid()}\n")
+            write_private(directory / PIDFILE, f"{os.getpid()}\n")
             log.info("serving on %s: %s", daemon.socket_path, note)
             if host.crashed:
                 log.error("the emulated host crashed: %s; every domain is gone", host.crashed)
@@ -935,16 +940,17 @@ def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
 
 def running(directory: Path) -> int | None:
     """The pid of the daemon running in ``directory`` (0 if unknown), or ``None``."""
+    check_state_dir(directory)  # never trust (nor signal) what another user planted
     try:
-        fd = os.open(directory / LOCK, os.O_RDWR)
+        fd = open_private(directory / LOCK, os.O_RDWR)
     except FileNotFoundError:
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         try:
-            return int((directory / PIDFILE).read_text().strip() or 0)
-        except (FileNotFoundError, ValueError):
+            return int((read_private(directory / PIDFILE) or b"").strip() or 0)
+        except ValueError:
             return 0
     finally:
         os.close(fd)  # also drops the lock if we got it
@@ -953,6 +959,7 @@ def running(directory: Path) -> int | None:
 
 def control(directory: Path, cmd: str, *, timeout: float = 10.0, **args: Any) -> Any:
     """One host-API request to the daemon in ``directory`` (as dom0)."""
+    check_state_dir(directory)
     with SocketHypervisor(directory / HYPERCALL_SOCKET, 0, timeout=timeout) as hv:
         return hv.control(cmd, **args)
 
@@ -971,13 +978,14 @@ def start(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
                                 + (", ".join(conflicts) or "its host")
                                 + "; stop it first (`xentmem emulator down`)")
         return {**status, "already_running": True, "note": "already running"}
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    directory = prepare_state_dir(directory, parents=True)
     argv = [sys.executable, "-m", "xentmem.emulator.daemon", "--state", str(directory),
             *config.argv()]
     argv += ["--fresh"] if fresh else []
     argv += ["--recover"] if recover else []
     argv += [] if sync else ["--no-sync"]
-    with open(directory / LOGFILE, "ab") as logfile:
+    with os.fdopen(open_private(directory / LOGFILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                   "ab") as logfile:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=logfile, start_new_session=True)
     assert proc.stdout is not None
