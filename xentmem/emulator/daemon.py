@@ -101,6 +101,16 @@ log = logging.getLogger("xentmem.emulator.daemon")
 XENSTORE_SOCKET = "xenstore.sock"
 LOCK, PIDFILE, LOGFILE, EXITFILE = "daemon.lock", "daemon.pid", "daemon.log", "daemon.exit"
 JOURNAL_LIMIT = 256 << 20  # compact into a snapshot beyond this many journal bytes
+# What one domain may hold of the daemon through its own socket (hypercall.sock.domN), like
+# oxenstored's quotas: connections, the largest request (a 128-page batch is 512 KiB), and
+# unread replies (reading stops past UNREAD_PAUSE; the client is dropped past the cap). The
+# owner's socket may act as any domain and keeps the protocol's own limits.
+GUEST_CONNECTIONS = 16
+OWNER_CONNECTIONS = 512
+GUEST_MAX_FRAME = 4 << 20
+GUEST_MAX_UNREAD = 8 << 20
+UNREAD_PAUSE = 1 << 20
+ACCEPT_BACKOFF = 0.1  # s without accepting on a socket after running out of descriptors
 RECV_BUFFER = 1 << 20
 MAX_ALLOC_FRAMES = 1 << 14  # 64 MiB in one buffer is more than any hypercall reads
 _UNIX_PATH_MAX = 107
@@ -219,9 +229,20 @@ class _Conn:
     inbuf: bytearray = field(default_factory=bytearray)
     out: bytearray = field(default_factory=bytearray)
     domid: int | None = None
+    bound: int | None = None  # the domain whose socket it came in on (None: the owner's)
     regions: dict[int, _Region] = field(default_factory=dict)
     closing: bool = False
     waiting: bool = False  # registered for EVENT_WRITE
+    paused: bool = False  # not read from while its replies pile up (back-pressure)
+
+
+@dataclass(eq=False)
+class _Listener:
+    sock: socket.socket
+    path: Path
+    domid: int | None  # None: the owner's socket, which may act as any domain
+    resume_at: float = 0.0  # when accepting resumes after running out of descriptors
+    paused: bool = False
 
 
 class Daemon:
@@ -251,7 +272,10 @@ class Daemon:
         self.saved = False  # whether close() wrote the final snapshot
         self._store_log_after = 0.0
         self._sel = selectors.DefaultSelector()
-        self._listener: socket.socket | None = None
+        self._listeners: dict[int | None, _Listener] = {}  # by the domain they are bound to
+        self._per_domain: dict[int | None, int] = {}  # open connections per listener
+        self._accept_log_after = 0.0
+        self.accept_failures = 0  # accepts that failed for want of descriptors or memory
         self._conns: dict[int, _Conn] = {}
         self._replies: list[tuple[_Conn, bytes]] = []
         self._stop_r, self._stop_w = socket.socketpair()
@@ -288,11 +312,10 @@ class Daemon:
                                                dom.max_pages * 4)
         self.try_snapshot()  # failing, the saved snapshot and journal still hold everything
         self.machine.start(speed=self.config.speed)
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        bind_private(self._listener, self.socket_path)  # 0600 from the first instant
-        self._listener.listen(64)
-        self._listener.setblocking(False)
-        self._sel.register(self._listener, selectors.EVENT_READ, None)
+        self._listen(None)
+        for domid in sorted(self.host.domains):
+            if domid:
+                self._listen(domid)
         self._stop_r.setblocking(False)
         self._stop_w.setblocking(False)
         self._sel.register(self._stop_r, selectors.EVENT_READ, None)
@@ -319,12 +342,8 @@ class Daemon:
         self.machine.stop()
         for conn in list(self._conns.values()):
             self._drop(conn)
-        if self._listener is not None:
-            self._sel.unregister(self._listener)
-            self._listener.close()
-            self._listener = None
-            with contextlib.suppress(FileNotFoundError):
-                self.socket_path.unlink()
+        for domid in list(self._listeners):
+            self._unlisten(domid)
         self.saved = self.try_snapshot()
         self.machine.close()
         self.store.close()
@@ -360,9 +379,9 @@ class Daemon:
 
     def serve(self) -> None:
         while not self._stopping:
-            for key, events in self._sel.select(timeout=1.0):
-                if key.fileobj is self._listener:
-                    self._accept()
+            for key, events in self._sel.select(timeout=self._select_timeout()):
+                if isinstance(key.data, _Listener):
+                    self._accept(key.data)
                 elif key.fileobj is self._stop_r:
                     with contextlib.suppress(OSError):
                         self._stop_r.recv(64)
@@ -379,24 +398,89 @@ class Daemon:
                         log.exception("error serving a connection; dropping it")
                         self._drop(conn)
             self._commit_and_reply()
+            self._resume_accepting()
             if time.monotonic() >= self._next_checkpoint and not self.host.crashed:
                 self.try_snapshot()
 
     # -- sockets --
 
-    def _accept(self) -> None:
-        assert self._listener is not None
+    def _listen(self, domid: int | None) -> None:
+        """The owner's socket (``domid`` None), or domain ``domid``'s own
+        ``hypercall.sock.domN``: a client there can only be that domain, as a guest's xenbus
+        is its own."""
+        path = self.socket_path if domid is None else \
+            self.directory / f"{HYPERCALL_SOCKET}.dom{domid}"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock, _ = self._listener.accept()
+            bind_private(sock, path)  # 0600 from the first instant
+            sock.listen(64)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        listener = self._listeners[domid] = _Listener(sock, path, domid)
+        self._sel.register(sock, selectors.EVENT_READ, listener)
+
+    def _unlisten(self, domid: int | None) -> None:
+        listener = self._listeners.pop(domid, None)
+        if listener is None:
+            return
+        if not listener.paused:
+            self._sel.unregister(listener.sock)
+        listener.sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            listener.path.unlink()
+        for conn in [c for c in self._conns.values() if c.bound == domid and domid is not None]:
+            self._drop(conn)
+
+    def _accept(self, listener: _Listener) -> None:
+        try:
+            sock, _ = listener.sock.accept()
         except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # out of descriptors or memory: pause, keep serving the others
+            self._pause_accepting(listener, exc)
+            return
+        limit = OWNER_CONNECTIONS if listener.domid is None else GUEST_CONNECTIONS
+        if self._per_domain.get(listener.domid, 0) >= limit:
+            sock.close()  # a guest may not hold every descriptor of the host
+            self._log_accept(f"refused a connection on {listener.path.name}: {limit} open")
             return
         sock.setblocking(False)
         # a batch of 64 pages is 256 KiB each way: room for it in one send
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
-        conn = _Conn(sock)
+        conn = _Conn(sock, bound=listener.domid)
+        self._per_domain[listener.domid] = self._per_domain.get(listener.domid, 0) + 1
         self._conns[sock.fileno()] = conn
         self._sel.register(sock, selectors.EVENT_READ, None)
+
+    def _pause_accepting(self, listener: _Listener, exc: OSError) -> None:
+        self.accept_failures += 1
+        if not listener.paused:
+            self._sel.unregister(listener.sock)
+            listener.paused = True
+        listener.resume_at = time.monotonic() + ACCEPT_BACKOFF
+        self._log_accept(f"cannot accept on {listener.path.name} ({exc.strerror or exc}); "
+                         f"pausing it for {ACCEPT_BACKOFF * 1000:.0f} ms")
+
+    def _resume_accepting(self) -> None:
+        now = time.monotonic()
+        for listener in self._listeners.values():
+            if listener.paused and now >= listener.resume_at:
+                self._sel.register(listener.sock, selectors.EVENT_READ, listener)
+                listener.paused = False
+
+    def _select_timeout(self) -> float:
+        paused = [lst.resume_at for lst in self._listeners.values() if lst.paused]
+        return max(0.0, min([1.0, *(t - time.monotonic() for t in paused)]))
+
+    def _log_accept(self, message: str) -> None:
+        """At most one line every 10 s: a flood must not become a flood of log."""
+        now = time.monotonic()
+        if now >= self._accept_log_after:
+            log.warning("%s", message)
+            self._accept_log_after = now + 10.0
 
     def _readable(self, conn: _Conn) -> None:
         try:
@@ -409,9 +493,10 @@ class Daemon:
             self._drop(conn)
             return
         conn.inbuf += self._rview[:got]
+        largest = MAX_FRAME if conn.bound is None else GUEST_MAX_FRAME
         while not conn.closing and len(conn.inbuf) >= FRAME.size:
             (size,) = FRAME.unpack_from(conn.inbuf)
-            if not 1 <= size <= MAX_FRAME:
+            if not 1 <= size <= largest:
                 conn.closing = True
                 self._replies.append((conn, _reply(REFUSED, f"bad message length {size}")))
                 break
@@ -440,8 +525,10 @@ class Daemon:
             if conn.sock.fileno() < 0:
                 continue
             conn.out += reply
-            if len(conn.out) > MAX_FRAME:  # a client that sends and never reads
-                log.warning("dropping a client with %d bytes of unread replies", len(conn.out))
+            if len(conn.out) > (MAX_FRAME if conn.bound is None else GUEST_MAX_UNREAD):
+                # a client that sends and never reads (back-pressure did not stop it)
+                self._log_accept(f"dropping a client of domain {conn.domid} with "
+                                 f"{len(conn.out)} bytes of unread replies")
                 self._drop(conn)
                 continue
             self._flush(conn)
@@ -458,19 +545,24 @@ class Daemon:
         if conn.closing and not conn.out:
             self._drop(conn)
             return
-        if conn.waiting != bool(conn.out):  # wait for writability only while output is stuck
-            conn.waiting = bool(conn.out)
-            self._sel.modify(conn.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE
-                                                                if conn.waiting else 0))
+        # wait for writability only while output is stuck; stop reading requests from a
+        # client whose replies pile up, until it reads them (its memory is ours otherwise)
+        waiting, paused = bool(conn.out), len(conn.out) > UNREAD_PAUSE
+        if (waiting, paused) != (conn.waiting, conn.paused):
+            conn.waiting, conn.paused = waiting, paused
+            self._sel.modify(conn.sock, (0 if paused else selectors.EVENT_READ)
+                             | (selectors.EVENT_WRITE if waiting else 0))
 
     def _drop(self, conn: _Conn) -> None:
         if self._conns.pop(conn.sock.fileno(), None) is None:
             return
+        self._per_domain[conn.bound] -= 1
         self._sel.unregister(conn.sock)
         conn.sock.close()
-        if conn.domid is not None and conn.domid in self.host.domains:
-            for region in conn.regions.values():
-                self.host.free_frames(conn.domid, region.first, region.frames)
+        with self.host.lock:
+            if conn.domid is not None and conn.domid in self.host.domains:
+                for region in conn.regions.values():
+                    self.host.free_frames(conn.domid, region.first, region.frames)
         conn.regions.clear()
 
     # -- requests --
@@ -545,6 +637,9 @@ class Daemon:
         protocol, domid = HELLO_BODY.unpack_from(rest)
         if protocol != PROTOCOL:
             raise _Refused(f"protocol {protocol} not spoken here (this daemon speaks {PROTOCOL})")
+        if conn.bound is not None and domid != conn.bound:
+            raise _Refused(f"this socket is domain {conn.bound}'s: it cannot act as domain "
+                           f"{domid}")
         self._alive()
         if domid not in self.host.domains:
             conn.closing = True
@@ -703,6 +798,7 @@ class Daemon:
         elif cmd == "destroy_domain":
             domid = int(request["domid"])
             try:
+                self._unlisten(domid)
                 if domid in self.machine.guests:
                     self.machine.remove_guest(domid)
                 else:
@@ -724,6 +820,7 @@ class Daemon:
             self.snapshot()
         except StoreFailing as exc:
             self._store_failing(exc)
+            self._unlisten(domid)
             if domid in self.machine.guests:
                 self.machine.remove_guest(domid)
             else:
@@ -752,6 +849,7 @@ class Daemon:
             top = int(request.get("max_memory_mb") or mem)
             domid = self.host.create_domain(name, mem, top)
             self.xenstore.introduce_domain(domid, name, mem * 1024, top * 1024)
+            self._listen(domid)
             self._durable_domain(domid)
             return {"domid": domid, "name": name, "memory_mb": mem, "max_memory_mb": top,
                     "living": False}
@@ -763,6 +861,7 @@ class Daemon:
             mg = self.machine.add_guest(spec)
         except GuestError as exc:
             raise _Refused(str(exc)) from None
+        self._listen(mg.domid)
         self._durable_domain(mg.domid)
         return {"domid": mg.domid, "name": name, "memory_mb": mem,
                 "max_memory_mb": spec.max_mb, "living": True, "workload": spec.workload,
@@ -781,6 +880,7 @@ class Daemon:
             "free_mb": host.heap_free // 256, "tmem": host.tmem_enabled,
             "tmem_compress": host.boot["tmem_compress"], "designed": host.designed,
             "crashed": host.crashed, "connections": len(self._conns),
+            "accept_failures": self.accept_failures,
             "tmem_ops": host.tmem.Tt,  # every tmem hypercall since boot (Tt of tmem-list)
             "journal_bytes": self.store.journal_bytes, "domains": [], "tmem_list": None,
             "guests": self.machine.report(),
