@@ -238,3 +238,45 @@ def _gone(state: Path) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_a_background_snapshot_rotates_the_journal_and_loses_nothing(make_daemon) -> None:
+    from xentmem.emulator._daemon_store import NEXT_JOURNAL
+
+    d = make_daemon(guests=1)
+    with SocketHypervisor(d.directory, 1) as hv:
+        tm = Tmem(hv)
+        pool = tm.new_pool(persistent=True)
+        for i in range(20):
+            tm.put_page(pool, 1, i, page(i))
+        generation = d.daemon.store.generation
+        d.daemon.snapshot_in_background()
+        for i in range(20, 40):  # while the child writes: into the next journal
+            tm.put_page(pool, 1, i, page(i))
+        d.daemon._reap_child(wait=True)
+        assert d.daemon.store.generation == generation + 1
+        assert not (d.directory / NEXT_JOURNAL).exists()
+        for i in range(40, 50):
+            tm.put_page(pool, 1, i, page(i))
+    d.restart()
+    with SocketHypervisor(d.directory, 1) as hv:
+        assert all(Tmem(hv).get_page(pool, 1, i) == page(i) for i in range(50))
+
+
+@pytest.mark.parametrize("snapshot_arrived", [False, True])
+def test_start_up_reads_both_journals_of_an_unfinished_rotation(
+        tmp_path: Path, snapshot_arrived: bool) -> None:
+    """A daemon killed while its child wrote a snapshot: without the snapshot, the journal
+    then the next journal; with it (killed before the rename), the next journal alone."""
+    store = _journal_with(tmp_path, 3)
+    store.load()
+    generation = store.rotate()
+    for i in range(3, 5):
+        store.append(Record(1, 38, (4096,), [(4096, bytes([i]) * 56)]))
+    store.close()
+    if snapshot_arrived:
+        store.write_snapshot({"config": {"newer": True}}, generation)
+    state, records = StateStore(tmp_path).load()
+    assert [r.captures[0][1][0] for r in records] == ([3, 4] if snapshot_arrived else
+                                                        [0, 1, 2, 3, 4])
+    assert state["config"] == ({"newer": True} if snapshot_arrived else {})

@@ -40,13 +40,14 @@ import zlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from xentmem._files import atomic_write
+from xentmem._files import atomic_write, fsync_dir
 from xentmem.errors import StateDamaged, StoreFailing
 from xentmem.xenstore._persist import JOURNAL as XENSTORE_JOURNAL
 from xentmem.xenstore._persist import SNAPSHOT as XENSTORE_SNAPSHOT
 
 SNAPSHOT = "host.state"
 JOURNAL = "journal"
+NEXT_JOURNAL = "journal.next"  # where records go while a snapshot is written in the background
 _MAGIC_SNAP, _MAGIC_JOURNAL, _FORMAT = b"XTMS", b"XTMJ", 2
 _FORMATS = (1, 2)
 _HEAD = struct.Struct("<4sIQ")  # magic, format, generation
@@ -153,7 +154,7 @@ class StateStore:
         self.journal_bytes = 0
         self._fd: int | None = None
         self._unsynced = False
-
+        self.pending: int | None = None  # the generation of a snapshot being written
     @property
     def exists(self) -> bool:
         return (self.directory / SNAPSHOT).exists()
@@ -190,43 +191,52 @@ class StateStore:
             raise StateDamaged(f"{snap} is damaged: it holds no host state")
         return state, generation
 
-    def _journal(self) -> tuple[bytes, int] | None:
-        """The journal's bytes and format, or None when there is none (or only a header)."""
+    def _journal(self, name: str = JOURNAL) -> tuple[bytes, int] | None:
+        """A journal's bytes and format, or None when there is none (or only a header)."""
         try:
-            raw = (self.directory / JOURNAL).read_bytes()
+            raw = (self.directory / name).read_bytes()
         except FileNotFoundError:
             return None
         if len(raw) < _HEAD.size:
             return None
         magic, fmt, _ = _HEAD.unpack_from(raw)
         if magic != _MAGIC_JOURNAL or fmt not in _FORMATS:
-            raise StateDamaged(f"{self.directory / JOURNAL} is not an emulator journal (magic "
+            raise StateDamaged(f"{self.directory / name} is not an emulator journal (magic "
                                f"{magic!r}, format {fmt})")
         return raw, fmt
 
     def _records(self, generation: int) -> list[Record]:
-        journal = self._journal()
-        if journal is None:
-            return []
-        raw, fmt = journal
-        gen = _HEAD.unpack_from(raw)[2]
-        if gen < generation:
-            return []  # older: its records are in the snapshot
-        if gen > generation:
-            raise StateDamaged(f"{self.directory / JOURNAL} extends snapshot {gen} but "
-                               f"{self.directory / SNAPSHOT} is snapshot {generation}")
-        scan = _scan(raw, fmt)
-        if scan.damage is not None:
-            raise StateDamaged(f"{self.directory / JOURNAL}: {scan.damage}; "
-                               f"{len(scan.records)} record(s) before it are readable "
-                               "(up --recover keeps a copy and truncates there)")
-        return scan.records
+        """The records extending snapshot ``generation``: its journal, then the next journal
+        when a background snapshot was being written (it extends that newer snapshot, which
+        then never arrived); when the newer snapshot did arrive, the next journal alone."""
+        records: list[Record] = []
+        for name, extends in ((JOURNAL, (generation,)),
+                              (NEXT_JOURNAL, (generation, generation + 1))):
+            journal = self._journal(name)
+            if journal is None:
+                continue
+            raw, fmt = journal
+            gen = _HEAD.unpack_from(raw)[2]
+            if gen < generation:
+                continue  # older: its records are in the snapshot
+            if gen not in extends:
+                raise StateDamaged(f"{self.directory / name} extends snapshot {gen} but "
+                                   f"{self.directory / SNAPSHOT} is snapshot {generation}")
+            scan = _scan(raw, fmt)
+            if scan.damage is not None:
+                raise StateDamaged(f"{self.directory / name}: {scan.damage}; "
+                                   f"{len(records) + len(scan.records)} record(s) before it "
+                                   "are readable (up --recover keeps a copy and truncates "
+                                   "there)")
+            records += scan.records
+        return records
 
     def recover(self) -> dict[str, Any]:
         """Make damaged state bootable: keep a copy of the state files in
-        ``damaged-<time>/``, then truncate the journal at its last good record; a journal
-        without a readable header is set aside, and so is everything when the snapshot is
-        unreadable or missing (a new host boots). What was done, for the log."""
+        ``damaged-<time>/``, then truncate a damaged journal at its last good record (the
+        next journal, which comes after it, is set aside); a journal without a readable
+        header is set aside, and so is everything when the snapshot is unreadable or missing
+        (a new host boots). What was done, for the log."""
         snap = self.directory / SNAPSHOT
         report: dict[str, Any] = {"kept": None, "dropped_bytes": 0, "records": 0,
                                   "set_aside": []}
@@ -234,60 +244,104 @@ class StateStore:
             snapshot_ok = snap.exists() and bool(self._snapshot(snap))
         except StateDamaged:
             snapshot_ok = False
-        try:
-            journal = self._journal()
-        except StateDamaged:
-            journal, bad_header = None, True
-        else:
-            bad_header = False
-        scan = _scan(*journal) if journal is not None else None
-        damaged = (not snapshot_ok and (snap.exists() or bool(scan and scan.records))) \
-            or bad_header or bool(scan and scan.damage)
+        scans: dict[str, tuple[int, _Scan]] = {}
+        unreadable = []
+        for name in (JOURNAL, NEXT_JOURNAL):
+            try:
+                journal = self._journal(name)
+            except StateDamaged:
+                unreadable.append(name)
+                continue
+            if journal is not None:
+                scans[name] = (len(journal[0]), _scan(*journal))
+        damaged = (not snapshot_ok and (snap.exists() or any(sc.records for _, sc in
+                                                             scans.values()))) \
+            or bool(unreadable) or any(sc.damage for _, sc in scans.values())
         if not damaged:
             return report
         keep = self.directory / f"damaged-{time.strftime('%Y%m%d-%H%M%S')}"
         keep.mkdir(mode=0o700, exist_ok=True)
-        for name in (SNAPSHOT, JOURNAL):
+        for name in (SNAPSHOT, JOURNAL, NEXT_JOURNAL):
             if (self.directory / name).exists():
                 shutil.copy2(self.directory / name, keep / name)
         report["kept"] = str(keep)
-        aside = (SNAPSHOT, JOURNAL) if not snapshot_ok else (JOURNAL,) if bad_header else ()
+        aside = [SNAPSHOT, JOURNAL, NEXT_JOURNAL] if not snapshot_ok else unreadable
+        if JOURNAL in scans and scans[JOURNAL][1].damage and NEXT_JOURNAL in scans:
+            aside.append(NEXT_JOURNAL)  # it continues after what is dropped
+        aside = [n for n in aside if (self.directory / n).exists()]
         for name in aside:
-            with contextlib.suppress(FileNotFoundError):
-                (self.directory / name).unlink()
-        report["set_aside"] = list(aside)
-        if not aside and scan is not None and journal is not None:
-            with open(self.directory / JOURNAL, "r+b") as f:
+            (self.directory / name).unlink()
+        report["set_aside"] = aside
+        for name, (size, scan) in scans.items():
+            if name in aside or scan.damage is None:
+                continue
+            with open(self.directory / name, "r+b") as f:
                 f.truncate(scan.good)
                 os.fsync(f.fileno())
-            report.update(dropped_bytes=len(journal[0]) - scan.good, records=len(scan.records))
+            report["dropped_bytes"] += size - scan.good
+            report["records"] += len(scan.records)
         return report
+
+    def rotate(self) -> int:
+        """Start the next journal for a snapshot about to be written elsewhere (a forked
+        child, :meth:`write_snapshot`); its generation. Records go there from now on;
+        :meth:`finish` makes it the journal once the snapshot is written."""
+        self.close()
+        generation = self.generation + 1
+        try:
+            atomic_write(self.directory / NEXT_JOURNAL,
+                         _HEAD.pack(_MAGIC_JOURNAL, _FORMAT, generation))
+        except OSError as exc:
+            self._open_journal(JOURNAL)
+            raise StoreFailing(exc.errno, f"cannot start {self.directory / NEXT_JOURNAL}: "
+                               f"{exc.strerror or exc}") from None
+        self.pending = generation
+        self._open_journal(NEXT_JOURNAL)
+        return generation
+
+    def write_snapshot(self, state: dict[str, Any], generation: int) -> None:
+        """Write snapshot ``generation`` (in the forked child; raises ``OSError``)."""
+        atomic_write(self.directory / SNAPSHOT, _HEAD.pack(_MAGIC_SNAP, _FORMAT, generation)
+                     + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def finish(self, written: bool) -> None:
+        """The background snapshot is done: when ``written``, the next journal becomes the
+        journal (the old one is in the snapshot). Otherwise both journals stay (start-up reads
+        one after the other) until a :meth:`save` succeeds."""
+        if not written or self.pending is None:
+            return
+        os.replace(self.directory / NEXT_JOURNAL, self.directory / JOURNAL)
+        fsync_dir(self.directory)  # the open descriptor follows the file
+        self.generation, self.pending = self.pending, None
 
     def save(self, state: dict[str, Any]) -> None:
         """Write a snapshot of ``state`` and start an empty journal extending it. On failure
         (``StoreFailing``) the previous snapshot and journal stay as they were and appends go
         on to that journal."""
+        current = NEXT_JOURNAL if self.pending is not None else JOURNAL
         self.close()
-        generation = self.generation + 1
+        generation = (self.pending or self.generation) + 1
         try:
             atomic_write(self.directory / SNAPSHOT, _HEAD.pack(_MAGIC_SNAP, _FORMAT, generation)
                          + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
         except OSError as exc:
-            self._open_journal()  # the old snapshot and journal still hold everything
+            self._open_journal(current)  # the old snapshot and journal still hold everything
             raise StoreFailing(exc.errno, f"cannot write {self.directory / SNAPSHOT}: "
                                f"{exc.strerror or exc}") from None
-        self.generation = generation
+        self.generation, self.pending = generation, None
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / NEXT_JOURNAL).unlink()  # its records are in the snapshot
         head = _HEAD.pack(_MAGIC_JOURNAL, _FORMAT, generation)
         try:
             atomic_write(self.directory / JOURNAL, head)
         except OSError as exc:  # the new snapshot holds everything; no journal to append to
             raise StoreFailing(exc.errno, f"cannot start {self.directory / JOURNAL}: "
                                f"{exc.strerror or exc}") from None
-        self._open_journal()
+        self._open_journal(JOURNAL)
 
-    def _open_journal(self) -> None:
+    def _open_journal(self, name: str) -> None:
         with contextlib.suppress(OSError):
-            self._fd = os.open(self.directory / JOURNAL, os.O_WRONLY | os.O_APPEND)
+            self._fd = os.open(self.directory / name, os.O_WRONLY | os.O_APPEND)
             self.journal_bytes = os.fstat(self._fd).st_size
 
     def append(self, record: Record, *, durable: bool = True) -> None:
@@ -333,7 +387,7 @@ class StateStore:
     def discard(self) -> None:
         """Forget any saved state (``up --fresh``), xenstored's too."""
         self.close()
-        for name in (SNAPSHOT, JOURNAL, XENSTORE_SNAPSHOT, XENSTORE_JOURNAL):
+        for name in (SNAPSHOT, JOURNAL, NEXT_JOURNAL, XENSTORE_SNAPSHOT, XENSTORE_JOURNAL):
             with contextlib.suppress(FileNotFoundError):
                 (self.directory / name).unlink()
         self.generation = 0

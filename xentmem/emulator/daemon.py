@@ -270,6 +270,7 @@ class Daemon:
         self.checkpoint_s = self.checkpoint_pause_s = 0.0  # the last snapshot's cost
         self.store_error: str | None = None  # why the last write of state failed, if it did
         self.saved = False  # whether close() wrote the final snapshot
+        self._child: tuple[int, float] | None = None  # a background snapshot being written
         self._store_log_after = 0.0
         self._sel = selectors.DefaultSelector()
         self._listeners: dict[int | None, _Listener] = {}  # by the domain they are bound to
@@ -362,10 +363,61 @@ class Daemon:
             return False
         return True
 
+    def snapshot_in_background(self) -> None:
+        """Save the host and its living guests as they are at this instant without making
+        anyone wait for the writing: a forked child writes the snapshot while this process
+        goes on serving, its records going to the next journal (``StateStore.rotate``).
+        Clients and guests wait only for the fork (the one instant both locks are held)."""
+        if self._child is not None:
+            return
+        self._reap_child()
+        started = time.perf_counter()
+        with self.machine.model_lock, self.host.lock:
+            try:
+                generation = self.store.rotate()
+            except StoreFailing as exc:
+                self._store_failing(exc)
+                self._next_checkpoint = time.monotonic() + self.config.checkpoint_s
+                return
+            pid = os.fork()
+            if pid == 0:  # the child: a frozen copy of this instant; it writes and leaves
+                code = 1
+                try:
+                    state, guests = self.machine.checkpoint()
+                    if self.machine.guests:
+                        state["machine"] = {"guests": guests}
+                    self.store.write_snapshot(state, generation)
+                    code = 0
+                finally:
+                    os._exit(code)
+        self.checkpoint_pause_s = time.perf_counter() - started
+        self._child = (pid, started)
+        self.epoch += 1  # every region's content must be captured again by the new journal
+        self._next_checkpoint = (time.monotonic() + self.config.checkpoint_s
+                                 if self.machine.guests else math.inf)
+
+    def _reap_child(self, *, wait: bool = False) -> None:
+        """Take in a finished background snapshot (``wait``: wait for it)."""
+        if self._child is None:
+            return
+        pid, started = self._child
+        done, status = os.waitpid(pid, 0 if wait else os.WNOHANG)
+        if not done:
+            return
+        self._child = None
+        written = os.waitstatus_to_exitcode(status) == 0
+        self.store.finish(written)
+        if written:
+            self.checkpoint_s = time.perf_counter() - started
+        else:  # the journals still hold everything; write one the slow way
+            log.error("a background snapshot failed; writing one in the foreground")
+            self.try_snapshot()
+
     def snapshot(self) -> None:
         """Save the host and its living guests as they are at this instant
         (``StoreFailing`` if it cannot be written: the last snapshot and journal still hold
         every acknowledged call)."""
+        self._reap_child(wait=True)
         started = time.perf_counter()
         state, guests = self.machine.checkpoint()
         self.checkpoint_pause_s = time.perf_counter() - started  # the guests stood still
@@ -399,8 +451,9 @@ class Daemon:
                         self._drop(conn)
             self._commit_and_reply()
             self._resume_accepting()
+            self._reap_child()
             if time.monotonic() >= self._next_checkpoint and not self.host.crashed:
-                self.try_snapshot()
+                self.snapshot_in_background()
 
     # -- sockets --
 
@@ -520,7 +573,7 @@ class Daemon:
             return
         self.store_error = None
         if self.store.journal_bytes > JOURNAL_LIMIT and not self.host.crashed:
-            self.try_snapshot()
+            self.snapshot_in_background()
         for conn, reply in replies:
             if conn.sock.fileno() < 0:
                 continue
@@ -790,8 +843,11 @@ class Daemon:
             result: Any = self.status()
         elif cmd == "create_domain":
             result = self._create_domain(request)
-        elif cmd == "checkpoint":
-            self.snapshot()
+        elif cmd == "checkpoint":  # save now (background: a forked child writes it)
+            if request.get("background"):
+                self.snapshot_in_background()
+            else:
+                self.snapshot()
             result = {"last_s": self.checkpoint_s, "guests_paused_s": self.checkpoint_pause_s}
         elif cmd == "meminfo":
             result = self._meminfo(int(request["domid"]))
