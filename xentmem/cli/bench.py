@@ -58,3 +58,18 @@ def living(
     rows = [r.as_dict() for r in bench_living(tuple(guests or (3, 20)), seconds=seconds,
                                               warmup=warmup)]
     render(rows, as_json=as_json, title="living emulated host (default workloads, speed 1)")
+
+
+@bench_app.command("daemon")
+def daemon_cmd(
+    mib: Annotated[int, typer.Option("--mib", min=16, max=8192,
+                                     help="Persistent pages to hold, MiB.")] = 400,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The emulator daemon holding --mib of persistent pages: the longest wait another client
+    sees while a snapshot is written (foreground, and forked to the background), and the
+    resident memory one hostile guest can add through its own socket."""
+    from xentmem.emulator.bench_daemon import bench_daemon
+
+    result = bench_daemon(mib).as_dict()
+    render(result, as_json=as_json, title="emulator daemon: snapshot pauses, hostile guest")

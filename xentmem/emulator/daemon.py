@@ -942,6 +942,7 @@ class Daemon:
             "guests": self.machine.report(),
             "clock": {"model_s": round(self.machine.now, 1), "speed": self.machine.speed,
                       "lag_s": round(self.machine.lag, 1), "error": self.machine.clock_error},
+            "snapshot_in_progress": self._child is not None,
             "checkpoint": {"interval_s": self.config.checkpoint_s,
                            "last_s": round(self.checkpoint_s, 3),
                            "guests_paused_s": round(self.checkpoint_pause_s, 3)},
