@@ -150,9 +150,9 @@ def test_one_client_many_threads(ours: Ours, base: str) -> None:
 
 def test_exported_names() -> None:
     assert set(xenstore.__all__) == {
-        "LocalXenStore", "Op", "Perm", "Quota", "Transaction", "TreeNode", "Watch", "WatchEvent",
-        "XenStore", "XenStoreClient", "XenStoreOps", "XenStoreServer", "escape_value",
-        "layout_dom0", "layout_domain", "ls_lines", "resolve_path", "sanitize_bool",
+        "ConnectionLimits", "LocalXenStore", "Op", "Perm", "Quota", "Transaction", "TreeNode",
+        "Watch", "WatchEvent", "XenStore", "XenStoreClient", "XenStoreOps", "XenStoreServer",
+        "escape_value", "layout_dom0", "layout_domain", "ls_lines", "resolve_path", "sanitize_bool",
         "sanitize_choice", "sanitize_domid", "sanitize_int", "sanitize_kib", "sanitize_meminfo",
         "sanitize_text", "teardown_domain", "transaction", "walk",
     }  # fmt: skip

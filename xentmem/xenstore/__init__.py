@@ -17,6 +17,9 @@
     server.introduce_domain(5, "guest5", memory_kib=524288, max_kib=1048576)
     guest = XenStoreClient(server.domain_socket(5))             # acts as domain 5
 
+Limits: :class:`Quota` bounds what a guest may store, :class:`ConnectionLimits` what its
+connections may make the server hold (see :mod:`xentmem.xenstore.server` for the defaults).
+
 Errors are those of :mod:`xentmem.errors`: ``XenStoreNotFound`` (ENOENT), ``XenStorePermission``
 (EACCES/EPERM), ``XenStoreTimeout``, ``XenStoreUnavailable``, else ``XenStoreError`` with
 ``.errno`` (EAGAIN for a conflict, E2BIG for a value too long, ENOSPC for a quota, ...).
@@ -45,11 +48,12 @@ from .sanitize import (
     sanitize_meminfo,
     sanitize_text,
 )
-from .server import XenStoreServer
+from .server import ConnectionLimits, XenStoreServer
 from .toolstack import layout_dom0, layout_domain, teardown_domain
 from .tree import TreeNode, ls_lines, walk
 
 __all__ = [
+    "ConnectionLimits",
     "LocalXenStore",
     "Op",
     "Perm",

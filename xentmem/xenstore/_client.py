@@ -49,7 +49,8 @@ from . import _wire
 from ._wire import NUL, PAYLOAD_MAX, Op, Perm
 
 if TYPE_CHECKING:
-    from .server import Connection, XenStoreServer
+    from ._conn import Connection
+    from .server import XenStoreServer
 
 PathLike = str | bytes
 T = TypeVar("T")
