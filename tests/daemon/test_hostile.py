@@ -17,15 +17,8 @@ import pytest
 from xentmem.emulator import daemon
 from xentmem.errors import TransportError
 from xentmem.hypercalls import Tmem
-from xentmem.hypercalls.socket import (
-    FRAME,
-    HEAD,
-    HELLO,
-    HELLO_BODY,
-    HYPERCALL_SOCKET,
-    PROTOCOL,
-    SocketHypervisor,
-)
+from xentmem.hypercalls._wire import FRAME, HEAD, HELLO, HELLO_BODY, PROTOCOL
+from xentmem.hypercalls.socket import HYPERCALL_SOCKET, SocketHypervisor
 
 
 def guest_socket(directory: Path, domid: int) -> Path:

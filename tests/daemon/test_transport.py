@@ -19,8 +19,8 @@ from xentmem.emulator import EmulatedHost
 from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import EmulatorError, HostCrashed, TmemError, TransportError
 from xentmem.hypercalls import Hypervisor, Tmem
-from xentmem.hypercalls import socket as wire
-from xentmem.hypercalls.socket import SocketHypervisor
+from xentmem.hypercalls import _wire as wire
+from xentmem.hypercalls.socket import HYPERCALL_SOCKET, SocketHypervisor
 
 
 def page(i: int) -> bytes:
@@ -270,7 +270,7 @@ def test_uri_parsing(state_dir: Path):
         SocketHypervisor.from_uri(f"{state_dir}?domid=x")
     with pytest.raises(ValueError, match="positive"):
         SocketHypervisor.from_uri("?timeout=0")
-    with pytest.raises(TransportError, match=str(state_dir / wire.HYPERCALL_SOCKET)):
+    with pytest.raises(TransportError, match=str(state_dir / HYPERCALL_SOCKET)):
         SocketHypervisor.from_uri(f"{state_dir}?domid=3&timeout=1")
 
 

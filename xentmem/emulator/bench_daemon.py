@@ -28,7 +28,8 @@ from typing import Any
 from xentmem.abi import PAGE_SIZE
 from xentmem.emulator import daemon
 from xentmem.hypercalls import Tmem, xen_version
-from xentmem.hypercalls.socket import FRAME, HEAD, HYPERCALL_SOCKET, SocketHypervisor
+from xentmem.hypercalls._wire import FRAME, HEAD
+from xentmem.hypercalls.socket import HYPERCALL_SOCKET, SocketHypervisor
 
 __all__ = ["DaemonBench", "bench_daemon"]
 

@@ -66,7 +66,7 @@ from xentmem.errors import (
     StoreFailing,
     TransportError,
 )
-from xentmem.hypercalls.socket import (
+from xentmem.hypercalls._wire import (
     ADDR,
     ALLOC,
     ALLOC_BODY,
@@ -81,15 +81,13 @@ from xentmem.hypercalls.socket import (
     HEAD,
     HELLO,
     HELLO_BODY,
-    HYPERCALL_SOCKET,
     MAX_FRAME,
     OK,
     PROTOCOL,
     REFUSED,
     SOCKET_BUFFER,
-    SocketHypervisor,
-    default_state_dir,
 )
+from xentmem.hypercalls.socket import HYPERCALL_SOCKET, SocketHypervisor, default_state_dir
 from xentmem.xenstore.server import XenStoreServer
 from xentmem.xenstore.toolstack import layout_dom0
 

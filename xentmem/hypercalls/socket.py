@@ -9,17 +9,7 @@ regions ride along with the next request, and the reply carries every region the
 changed, so ``read`` never talks to the daemon. (Memory the client did not allocate, or another
 connection's regions, is not mirrored; nothing in the typed client uses either.)
 
-Wire protocol (little endian; every message is ``u32 length`` + body)::
-
-    request  = u8 kind, u16 nfree, u32 nwrite, nfree x u64 address,
-               nwrite x (u64 address, u32 size, size bytes), then by kind:
-      HELLO    u32 protocol, u32 domid        (must come first; names the calling domain)
-      ALLOC    u32 frames, u32 size, u8 buffer -> u64 address
-      CALL     u32 op, u8 nargs, nargs x u64  -> i64 result, u32 nchanged,
-                                                 nchanged x (u64 address, u32 size, bytes)
-      CONTROL  JSON {"cmd": ..., ...}          -> JSON (host-API requests, dom0 only)
-    reply    = u8 status (0 ok, 1 refused, 2 host crashed, 3 emulator error), then the result
-               for 0, or a UTF-8 message.
+The wire protocol is in :mod:`xentmem.hypercalls._wire`, shared with the daemon.
 
 A request that fails (timeout, daemon gone, connection closed) raises ``TransportError`` and
 leaves the transport closed: its buffers lived in the daemon's memory, so a new
@@ -41,6 +31,26 @@ from typing import Any
 from xentmem.abi import PAGE_SIZE, Hypercall
 from xentmem.errors import EmulatorError, HostCrashed, TransportError, tmem_error
 from xentmem.hypercalls._base import check_fits, page_span
+from xentmem.hypercalls._wire import (
+    ADDR,
+    ALLOC,
+    ALLOC_BODY,
+    CALL,
+    CALL_HEAD,
+    CALL_REPLY,
+    CHUNK,
+    CONTROL,
+    CRASHED,
+    EMULATOR,
+    FRAME,
+    HEAD,
+    HELLO,
+    HELLO_BODY,
+    MAX_FRAME,
+    OK,
+    PROTOCOL,
+    SOCKET_BUFFER,
+)
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -54,22 +64,6 @@ __all__ = [
 
 HYPERCALL_SOCKET = "hypercall.sock"
 DEFAULT_TIMEOUT = 10.0  # seconds per request; a daemon snapshotting a big host may take a while
-PROTOCOL = 1
-
-# message layout, shared with the daemon (xentmem.emulator.daemon)
-FRAME = struct.Struct("<I")
-MAX_FRAME = 64 << 20
-SOCKET_BUFFER = 1 << 20  # a batch of 128 pages and its reply fit in one send each
-HEAD = struct.Struct("<BHI")  # kind, nfree, nwrite
-ADDR = struct.Struct("<Q")
-CHUNK = struct.Struct("<QI")  # address, size (+ data)
-HELLO_BODY = struct.Struct("<II")
-ALLOC_BODY = struct.Struct("<IIB")
-CALL_HEAD = struct.Struct("<IB")
-CALL_REPLY = struct.Struct("<qI")
-HELLO, ALLOC, CALL, CONTROL = 0, 1, 2, 3
-OK, REFUSED, CRASHED, EMULATOR = 0, 1, 2, 3
-
 _U64 = 0xFFFFFFFFFFFFFFFF
 _OP_NAMES = {int(h): h.name for h in Hypercall}
 
