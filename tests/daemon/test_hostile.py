@@ -46,7 +46,9 @@ def hello(domid: int) -> bytes:
 def test_each_domain_has_its_socket_and_can_only_be_itself(make_daemon) -> None:
     d = make_daemon(guests=2)
     assert guest_socket(d.directory, 1).exists() and guest_socket(d.directory, 2).exists()
-    assert guest_socket(d.directory, 1).stat().st_mode & 0o777 == 0o600
+    for path in (guest_socket(d.directory, 1), d.directory / "hypercall.sock",
+                 d.directory / "xenstore.sock", d.directory / "xenstore.sock.dom1"):
+        assert path.stat().st_mode & 0o777 == 0o600, path
     with SocketHypervisor(guest_socket(d.directory, 1), 1) as hv:  # itself: served
         pool = Tmem(hv).new_pool(persistent=True)
         assert pool == 0

@@ -260,7 +260,7 @@ class Daemon:
         # xenstore is durable beside the host: requested settings, memory/target and the
         # guests' reports survive down/up and a SIGKILL
         self.xenstore = XenStoreServer(directory / XENSTORE_SOCKET, state_dir=directory,
-                                       sync=store.sync)
+                                       sync=store.sync, bind=bind_private)
         self.machine = EmulatedMachine(host, self.xenstore, directory=directory)
         self._saved_guests = guests  # a checkpoint's guests, brought back by open()
         self._new = new  # a newly booted host: its guests start in open()

@@ -60,13 +60,28 @@ def _unset(conn: Connection, op: int, rq_id: int, tx_id: int, payload: bytes) ->
     raise RuntimeError("no dispatch")
 
 
+Bind = Callable[[socket.socket, Path], None]
+
+
+def bind_0600(sock: socket.socket, path: Path) -> None:
+    """Bind ``sock`` at ``path`` (replacing a stale socket) and make it 0600. A caller whose
+    directory is not private passes its own ``bind`` (the emulator daemon binds in a private
+    directory, never wider than 0600 even for an instant)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sock.bind(str(path))
+    os.chmod(path, 0o600)
+
+
 class EventLoop:
     """The sockets of one server; ``forget(conn)`` drops a closed connection's watches and
     transactions."""
 
     def __init__(self, lock: threading.RLock, forget: Callable[[Connection], None],
-                 say: Throttle) -> None:  # fmt: skip
+                 say: Throttle, bind: Bind | None = None) -> None:  # fmt: skip
         self.lock = lock
+        self.bind = bind or bind_0600
         self.forget = forget
         self.say = say
         self.dispatch: Dispatch = _unset
@@ -134,12 +149,9 @@ class EventLoop:
 
     def listen(self, dom: Domain, path: str) -> None:
         """Listen on ``path`` (replacing a stale socket file) for clients acting as ``dom``."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            s.bind(path)
+            self.bind(s, Path(path))
             s.listen(64)
             s.setblocking(False)
             self._register(s, dom, _IN)

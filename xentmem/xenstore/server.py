@@ -94,7 +94,7 @@ from ._client import LocalXenStore
 from ._conn import DOM0_LIMITS, Connection, ConnectionLimits, Domain, LocalConnection, Throttle
 from ._domains import Domains
 from ._handlers import Handlers
-from ._loop import LOG_INTERVAL, Dispatch, EventLoop
+from ._loop import LOG_INTERVAL, Bind, Dispatch, EventLoop
 from ._persist import JOURNAL_LIMIT, StateFiles, XenStoreStateError
 from ._store import DOM0, Effect, Quota, Store, XsError
 from ._watches import WatchRegistry
@@ -111,14 +111,16 @@ class XenStoreServer:
 
     ``quota`` bounds what each guest may store, ``limits`` / ``dom0_limits`` what a guest's / dom0's
     connections may make the server hold (``max_output``, if given, replaces ``max_unread`` in
-    both).
+    both). ``bind(sock, path)`` binds each socket (default: bind, then chmod 0600; the
+    emulator daemon passes one that is never wider than 0600, even for an instant).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, quota: Quota | None = None,
                  max_output: int | None = None, state_dir: str | os.PathLike[str] | None = None,
                  sync: bool = True, journal_limit: int = JOURNAL_LIMIT,
                  limits: ConnectionLimits | None = None,
-                 dom0_limits: ConnectionLimits | None = None) -> None:  # fmt: skip
+                 dom0_limits: ConnectionLimits | None = None,
+                 bind: Bind | None = None) -> None:  # fmt: skip
         self.path = str(path)
         self.quota = quota or Quota()
         guest, dom0 = limits or ConnectionLimits(), dom0_limits or DOM0_LIMITS
@@ -134,7 +136,7 @@ class XenStoreServer:
         self._state_is_ours = False  # the files hold what this object had at its last save
         self.lock = threading.RLock()
         say = Throttle(logging.getLogger(__name__), LOG_INTERVAL)
-        self._loop = EventLoop(self.lock, self._forget, say)
+        self._loop = EventLoop(self.lock, self._forget, say, bind)
         self._watches = _watches = WatchRegistry(self._loop.dirty)
         self._lifecycle = Domains(self.path, self.store, _watches, self._loop, guest, dom0)
         self._domains: dict[int, Domain] = self._lifecycle.table  # the same dict, for good
