@@ -9,6 +9,7 @@ import contextlib
 import resource
 import socket
 import struct
+import threading
 import time
 from pathlib import Path
 
@@ -153,3 +154,31 @@ def test_running_out_of_descriptors_pauses_accepting_and_serves_on(make_daemon) 
         for s in held:
             s.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_full_backlog_makes_a_client_wait_not_fail_at_once(tmp_path: Path) -> None:
+    from xentmem.hypercalls.socket import _connect
+
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    filled = []
+    with contextlib.suppress(BlockingIOError):
+        while True:  # fill the backlog (a daemon busy writing a snapshot)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            filled.append(s)
+            s.connect(path)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.settimeout(5)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        _connect(client, path, started + 0.3)
+    assert time.monotonic() - started >= 0.3
+    accepter = threading.Timer(0.2, lambda: [listener.accept() for _ in range(len(filled))])
+    accepter.start()
+    _connect(client, path, time.monotonic() + 5)  # the daemon accepts again: connected
+    accepter.join()
+    for s in [*filled, client, listener]:
+        s.close()

@@ -110,6 +110,22 @@ def socket_path(location: str | os.PathLike[str] | None) -> Path:
     return path / HYPERCALL_SOCKET if path.is_dir() else path
 
 
+def _connect(sock: socket.socket, path: str, deadline: float) -> None:
+    """``connect``, waiting (until ``deadline``) while the daemon's backlog is full: a unix
+    socket answers EAGAIN at once then, where a client should wait for its timeout."""
+    delay = 0.005
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("the daemon's backlog stayed full") from None
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 0.1)
+
+
 def parse_uri(rest: str) -> tuple[str | None, int, float]:
     """The location (``None``: the default state directory), domid and timeout named by
     ``emulator:[SOCKET|STATE_DIR][?domid=N&timeout=S]`` (``rest`` is what follows
@@ -226,7 +242,7 @@ class SocketHypervisor:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
             self._sock.settimeout(timeout)
-            self._sock.connect(str(self.path))
+            _connect(self._sock, str(self.path), time.monotonic() + timeout)
         except OSError as exc:
             self._sock.close()
             self._sock = None
