@@ -292,6 +292,94 @@ SHARED_RULES = [
 ]
 
 
+# --- §9.4 shared pools on 4.5 (the creator is not on its pool's share list) ----------------------
+
+S45 = f"S=SI:0,PT:ES,U0:{U[0]:x},U1:{U[1]:x}"
+G45 = "G=Tt:{},Te:{},Cf:0,Af:0,Pf:0,Ta:{},Lm:0,Et:0,Ea:0,Rt:0,Ra:0,Rx:0,Fp:0"
+C45 = "C=CI:0,ww:0,ca:0,co:0,fr:0,Tc:0,Ge:0,Pp:0,Gp:0"
+
+
+def _gkeys(host, *keys):
+    return tuple(_g(host, k) for k in keys)
+
+
+def _owner_drops_joiner_slot(host, g):
+    """Slot 0 creates, slot 1 joins; destroying slot 1 clears both slots and frees the pool:
+    no crash, no S= or P= line, DESTROY_POOL of either slot then 0."""
+    t = g[0]
+    steps = (t.new_pool(SHARED_EPH, U), t.new_pool(SHARED_EPH, U), t.put(0, 1, 0, page(1)),
+             t.destroy(1), t.get(0, 1, 0)[0], t.get(1, 1, 0)[0], t.destroy(0), t.destroy(1))
+    return steps, t.list()[1], _gkeys(host, "Ec", "Pc", "Oc", "Fc")
+
+
+def _owner_drops_joiner_of_three(host, g):
+    """Slots 0 (creator), 1 and 2 (joins): destroying slot 1 clears slots 1 and 0, destroys
+    every object the client used last (GET -1001 through slot 2) and moves ownership to slot 2,
+    which P= shows as PI."""
+    t = g[0]
+    steps = (tuple(t.new_pool(SHARED_EPH, U) for _ in range(3)), t.put(0, 1, 0, page(1)),
+             t.put(0, 2, 0, page(2)), t.destroy(1), t.get(0, 1, 0)[0], t.get(2, 1, 0)[0],
+             t.destroy(0))
+    listed = t.list()[1]
+    return steps, listed, t.destroy(2), t.list()[1]
+
+
+def _creator_leaves_joiner_stays(host, g):
+    """dom0 creates, the guest joins and reads object 2 (marking it); dom0 destroys its slot:
+    object 1 (marked by dom0) goes, object 2 leaks; LIST prints the stale pool (PT:EP, zero
+    counters, SC of the joiner) and the joiner's P= line; the joiner's GET gives -1001."""
+    d0, d1 = g
+    steps = (d0.new_pool(SHARED_EPH, U), d1.new_pool(SHARED_EPH, U), d0.put(0, 1, 0, page(1)),
+             d0.put(0, 2, 0, page(2)), d1.get(0, 2, 0)[0], d0.destroy(0), d1.get(0, 2, 0)[0])
+    rc, text = d0.list(use_long=True)
+    lines = [ln for ln in text.splitlines() if ln.startswith(("S=", "P="))]
+    return (steps, rc, [ln[:2] for ln in text.splitlines()], lines,
+            _gkeys(host, "Tt", "Te", "Ec", "Pc", "Oc", "Fc", "Ta"))
+
+
+def _last_sharer_leaves(how):
+    """dom0 creates, the guest joins and reads object 2; the guest leaves (DESTROY_POOL or
+    death): the pool goes with dom0's slot; object 2 (the guest's) is destroyed, object 1 is
+    leaked: still counted in G= Ec/Pc/Oc/Fc and dom0's Ec, not on the free list (Ta 1)."""
+    def run(host, g):
+        d0, d1 = g
+        steps = (d0.new_pool(SHARED_EPH, U), d1.new_pool(SHARED_EPH, U),
+                 d0.put(0, 1, 0, page(1)), d0.put(0, 2, 0, page(2)), d1.get(0, 2, 0)[0])
+        if how == "destroy":
+            steps += (d1.destroy(0),)
+        else:
+            host.destroy_domain(d1.domid)
+        steps += (d0.get(0, 1, 0)[0], d0.destroy(0))
+        lines = [ln for ln in d0.list(use_long=True)[1].splitlines()]
+        return (steps, [ln[:2] for ln in lines], _gkeys(host, "Ec", "Pc", "Oc", "Fc", "Ta"),
+                host.tmem.clients[0].eph_count)
+    return run
+
+
+ZEROS = ("Pc:0,Pm:0,Oc:0,Om:0,Nc:0,Nm:0,ps:0,pt:0,pd:0,pr:0,px:0,gs:0,gt:0,fs:0,ft:0,os:0,"
+         "ot:0")
+
+SHARED_45_RULES = [
+    ("owner_drops_joiner_slot_clears_both_4_5", ("4.5",), _owner_drops_joiner_slot,
+     ((0, 1, 1, 1, -19, -19, 0, 0), "\n".join([G45.format(9, 2, 1), C45, "T", ""]),
+      (0, 0, 0, 0))),
+    ("owner_drops_joiner_of_three_moves_ownership_4_5", ("4.5",), _owner_drops_joiner_of_three,
+     (((0, 1, 2), 1, 1, 1, -19, -1001, 0),
+      "\n".join([G45.format(10, 2, 2), f"{S45},SC:0", C45,
+                 f"P=CI:0,PI:2,PT:ES,U0:{U[0]:x},U1:{U[1]:x}", "T", ""]),
+      1, "\n".join([G45.format(12, 2, 2), C45, "T", ""]))),
+    ("creator_leaves_joiner_stays_stale_list_4_5", ("4.5",), _creator_leaves_joiner_stays,
+     ((0, 0, 1, 1, 1, 1, -1001), 0, ["G=", "S=", "C=", "C=", "P=", "T"],
+      [f"S=SI:0,PT:EP,U0:{U[0]:x},U1:{U[1]:x},SC:1,{ZEROS}",
+       f"P=CI:1,PI:0,PT:EP,U0:0,U1:0,{ZEROS}"],
+      (8, 1, 1, 1, 1, 1, 1))),
+    ("last_sharer_destroy_leaks_the_rest_4_5", ("4.5",), _last_sharer_leaves("destroy"),
+     ((0, 0, 1, 1, 1, 1, -19, 0), ["G=", "C=", "C=", "T"], (1, 1, 1, 1, 1), 1)),
+    ("last_sharer_death_leaks_the_rest_4_5", ("4.5",), _last_sharer_leaves("death"),
+     ((0, 0, 1, 1, 1, -19, 0), ["G=", "C=", "T"], (1, 1, 1, 1, 1), 1)),
+]
+
+
 # --- §2.3/§2.4/§9 control plane ------------------------------------------------------------------
 
 def _sysctl_checks(host, g):
@@ -404,8 +492,8 @@ DESIGNED_RULES = [
      (1, -14, 1)),
 ]
 
-ALL_RULES = POOL_RULES + FREEZE_RULES + MEMORY_RULES + SHARED_RULES + CONTROL_RULES \
-    + DESIGNED_RULES
+ALL_RULES = POOL_RULES + FREEZE_RULES + MEMORY_RULES + SHARED_RULES + SHARED_45_RULES \
+    + CONTROL_RULES + DESIGNED_RULES
 
 
 def _cases():

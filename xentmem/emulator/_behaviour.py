@@ -46,7 +46,10 @@ class Behaviour:
     bug_live_save: bool            # garbage INV handles, DESTROY_POOL leaks, SAVE_END crash
     bug_garbled_shared_list: bool  # second and later S= records garbled
     bug_creator_not_sharer: bool   # 4.5: creator missing from the share list (and its fallout)
-    bug_owner_marks_objects: bool  # 4.12: PUT marks the object with the pool owner
+    bug_owner_marks_objects: bool  # PUT marks the object with the pool owner, not the putter
+    bug_flush_keeps_marked: bool   # 4.5+: freeing a shared pool destroys only unmarked objects
+    bug_quit_pins_pool: bool       # a sharer leaving marks the pool dying: never evicted again
+    bug_reassign_clears_owner_slot: bool  # new owner: first on the share list; old slot cleared
 
     @classmethod
     def for_version(cls, version: XenVersion, *, designed: bool = False) -> Behaviour:
@@ -79,5 +82,11 @@ class Behaviour:
             bug_live_save=bug and version >= V(4, 5),
             bug_garbled_shared_list=bug and version >= V(4, 5),
             bug_creator_not_sharer=bug and version == V(4, 5),
-            bug_owner_marks_objects=bug and version >= V(4, 6),
+            # do_tmem_put sets last_client from pool->client in every release (§9.3, §9.4)
+            bug_owner_marks_objects=bug,
+            # pool_flush's pool_destroy_objs(pool, TMEM_CLI_ID_NULL) from 4.5 (4.4 and before
+            # destroyed every object): what the last sharer does not own is leaked (§9.4)
+            bug_flush_keeps_marked=bug and version >= V(4, 5),
+            bug_quit_pins_pool=bug,
+            bug_reassign_clears_owner_slot=bug,
         )

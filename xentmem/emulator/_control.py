@@ -227,7 +227,7 @@ class Control:
 
     def _list(self, dom: Domain, cli: int, buf: int, length: int, use_long: int) -> int:
         tm, b = self.tm, self.host.behaviour
-        if cli == ALL and any(p is not None and p.freed for p in tm.shared):
+        if cli == ALL and tm.list_crashes():
             raise HypervisorCrash("LIST walked a shared pool that Xen 4.5 had freed")
         recs = _listing.records(tm, b, cli, bool(use_long))
         if recs is None:

@@ -323,7 +323,7 @@ class EmulatedHost:
         newline xl adds), read through a 32 KiB buffer as libxl does."""
         self._alive()
         cli = TMEM_CLI_ID_NULL if domid is None else domid
-        if cli == TMEM_CLI_ID_NULL and any(p is not None and p.freed for p in self.tmem.shared):
+        if cli == TMEM_CLI_ID_NULL and self.tmem.list_crashes():
             self._crash("LIST walked a shared pool that Xen 4.5 had freed")
         recs = _listing.records(self.tmem, self.behaviour, cli, long)
         if recs is None:

@@ -35,7 +35,7 @@ def _global(tm: Tmem, use_long: bool) -> str:
             f"Lm:{tm.Lm},Et:{tm.Et},Ea:{tm.Ea},Rt:{tm.Rt},Ra:{tm.Ra},Rx:{tm.Rx},Fp:{tm.Fp}")
     if not use_long:
         return text + "\n"
-    nodes = sum(p.radix_nodes() for p in _all_pools(tm))
+    nodes = sum(p.radix_nodes() for p in _all_pools(tm)) + tm.leaked_nodes
     tm.Nm = max(tm.Nm, nodes)
     frames = tm.used_pages + tm.leak_frames
     tm.Fm = max(tm.Fm, frames)
@@ -88,7 +88,7 @@ def records(tm: Tmem, b: Behaviour, cli_id: int, use_long: bool) -> list[tuple[s
     out = [("G", _global(tm, use_long))]
     previous = None
     for gslot, pool in enumerate(tm.shared):
-        if pool is None or pool.freed:
+        if pool is None:  # a freed 4.5 pool still here prints as freed memory reads (§9.4)
             continue
         head = f"S=SI:{gslot},PT:{pool.type_letters},U0:{pool.uuid[0]:x},U1:{pool.uuid[1]:x}"
         tail = "".join(f",SC:{c.domid}" for c in pool.sharers)

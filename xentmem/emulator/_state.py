@@ -22,12 +22,12 @@ FORMAT = 1
 _TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
          "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
          "raw_pages", "cbytes", "npages", "nobjs", "eph_count", "leak_pages", "leak_frames",
-         "ptr_seq")
+         "ptr_seq", "leaked_nodes", "dying_pools")
 _CLIENT = ("weight", "cap", "compress", "frozen", "was_frozen", "saving", "migrating",
            "eph_count", "Em", "Ge", "Pp", "Gp", "cp", "cb", "cn", "cm", "inv_logged",
            "dangling_inv")
-_POOL = ("slot", "flags", "persistent", "shared", "gslot", "freed", "dangerous", "pt", "ps",
-         "pr", "pd", "px", "gt", "gs", "ft", "fs", "ot", "os", "Pm", "Om", "Nm")
+_POOL = ("slot", "flags", "persistent", "shared", "gslot", "freed", "list_crash", "dying", "pt",
+         "ps", "pr", "pd", "px", "gt", "gs", "ft", "fs", "ot", "os", "Pm", "Om", "Nm")
 
 
 def _pool_state(tm, pool: Pool) -> dict[str, Any]:
@@ -134,7 +134,7 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
             continue
         pool = Pool(owner, p["slot"], p["flags"], p["persistent"], p["shared"], tuple(p["uuid"]))
         for name in _POOL:
-            setattr(pool, name, p[name])
+            setattr(pool, name, p.get(name, False))
         pool.uuid = tuple(p["uuid"])
         pool.sharers = [clients[d] for d in p["sharers"] if d in clients]
         order = []
@@ -171,5 +171,5 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
         tm.g_eph[pg] = None
         pg.obj.pool.client.eph[pg] = None
     for name in _TMEM:
-        setattr(tm, name, t[name])
+        setattr(tm, name, t.get(name, 0))
     return host

@@ -104,7 +104,7 @@ class Pool:
         "Pm",
         "client",
         "cursor",
-        "dangerous",
+        "dying",
         "flags",
         "freed",
         "fs",
@@ -113,6 +113,7 @@ class Pool:
         "gslot",
         "gt",
         "head",
+        "list_crash",
         "npages",
         "objs",
         "os",
@@ -144,7 +145,8 @@ class Pool:
         self.head = Page(None, 0, b"", 0)  # sentinel of the persistent page list
         self.cursor: Page | None = None  # SAVE_GET_NEXT_PAGE position
         self.freed = False  # freed by Xen but still referenced (4.5 share-list defects)
-        self.dangerous = False  # a later related call dereferences it: hypervisor crash
+        self.list_crash = False  # such a pool crashes the LIST that walks it
+        self.dying = False  # Xen's is_dying: its pages are never evicted
         self.pt = self.ps = self.pr = self.pd = self.px = 0
         self.gt = self.gs = self.ft = self.fs = self.ot = self.os = 0
         self.Pm = self.Om = self.Nm = 0
@@ -163,15 +165,17 @@ class Pool:
 
     def radix_nodes(self) -> int:
         """Radix-tree nodes of all objects (64-slot nodes; Xen's ``Nc``), computed on demand."""
-        total = 0
-        for obj in self.objs.values():
-            top = max(obj.pages)
-            height = 1
-            while top >> (6 * height):
-                height += 1
-            for level in range(1, height + 1):
-                total += len({i >> (6 * level) for i in obj.pages})
-        return total
+        return sum(self.obj_nodes(obj) for obj in self.objs.values())
+
+    @staticmethod
+    def obj_nodes(obj: Obj) -> int:
+        if not obj.pages:
+            return 0
+        top = max(obj.pages)
+        height = 1
+        while top >> (6 * height):
+            height += 1
+        return sum(len({i >> (6 * level) for i in obj.pages}) for level in range(1, height + 1))
 
 
 class Client:
@@ -266,6 +270,8 @@ class Tmem:
         self.next_slot = 0
         self.leak_pages = 0  # counters that real releases never decremented (§9)
         self.leak_frames = 0
+        self.leaked_nodes = 0  # radix nodes of objects leaked with their pool (§9.4)
+        self.dying_pools = 0  # pools marked is_dying that still hold pages
         self.ptr_seq = 0
         self.Tt = self.Te = self.Cf = self.Af = self.Pf = self.Lm = self.Et = self.Ea = 0
         self.Rt = self.Ra = self.Rx = self.Fp = self.Ep = 0
@@ -407,16 +413,25 @@ class Tmem:
         return _cdiv(self.eph_count * 100, c.eph_count) > _cdiv(total * 100, c.weight)
 
     def evict(self, cc: Client | None) -> bool:
+        """``tmem_evict``: the first evictable page of the current client's list when it is
+        over quota, else of the global list; pages of dying pools are skipped."""
         self.Ea += 1
         if cc is not None and cc.eph and self.over_quota(cc):
-            victim = next(iter(cc.eph))
+            victim = self._first_evictable(cc.eph)
         elif self.g_eph:
-            victim = next(iter(self.g_eph))
+            victim = self._first_evictable(self.g_eph)
         else:
+            return False
+        if victim is None:
             return False
         self.remove_page(victim)
         self.Et += 1
         return True
+
+    def _first_evictable(self, pages: OrderedDict[Page, None]) -> Page | None:
+        if not self.dying_pools:
+            return next(iter(pages))
+        return next((pg for pg in pages if not pg.obj.pool.dying), None)  # type: ignore[union-attr]
 
     # ---- pages ------------------------------------------------------------------------------
 
@@ -466,7 +481,7 @@ class Tmem:
         """PUT (§2.2): ``data`` is the 4 KiB page (any buffer), or None when the frame is
         bad."""
         pool.pt += 1
-        if pool.dangerous:
+        if pool.freed:
             raise HypervisorCrash("PUT into a shared pool that Xen 4.5 had already freed")
         obj = pool.objs.get(oid)
         if obj is not None:
@@ -542,7 +557,7 @@ class Tmem:
         odom = owner.dom
         persistent = pool.persistent
         # Neither can change during a run of PUTs; either sends every op through ``put``.
-        inline = not pool.dangerous and not cc.frozen
+        inline = not pool.freed and not cc.frozen
         # A PUT takes at most one page of memory and charges at most one page to the owner: with
         # that much headroom for every op of the run, the ensure-free step and the max-memory
         # check cannot trip, so they are not even evaluated.
@@ -582,7 +597,7 @@ class Tmem:
                                     strict=True):
             if check_free and self.free_list + host.heap_free - self.reserve < 256:
                 peaks()
-                if not self.weight_sum and g_eph:
+                if not self.weight_sum and g_eph and not self.dying_pools:
                     # ensure_free's one eviction, inlined: with no weights set nobody is over
                     # quota, so the victim is the head of the global LRU list
                     self.Ea += 1
@@ -643,7 +658,7 @@ class Tmem:
         """The pages a run of ``count`` new raw pages would evict, oldest first, when that is
         simple to do in bulk: no weights (each victim is the global LRU head), every victim
         raw and older than the run, and ``obj`` never emptied by one. Else None."""
-        if pool.client.compress or self.weight_sum:
+        if pool.client.compress or self.weight_sum or self.dying_pools:
             return None
         # The ensure-free step evicts once the free memory is below 256 pages; the first ops
         # take free pages until then, and each later op evicts one page and reuses it.
@@ -1037,9 +1052,11 @@ class Tmem:
             return EPERM
         persistent = bool(flags & PoolFlags.PERSIST)
         shared = bool(flags & PoolFlags.SHARED)
+        stale = [p for p in self.shared if p is not None and p.freed]
+        if stale and (shared or any(p.client is cc for p in stale)):
+            # the global table still names a pool the 4.5 creator freed (§9.3, §9.4)
+            raise HypervisorCrash("NEW_POOL walked a freed shared pool in the global table")
         if shared:
-            if any(p is not None and p.dangerous for p in self.shared):
-                raise HypervisorCrash("shared NEW_POOL walked a freed pool in the global table")
             needs_auth = (self.b.auth_always or self.shared_auth) and not self.auth_disabled
             if uuid == UUID_NONE or (needs_auth and uuid not in cc.auth):
                 shared = False  # silently a private pool (§3.9)
@@ -1062,34 +1079,94 @@ class Tmem:
         cc.pools[slot] = pool
         return slot
 
-    def _drop_pages(self, pool: Pool, *, leak: bool = False) -> None:
-        for obj in list(pool.objs.values()):
-            for pg in list(obj.pages.values()):
-                self.remove_page(pg, leak=leak)
+    def _destroy_obj(self, obj: Obj) -> None:
+        """``obj_destroy``: every page of the object goes, and the object with its last."""
+        for pg in list(obj.pages.values()):
+            self.remove_page(pg)
+
+    def _leak_obj(self, obj: Obj) -> None:
+        """An object of a pool Xen freed without destroying it (4.5+, §9.4): its pages stay
+        allocated and counted (`G=` Ec/Pc/Fc/Oc/Nc, the owner's Ec) but leave every list, so
+        nothing ever evicts or frees them."""
+        pool = obj.pool
+        del pool.objs[obj.oid]
+        owner = pool.client
+        for pg in obj.pages.values():
+            del self.g_eph[pg]
+            del owner.eph[pg]
+        pool.npages -= len(obj.pages)
+        self.leaked_nodes += pool.obj_nodes(obj)
 
     def destroy_pool(self, cc: Client, pool_id: int) -> int:
-        """DESTROY_POOL: 1 if a pool was in the slot, else 0."""
+        """DESTROY_POOL: 1 if a pool was in the slot, else 0 (``do_tmem_destroy_pool``)."""
         if not 0 <= pool_id < MAX_POOLS_PER_DOMAIN:
             return 0
         pool = cc.pools[pool_id]
         if pool is None:
             return 0
-        if pool.dangerous:
+        if pool.freed:
             raise HypervisorCrash("DESTROY_POOL of a shared pool that Xen 4.5 had already freed")
-        if self.b.bug_live_save and cc.migrating and not pool.shared:
-            # 4.12.4: the slot empties but the pages stay counted, forever
-            cc.pools[pool_id] = None
-            self.host.leaked_pools.append(pool)
-            return 1
-        if pool.shared:
-            self.leave_shared(cc, pool_id)
-        else:
-            cc.pools[pool_id] = None
-            self._drop_pages(pool)
+        cc.pools[pool_id] = None
+        self._pool_flush(pool, cc)
         return 1
 
-    def _set_owner(self, pool: Pool, new: Client) -> None:
+    def _pool_flush(self, pool: Pool, cc: Client) -> None:
+        """``pool_flush``: ``cc`` quits a shared pool; a private pool, or a shared one nobody
+        is left on the share list of, is destroyed and freed."""
+        if pool.shared and self._shared_quit(pool, cc) > 0:
+            return
+        owner = pool.client
+        if self.b.bug_live_save and owner.migrating:
+            # "can't destroy pool while live-migrating": the slot is empty, the pages stay
+            # counted forever (§9.1)
+            self.host.leaked_pools.append(pool)
+            return
+        # Xen destroys the objects with no last client: every object of a private pool; of a
+        # shared pool (always marked, §9.3) only 4.4 and before destroyed the rest too.
+        keep = pool.shared and self.b.bug_flush_keeps_marked
+        for obj in list(pool.objs.values()):
+            (self._leak_obj if keep else self._destroy_obj)(obj)
+        if 0 <= pool.slot < MAX_POOLS_PER_DOMAIN:
+            owner.pools[pool.slot] = None
+        self._free_pool(pool)
+
+    def _shared_quit(self, pool: Pool, cc: Client) -> int:
+        """``shared_pool_quit``: the objects ``cc`` used last go, ``cc`` leaves the share list
+        (its first entry), ownership moves if it owned the pool. Returns the sharers left, or
+        -1 when ``cc`` was not on the list (the 4.5 creator, §9.2)."""
+        for obj in list(pool.objs.values()):
+            if obj.last_client == cc.domid:
+                self._destroy_obj(obj)
+        if self.b.bug_quit_pins_pool and not pool.dying:
+            pool.dying = True  # pool_destroy_objs set is_dying: eviction skips it from now on
+            self.dying_pools += 1
+        if cc not in pool.sharers:
+            return -1
+        pool.sharers.remove(cc)
+        if pool.client is cc:
+            self._reassign(pool)
+        if pool.sharers:
+            return len(pool.sharers)
+        if pool.gslot >= 0 and self.shared[pool.gslot] is pool:
+            self.shared[pool.gslot] = None
+        return 0
+
+    def _reassign(self, pool: Pool) -> None:
+        """``shared_pool_reassign``: ownership passes to the first sharer, at its lowest slot
+        holding the pool; the pool's pages move to its `Ec`."""
+        if not pool.sharers:
+            return
         old = pool.client
+        if self.b.bug_reassign_clears_owner_slot:
+            # Xen clears the old owner's slot even when the old owner is also the new one (a
+            # client that joined its own pool, §9.4); with no slot left the id reads 16.
+            if 0 <= pool.slot < MAX_POOLS_PER_DOMAIN:
+                old.pools[pool.slot] = None
+            new = pool.sharers[0]
+        else:
+            holders = [c for c in pool.sharers if pool in c.pools]
+            new = old if old in holders else holders[0] if holders else pool.sharers[0]
+        slot = next((i for i, p in enumerate(new.pools) if p is pool), MAX_POOLS_PER_DOMAIN)
         if new is not old:
             moved = [pg for pg in old.eph if pg.obj.pool is pool]  # type: ignore[union-attr]
             for pg in moved:
@@ -1099,83 +1176,39 @@ class Tmem:
             new.eph_count += len(moved)
             new.Em = max(new.Em, new.eph_count)
             pool.client = new
-        pool.slot = next(i for i, p in enumerate(new.pools) if p is pool)
+        pool.slot = slot
 
-    def _free_shared(self, pool: Pool) -> None:
-        self._drop_pages(pool)
-        if pool.gslot >= 0 and self.shared[pool.gslot] is pool:
-            self.shared[pool.gslot] = None
-
-    def leave_shared(self, cc: Client, slot: int) -> None:
-        """``cc`` drops its ``slot`` of a shared pool (DESTROY_POOL or domain death, §3.9)."""
-        pool = cc.pools[slot]
-        assert pool is not None
-        if self.b.bug_creator_not_sharer:
-            self._leave_shared_45(cc, slot, pool)
-            return
-        cc.pools[slot] = None
-        for obj in list(pool.objs.values()):
-            if obj.last_client == cc.domid:
-                for pg in list(obj.pages.values()):
-                    self.remove_page(pg)
-        if cc in pool.sharers:
-            pool.sharers.remove(cc)
-        if not pool.sharers:
-            self._free_shared(pool)
-            return
-        if pool.client is cc:
-            holders = [c for c in pool.sharers if pool in c.pools]
-            if not holders:  # every remaining sharer lost its slot already
-                self._free_shared(pool)
-                return
-            self._set_owner(pool, cc if cc in holders else holders[0])
-
-    def _leave_shared_45(self, cc: Client, slot: int, pool: Pool) -> None:
-        """Xen 4.5.5: the creator never joined its own share list (§9.2, §9.3)."""
-        if pool.client is not cc:
-            # a joiner leaving takes the whole pool, counters never decremented
-            self._drop_pages(pool, leak=True)
-            for client in [pool.client, *pool.sharers]:
-                for i, p in enumerate(client.pools):
-                    if p is pool:
-                        client.pools[i] = None
-            if self.shared[pool.gslot] is pool:
-                self.shared[pool.gslot] = None
-            return
-        if slot != pool.slot:
-            # the owner destroying its own joiner slot clears its owner slot instead
-            cc.pools[pool.slot] = None
-            if cc in pool.sharers:
-                pool.sharers.remove(cc)
-            self._drop_pages(pool)
-            pool.slot = slot
-            return
-        cc.pools[slot] = None
-        others = [i for i, p in enumerate(cc.pools) if p is pool]
-        if others:
-            if cc in pool.sharers:
-                pool.sharers.remove(cc)
-            self._drop_pages(pool)
-            pool.slot = others[0]
-            return
-        # the creator leaving frees the pool but the global table (and any joiner) keep it
-        self._drop_pages(pool)
+    def _free_pool(self, pool: Pool) -> None:
+        """``pool_free``. A 4.5 creator's pool can stay in the global table (and in joiners'
+        slots), pointing at freed memory that reads as an unshared pool with zero counters."""
         pool.freed = True
-        pool.dangerous = bool(pool.sharers)
-        self.host.dangling_shared = True
+        if pool.dying:
+            self.dying_pools -= 1
+            pool.dying = False
+        if pool.gslot >= 0 and self.shared[pool.gslot] is pool:
+            # LIST prints it while it has sharers; with an empty share list it crashes (§9.2)
+            pool.list_crash = not pool.sharers
+            pool.persistent = pool.shared = False
+            pool.pt = pool.ps = pool.pr = pool.pd = pool.px = 0
+            pool.gt = pool.gs = pool.ft = pool.fs = pool.ot = pool.os = 0
+            pool.Pm = pool.Om = pool.Nm = 0
+
+    def list_crashes(self) -> bool:
+        """Whether a LIST of all clients walks freed memory that kills the host (§9.2, §9.3)."""
+        return any(p is not None and p.list_crash for p in self.shared)
 
     def destroy_client(self, cc: Client) -> None:
-        """Domain death (§3.2): flush every slot, free the client."""
+        """Domain death (§3.2, ``client_flush``): flush every slot, free the client."""
         for slot, pool in enumerate(cc.pools):
             if pool is None:
                 continue
-            if pool.dangerous:
-                raise HypervisorCrash("domain death walked a shared pool Xen 4.5 had freed")
-            if pool.shared:
-                self.leave_shared(cc, slot)
+            if pool.freed:
+                # a joiner's slot of a pool the 4.5 creator freed: the dead client stays on
+                # that pool's share list, which the next LIST walks (§9.3)
+                pool.list_crash = True
             else:
-                cc.pools[slot] = None
-                self._drop_pages(pool)
+                self._pool_flush(pool, cc)
+            cc.pools[slot] = None
         self.weight_sum -= cc.weight
         del self.clients[cc.domid]
         cc.dom.client = None
