@@ -32,6 +32,8 @@ node                                        who    meaning
 ``data/tmem/balloon/current_kib``           guest  balloon driver's current reservation
 ``data/tmem/balloon/target_kib``            guest  balloon driver's target
 ``data/tmem/sink``                          guest  ``sysfs`` or ``model``
+``data/tmem/mode``                          guest  who runs the self-balloon law: ``kernel``
+                                                   or ``user-space`` (this agent)
 ==========================================  =====  =========================================
 
 The agent watches ``control`` (reconciling every requested setting on each change) and
@@ -41,24 +43,38 @@ refuses (frontswap/cleancache are read-only module parameters on a real kernel; 
 reject 0), is reported as ``refused`` and changes nothing. The emulated guest can reload its
 tmem backend, so there the module toggles apply. The host reads ``data/`` through the
 sanitiser only (``xentmem.host.guests``).
+
+Where the kernel has no self-balloon driver (Linux 5.3+), the agent runs the self-balloon law
+itself (:mod:`.userspace`): ``selfballooning`` and its knobs are kept by the agent, which moves
+the balloon driver's ``target_kb`` every ``interval`` s and gives it back to dom0's
+``memory/target`` when switched off or stopped; ``selfshrinking`` is refused (no tmem).
+
+Inside a guest with nothing but Python: ``xentmem agent build-zipapp OUT.pyz`` (:mod:`.pyz`)
+makes a single-file agent, ``python3 OUT.pyz --print-unit`` its systemd unit (:mod:`.service`).
 """
 
 from xentmem.xenstore.keys import KEYS, KNOBS, TOGGLES, Key
 
-from .agent import SYSFS_PATHS, Agent, Report
+from .agent import DATA_MODE, MODES, SYSFS_PATHS, Agent, Report
 from .sinks import ModelSink, Sink, SysfsSink
 from .target import XenStoreTargetSource
+from .userspace import Limits, Step, UserSpaceSelfBalloon
 
 __all__ = [
+    "DATA_MODE",
     "KEYS",
     "KNOBS",
+    "MODES",
     "SYSFS_PATHS",
     "TOGGLES",
     "Agent",
     "Key",
+    "Limits",
     "ModelSink",
     "Report",
     "Sink",
+    "Step",
     "SysfsSink",
+    "UserSpaceSelfBalloon",
     "XenStoreTargetSource",
 ]

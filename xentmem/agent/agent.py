@@ -6,6 +6,14 @@ transaction, so a request written by dom0 in one transaction is seen whole), com
 what the guest reports, writes only what differs, reads it back, and publishes the result with
 the request's sequence number last. Missing events therefore never lose a request, and a
 restarted agent or a reconnected watch converges on the same state.
+
+Who runs the self-balloon law (``data/tmem/mode``): the kernel's driver where its
+``selfballoon/`` files exist (``kernel``); where they do not but the balloon driver is there and
+the kernel is one that cannot have the driver (Linux 5.3+, or a release the agent cannot tell),
+the agent itself (``user-space``, :mod:`xentmem.agent.userspace`): ``selfballooning`` and its
+knobs are then kept by the agent, which runs the law every ``interval`` s between watch events,
+and ``selfshrinking`` is refused (no tmem, nothing to shrink). A 3.10-5.2 kernel without the
+files was built without the driver: refused, as before (the kernel is the place to fix that).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from xentmem.xenstore import (
     XenStore,
     sanitize_bool,
     sanitize_int,
+    sanitize_kib,
     sanitize_text,
     transaction,
 )
@@ -48,8 +57,9 @@ from xentmem.xenstore.keys import (
 )
 
 from .sinks import Sink, module_param_path
+from .userspace import LAW_KNOBS, TARGET_KB, Limits, UserSpaceSelfBalloon
 
-__all__ = ["SYSFS_PATHS", "Agent", "Report"]
+__all__ = ["DATA_MODE", "MODES", "SYSFS_PATHS", "Agent", "Report"]
 
 log = logging.getLogger("xentmem.agent")
 
@@ -77,6 +87,10 @@ _U64 = (1 << 64) - 1
 _REASON_MAX = 200  # data/tmem/reason is one line the host shows as is
 _TARGET_SETTLE = 0.1  # s after a memory/target change before the balloon is republished
 _HEARTBEAT = (DATA_HEARTBEAT, DATA_HEARTBEAT_INTERVAL)
+# Who runs the self-balloon law; belongs with the other nodes in xentmem.xenstore.keys
+DATA_MODE = f"{DATA}/mode"
+MODES = ("kernel", "user-space")
+_LAW_KEYS = frozenset({*LAW_KNOBS, "selfshrinking"})  # what user-space mode keeps itself
 
 
 @dataclass(frozen=True)
@@ -112,12 +126,15 @@ class Agent:
     ``domain_socket(domid)``); all paths are relative to the guest's home. Counters, and the
     heartbeat (``clock()`` in whole seconds), are republished every ``stats_interval`` seconds.
     A one-shot agent (``heartbeat=False``, ``agent run --once``) publishes no heartbeat and takes
-    down one that a running agent left, so dom0 never calls it silent between runs.
+    down one that a running agent left, so dom0 never calls it silent between runs; nor can it
+    run the self-balloon law in user space (it refuses ``selfballooning``). ``monotonic`` is the
+    clock of the user-space law's runs (:attr:`selfballoon`).
     """
 
     def __init__(self, xs: XenStore, sink: Sink, *, stats_interval: float = 5.0,
                  max_backoff: float = 2.0, clock: Callable[[], float] = time.time,
-                 heartbeat: bool = True) -> None:
+                 heartbeat: bool = True,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         if stats_interval <= 0:
             raise ValueError(f"stats_interval must be positive, not {stats_interval}")
         self.xs = xs
@@ -126,6 +143,7 @@ class Agent:
         self.max_backoff = max_backoff
         self.clock = clock
         self.heartbeat = heartbeat
+        self.selfballoon = UserSpaceSelfBalloon(sink, clock=monotonic)
         self.report = Report(None, "applied")
         # what this agent last wrote under data/; a node listed here and not published again is
         # removed at the next publish (so a one-shot agent lists the heartbeat from the start)
@@ -145,9 +163,29 @@ class Agent:
 
         return transaction(self.xs, read)
 
+    def _kernel(self) -> Kernel | None:
+        return Kernel.from_release(self.sink.read(OSRELEASE) or "")
+
+    def mode(self) -> str | None:
+        """Who runs the self-balloon law here: ``kernel``, ``user-space`` (this agent), or None
+        (neither can)."""
+        if self.sink.read(SYSFS_PATHS["selfballooning"]) is not None:
+            return "kernel"
+        if self.sink.read(TARGET_KB) is None:
+            return None  # no balloon driver: nothing to move
+        kernel = self._kernel()
+        if kernel is not None and kernel.has_selfballoon:
+            return None  # built without CONFIG_XEN_SELFBALLOONING
+        return "user-space"
+
+    def limits(self) -> Limits:
+        """dom0's ``memory/target`` and ``memory/static-max`` for this domain, sanitised."""
+        return Limits(sanitize_kib(self.xs.read("memory/target", None)),
+                      sanitize_kib(self.xs.read("memory/static-max", None)))
+
     def _missing(self, k: Key, path: str) -> str:
         """Why ``k``'s file is absent: the running kernel's reason when it names one."""
-        kernel = Kernel.from_release(self.sink.read(OSRELEASE) or "")
+        kernel = self._kernel()
         feature = "tmem" if k.name in _MODULE_KEYS else "selfballoon"
         if kernel is not None and not kernel.has_tmem:
             return kernel.missing(feature)
@@ -155,7 +193,7 @@ class Agent:
             return "the tmem module is not loaded"
         return f"/{path} is missing (kernel without self-ballooning?)"
 
-    def _apply(self, k: Key, untrusted: bytes) -> str | None:
+    def _apply(self, k: Key, untrusted: bytes, mode: str | None) -> str | None:
         """Bring ``k`` to the requested value; None if done, else why not."""
         if k.boolean:
             flag = sanitize_bool(untrusted)
@@ -164,6 +202,8 @@ class Agent:
             wanted = sanitize_int(untrusted, k.lo, k.hi)
         if wanted is None:
             return f"{_shown(untrusted)!r} is not {k.describe_range()}"
+        if mode == "user-space" and k.name in _LAW_KEYS:
+            return self._apply_userspace(k.name, wanted)
         path = SYSFS_PATHS[k.name]
         current = _parse_current(k, self.sink.read(path))
         if current is None:
@@ -185,39 +225,100 @@ class Agent:
             return f"wrote {wanted}, the guest reports {after}"
         return None
 
+    def _apply_userspace(self, name: str, wanted: int) -> str | None:
+        """Keep a self-balloon setting in this agent (user-space mode)."""
+        law = self.selfballoon
+        if name == "selfshrinking":
+            if not wanted:
+                return None
+            kernel = self._kernel()
+            why = kernel.missing("tmem") if kernel is not None else "this kernel has no tmem"
+            return f"frontswap self-shrinking has nothing to act on without tmem: {why}"
+        if law.applied()[name] == wanted:
+            return None
+        if not self.heartbeat:  # what it set would end with it
+            return ("the kernel has no self-balloon driver and a one-shot agent (--once) cannot "
+                    "run the law itself: run the agent as a service")
+        if name != "selfballooning":
+            law.set_knob(name, wanted)  # 0 is fine here: the law reads it as "the default"
+            return None
+        if not wanted:
+            law.release(self.limits())
+            return None
+        reading = law.read(self.limits())
+        if isinstance(reading, str):
+            return f"cannot run the self-balloon law: {reading}"
+        law.set_knob(name, wanted)
+        return None
+
     def reconcile(self) -> Report:
         """Apply every requested setting and publish the outcome (thread-safe)."""
         with self._lock:
             seq, wanted = self._read_control()
+            mode = self.mode()
             refused: dict[str, str] = {}
             for k in _APPLY_ORDER:
                 if k in wanted:
-                    why = self._apply(k, wanted[k])
+                    why = self._apply(k, wanted[k], mode)
                     if why is not None:
                         refused[k.name] = why
             refused = {k.name: refused[k.name] for k in KEYS if k.name in refused}
             self.report = Report(seq, "refused" if refused else "applied", refused,
-                                 self._applied())
+                                 self._applied(mode))
             if refused:
                 log.warning("refused: %s", self.report.reason)
-            self._publish()
+            self._publish(mode)
             return self.report
 
     def publish(self) -> None:
         """Republish applied values and counters (nothing is re-applied)."""
         with self._lock:
-            r = self.report
-            self.report = Report(r.seq, r.state, r.refused, self._applied())
-            self._publish()
+            self._republish()
 
-    def _applied(self) -> dict[str, int]:
-        """What the guest has now, read back from the sink."""
-        return {k.name: v for k in KEYS
-                if (v := _parse_current(k, self.sink.read(SYSFS_PATHS[k.name]))) is not None}
+    def _republish(self) -> None:
+        mode = self.mode()
+        r = self.report
+        self.report = Report(r.seq, r.state, r.refused, self._applied(mode))
+        self._publish(mode)
 
-    def _nodes(self) -> dict[str, str]:
+    def step_selfballoon(self) -> bool:
+        """Run the user-space law if a run is due, and republish; whether it ran."""
+        with self._lock:
+            if not self.selfballoon.due():
+                return False
+            self.selfballoon.run(self.limits())
+            self._republish()
+            return True
+
+    def release_selfballoon(self) -> None:
+        """Give the balloon back to dom0's ``memory/target`` if this agent runs the law (the
+        last target seen, when xenstore is gone), and say so under ``data/tmem`` if it can."""
+        with self._lock:
+            if not self.selfballoon.enabled:
+                return
+            try:
+                limits: Limits | None = self.limits()
+            except XenStoreError:
+                limits = None
+            kib = self.selfballoon.release(limits)
+            log.info("user-space self-balloon off: balloon target back to %s KiB", kib)
+            with contextlib.suppress(XenStoreError):
+                self._republish()
+
+    def _applied(self, mode: str | None) -> dict[str, int]:
+        """What the guest has now, read back from the sink (and this agent, in user-space
+        mode)."""
+        applied = {k.name: v for k in KEYS
+                   if (v := _parse_current(k, self.sink.read(SYSFS_PATHS[k.name]))) is not None}
+        if mode == "user-space":
+            applied.update(self.selfballoon.applied())
+        return applied
+
+    def _nodes(self, mode: str | None) -> dict[str, str]:
         r = self.report
         nodes = {DATA_SINK: self.sink.kind, DATA_STATE: r.state, DATA_REASON: r.reason}
+        if mode is not None:
+            nodes[DATA_MODE] = mode
         if self.heartbeat:
             nodes[DATA_HEARTBEAT] = str(int(self.clock()))
             nodes[DATA_HEARTBEAT_INTERVAL] = str(math.ceil(self.stats_interval))
@@ -235,8 +336,8 @@ class Agent:
                     nodes[where(name)] = str(value)
         return nodes
 
-    def _publish(self) -> None:
-        nodes = self._nodes()
+    def _publish(self, mode: str | None) -> None:
+        nodes = self._nodes(mode)
         old = self._published
         changed = {p: v for p, v in nodes.items() if old.get(p) != v}
         gone = [p for p in old if p not in nodes]
@@ -258,7 +359,9 @@ class Agent:
     def run(self) -> None:
         """Serve until :meth:`stop`: reconcile on every ``control/`` change, republish the
         balloon soon after ``memory/target`` changes and the counters every
-        ``stats_interval`` s, reconnect with backoff when xenstore goes away."""
+        ``stats_interval`` s, run the user-space self-balloon law when due, reconnect with
+        backoff when xenstore goes away. On the way out the balloon is given back to dom0's
+        ``memory/target`` if this agent was self-ballooning."""
         backoff = 0.05
         watches: tuple[Watch, Watch] | None = None
         dirty = False  # control/ changed and has not been applied yet
@@ -290,6 +393,7 @@ class Agent:
                     if time.monotonic() >= next_stats:
                         next_stats = time.monotonic() + self.stats_interval
                         self.publish()
+                    self.step_selfballoon()
                     backoff = 0.05
                 except XenStoreError as exc:
                     if self._stop.is_set():
@@ -304,8 +408,11 @@ class Agent:
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, self.max_backoff)
         finally:
-            for w in watches or ():
-                w.close()
+            try:
+                self.release_selfballoon()  # stopping the agent stops its self-ballooning
+            finally:
+                for w in watches or ():
+                    w.close()
 
     def start(self, *, wait: float = 0.0) -> Agent:
         """Run :meth:`run` in a daemon thread; with ``wait``, return once the first report is

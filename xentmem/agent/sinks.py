@@ -4,6 +4,9 @@ out by :meth:`xentmem.guest.SysfsView.mirror`) or an emulated guest model direct
 Both speak the kernel's file names and text (ref linux-tmem-frontends.md §3.1, §4.2-§4.3): the
 agent reads and writes the same relative paths either way. A sink raises ``GuestError`` with the
 reason when the guest refuses a write; that reason ends up in ``data/tmem/refused/<key>``.
+
+The guest model is imported only when a :class:`ModelSink` is made: a real guest's agent (and
+the single-file agent, :mod:`xentmem.agent.pyz`) never loads it.
 """
 
 from __future__ import annotations
@@ -11,16 +14,25 @@ from __future__ import annotations
 import errno
 import os
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from xentmem.errors import GuestError, errno_name
-from xentmem.guest import Guest, SysfsView, XenTmem
+
+from .procfs import render_zoneinfo
+
+if TYPE_CHECKING:
+    from xentmem.guest import Guest
 
 __all__ = ["MODULE_PARAMS", "ModelSink", "Sink", "SysfsSink", "module_param_path"]
 
 MODULE = "tmem"  # drivers/xen/tmem.c builds module "tmem"
 MODULE_PARAMS = ("frontswap", "cleancache", "selfballooning", "selfshrinking")
 _READ_LIMIT = 256  # a sysfs attribute is one short line; never read more
+# procfs files the self-balloon law reads: zoneinfo lists every CPU's pageset per zone. A file
+# longer than its limit reads as absent rather than cut short (a truncated zoneinfo would give a
+# smaller totalreserve_pages).
+_PROC_LIMITS = {"proc/meminfo": 64 << 10, "proc/zoneinfo": 4 << 20}
+_ZONEINFO = "proc/zoneinfo"
 
 
 def module_param_path(name: str) -> str:
@@ -58,10 +70,13 @@ class SysfsSink:
         return f"SysfsSink({str(self.root)!r})"
 
     def read(self, path: str) -> str | None:
+        limit = _PROC_LIMITS.get(path)
         try:
             with open(self.root / path, "rb") as f:
-                raw = f.read(_READ_LIMIT)
+                raw = f.read(_READ_LIMIT if limit is None else limit + 1)
         except OSError:
+            return None
+        if limit is not None and len(raw) > limit:
             return None
         return raw.decode("ascii", "replace")
 
@@ -98,6 +113,8 @@ class ModelSink:
     kind = "model"
 
     def __init__(self, guest: Guest) -> None:
+        from xentmem.guest import SysfsView
+
         self.guest = guest
         self.view = SysfsView(guest)
 
@@ -108,12 +125,18 @@ class ModelSink:
         try:
             return self.view.read(path)
         except GuestError:
+            if path == _ZONEINFO:  # the view has no zoneinfo: the model's numbers, one zone
+                g = self.guest
+                return render_zoneinfo(totalreserve_pages=g.totalreserve_pages,
+                                       max_pfn=g.max_pfn, managed_pages=g.totalram_pages)
             return None
 
     def write(self, path: str, text: str) -> None:
         self.view.write(path, text)
 
     def set_module_param(self, name: str, value: bool) -> None:
+        from xentmem.guest import XenTmem
+
         if name not in MODULE_PARAMS:
             raise GuestError(f"tmem has no parameter {name!r}")
         if not self.guest.kernel.has_tmem:

@@ -11,16 +11,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from xentmem.errors import XenStoreError
 from xentmem.xenstore import XenStore
 
+if TYPE_CHECKING:  # a type only: the single-file agent runs on Python 3.9 (no `X | Y` at run time)
+    from collections.abc import Callable
+
+    Callback = Callable[[str | bytes | None], None]
+
 __all__ = ["XenStoreTargetSource"]
 
 log = logging.getLogger("xentmem.agent")
-
-Callback = Callable[[str | bytes | None], None]
 
 
 class XenStoreTargetSource:

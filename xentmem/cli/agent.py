@@ -4,17 +4,23 @@ It talks to one xenstored, the one ``-c`` names (``xentmem.cli._connect``): insi
 (no ``-c``) the guest's xenbus device, found as the C tools find it; ``-c emulator:DIR?domid=N``
 (or ``-c emulator:DIR --domid N``) the emulator's xenstored as domain N, its socket
 ``DIR/xenstore.sock.domN``. ``--xenstored PATH`` overrides the xenstored.
+
+``agent run --print-unit`` prints a systemd unit running that command; ``agent build-zipapp
+OUT.pyz`` makes the single-file agent for a guest that has Python and nothing else
+(:mod:`xentmem.agent.pyz`; it has ``--print-unit`` too).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from xentmem.agent import Agent, SysfsSink
+from xentmem.agent.service import once_row, serve, unit_text
 from xentmem.cli._app import UsageError, app
 from xentmem.cli._connect import Connect, XenStored, resolve_target
 from xentmem.cli._render import render
@@ -44,8 +50,17 @@ def run(
         "--once", help="Apply control/ once, publish data/tmem, print the outcome, exit "
         "(1 if refused).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="With --once: print JSON.")] = False,
+    print_unit: Annotated[bool, typer.Option(
+        "--print-unit", help="Print a systemd unit running this command (with these options) "
+        "and exit.")] = False,
 ) -> None:
-    """Watch control/tmem and control/selfballoon, apply them to sysfs, publish data/tmem."""
+    """Watch control/tmem and control/selfballoon, apply them to sysfs (or run the self-balloon
+    law here where the kernel has no self-balloon driver), publish data/tmem."""
+    if print_unit:
+        typer.echo(unit_text([sys.executable, "-m", "xentmem.agent", "run",
+                              *_passed_on(connect, domid, xenstored, sysfs_root,
+                                          stats_interval, timeout)]), nl=False)
+        return
     if not (sysfs_root / "sys").is_dir():
         raise UsageError(f"{sysfs_root}/sys is not a directory (see --sysfs-root)")
     target = resolve_target(connect, xenstored=xenstored, domid=domid)
@@ -53,15 +68,44 @@ def run(
     agent = Agent(xs, SysfsSink(sysfs_root), stats_interval=stats_interval, heartbeat=not once)
     try:
         if once:
-            report = agent.reconcile()
-            render({"request": report.seq, "state": report.state, "reason": report.reason,
-                    **{f"applied_{k}": v for k, v in report.applied.items()}},
-                   as_json=as_json, title="agent")
-            if report.state == "refused":
+            row = once_row(agent.reconcile())
+            render(row, as_json=as_json, title="agent")
+            if row["state"] == "refused":
                 raise typer.Exit(1)
             return
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         logging.getLogger("xentmem.agent").info("serving %s via %s", sysfs_root, xs.path)
-        agent.run()  # until interrupted (the edge turns ^C into exit 130)
+        serve(agent)  # until SIGTERM, or interrupted (the edge turns ^C into exit 130)
     finally:
         xs.close()
+
+
+def _passed_on(connect: str | None, domid: int | None, xenstored: str | None, sysfs_root: Path,
+               stats_interval: float, timeout: float) -> list[str]:
+    """The options a unit's ExecStart repeats (those given, or not at their default)."""
+    out: list[str] = []
+    for flag, value, default in (("--connect", connect, None), ("--domid", domid, None),
+                                 ("--xenstored", xenstored, None),
+                                 ("--sysfs-root", sysfs_root, Path("/")),
+                                 ("--stats-interval", stats_interval, 5.0),
+                                 ("--timeout", timeout, 5.0)):
+        if value is not None and value != default:
+            out += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return out
+
+
+@agent_app.command("build-zipapp")
+def build_zipapp(
+    out: Annotated[Path, typer.Argument(metavar="OUT.pyz", help="The file to write.")],
+    interpreter: Annotated[str, typer.Option(
+        help="The #! line's interpreter.")] = "/usr/bin/env python3",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Build the single-file agent for a guest: pure Python (pyxs inside), no compiled parts;
+    in the guest `python3 OUT.pyz run`, `python3 OUT.pyz --print-unit` for its systemd unit."""
+    from xentmem.agent.pyz import build_pyz
+
+    info = build_pyz(out, interpreter=interpreter)
+    render({"path": str(info.path), "bytes": info.size, "modules": len(info.modules),
+            "python": f"{info.python[0]}.{info.python[1]}+",
+            "held_back_by": list(info.blockers)}, as_json=as_json, title="single-file agent")
