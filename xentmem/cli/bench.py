@@ -9,7 +9,6 @@ import typer
 from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError, app
 from xentmem.cli._render import render
-from xentmem.emulator import bench_tmem
 
 bench_app = typer.Typer(help="Benchmarks of the emulated data paths.", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
@@ -30,6 +29,8 @@ def tmem(
         XenVersion.parse(xen_version)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    from xentmem.emulator import bench_tmem
+
     result = bench_tmem(pages, xen_version=xen_version, rounds=rounds)
     if as_json:
         render(result.as_dict(), as_json=True)

@@ -10,7 +10,6 @@ from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError
 from xentmem.cli._render import render
 from xentmem.cli.bench import bench_app
-from xentmem.emulator.bench_guest import bench_guest
 
 __all__ = ["guest"]
 
@@ -32,6 +31,8 @@ def guest(
         XenVersion.parse(xen_version)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    from xentmem.emulator.bench_guest import bench_guest
+
     rows = [r.as_dict() for r in bench_guest(pages, rounds=rounds, xen_version=xen_version,
                                              drain_pages=drain_pages)]
     render(rows, as_json=as_json, title="guest model: frontswap data path and unload drain",

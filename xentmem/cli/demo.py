@@ -10,7 +10,6 @@ import typer
 
 from xentmem.cli._app import app
 from xentmem.cli.emulator_run import run_and_report
-from xentmem.emulator.scenario import load_scenario
 
 __all__ = ["demo"]
 
@@ -19,6 +18,8 @@ __all__ = ["demo"]
 def demo(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Run the built-in scenario on an emulated Xen host (no Xen needed); exit 1 if any page
     was lost or stale."""
+    from xentmem.emulator.scenario import load_scenario
+
     scenario = load_scenario(files("xentmem.guest") / "demo.toml")
     if not run_and_report(scenario, as_json=as_json).ok:
         raise typer.Exit(1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 import typer
@@ -11,7 +12,6 @@ from rich.console import Console
 from xentmem.cli._app import UsageError
 from xentmem.cli._render import render
 from xentmem.cli.emulator import emulator_app
-from xentmem.emulator import daemon
 from xentmem.errors import EmulatorError, TransportError
 from xentmem.host.tmemlist import parse_tmem_list
 from xentmem.hypercalls.socket import default_state_dir
@@ -68,6 +68,13 @@ def _check_living(workloads: tuple[str, ...], kernels: tuple[str, ...]) -> None:
                 Kernel.parse(k)
             except GuestError as exc:
                 raise UsageError(f"--kernel {k!r}: {exc}") from None
+
+
+def _daemon() -> ModuleType:
+    """The daemon's library side, imported when a command needs it (start-up stays light)."""
+    from xentmem.emulator import daemon
+
+    return daemon
 
 
 def _dir(state: Path | None) -> Path:
@@ -134,10 +141,10 @@ def up(state: State = None,
     workloads = _per_guest(workload, guests, "--workload")
     kernels = _per_guest(kernel, guests, "--kernel")
     _check_living(workloads, kernels)
-    config = daemon.HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
+    config = _daemon().HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
                                guest_memory_mb, workloads, kernels, bare, speed, scenario,
                                checkpoint_interval)
-    info = daemon.start(_dir(state), config, fresh=fresh, recover=recover, timeout=timeout)
+    info = _daemon().start(_dir(state), config, fresh=fresh, recover=recover, timeout=timeout)
     if as_json:
         render(info, as_json=True)
         return
@@ -168,7 +175,7 @@ def down(state: State = None,
          as_json: Json = False) -> None:
     """Stop the daemon; the host (every persistent page) is saved in the state directory."""
     directory = _dir(state)
-    result = daemon.stop(directory, timeout=timeout)
+    result = _daemon().stop(directory, timeout=timeout)
     if as_json:
         render({"stopped": result is not None, "state_dir": str(directory),
                 **(result or {})}, as_json=True)
@@ -187,10 +194,10 @@ def down(state: State = None,
 
 def _control(state: Path | None, cmd: str, **args: Any) -> Any:
     directory = _dir(state)
-    if daemon.running(directory) is None:
+    if _daemon().running(directory) is None:
         raise TransportError(f"no emulator daemon running in {directory} "
                              "(start one with `xentmem emulator up`)")
-    return daemon.control(directory, cmd, **args)
+    return _daemon().control(directory, cmd, **args)
 
 
 @emulator_app.command()

@@ -4,7 +4,7 @@ load and unload backends on schedule, print a summary; exit 1 if any page was lo
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,8 +13,10 @@ from rich.progress import BarColumn, Progress, TextColumn
 from xentmem.cli._app import UsageError
 from xentmem.cli._render import render
 from xentmem.cli.emulator import emulator_app
-from xentmem.emulator.scenario import Scenario, ScenarioResult, load_scenario, run_scenario
 from xentmem.errors import GuestError
+
+if TYPE_CHECKING:  # the emulator is imported when a scenario runs, not at start-up
+    from xentmem.emulator.scenario import Scenario, ScenarioResult
 
 __all__ = ["run_and_report"]
 
@@ -41,6 +43,8 @@ def run_and_report(scenario: Scenario, *, as_json: bool) -> ScenarioResult:
             progress.console.print(f"[cyan]t={entry['at']:>5.1f}s[/cyan] "
                                    f"[bold]{entry['guest']}[/bold]  {entry['event']}")
 
+    from xentmem.emulator.scenario import run_scenario
+
     with progress:
         task = progress.add_task("run", total=scenario.duration)
         result = run_scenario(scenario, on_event=on_event,
@@ -63,6 +67,8 @@ def run(scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.",
                                                  show_default=False)],
         as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Run a scenario on an in-process emulated host; exit 1 on any lost or stale page."""
+    from xentmem.emulator.scenario import load_scenario
+
     try:
         spec = load_scenario(scenario)
     except GuestError as exc:
