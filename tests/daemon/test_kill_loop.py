@@ -1,6 +1,7 @@
 """The long random kill loop (``scripts/test -m slow``): a writer stores persistent pages while
-the daemon is SIGKILLed at random moments, at least 100 times, on a small disk that fills and
-drains; after every restart every acknowledged page must come back as it was acknowledged.
+the daemon is SIGKILLed at random moments (while serving, while a forked child writes a
+snapshot, while it boots), at least 100 times, on a small disk that fills and drains; after
+every restart every acknowledged page must come back as it was acknowledged.
 
 The seed is the test's parameter, so a failing run is reproduced by its test name.
 """
@@ -13,6 +14,7 @@ import random
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,10 +90,22 @@ def test_random_kills_on_a_filling_disk_lose_no_acknowledged_page(seed: int) -> 
                             continue
                         acked[key] = version
                         maybe[key].clear()
+                    if kills % 3 == 1:  # die while a forked child writes a snapshot
+                        with contextlib.suppress(EmulatorError, TransportError):
+                            daemon.control(state, "checkpoint", background=True)
             except TransportError:
                 pass
             _kill(state)
             kills += 1
+            if kills % 7 == 3:  # die while booting: loading, replaying, first snapshot
+                boot = subprocess.Popen([sys.executable, "-m", "xentmem.emulator.daemon",
+                                         "--state", str(state), "--foreground", "--bare",
+                                         "--guests", "1", "--memory-mb", "512"],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(rng.uniform(0.0, 0.4))
+                boot.kill()
+                boot.wait(10)
+                kills += 1
             with contextlib.suppress(OSError):
                 (mount / "filler").unlink()  # restart with room: a full disk is tested above
             daemon.start(state, CONFIG)
