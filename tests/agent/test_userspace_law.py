@@ -219,6 +219,17 @@ def test_release_gives_the_balloon_back_to_dom0s_target(tmp_path: Path) -> None:
     assert nothing.release(Limits(None, None)) is None  # nothing known: left as it is
 
 
+def test_where_dom0_says_nothing_the_target_before_stands_in(tmp_path: Path) -> None:
+    knobs = replace(KNOBS, selfballooning=False, reserved_mb=64)
+    tree, b, _ = law(tmp_path, knobs, T=100000, C=150000, R=4000, P=262144)
+    b.set_knob("selfballooning", 1)  # the balloon's target now: 101000 pages
+    assert b.before_kib == 101000 * 4
+    step = b.run(NO_LIMITS)  # the law would grow to 171384: no higher than before
+    assert (step.law_pages, step.ceiling_pages, step.target_pages) == (171384, 101000, 101000)
+    tree.write(60000, 61000, 61000)  # something else moved it down meanwhile
+    assert b.release(NO_LIMITS) == 101000 * 4 and tree.target == 101000
+
+
 def test_unreadable_inputs_change_nothing_and_are_tried_again(tmp_path: Path) -> None:
     tree, b, clock = law(tmp_path, T=240000, C=100000, R=4000, P=262144)
     (tmp_path / MEMINFO).write_text("MemTotal: lots\n")

@@ -19,6 +19,9 @@ after ``interval``, as the kernel's sysfs store does):
 Where zoneinfo cannot be read, R is taken as 0 and P as ``memory/static-max``; a run whose
 meminfo or balloon files are unreadable changes nothing and is tried again next interval.
 Switching self-ballooning off, or stopping the agent, writes dom0's ``memory/target`` back.
+Where dom0 has written neither node (a dom0 whose toolstack keeps none for itself), the balloon
+target found when self-ballooning was switched on stands in for both: the ceiling and what is
+given back.
 
 The policy is pure (:func:`parse_inputs`, :func:`next_target`, :func:`ceiling_pages`); only
 :class:`UserSpaceSelfBalloon` reads and writes, with an injectable clock.
@@ -105,7 +108,7 @@ class Step:
     reading: Reading
     law_pages: int  # selfballoon_target
     floor_pages: int  # the law's floor, as a balloon target
-    ceiling_pages: int | None  # dom0's memory/target and static-max
+    ceiling_pages: int | None  # dom0's memory/target and static-max (or the target before)
     target_pages: int  # what was written
 
 
@@ -174,6 +177,7 @@ class UserSpaceSelfBalloon:
         self.steps: deque[Step] = deque(maxlen=_HISTORY)
         self.last_error: str | None = None
         self.limits = Limits(None, None)  # the last seen; used when xenstore is gone at exit
+        self.before_kib: int | None = None  # target_kb when self-ballooning was switched on
         self._due: float | None = None
         self._lock = threading.RLock()
 
@@ -200,6 +204,7 @@ class UserSpaceSelfBalloon:
                                             if name == "selfballooning" else int(value)})
             if name == "selfballooning":
                 if value and not before.selfballooning:
+                    self.before_kib = sanitize_kib(self.sink.read(TARGET_KB))
                     self._due = self.clock() + self.knobs.interval
                 elif not value:
                     self._due = None
@@ -230,6 +235,8 @@ class UserSpaceSelfBalloon:
                 return self._failed(reading)
             snap = reading.snapshot
             ceiling = ceiling_pages(limits)
+            if ceiling is None and self.before_kib is not None:
+                ceiling = self.before_kib // _KIB_PER_PAGE  # dom0 said nothing: no higher
             target = next_target(self.knobs, snap, ceiling)
             try:
                 self.sink.write(TARGET_KB, f"{target * _KIB_PER_PAGE}\n")
@@ -251,8 +258,9 @@ class UserSpaceSelfBalloon:
 
     def release(self, limits: Limits | None = None) -> int | None:
         """Stop self-ballooning and give the balloon back to dom0's ``memory/target`` (the
-        last one seen when ``limits`` has none); the KiB written, or None if there was no
-        target to give back or the write was refused."""
+        last one seen when ``limits`` has none, else the target from before self-ballooning);
+        the KiB written, or None if there was no target to give back or the write was
+        refused."""
         with self._lock:
             self.set_knob("selfballooning", 0)
             kib = limits.memory_target_kib if limits is not None else None
@@ -260,6 +268,8 @@ class UserSpaceSelfBalloon:
                 kib = self.limits.memory_target_kib
             else:
                 self.limits = limits
+            if kib is None:
+                kib = self.before_kib
             if kib is None:
                 log.warning("user-space self-balloon: no memory/target to give the balloon "
                             "back to; it stays where it is")
