@@ -53,9 +53,9 @@ Inside a guest with nothing but Python: ``xentmem agent build-zipapp OUT.pyz`` (
 makes a single-file agent, ``python3 OUT.pyz --print-unit`` its systemd unit (:mod:`.service`).
 """
 
-from xentmem.xenstore.keys import KEYS, KNOBS, TOGGLES, Key
+from xentmem.xenstore.keys import DATA_MODE, KEYS, KNOBS, MODES, TOGGLES, Key
 
-from .agent import DATA_MODE, MODES, SYSFS_PATHS, Agent, Report
+from .agent import SYSFS_PATHS, Agent, Report
 from .sinks import ModelSink, Sink, SysfsSink
 from .target import XenStoreTargetSource
 from .userspace import Limits, Step, UserSpaceSelfBalloon

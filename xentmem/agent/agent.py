@@ -43,6 +43,7 @@ from xentmem.xenstore.keys import (
     DATA,
     DATA_HEARTBEAT,
     DATA_HEARTBEAT_INTERVAL,
+    DATA_MODE,
     DATA_REASON,
     DATA_REFUSED,
     DATA_SEQ,
@@ -59,7 +60,7 @@ from xentmem.xenstore.keys import (
 from .sinks import Sink, module_param_path
 from .userspace import LAW_KNOBS, TARGET_KB, Limits, UserSpaceSelfBalloon
 
-__all__ = ["DATA_MODE", "MODES", "SYSFS_PATHS", "Agent", "Report"]
+__all__ = ["SYSFS_PATHS", "Agent", "Report"]
 
 log = logging.getLogger("xentmem.agent")
 
@@ -88,8 +89,6 @@ _REASON_MAX = 200  # data/tmem/reason is one line the host shows as is
 _TARGET_SETTLE = 0.1  # s after a memory/target change before the balloon is republished
 _HEARTBEAT = (DATA_HEARTBEAT, DATA_HEARTBEAT_INTERVAL)
 # Who runs the self-balloon law; belongs with the other nodes in xentmem.xenstore.keys
-DATA_MODE = f"{DATA}/mode"
-MODES = ("kernel", "user-space")
 _LAW_KEYS = frozenset({*LAW_KNOBS, "selfshrinking"})  # what user-space mode keeps itself
 
 

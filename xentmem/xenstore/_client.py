@@ -30,7 +30,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, Union, runtime_checkable
 
 import pyxs
 import pyxs._internal
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from ._conn import Connection
     from .server import XenStoreServer
 
-PathLike = str | bytes
+PathLike = Union[str, bytes]  # noqa: UP007  (evaluated at run time: a guest may run 3.9)
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0

@@ -15,13 +15,15 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from xentmem._compat import DATACLASS_SLOTS
+
 from . import _wire
 from ._store import Caller, Transaction
 
 __all__ = ["DOM0_LIMITS", "Connection", "ConnectionLimits", "Domain", "LocalConnection", "Throttle"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class ConnectionLimits:
     """Per-domain limits on connections and on what the server buffers for them.
 

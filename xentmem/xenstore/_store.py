@@ -37,6 +37,8 @@ import errno as E
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from xentmem._compat import DATACLASS_SLOTS
+
 from ._wire import Perm
 
 # ("w", path, value, perms) or ("r", path); the server adds domain effects of its own.
@@ -78,7 +80,7 @@ class XsError(Exception):
         self.errno = errno
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class Quota:
     """Per-domain limits, oxenstored 4.17's defaults (``quota-*`` keys of oxenstored.conf)."""
 
@@ -88,7 +90,7 @@ class Quota:
     max_transactions: int = 10  # open transactions per domain (quota-transaction)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class Caller:
     """Who is asking: ``domid`` (0 is privileged) and its SET_TARGET ``target`` if any."""
 
@@ -153,7 +155,7 @@ def allowed(caller: Caller, perms: tuple[Perm, ...], want: str) -> bool:
     return False
 
 
-@dataclass(slots=True)
+@dataclass(**DATACLASS_SLOTS)
 class Event:
     """A change to fire watches for. ``path`` changed; a watcher sees it if it may read a node
     with ``perms`` (or ``old_perms``, for a SET_PERMS); ``removed`` is a deleted subtree, whose

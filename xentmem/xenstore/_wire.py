@@ -15,6 +15,8 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
+from xentmem._compat import DATACLASS_SLOTS
+
 HEADER = struct.Struct("=IIII")
 HEADER_SIZE = HEADER.size  # 16
 PAYLOAD_MAX = 4096  # XENSTORE_PAYLOAD_MAX
@@ -126,7 +128,7 @@ def path_is_valid(path: bytes) -> bool:
 PERM_CHARS = "nrwb"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, **DATACLASS_SLOTS)
 class Perm:
     """One permission entry: ``kind`` (``n`` none, ``r`` read, ``w`` write, ``b`` both) of a domid.
 

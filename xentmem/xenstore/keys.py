@@ -21,6 +21,7 @@ __all__ = [
     "DATA",
     "DATA_HEARTBEAT",
     "DATA_HEARTBEAT_INTERVAL",
+    "DATA_MODE",
     "DATA_REASON",
     "DATA_REFUSED",
     "DATA_SEQ",
@@ -29,6 +30,7 @@ __all__ = [
     "KEYS",
     "KNOBS",
     "MAX_SEQ",
+    "MODES",
     "STATES",
     "STATS_KEYS",
     "TOGGLES",
@@ -92,6 +94,9 @@ DATA_STATE = "data/tmem/state"  # one of STATES
 DATA_REASON = "data/tmem/reason"  # one line; empty when applied
 DATA_REFUSED = "data/tmem/refused"  # one node per refused key: why
 DATA_SINK = "data/tmem/sink"  # "sysfs" or "model": what the agent drives
+# who runs the self-balloon law: the kernel's driver, or (5.3+ kernels) the agent itself
+DATA_MODE = "data/tmem/mode"
+MODES = ("kernel", "user-space")
 # Liveness: the agent's clock (whole seconds since the epoch) at every publish, and the seconds
 # between publishes; dom0 calls an agent silent when the heartbeat falls well behind.
 DATA_HEARTBEAT = "data/tmem/heartbeat"
