@@ -49,6 +49,7 @@ def test_selfballooning_runs_in_user_space_down_to_the_floor(host: Host, dom0, m
     assert result.status == "applied", result
     assert result.applied["selfballooning"] == 1 and result.applied["downhysteresis"] == 2
     assert data(dom0, modern, DATA_MODE) == b"user-space"
+    assert host.tmem_report(modern.domid).mode == "user-space"  # dom0 reads it, sanitised
     law = modern.agent.selfballoon
     # committed: 16 MiB of kernel and userspace (the idle workload has not run) + R 4 MiB: the
     # floor (about 70 MiB of a 256 MiB max_pfn) is higher, so the balloon stops there

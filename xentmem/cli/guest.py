@@ -68,7 +68,8 @@ def _show(g: GuestInfo) -> dict[str, Any]:
         "domid": g.domid, "name": g.name, "state": g.state,
         "memory_mib": mib(g.memory_kib), "target_mib": mib(g.target_kib),
         "max_mib": mib(g.max_kib), "agent": t.status if t else "unknown",
-        "sink": t.sink if t else None, "request": t.requested_seq if t else None,
+        "sink": t.sink if t else None, "selfballoon_mode": t.mode if t else None,
+        "request": t.requested_seq if t else None,
         "answered": t.seq if t else None, "reason": (t.reason or None) if t else None,
         "heartbeat_age_s": t.heartbeat_age_s if t else None,
     }

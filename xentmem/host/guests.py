@@ -42,6 +42,7 @@ from xentmem.xenstore.keys import (
     CONTROL_SEQ,
     DATA_HEARTBEAT,
     DATA_HEARTBEAT_INTERVAL,
+    DATA_MODE,
     DATA_REASON,
     DATA_REFUSED,
     DATA_SEQ,
@@ -49,6 +50,7 @@ from xentmem.xenstore.keys import (
     DATA_STATE,
     KEYS,
     MAX_SEQ,
+    MODES,
     STATES,
     STATS_KEYS,
     balloon_key,
@@ -97,6 +99,7 @@ class TmemReport:
     balloon: dict[str, int | None]
     heartbeat_age_s: int | None = None  # dom0's clock minus the agent's last heartbeat
     heartbeat_interval: int | None = None  # what the agent says it publishes at
+    mode: str | None = None  # who runs the self-balloon law: "kernel" or "user-space" (agent)
 
     @property
     def agent(self) -> bool:
@@ -241,6 +244,7 @@ def _read_report(tx, dom: str, now: float) -> TmemReport:
         heartbeat_age_s=None if heartbeat is None else int(now) - heartbeat,
         heartbeat_interval=sanitize_int(tx.read(f"{dom}/{DATA_HEARTBEAT_INTERVAL}", None), 1,
                                         _MAX_INTERVAL),
+        mode=sanitize_choice(tx.read(f"{dom}/{DATA_MODE}", None), MODES),
     )
 
 
