@@ -1,6 +1,7 @@
 """``tmem-list`` text (ref §4.2, §9) for a scripted scenario against expected files in
-``tests/fixtures/tmem-list/`` (``<version>[-designed]-<all|dom>[-long].txt``), plus the LIST
-buffer-length rules. ``XENTMEM_REGEN=1`` rewrites the files (review the diff before committing).
+``tests/emulator/fixtures/tmem-list/`` (``<version>[-designed]-<all|dom>[-long].txt``), plus
+the LIST buffer-length rules. ``XENTMEM_REGEN=1`` rewrites the files (review the diff before
+committing).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from xentmem import abi
 
 from .driver import ALL, PRIV_EPH, PRIV_PERS, SHARED_EPH, Guest, make, page, text_page
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "tmem-list"
+FIXTURES = Path(__file__).parent / "fixtures" / "tmem-list"
 UA = (0x8877665544332211, 0x1122334455667788)
 UB = (0x0123456789ABCDEF, 0xFEDCBA9876543210)
 

@@ -43,7 +43,7 @@ class Side:
         self.run = hv.alloc_frames(64)  # consecutive frames, for sequential runs
         self.op_buf = hv.alloc_buffer(56)
         self.calls = {"put_run": 0, "get_run": 0, "_put_new_pages": 0, "_get_pages": 0,
-                      "_evict_for_run": 0}
+                      "_evicted": 0}
         tm = self.host.tmem
         for name in self.calls:
             real = getattr(tm, name)
@@ -59,7 +59,7 @@ class Side:
         """(batched runs, bulk runs, bulk runs that evicted) so far."""
         c = self.calls
         return (c["put_run"] + c["get_run"], c["_put_new_pages"] + c["_get_pages"],
-                c["_evict_for_run"])
+                c["_evicted"])
 
     def call(self, op: bytes) -> int:
         self.op_buf.write(op)

@@ -123,7 +123,9 @@ POOL_RULES = [
     ("private_ephemeral_get_bad_frame_consumes_page", "*",
      _pool_then(PRIV_EPH, lambda h, g, p: (g[0].put(p, 1, 0, page(1)), g[0].get(p, 1, 0, cmfn=0)[0],
                                             g[0].get(p, 1, 0)[0], _g(h, "Ec"))),
-     {"4.1": (1, -14, 1, 0), "4.5": (1, -14, -1001, 1), "4.12": (1, -14, -1001, 1)}),
+     # the leaked descriptor keeps the pool's Pc at 1 (§9.4): the next GET is a miss (0), not
+     # -EEMPTY
+     {"4.1": (1, -14, 1, 0), "4.5": (1, -14, 0, 1), "4.12": (1, -14, 0, 1)}),
     ("persistent_get_bad_frame_keeps_page", "*",
      _pool_then(PRIV_PERS, lambda h, g, p: (g[0].put(p, 1, 0, page(1)),
                                              g[0].get(p, 1, 0, cmfn=0)[0],
@@ -380,6 +382,167 @@ SHARED_45_RULES = [
 ]
 
 
+# --- §9.4 counters (every release) ----------------------------------------------------------------
+
+def _keys(line: str) -> dict[str, int | str]:
+    pairs = (kv.split(":") for kv in line[2:].split(","))
+    return {k: int(v) if v.isdigit() else v for k, v in pairs}
+
+
+def _c(host, domid: int, *keys: str):
+    line = next(ln for ln in host.tmem_list(domid, long=True).splitlines()
+                if ln.startswith("C="))
+    got = _keys(line)
+    return tuple(got[k] for k in keys)
+
+
+def _dup_persistent_put_counts_pp(host, g):
+    t = g[0]
+    p = t.new_pool(PRIV_PERS)
+    return (t.put(p, 1, 0, page(1)), t.put(p, 1, 0, page(2)), t.put(p, 1, 1, page(3)),
+            _c(host, 0, "Pp"), _stat(host, "ps"), _stat(host, "pr"))
+
+
+def _gets_credited_to_owner(host, g):
+    """A guest's GET hit in a dom0-owned shared pool raises dom0's Ge, not the guest's."""
+    d0, d1 = g
+    for d in g:
+        if host.version.minor >= 9:
+            d0.auth(d.domid, U)
+    s0, s1 = d0.new_pool(SHARED_EPH, U), d1.new_pool(SHARED_EPH, U)
+    d0.put(s0, 1, 0, page(1))
+    d0.put(s0, 1, 1, page(2))
+    return (d1.get(s1, 1, 0)[0], d1.get(s1, 1, 1)[0], d0.get(s0, 1, 1)[0],
+            _c(host, 0, "Ge"), _c(host, d1.domid, "Ge"))
+
+
+def _transfer_leaves_em(host, g):
+    """The guest creates and fills a shared pool, dom0 joins and reads one object; the guest
+    leaves: its objects go, dom0 owns the pool and counts its page in Ec, its Em stays 0."""
+    d0, d1 = g
+    for d in g:
+        if host.version.minor >= 9:
+            d0.auth(d.domid, U)
+    s1, s0 = d1.new_pool(SHARED_EPH, U), d0.new_pool(SHARED_EPH, U)
+    for i in range(3):
+        d1.put(s1, i, 0, page(i))
+    hit = d0.get(s0, 2, 0)[0]
+    return hit, d1.destroy(s1), _c(host, 0, "Ec", "Em"), _g(host, "Ec"), d0.get(s0, 2, 0)[0]
+
+
+def _radix_nodes(host, g):
+    """Three one-page objects at index 0 need no node; {0, 1, 2^32-1}, {0}, {0}, {5} need 12;
+    deleting shrinks the trees at once while Nm keeps the peak."""
+    t = g[0]
+    p = t.new_pool(PRIV_PERS)
+    for oid in (2, 3, 4):
+        t.put(p, oid, 0, page(oid))
+    three = _stat(host, "Nc"), _g(host, "Nc")
+    t.flush(p, 4, 0)
+    for index in (0, 1, 2**32 - 1):
+        t.put(p, 1, index, page(index & 7))
+    t.put(p, 4, 5, page(4))
+    twelve = _stat(host, "Nc"), _g(host, "Nc")
+    t.flush(p, 1, 2**32 - 1)
+    two = _stat(host, "Nc")
+    t.flush(p, 1, 1)
+    line = next(ln for ln in host.tmem_list(0, long=True).splitlines() if ln.startswith("P="))
+    return three, twelve, two, line, _gkeys(host, "Nc", "Nm")
+
+
+def _peaks_at_allocation(host, g):
+    """Nm, Fm (and Pm, Om) are peaks raised when a node, frame, descriptor or object is
+    allocated, not sampled at LIST; a PUT whose copy fails raises them too (its frame lands on
+    tmem's free list)."""
+    t = g[0]
+    p = t.new_pool(PRIV_EPH)
+    for i in range(100):
+        t.put(p, 1, i, page(i))
+    t.flush_object(p, 1)
+    after_flush = _gkeys(host, "Nc", "Nm", "Fc", "Fm", "Pc", "Pm", "Oc", "Om", "Ta")
+    q = t.new_pool(PRIV_PERS)
+    bad = t.put(q, 9, 70, page(1), cmfn=0)  # index 70: a root and a leaf node
+    line = next(ln for ln in host.tmem_list(0, long=True).splitlines()
+                if ln.startswith("P=CI:0,PI:1,"))
+    return after_flush, bad, _keys(line), _gkeys(host, "Cf", "Fm", "Ta")
+
+
+def _cp_cb_current(host, g):
+    """cp/cb are the compressed pages and bytes now: flushes, destructive GETs and
+    replacements take theirs away."""
+    from xentmem.emulator._codec import compress_page
+
+    size = [len(compress_page(text_page(i))) for i in range(4)]
+    t = g[0]
+    e, p = t.new_pool(PRIV_EPH), t.new_pool(PRIV_PERS)
+    t.put(e, 1, 0, text_page(0))
+    t.put(p, 1, 0, text_page(1))
+    t.put(p, 1, 1, text_page(2))
+    out = [_c(host, 0, "cp", "cb") == (3, size[0] + size[1] + size[2])]
+    t.get(e, 1, 0)
+    out.append(_c(host, 0, "cp", "cb") == (2, size[1] + size[2]))
+    t.flush(p, 1, 1)
+    out.append(_c(host, 0, "cp", "cb") == (1, size[1]))
+    t.put(p, 1, 0, text_page(3))
+    out.append(_c(host, 0, "cp", "cb") == (1, size[3]))
+    t.put(p, 1, 0, page(5))  # the duplicate of a compressed page that does not compress
+    return out, _c(host, 0, "cp", "cb", "cn")
+
+
+def _failed_get_leaks_pc(host, g):
+    """A private-ephemeral GET into a bad frame removes the page from its object but frees
+    nothing: the pool's Pc keeps it (a later GET misses rather than -EEMPTY), the object
+    stays empty (Oc), G= Ec/Pc/Fc and the client's Ec keep it, also once the object goes."""
+    t = g[0]
+    p = t.new_pool(PRIV_EPH)
+    t.put(p, 1, 3, page(1))
+    failed = t.get(p, 1, 3, cmfn=0)[0]
+    pool_now = _stat(host, "Pc"), _stat(host, "Oc"), _stat(host, "Nc")
+    again = t.get(p, 1, 3)[0], t.get(p, 2, 0)[0]
+    keys = ("Ec", "Pc", "Fc", "Oc", "Nc", "Ta")
+    before = _gkeys(host, *keys), _c(host, 0, "Ec")
+    t.flush_object(p, 1)
+    return (failed, pool_now, again, before, _gkeys(host, *keys), _stat(host, "Pc"),
+            _stat(host, "Oc"))
+
+
+COUNTER_RULES = [
+    ("dup_persistent_put_counts_pp", "*", _dup_persistent_put_counts_pp,
+     (1, 1, 1, (3,), 3, 1)),
+    ("gets_credited_to_pool_owner", "*", _gets_credited_to_owner, (1, 1, 1, (3,), (0,))),
+    ("ownership_transfer_leaves_em", ("4.1", "4.12"), _transfer_leaves_em,
+     (1, 1, (1, 0), 1, 1)),
+    ("radix_nodes_minimal_tree", "*", _radix_nodes,
+     ((0, 0), (12, 12), 2,
+      "P=CI:0,PI:0,PT:PP,U0:0,U1:0,Pc:4,Pm:6,Oc:4,Om:4,Nc:1,Nm:12,ps:7,pt:7,pd:0,pr:0,px:0,"
+      "gs:0,gt:0,fs:3,ft:3,os:0,ot:0", (1, 12))),
+    ("nm_fm_pm_om_peaks_at_allocation", "*", _peaks_at_allocation,
+     ((0, 3, 0, 100, 0, 100, 0, 1, 100), -14,
+      {"CI": 0, "PI": 1, "PT": "PP", "U0": 0, "U1": 0, "Pc": 0, "Pm": 1, "Oc": 0, "Om": 1,
+       "Nc": 0, "Nm": 2, "ps": 0, "pt": 1, "pd": 0, "pr": 0, "px": 1, "gs": 0, "gt": 0,
+       "fs": 0, "ft": 0, "os": 0, "ot": 0},
+      (1, 100, 100))),
+    ("failed_ephemeral_get_leaks_pc", ("4.5", "4.12"), _failed_get_leaks_pc,
+     (-14, (1, 1, 0), (0, 0), ((1, 1, 1, 1, 0, 0), (1,)), (1, 1, 1, 0, 0, 0), 1, 0)),
+    ("failed_ephemeral_get_keeps_page_on_4_1", ("4.1",), _failed_get_leaks_pc,
+     (-14, (1, 1, 1), (1, -1001), ((0, 0, 0, 0, 0, 1), (0,)), (0, 0, 0, 0, 0, 1), 0, 0)),
+]
+
+
+def _compressing(fn):
+    """The same scenario on a host booted with `tmem_compress`."""
+    def run(host, g):
+        return fn(host, g)
+    run.compress = True
+    return run
+
+
+COMPRESS_RULES = [
+    ("cp_cb_are_current_values", "*", _compressing(_cp_cb_current),
+     ([True, True, True, True], (0, 0, 0))),
+]
+
+
 # --- §2.3/§2.4/§9 control plane ------------------------------------------------------------------
 
 def _sysctl_checks(host, g):
@@ -493,7 +656,7 @@ DESIGNED_RULES = [
 ]
 
 ALL_RULES = POOL_RULES + FREEZE_RULES + MEMORY_RULES + SHARED_RULES + SHARED_45_RULES \
-    + CONTROL_RULES + DESIGNED_RULES
+    + COUNTER_RULES + COMPRESS_RULES + CONTROL_RULES + DESIGNED_RULES
 
 
 def _cases():
@@ -506,7 +669,8 @@ def _cases():
 @pytest.mark.parametrize(("version", "scenario", "expected"), list(_cases()))
 def test_rule(version, scenario, expected):
     host, guests = make(version, memory_mb=256, guests=1,
-                        designed=getattr(scenario, "designed", False))
+                        designed=getattr(scenario, "designed", False),
+                        tmem_compress=getattr(scenario, "compress", False))
     assert scenario(host, guests) == expected
 
 

@@ -476,7 +476,7 @@ class EmulatedHost:
                     return ENOMEM
                 rc = tm.put(cc, pool, t[2:5], t[5], dom.mv[off:off + PAGE] if off > 0 else None)
             else:
-                rc = tm.get(cc, pool, t[2:5], t[5], off)
+                rc = tm.get(dom, pool, t[2:5], t[5], off)
             if rc < 0:
                 tm.Te += 1
             return rc
@@ -608,9 +608,9 @@ class EmulatedHost:
         if not 0 <= pool_id < 16 or (pool := cc.pools[pool_id]) is None:
             results = [ENODEV] * count
         else:
-            run = tm.put_run if cmd == 4 else tm.get_run
-            results = run(cc, pool, dom, fields[2::7], fields[3::7], fields[4::7],
-                          fields[5::7], cmfns)
+            columns = (fields[2::7], fields[3::7], fields[4::7], fields[5::7], cmfns)
+            results = tm.put_run(cc, pool, dom, *columns) if cmd == 4 else \
+                tm.get_run(pool, dom, *columns)
         failed = count - results.count(1) - results.count(0)
         if failed:
             tm.Te += failed

@@ -14,9 +14,7 @@ _T_TAGS = "GPgpFOCcd"
 
 
 def _pool_long(pool: Pool) -> str:
-    nodes = pool.radix_nodes()
-    pool.Nm = max(pool.Nm, nodes)
-    return (f"Pc:{pool.npages},Pm:{pool.Pm},Oc:{len(pool.objs)},Om:{pool.Om},Nc:{nodes},"
+    return (f"Pc:{pool.npages},Pm:{pool.Pm},Oc:{len(pool.objs)},Om:{pool.Om},Nc:{pool.nodes},"
             f"Nm:{pool.Nm},ps:{pool.ps},pt:{pool.pt},pd:{pool.pd},pr:{pool.pr},px:{pool.px},"
             f"gs:{pool.gs},gt:{pool.gt},fs:{pool.fs},ft:{pool.ft},os:{pool.os},ot:{pool.ot}")
 
@@ -35,12 +33,8 @@ def _global(tm: Tmem, use_long: bool) -> str:
             f"Lm:{tm.Lm},Et:{tm.Et},Ea:{tm.Ea},Rt:{tm.Rt},Ra:{tm.Ra},Rx:{tm.Rx},Fp:{tm.Fp}")
     if not use_long:
         return text + "\n"
-    nodes = sum(p.radix_nodes() for p in _all_pools(tm)) + tm.leaked_nodes
-    tm.Nm = max(tm.Nm, nodes)
-    frames = tm.used_pages + tm.leak_frames
-    tm.Fm = max(tm.Fm, frames)
-    return (text + f",Ec:{tm.eph_count},Em:{tm.Em},Oc:{tm.nobjs},Om:{tm.Om},Nc:{nodes},"
-            f"Nm:{tm.Nm},Pc:{tm.npages},Pm:{tm.Pm},Fc:{frames},Fm:{tm.Fm},Sc:0,Sm:0,"
+    return (text + f",Ec:{tm.eph_count},Em:{tm.Em},Oc:{tm.nobjs},Om:{tm.Om},Nc:{tm.nodes},"
+            f"Nm:{tm.Nm},Pc:{tm.npages},Pm:{tm.Pm},Fc:{tm.raw_pages},Fm:{tm.Fm},Sc:0,Sm:0,"
             f"Ep:{tm.Ep},Gd:0,Zt:0,Gz:0\n")
 
 

@@ -13,7 +13,7 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from xentmem.abi import PAGE_SIZE
-from xentmem.emulator._tmem import Obj, Page, Pool
+from xentmem.emulator._tmem import Obj, Page, Pool, _index
 
 if TYPE_CHECKING:
     from xentmem.emulator._host import EmulatedHost
@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 FORMAT = 1
 _TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
          "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
-         "raw_pages", "cbytes", "npages", "nobjs", "eph_count", "leak_pages", "leak_frames",
-         "ptr_seq", "leaked_nodes", "dying_pools")
+         "raw_pages", "cbytes", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
+         "dying_pools")
 _CLIENT = ("weight", "cap", "compress", "frozen", "was_frozen", "saving", "migrating",
            "eph_count", "Em", "Ge", "Pp", "Gp", "cp", "cb", "cn", "cm", "inv_logged",
-           "dangling_inv")
+           "dangling_inv", "inv_at")
 _POOL = ("slot", "flags", "persistent", "shared", "gslot", "freed", "list_crash", "dying", "pt",
          "ps", "pr", "pd", "px", "gt", "gs", "ft", "fs", "ot", "os", "Pm", "Om", "Nm")
 
@@ -34,7 +34,9 @@ def _pool_state(tm, pool: Pool) -> dict[str, Any]:
     pages = []
     order = pool.pages_in_order() if pool.persistent else \
         [pg for obj in pool.objs.values() for pg in obj.pages.values()]
-    for pg in order:
+    # descriptors a failed GET left out of their objects (§9.4), and objects they emptied
+    orphans = [pg for pg in tm.orphans if pg.obj.pool is pool]
+    for pg in order + orphans:
         data = pg.data if pg.csize else tm.page_bytes(pg)
         pages.append((pg.obj.oid, pg.index, data, pg.csize, pg.obj.last_client))
     cursor = -1
@@ -44,7 +46,9 @@ def _pool_state(tm, pool: Pool) -> dict[str, Any]:
         cursor = order.index(pool.cursor)
     out = {name: getattr(pool, name) for name in _POOL}
     out.update(owner=pool.client.domid, uuid=list(pool.uuid),
-               sharers=[c.domid for c in pool.sharers], cursor=cursor, pages=pages)
+               sharers=[c.domid for c in pool.sharers], cursor=cursor, pages=pages,
+               orphans=len(orphans),
+               empty=[(obj.oid, obj.last_client) for obj in pool.objs.values() if not obj.pages])
     return out
 
 
@@ -65,6 +69,8 @@ def to_state(host: EmulatedHost) -> dict[str, Any]:
             for obj in pool.objs.values():
                 for pg in obj.pages.values():
                     page_ref[pg] = (ref[key], obj.oid, pg.index)
+    for pg in tm.orphans:
+        page_ref[pg] = (ref[id(pg.obj.pool)], pg.obj.oid, pg.index, "orphan")
     return {
         "format": FORMAT,
         "config": {"memory_mb": host.memory_mb,
@@ -138,7 +144,9 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
         pool.uuid = tuple(p["uuid"])
         pool.sharers = [clients[d] for d in p["sharers"] if d in clients]
         order = []
-        for oid, index, data, csize, last in p["pages"]:
+        entries = p["pages"]
+        orphans = len(entries) - p.get("orphans", 0)
+        for n, (oid, index, data, csize, last) in enumerate(entries):
             oid = tuple(oid)
             obj = pool.objs.get(oid)
             if obj is None:
@@ -150,10 +158,16 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
                 tm.av[at:at + PAGE_SIZE] = data
                 data = at
             pg = Page(obj, index, data, csize)
-            obj.pages[index] = pg
             pool.npages += 1
+            if n >= orphans:
+                tm.orphans[pg] = None
+                page_at[(i, oid, index, "orphan")] = pg
+                continue
+            pool.nodes += _index(obj, pg)
             order.append(pg)
             page_at[(i, oid, index)] = pg
+        for oid, last in p.get("empty", []):
+            pool.objs.setdefault(tuple(oid), Obj(pool, tuple(oid))).last_client = last
         if pool.persistent:
             head = pool.head
             for pg in order:
@@ -166,8 +180,8 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
     for c in t["clients"]:
         clients[c["domid"]].pools = [None if r is None else pools[r] for r in c["pools"]]
     tm.shared = [None if r is None else pools[r] for r in t["shared"]]
-    for i, oid, index in t["eph_order"]:
-        pg = page_at[(i, tuple(oid), index)]
+    for i, oid, index, *orphan in t["eph_order"]:
+        pg = page_at[(i, tuple(oid), index, *orphan)]
         tm.g_eph[pg] = None
         pg.obj.pool.client.eph[pg] = None
     for name in _TMEM:

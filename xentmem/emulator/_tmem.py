@@ -36,6 +36,7 @@ SUBPAGE_MAX = PAGE - 32
 # Stand-in for the addresses of hypervisor objects that leaked into guest-visible handles (§9.1).
 XEN_POINTER = 0xFFFF830000000000
 UUID_NONE = (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
+NO_CLIENT = 0xFFFF  # TMEM_CLI_ID_NULL: an object's last client before any is recorded
 
 EPERM = -XenErrno.EPERM
 ENOENT = -XenErrno.ENOENT
@@ -69,34 +70,120 @@ def _corrupt() -> None:
 
 class Page:
     """A page descriptor (Xen's ``pgp``). A raw page's ``data`` is its byte offset in the
-    host's page arena (``csize`` 0); a compressed page's ``data`` is the compressed bytes.
-    ``prev``/``next`` link persistent pages in put order (save walks it)."""
+    host's page arena (``csize`` 0); a compressed page's ``data`` is the compressed bytes;
+    ``None`` once its data is freed. ``prev``/``next`` link persistent pages in put order (save
+    walks it). A descriptor a failed destructive GET took out of its object but never freed
+    (§9.4) keeps ``obj`` while ``obj.pages`` no longer holds it."""
 
     __slots__ = ("csize", "data", "index", "next", "obj", "prev")
 
-    def __init__(self, obj: Obj | None, index: int, data: bytes | int, csize: int) -> None:
+    prev: Page
+    next: Page
+
+    def __init__(self, obj: Obj | None, index: int, data: bytes | int | None, csize: int) -> None:
         self.obj = obj
         self.index = index
         self.data = data
         self.csize = csize
-        self.prev: Page = self
-        self.next: Page = self
+
+
+# Radix trees (Xen's per-object page index, 64 slots a node, indexes of 32 bits: up to six
+# levels). Only the node count is observable (`Nc`/`Nm`), and Xen's tree is always the
+# minimal one: a lone page at index 0 hangs off the root with no node, and deletions shrink
+# the tree eagerly (§9.4). ``Obj.radix`` keeps, for levels 1-5, the children present under
+# each node (key ``prefix << 3 | level``, prefix = index >> 6 * level) and the number of nodes
+# of the level (key ``-level``); the single level-6 node needs no entry.
+
+def _radix_nodes(radix: dict[int, int], pages: dict[int, Page]) -> int:
+    """Nodes of the minimal tree holding ``pages``' indexes."""
+    if len(pages) <= 1 and (not pages or 0 in pages):
+        return 0
+    total = 0
+    for level in (1, 2, 3, 4, 5):
+        width = radix[-level]
+        total += width
+        if width == 1 and level in radix:  # one node, of prefix 0: the root
+            return total
+    return total + 1
+
+
+def _index(obj: Obj, pg: Page) -> int:
+    """``pgp_add_to_obj``: ``pg`` joins its object's index; the change in its node count."""
+    index = pg.index
+    pages = obj.pages
+    pages[index] = pg
+    radix = obj.radix
+    key = (index >> 6) << 3 | 1
+    seen = radix.get(key)
+    if seen:
+        radix[key] = seen + 1
+        if obj.nodes:  # its leaf node and the path above it exist already
+            return 0
+    else:
+        radix[key] = 1
+        radix[-1] = radix.get(-1, 0) + 1
+        for level in (2, 3, 4, 5):
+            key = (index >> 6 * level) << 3 | level
+            seen = radix.get(key)
+            if seen:
+                radix[key] = seen + 1
+                break
+            radix[key] = 1
+            radix[-level] = radix.get(-level, 0) + 1
+    nodes = _radix_nodes(radix, pages)
+    delta = nodes - obj.nodes
+    obj.nodes = nodes
+    return delta
+
+
+def _unindex(obj: Obj, index: int) -> int:
+    """``pgp_delete_from_obj``: the page at ``index`` leaves its object's index; the change
+    in its node count."""
+    pages = obj.pages
+    del pages[index]
+    radix = obj.radix
+    key = (index >> 6) << 3 | 1
+    left = radix[key] - 1
+    if left:
+        radix[key] = left
+        if obj.nodes != 1:  # only {0, i} -> {0} shrinks a tree whose leaf stays
+            return 0
+    else:
+        del radix[key]
+        radix[-1] -= 1
+        for level in (2, 3, 4, 5):
+            key = (index >> 6 * level) << 3 | level
+            left = radix[key] - 1
+            if left:
+                radix[key] = left
+                break
+            del radix[key]
+            radix[-level] -= 1
+    nodes = _radix_nodes(radix, pages)
+    delta = nodes - obj.nodes
+    obj.nodes = nodes
+    return delta
 
 
 class Obj:
-    """An object: the pages of one 192-bit oid in one pool."""
+    """An object: the pages of one 192-bit oid in one pool (Xen's ``tmem_object_root``)."""
 
-    __slots__ = ("last_client", "oid", "pages", "pool")
+    __slots__ = ("last_client", "nodes", "oid", "pages", "pool", "radix")
 
     def __init__(self, pool: Pool, oid: tuple[int, int, int]) -> None:
         self.pool = pool
         self.oid = oid
         self.pages: dict[int, Page] = {}
-        self.last_client = -1
+        self.last_client = NO_CLIENT  # PUT marks it (owner or putter), a shared GET the reader
+        self.radix: dict[int, int] = {}
+        self.nodes = 0  # radix-tree nodes now
 
 
 class Pool:
-    """A tmem pool. ``client`` is the owner; ``slot`` its local id in the owner's table."""
+    """A tmem pool. ``client`` is the owner; ``slot`` its local id in the owner's table.
+
+    Counters, as ``tmem-list`` names them on the pool's `P=`/`S=` line (§3.11):
+    """
 
     __slots__ = (
         "Nm",
@@ -114,6 +201,7 @@ class Pool:
         "gt",
         "head",
         "list_crash",
+        "nodes",
         "npages",
         "objs",
         "os",
@@ -138,18 +226,31 @@ class Pool:
         self.persistent = persistent
         self.shared = shared
         self.uuid = uuid
-        self.objs: dict[tuple[int, int, int], Obj] = {}
-        self.npages = 0
+        self.objs: dict[tuple[int, int, int], Obj] = {}  # `Oc` is its length
         self.sharers: list[Client] = []
         self.gslot = -1
-        self.head = Page(None, 0, b"", 0)  # sentinel of the persistent page list
+        self.head = head = Page(None, 0, b"", 0)  # sentinel of the persistent page list
+        head.prev = head.next = head
         self.cursor: Page | None = None  # SAVE_GET_NEXT_PAGE position
         self.freed = False  # freed by Xen but still referenced (4.5 share-list defects)
         self.list_crash = False  # such a pool crashes the LIST that walks it
         self.dying = False  # Xen's is_dying: its pages are never evicted
-        self.pt = self.ps = self.pr = self.pd = self.px = 0
-        self.gt = self.gs = self.ft = self.fs = self.ot = self.os = 0
-        self.Pm = self.Om = self.Nm = 0
+        self.npages = 0  # Pc: page descriptors now (a failed destructive GET's stays counted)
+        self.Pm = 0  # Pm: peak of Pc, raised at each descriptor allocation
+        self.Om = 0  # Om: peak of Oc, raised at each object allocation
+        self.nodes = 0  # Nc: radix-tree nodes now
+        self.Nm = 0  # Nm: peak of Nc, raised at each node allocation
+        self.pt = 0  # pt: PUTs into the pool
+        self.ps = 0  # ps: successful PUTs, duplicates included
+        self.pr = 0  # pr: duplicate PUTs that replaced the data
+        self.pd = 0  # pd: duplicate PUTs that failed (the old copy flushed)
+        self.px = 0  # px: other failed PUTs
+        self.gt = 0  # gt: GETs on a non-empty pool
+        self.gs = 0  # gs: GET hits
+        self.ft = 0  # ft: FLUSH_PAGE calls
+        self.fs = 0  # fs: FLUSH_PAGEs that found the page
+        self.ot = 0  # ot: FLUSH_OBJECT calls
+        self.os = 0  # os: FLUSH_OBJECTs that found the object
 
     @property
     def type_letters(self) -> str:
@@ -163,28 +264,18 @@ class Pool:
             p = p.next
         return out
 
-    def radix_nodes(self) -> int:
-        """Radix-tree nodes of all objects (64-slot nodes; Xen's ``Nc``), computed on demand."""
-        return sum(self.obj_nodes(obj) for obj in self.objs.values())
-
-    @staticmethod
-    def obj_nodes(obj: Obj) -> int:
-        if not obj.pages:
-            return 0
-        top = max(obj.pages)
-        height = 1
-        while top >> (6 * height):
-            height += 1
-        return sum(len({i >> (6 * level) for i in obj.pages}) for level in range(1, height + 1))
-
 
 class Client:
-    """One tmem client per domain (``cli_id`` = domid)."""
+    """One tmem client per domain (``cli_id`` = domid).
+
+    Counters of its `C=` line count what happens in the pools it *owns* (Xen credits the pool's
+    client, whoever calls, §9.4).
+    """
 
     __slots__ = (
         "Em", "Ge", "Gp", "Pp", "auth", "cap", "cb", "cm", "cn", "compress", "cp", "dangling_inv",
-        "dom", "domid", "eph", "eph_count", "frozen", "inv", "inv_logged", "migrating", "pools",
-        "saving", "was_frozen", "weight",
+        "dom", "domid", "eph", "eph_count", "frozen", "inv", "inv_at", "inv_logged",
+        "migrating", "pools", "saving", "was_frozen", "weight",
     )
 
     def __init__(self, dom: Domain, compress: bool) -> None:
@@ -199,13 +290,20 @@ class Client:
         self.migrating = False
         self.pools: list[Pool | None] = [None] * MAX_POOLS_PER_DOMAIN
         self.auth: list[tuple[int, int]] = []
-        self.eph: OrderedDict[Page, None] = OrderedDict()
-        self.eph_count = 0
-        self.inv: list[tuple[int, int, tuple[int, int, int]]] = []
+        self.eph: OrderedDict[Page, None] = OrderedDict()  # its ephemeral pages, oldest first
+        self.inv: list[tuple[int, int, tuple[int, int, int]]] = []  # logged invalidations
+        self.inv_at = -1  # SAVE_GET_NEXT_INV cursor into ``inv`` (-1: before the first)
         self.inv_logged = False
         self.dangling_inv = False
-        self.Em = self.Ge = self.Pp = self.Gp = 0
-        self.cp = self.cb = self.cn = self.cm = 0
+        self.eph_count = 0  # Ec: ephemeral pages of the pools it owns (leaked ones included)
+        self.Em = 0  # Em: peak of Ec, raised by PUTs (not by an ownership transfer)
+        self.Ge = 0  # Ge: successful ephemeral GETs
+        self.Pp = 0  # Pp: successful persistent PUTs, duplicates included
+        self.Gp = 0  # Gp: successful persistent GETs (SAVE_GET_NEXT_PAGE's included)
+        self.cp = 0  # cp: pages stored compressed now
+        self.cb = 0  # cb: bytes of those compressed pages now
+        self.cn = 0  # cn: compression tried on a new page and found poor (stored raw)
+        self.cm = 0  # cm: compression of a new page that found no memory for the result
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -238,7 +336,10 @@ def _consecutive(slots: list[int]) -> bool:
 
 
 class Tmem:
-    """The hypervisor's tmem state and the guest operations on it."""
+    """The hypervisor's tmem state and the guest operations on it.
+
+    Global counters, as the `G=` line names them (§4.2):
+    """
 
     def __init__(self, host: EmulatedHost, behaviour: Behaviour, *, compress: bool,
                  shared_auth: bool) -> None:
@@ -250,15 +351,11 @@ class Tmem:
         self.clients: dict[int, Client] = {}
         self.shared: list[Pool | None] = [None] * MAX_GLOBAL_SHARED_POOLS
         self.auth_disabled = False  # global "authorisation not required" flag
-        self.g_eph: OrderedDict[Page, None] = OrderedDict()
-        self.eph_count = 0
+        self.g_eph: OrderedDict[Page, None] = OrderedDict()  # every ephemeral page, oldest first
         self.weight_sum = 0
-        self.raw_pages = 0  # pages holding one raw page each
         self.cbytes = 0  # bytes of compressed pages (packed into sub-page allocations)
-        self.free_list = 0  # `Ta`: pages tmem keeps for reuse
+        self.free_list = 0  # Ta: pages tmem keeps for reuse (its free list)
         self.reserve = 0  # Xen's mid-size reserve: max ever seen of free/128
-        self.npages = 0  # page descriptors
-        self.nobjs = 0
         # Raw pages live in one arena the size of host RAM (tmem can never hold more): a PUT
         # copies into a slot and a GET copies out, no allocation per page. Freed slots are
         # reused first, oldest first: pages freed in order (a flushed object) come back in
@@ -268,14 +365,32 @@ class Tmem:
         self.av = memoryview(self.arena)
         self.free_slots: deque[int] = deque()
         self.next_slot = 0
-        self.leak_pages = 0  # counters that real releases never decremented (§9)
-        self.leak_frames = 0
-        self.leaked_nodes = 0  # radix nodes of objects leaked with their pool (§9.4)
+        self.orphans: dict[Page, None] = {}  # descriptors failed destructive GETs left behind
         self.dying_pools = 0  # pools marked is_dying that still hold pages
         self.ptr_seq = 0
-        self.Tt = self.Te = self.Cf = self.Af = self.Pf = self.Lm = self.Et = self.Ea = 0
-        self.Rt = self.Ra = self.Rx = self.Fp = self.Ep = 0
-        self.Em = self.Om = self.Pm = self.Fm = self.Nm = 0
+        self.Tt = 0  # Tt: tmem operations (every tmem_op; TMEM_CONTROL's too on <= 4.5)
+        self.Te = 0  # Te: operations that returned an error
+        self.Cf = 0  # Cf: failed copies to or from the guest
+        self.Af = 0  # Af: failed sub-page allocations (compressed data, metadata)
+        self.Pf = 0  # Pf: failed page allocations
+        self.Lm = 0  # Lm: low-memory events (never counted)
+        self.Et = 0  # Et: pages evicted
+        self.Ea = 0  # Ea: eviction attempts
+        self.Rt = 0  # Rt: pages relinquished to Xen's allocator
+        self.Ra = 0  # Ra: relinquish attempts
+        self.Rx = 0  # Rx: most evictions one relinquish needed
+        self.Fp = 0  # Fp: pools flushed (never counted)
+        self.Ep = 0  # Ep: successful ephemeral PUTs of new pages
+        self.eph_count = 0  # Ec: ephemeral pages now (leaked ones included)
+        self.Em = 0  # Em: peak of Ec
+        self.nobjs = 0  # Oc: objects now (leaked ones included)
+        self.Om = 0  # Om: peak of Oc, raised at allocation
+        self.nodes = 0  # Nc: radix-tree nodes now (leaked ones included)
+        self.Nm = 0  # Nm: peak of Nc, raised at allocation
+        self.npages = 0  # Pc: page descriptors now (leaked and orphaned ones included)
+        self.Pm = 0  # Pm: peak of Pc, raised at allocation
+        self.raw_pages = 0  # Fc: page frames holding raw page data (compressed data is not)
+        self.Fm = 0  # Fm: peak of Fc, raised at allocation (failed copies' frames included)
 
     # ---- memory -----------------------------------------------------------------------------
 
@@ -284,7 +399,8 @@ class Tmem:
         return self.raw_pages + ((self.cbytes + PAGE - 1) >> 12)
 
     def _grow(self, pages: int) -> bool:
-        """Take ``pages`` (0 or 1) more pages for storage: tmem's free list, then Xen's heap."""
+        """Take ``pages`` (0 or 1) more pages for storage: tmem's free list, then Xen's heap;
+        a negative count gives pages back to the free list."""
         if pages <= 0:
             if pages < 0:
                 self.free_list -= pages
@@ -298,46 +414,117 @@ class Tmem:
             return True
         return False
 
-    def _store(self, client: Client, src) -> tuple[bytes | int, int] | None:
-        """Storage for one page: compressed bytes when the owner compresses and it pays,
-        else a slot of the page arena. Returns ``(data, csize)`` for ``Page``."""
-        if client.compress:
+    def _take_frames(self, count: int) -> list[int] | None:
+        """``tmem_alloc_page`` ``count`` times: page frames for raw data (the free list first,
+        then Xen's heap), as arena slots; `Fc` and its peak `Fm`. None (nothing taken, `Pf`)
+        when Xen has too few."""
+        free = self.free_list
+        if count <= free:
+            self.free_list = free - count
+        else:
+            host = self.host
+            if count - free > host.heap_free:
+                self.Pf += 1
+                return None
+            host.heap_free -= count - free
+            self.free_list = 0
+        raw = self.raw_pages = self.raw_pages + count
+        if raw > self.Fm:
+            self.Fm = raw
+        slots = self.free_slots
+        if count == 1:
+            if slots:
+                return [slots.popleft()]
+            at = self.next_slot
+            self.next_slot = at + PAGE
+            return [at]
+        reused = min(len(slots), count)
+        take = slots.popleft
+        out = [take() for _ in range(reused)]
+        if reused < count:
+            fresh = self.next_slot
+            self.next_slot = fresh + (count - reused) * PAGE
+            out += range(fresh, self.next_slot, PAGE)
+        return out
+
+    def _free_data(self, pg: Page) -> None:
+        """``pgp_free_data``: the page's data goes (`cp`/`cb` fall for compressed data)."""
+        data = pg.data
+        if data is None:
+            return
+        csize = pg.csize
+        if csize:
+            before = (self.cbytes + PAGE - 1) >> 12
+            self.cbytes -= csize
+            self.free_list += before - ((self.cbytes + PAGE - 1) >> 12)
+            owner = pg.obj.pool.client  # type: ignore[union-attr]
+            owner.cp -= 1
+            owner.cb -= csize
+        else:  # a frame back to tmem's free list (``tmem_free_page``)
+            self.raw_pages -= 1
+            self.free_list += 1
+            self.free_slots.append(data)  # type: ignore[arg-type]
+        pg.data = None
+        pg.csize = 0
+
+    def _fill(self, pool: Pool, pg: Page, src, new: bool, buffer: bool) -> int:
+        """Store the guest's page ``src`` (None: its frame cannot be read) in ``pg``, as
+        ``do_tmem_put`` (``new``) or ``do_tmem_dup_put`` does: compressed when the owner
+        compresses and the result fits a sub-page allocation (a duplicate only tries when the
+        old copy was compressed), else in a page frame. ``buffer``: from a guest buffer
+        (RESTORE_PUT_PAGE), which 4.5/4.12 cannot copy raw. 1, or Xen's error."""
+        owner = pool.client
+        if owner.compress and (new or pg.csize):
+            if src is None:
+                self.Cf += 1
+                return EFAULT
+            if not new:
+                self._free_data(pg)
             packed = compress_page(src)
             size = len(packed)
             if size < SUBPAGE_MAX:
                 before = (self.cbytes + PAGE - 1) >> 12
                 after = (self.cbytes + size + PAGE - 1) >> 12
                 if after > before and not self._grow(after - before):  # most fit the last page
-                    client.cm += 1
                     self.Af += 1
-                    return None
+                    if new:
+                        owner.cm += 1
+                    return ENOMEM
                 self.cbytes += size
-                client.cp += 1
-                client.cb += size
-                return packed, size
-            client.cn += 1
-        if not self._grow(1):
-            return None
-        self.raw_pages += 1
-        slots = self.free_slots
-        if slots:
-            at = slots.popleft()
+                owner.cp += 1
+                owner.cb += size
+                pg.data, pg.csize = packed, size
+                return 1
+            if new:
+                owner.cn += 1
+        if new:
+            if pool.persistent:
+                dom = owner.dom
+                if dom.tmem_pages + dom.nr_pages >= dom.max_pages:  # the domain's max_pages
+                    self.Pf += 1
+                    return ENOMEM
         else:
-            at = self.next_slot
-            self.next_slot = at + PAGE
-        self.av[at:at + PAGE] = src
-        return at, 0
-
-    def _release(self, pg: Page) -> None:
-        csize = pg.csize
-        if csize:
-            before = (self.cbytes + PAGE - 1) >> 12
-            self.cbytes -= csize
-            self.free_list += before - ((self.cbytes + PAGE - 1) >> 12)
+            self._free_data(pg)
+        frames = self._take_frames(1)
+        if frames is None:
+            return ENOMEM
+        at = frames[0]
+        if src is not None and not buffer:
+            self.av[at:at + PAGE] = src
+            pg.data = at  # csize is 0: a new descriptor's, or _free_data reset it
+            return 1
+        if src is None:
+            rc = EFAULT
+        elif self.b.bug_save_raw_einval:
+            rc = EINVAL  # 4.5/4.12 copy routines refuse a guest buffer (§9.1)
         else:
-            self.raw_pages -= 1
-            self.free_list += 1
-            self.free_slots.append(pg.data)
+            self.av[at:at + PAGE] = src
+            pg.data = at
+            return 1
+        pg.data = at
+        self._free_data(pg)
+        self.Cf += 1
+        return rc
 
     def note_heap(self) -> None:
         """Pages went back to Xen's heap: the mid-size reserve is the max ever seen of
@@ -424,7 +611,7 @@ class Tmem:
             return False
         if victim is None:
             return False
-        self.remove_page(victim)
+        self.remove_pages((victim,))
         self.Et += 1
         return True
 
@@ -433,41 +620,13 @@ class Tmem:
             return next(iter(pages))
         return next((pg for pg in pages if not pg.obj.pool.dying), None)  # type: ignore[union-attr]
 
-    # ---- pages ------------------------------------------------------------------------------
+    # ---- per-page bookkeeping -----------------------------------------------------------------
+    # Every path that adds or removes pages (single ops, the batched multicall runs and their
+    # bulk moves, flushes, eviction, pool destruction) goes through these, so each rule (a
+    # counter, a peak, a list) is written once.
 
-    def remove_page(self, pg: Page, *, leak: bool = False, release: bool = True) -> None:
-        """Drop a page (and its object when it was the last). ``leak`` keeps the global and
-        client counters one too high, as 4.5/4.12 did on a failed destructive GET."""
-        obj = pg.obj
-        pool = obj.pool  # type: ignore[union-attr]
-        del obj.pages[pg.index]  # type: ignore[union-attr]
-        pool.npages -= 1
-        if not obj.pages:  # type: ignore[union-attr]
-            del pool.objs[obj.oid]  # type: ignore[union-attr]
-            self.nobjs -= 1
-        if release:
-            self._release(pg)
-        owner = pool.client
-        if pool.persistent:
-            if pool.cursor is pg:
-                pool.cursor = pg.prev if pg.prev is not pool.head else None
-            pg.prev.next = pg.next
-            pg.next.prev = pg.prev
-            owner.dom.tmem_pages -= 1
-            self.npages -= 1
-            return
-        del self.g_eph[pg]
-        del owner.eph[pg]
-        if leak:
-            self.leak_pages += 1
-            self.leak_frames += 1
-            return
-        self.npages -= 1
-        self.eph_count -= 1
-        owner.eph_count -= 1
-
-    def _new_obj(self, pool: Pool, oid: tuple[int, int, int]) -> Obj:
-        """A new, empty object in ``pool`` (counted, with the high-water marks)."""
+    def _obj_alloc(self, pool: Pool, oid: tuple[int, int, int]) -> Obj:
+        """``obj_alloc``: a new, empty object in ``pool``; `Oc` and its peaks."""
         obj = pool.objs[oid] = Obj(pool, oid)
         self.nobjs += 1
         if self.nobjs > self.Om:
@@ -476,10 +635,193 @@ class Tmem:
             pool.Om = len(pool.objs)
         return obj
 
-    def put(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int,
-            data) -> int:
-        """PUT (§2.2): ``data`` is the 4 KiB page (any buffer), or None when the frame is
-        bad."""
+    def _obj_free(self, obj: Obj) -> None:
+        """``obj_free``: an empty object leaves its pool."""
+        pool = obj.pool
+        del pool.objs[obj.oid]
+        self.nobjs -= 1
+        if self.orphans:
+            self._orphans_lose(lambda pg: pg.obj is obj)
+
+    def _nodes(self, pool: Pool, delta: int) -> None:
+        """Radix nodes allocated (``delta`` > 0) or freed: `Nc` and the peaks `Nm`."""
+        pool.nodes += delta
+        self.nodes += delta
+        if delta > 0:
+            if pool.nodes > pool.Nm:
+                pool.Nm = pool.nodes
+            if self.nodes > self.Nm:
+                self.Nm = self.nodes
+
+    def _add_pages(self, pool: Pool, obj: Obj, pages: Sequence[Page], mark: int | None,
+                   indexed: bool = False) -> None:
+        """New pages of one object join: ``pgp_alloc`` (`Pc`, `Pm`) and ``pgp_add_to_obj``
+        (`Nc`, `Nm`; skipped when ``indexed``), then, with a ``mark`` (the client the object
+        is marked with), ``do_tmem_put``'s ``insert_page``: the pool's persistent list
+        (charged to the owner) or the ephemeral lists (`Ec`, `Em`), counted as good PUTs
+        (`ps`; `Pp` or `Ep`). Without one, a PUT that is about to fail (its allocations
+        raised the peaks, §9.4)."""
+        count = len(pages)
+        n = pool.npages = pool.npages + count
+        if n > pool.Pm:
+            pool.Pm = n
+        n = self.npages = self.npages + count
+        if n > self.Pm:
+            self.Pm = n
+        if not indexed:
+            by_index, radix = obj.pages, obj.radix
+            for pg in pages:
+                index = pg.index
+                key = (index >> 6) << 3 | 1
+                seen = radix.get(key)
+                if seen and obj.nodes:  # _index's common case: a leaf that exists gains one
+                    radix[key] = seen + 1
+                    by_index[index] = pg
+                    continue
+                delta = _index(obj, pg)
+                if delta:
+                    self._nodes(pool, delta)
+        if mark is None:
+            return
+        owner = pool.client
+        if pool.persistent:
+            head = pool.head
+            prev = head.prev
+            if count == 1:
+                pg = pages[0]
+                pg.prev = prev
+                prev.next = pg
+                pg.next = head
+                head.prev = pg
+            else:
+                for pg in pages:
+                    pg.prev = prev
+                    prev.next = pg
+                    prev = pg
+                prev.next = head
+                head.prev = prev
+            owner.dom.tmem_pages += count
+            owner.Pp += count
+        else:
+            if count == 1:
+                pg = pages[0]
+                self.g_eph[pg] = None
+                owner.eph[pg] = None
+            else:
+                fresh = dict.fromkeys(pages)
+                self.g_eph.update(fresh)
+                owner.eph.update(fresh)
+            n = self.eph_count = self.eph_count + count
+            if n > self.Em:
+                self.Em = n
+            n = owner.eph_count = owner.eph_count + count
+            if n > owner.Em:
+                owner.Em = n
+            self.Ep += count
+        obj.last_client = mark
+        pool.ps += count
+
+    def _detach(self, pool: Pool, obj: Obj, pg: Page) -> None:
+        """Undo ``_add_pages`` without a mark, for one page (``pgp_delete_from_obj`` +
+        ``pgp_free``): a PUT that failed, or a page a bulk run evicts."""
+        delta = _unindex(obj, pg.index)
+        if delta:
+            self._nodes(pool, delta)
+        pool.npages -= 1
+        self.npages -= 1
+
+    def remove_pages(self, pages: Sequence[Page], free_data: bool = True,
+                     indexed: bool = True) -> None:
+        """``pgp_delete_from_obj`` + ``pgp_delist_free`` for each page (flush, eviction,
+        destructive GET, failed duplicate, destroyed object): out of its object's index
+        (`Nc`) unless a bulk run took it out already (not ``indexed``), the object freed
+        with its last page, its descriptor freed (`Pc`); off the ephemeral lists (`Ec`), or
+        off the persistent list (the save cursor steps back; logged for a live save); its
+        data freed (`Fc`, `cp`, `cb`) unless ``free_data`` is False (an eviction whose frame
+        a PUT takes)."""
+        g_eph, orphans, slots = self.g_eph, self.orphans, self.free_slots
+        frames = eph = 0
+        for pg in pages:
+            obj = pg.obj
+            pool = obj.pool  # type: ignore[union-attr]
+            owner = pool.client
+            by_index = obj.pages  # type: ignore[union-attr]
+            if indexed:
+                index = pg.index
+                if not orphans or by_index.get(index) is pg:
+                    radix = obj.radix  # type: ignore[union-attr]
+                    key = (index >> 6) << 3 | 1
+                    left = radix[key] - 1
+                    if left and obj.nodes != 1:  # type: ignore[union-attr]
+                        # _unindex's common case: a leaf that stays loses one
+                        radix[key] = left
+                        del by_index[index]
+                    else:
+                        delta = _unindex(obj, index)  # type: ignore[arg-type]
+                        if delta:
+                            self._nodes(pool, delta)
+                else:  # a failed GET's orphan, evicted at last (§9.4)
+                    del orphans[pg]
+            if not by_index and pool.objs.get(obj.oid) is obj:  # type: ignore[union-attr]
+                self._obj_free(obj)  # type: ignore[arg-type]
+            pool.npages -= 1
+            if not pool.persistent:
+                del g_eph[pg]
+                del owner.eph[pg]
+                owner.eph_count -= 1
+                eph += 1
+            else:
+                if owner.migrating:
+                    oid = obj.oid  # type: ignore[union-attr]
+                    if pool.cursor is pg and self.b.bug_live_save:
+                        # Xen leaves the cursor's descriptor on the pool list, whose
+                        # pointers then overwrite the logged oid (§9.4)
+                        oid = (self.next_pointer(), oid[1], oid[2])
+                    owner.inv.append((pool.slot, pg.index, oid))
+                    owner.inv_logged = True
+                if pool.cursor is pg:
+                    pool.cursor = pg.prev if pg.prev is not pool.head else None
+                pg.prev.next = pg.next
+                pg.next.prev = pg.prev
+                owner.dom.tmem_pages -= 1
+            if free_data:
+                if pg.csize:
+                    self._free_data(pg)
+                elif pg.data is not None:  # _free_data's frame back, counted once below
+                    slots.append(pg.data)  # type: ignore[arg-type]
+                    frames += 1
+        self.npages -= len(pages)
+        self.eph_count -= eph
+        if frames:
+            self.raw_pages -= frames
+            self.free_list += frames
+
+    def _orphans_lose(self, lost) -> None:
+        """Orphans whose object (or pool) Xen frees: their descriptors point at freed memory
+        from then on; they stay counted forever and never come off a list again."""
+        for pg in [pg for pg in self.orphans if lost(pg)]:
+            del self.orphans[pg]
+            pool = pg.obj.pool  # type: ignore[union-attr]
+            if not pool.persistent:
+                del self.g_eph[pg]
+                del pool.client.eph[pg]
+
+    def _orphan(self, pg: Page) -> None:
+        """A private-ephemeral GET whose copy failed after the page left its object (§9.1,
+        §9.4): the descriptor is neither delisted nor freed. It keeps counting in the pool's
+        and the global `Pc`, in `Ec` and `Fc`; its object stays even when empty."""
+        obj = pg.obj
+        delta = _unindex(obj, pg.index)  # type: ignore[arg-type]
+        if delta:
+            self._nodes(obj.pool, delta)  # type: ignore[union-attr]
+        self.orphans[pg] = None
+
+    # ---- PUT ----------------------------------------------------------------------------------
+
+    def put(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int, src, *,
+            buffer: bool = False) -> int:
+        """``do_tmem_put`` (§2.2): ``src`` is the 4 KiB page (any buffer), or None when the
+        guest's frame (or buffer) cannot be read; ``buffer``: it comes from a guest buffer."""
         pool.pt += 1
         if pool.freed:
             raise HypervisorCrash("PUT into a shared pool that Xen 4.5 had already freed")
@@ -487,178 +829,88 @@ class Tmem:
         if obj is not None:
             pg = obj.pages.get(index)
             if pg is not None:
-                return self._dup_put(cc, pool, obj, pg, data)
-        if cc.frozen:
-            pool.px += 1
-            return EFROZEN
+                return self._dup_put(cc, pool, obj, pg, src, buffer)
         owner = pool.client
-        if pool.persistent:
-            dom = owner.dom
-            if dom.tmem_pages + dom.nr_pages >= dom.max_pages:
+        if owner.frozen:
+            if obj is not None:  # Xen counts it only when the object exists
                 pool.px += 1
-                self.Pf += 1
-                return ENOMEM
-        if data is None:
-            pool.px += 1
-            self.Cf += 1
-            return EFAULT
-        stored = self._store(owner, data)
-        if stored is None:
-            pool.px += 1
-            self.Pf += 1
-            return ENOMEM
-        at, csize = stored
-        if obj is None:
-            obj = self._new_obj(pool, oid)
-        pg = Page(obj, index, at, csize)
-        obj.pages[index] = pg
-        pool.npages += 1
-        if pool.npages > pool.Pm:
-            pool.Pm = pool.npages
-        self.npages += 1
-        if self.npages > self.Pm:
-            self.Pm = self.npages
-        if pool.persistent:
-            head = pool.head
-            tail = head.prev
-            pg.prev = tail
-            pg.next = head
-            tail.next = pg
-            head.prev = pg
-            owner.dom.tmem_pages += 1
-            cc.Pp += 1
-        else:
-            self.g_eph[pg] = None
-            owner.eph[pg] = None
-            self.eph_count += 1
-            owner.eph_count += 1
-            if self.eph_count > self.Em:
-                self.Em = self.eph_count
-            if owner.eph_count > owner.Em:
-                owner.Em = owner.eph_count
-            self.Ep += 1
-        obj.last_client = owner.domid if self.mark_owner else cc.domid
-        pool.ps += 1
-        return 1
+            return EFROZEN
+        new_obj = obj is None
+        if new_obj:
+            obj = self._obj_alloc(pool, oid)
+        pg = Page(obj, index, None, 0)
+        rc = self._fill(pool, pg, src, True, buffer)
+        if rc == 1:
+            mark = owner.domid if self.mark_owner else cc.domid
+            self._add_pages(pool, obj, (pg,), mark)  # type: ignore[arg-type]
+            return 1
+        # Xen allocated the descriptor and the radix path before the storage failed
+        self._add_pages(pool, obj, (pg,), None)  # type: ignore[arg-type]
+        self._detach(pool, obj, pg)  # type: ignore[arg-type]
+        if new_obj:
+            self._obj_free(obj)  # type: ignore[arg-type]
+        pool.px += 1
+        return rc
+
+    def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, src, buffer: bool) -> int:
+        """``do_tmem_dup_put``: replace in place (1), or flush the old copy and fail: -ENOSPC
+        while live-saving or without memory, the copy's error for a bad source."""
+        owner = pool.client
+        rc = ENOSPC if owner.migrating else self._fill(pool, pg, src, False, buffer)
+        if rc == 1:
+            obj.last_client = owner.domid if self.mark_owner else cc.domid
+            pool.pr += 1
+            pool.ps += 1
+            if pool.persistent:
+                owner.Pp += 1
+            return 1
+        self.remove_pages((pg,))
+        pool.pd += 1
+        return ENOSPC if rc == ENOMEM else rc
 
     def put_run(self, cc: Client, pool: Pool, dom: Domain, o0s: Sequence[int],
                 o1s: Sequence[int], o2s: Sequence[int], indexes: Sequence[int],
                 cmfns: Sequence[int]) -> list[int]:
         """A run of PUTs by ``dom`` into one pool (a multicall; the oid words, indexes and
-        frames as columns): op by op exactly what the entry (ensure-free step, frame lookup)
-        and ``put`` do, with the common case, a new page, inline and every other case handed
-        to ``put``. A run of new pages of one object from consecutive frames, with room for
+        frames as columns): op by op what the entry (ensure-free step, frame lookup) and
+        ``put`` do. A run of new pages of one object from consecutive frames, with room for
         all of them, is stored in bulk. Returns each op's result."""
-        host = self.host
-        results: list[int] = []
-        append = results.append
-        objs = pool.objs
-        owner = pool.client
-        odom = owner.dom
-        persistent = pool.persistent
-        # Neither can change during a run of PUTs; either sends every op through ``put``.
-        inline = not pool.freed and not cc.frozen
-        # A PUT takes at most one page of memory and charges at most one page to the owner: with
-        # that much headroom for every op of the run, the ensure-free step and the max-memory
-        # check cannot trip, so they are not even evaluated.
         count = len(cmfns)
+        host = self.host
+        odom = pool.client.dom
+        # A PUT takes at most one page and charges at most one page to the owner: with that
+        # much room for every op of the run, neither the ensure-free step nor the max-memory
+        # check can trip.
         check_free = self.free_list + host.heap_free - self.reserve - 256 < count
-        check_max = persistent and odom.max_pages - odom.nr_pages - odom.tmem_pages < count
-        pop, max_pages, mv = dom.populated, dom.max_pages, dom.mv
-        g_eph, o_eph = self.g_eph, owner.eph
-        remove = self.remove_page
-        head = pool.head
-        last = owner.domid if self.mark_owner else cc.domid
-
-        def peaks() -> None:
-            # Inline PUTs only add pages, so the high-water marks are taken before anything
-            # that may remove some (eviction, ``put``) and at the end.
-            if pool.npages > pool.Pm:
-                pool.Pm = pool.npages
-            if self.npages > self.Pm:
-                self.Pm = self.npages
-            if self.eph_count > self.Em:
-                self.Em = self.eph_count
-            if owner.eph_count > owner.Em:
-                owner.Em = owner.eph_count
-
-        if inline and not check_max:
+        if (not pool.freed and not pool.client.frozen and not (
+                pool.persistent and odom.max_pages - odom.nr_pages - odom.tmem_pages < count)):
             oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
-            obj = objs.get(oid) if oid is not None else None
+            obj = pool.objs.get(oid) if oid is not None else None
             if oid is not None and (obj is None or obj.pages.keys().isdisjoint(indexes)):
                 victims = self._run_victims(pool, obj, count) if check_free else []
                 if victims is not None:
-                    results = self._put_new_pages(cc, pool, oid, obj, indexes,
-                                                  cmfns[0] << 12, dom, victims)
-                    peaks()
-                    return results
-        handed = 0  # successes of ops handed to ``put``, which counted them itself
+                    return self._put_new_pages(cc, pool, oid, obj, indexes, cmfns[0] << 12,
+                                               dom, victims)
+        results: list[int] = []
+        append = results.append
+        pop, max_pages, mv = dom.populated, dom.max_pages, dom.mv
+        put, ensure_free = self.put, self.ensure_free
         for oid, index, cmfn in zip(zip(o0s, o1s, o2s, strict=True), indexes, cmfns,
                                     strict=True):
-            if check_free and self.free_list + host.heap_free - self.reserve < 256:
-                peaks()
-                if not self.weight_sum and g_eph and not self.dying_pools:
-                    # ensure_free's one eviction, inlined: with no weights set nobody is over
-                    # quota, so the victim is the head of the global LRU list
-                    self.Ea += 1
-                    remove(next(iter(g_eph)))
-                    self.Et += 1
-                elif not self.ensure_free(cc):
-                    append(ENOMEM)
-                    continue
-            data = mv[cmfn << 12:(cmfn << 12) + PAGE] if 0 < cmfn < max_pages and pop[cmfn] \
-                else None
-            obj = objs.get(oid)
-            if (not inline or data is None or (obj is not None and index in obj.pages)
-                    or (check_max and odom.tmem_pages + odom.nr_pages >= odom.max_pages)):
-                peaks()
-                rc = self.put(cc, pool, oid, index, data)
-                handed += rc == 1
-                append(rc)
-                continue
-            kept = self._store(owner, data)
-            if kept is None:
-                pool.pt += 1
-                pool.px += 1
-                self.Pf += 1
+            if check_free and not ensure_free(cc):
                 append(ENOMEM)
                 continue
-            at, csize = kept
-            if obj is None:
-                obj = self._new_obj(pool, oid)
-            pg = Page(obj, index, at, csize)
-            obj.pages[index] = pg
-            pool.npages += 1
-            self.npages += 1
-            if persistent:
-                tail = head.prev
-                pg.prev = tail
-                pg.next = head
-                tail.next = pg
-                head.prev = pg
-                odom.tmem_pages += 1
-            else:
-                g_eph[pg] = None
-                o_eph[pg] = None
-                self.eph_count += 1
-                owner.eph_count += 1
-            obj.last_client = last
-            append(1)
-        peaks()
-        stored = results.count(1) - handed
-        pool.pt += stored
-        pool.ps += stored
-        if persistent:
-            cc.Pp += stored
-        else:
-            self.Ep += stored
+            src = mv[cmfn << 12:(cmfn << 12) + PAGE] if 0 < cmfn < max_pages and pop[cmfn] \
+                else None
+            append(put(cc, pool, oid, index, src))
         return results
 
     def _run_victims(self, pool: Pool, obj: Obj | None, count: int) -> list[Page] | None:
         """The pages a run of ``count`` new raw pages would evict, oldest first, when that is
-        simple to do in bulk: no weights (each victim is the global LRU head), every victim
-        raw and older than the run, and ``obj`` never emptied by one. Else None."""
-        if pool.client.compress or self.weight_sum or self.dying_pools:
+        simple to do in bulk: no weights (each victim is the global LRU head), no dying pool
+        or orphan, every victim raw and older than the run, and ``obj`` never emptied by one.
+        Else None."""
+        if pool.client.compress or self.weight_sum or self.dying_pools or self.orphans:
             return None
         # The ensure-free step evicts once the free memory is below 256 pages; the first ops
         # take free pages until then, and each later op evicts one page and reuses it.
@@ -676,157 +928,145 @@ class Tmem:
     def _put_new_pages(self, cc: Client, pool: Pool, oid: tuple[int, int, int],
                        obj: Obj | None, indexes: Sequence[int], src: int,
                        dom: Domain, victims: list[Page]) -> list[int]:
-        """``put_run`` for new pages of one object from consecutive frames at ``src`` with no
-        max-memory refusal possible: the same storage, slots, evictions (``victims``, from
-        ``_run_victims``), descriptors, lists and counters as op-by-op PUTs, taken in bulk.
-        Only a compressing owner can still refuse an op (-ENOMEM when a compressed page needs
-        a page Xen lacks); it never evicts here."""
-        host, owner, mv = self.host, pool.client, dom.mv
+        """``put_run`` for new pages of one object from consecutive frames at ``src`` with
+        no max-memory refusal possible: what single PUTs do, op by op where an order shows
+        (the storage, the evictions, and the radix nodes behind `Nm`), the rest in bulk: the
+        frames (one copy when their slots follow one another), descriptors, lists and
+        counters. Only a compressing owner can still refuse an op (-ENOMEM when a compressed
+        page needs a page Xen lacks); it never evicts here (``victims`` is then empty)."""
         count = len(indexes)
-        results = [1] * count
-        if victims:
-            evicted = self._evict_for_run(pool, oid, obj, count, victims)
+        mark = pool.client.domid if self.mark_owner else cc.domid
+        mv = dom.mv
+        if pool.client.compress:
+            return self._put_compressed(pool, oid, obj, indexes, mv[src:src + count * PAGE],
+                                        mark)
+        free_ops = count - len(victims)
+        # The free ops take the free list, then Xen's heap; each later op evicts a page and
+        # takes the frame freed (the free list's oldest slot, as a single PUT does).
+        datas = self._take_frames(free_ops) if free_ops else []
+        assert datas is not None  # _run_victims saw the room
+        if not victims:
             if obj is None:
-                obj = pool.objs.get(oid)  # made between the first eviction and the others
-        if owner.compress:
-            stored: list[tuple[bytes | int, int]] = []
-            kept_indexes: list[int] = []
-            failed = 0
-            for i, index in enumerate(indexes):
-                at = src + i * PAGE
-                kept = self._store(owner, mv[at:at + PAGE])
-                if kept is None:
-                    results[i] = ENOMEM
-                    failed += 1
-                    continue
-                stored.append(kept)
-                kept_indexes.append(index)
-            if failed:
-                pool.pt += failed
-                pool.px += failed
-                self.Pf += failed
-            indexes = kept_indexes
-            if not indexes:
-                return results
-            datas, csizes = [d for d, _ in stored], [c for _, c in stored]
+                obj = self._obj_alloc(pool, oid)
+            pages = list(map(Page, repeat(obj), indexes, datas, repeat(0)))
+            indexed = False
         else:
-            # Storage: tmem's free list first, then Xen's heap, for the ops that evict nothing;
-            # each later op reuses the page (and slot) of the page it evicted.
-            free_ops = count - len(victims)
-            from_list = min(self.free_list, free_ops)
-            self.free_list -= from_list
-            host.heap_free -= free_ops - from_list
-            self.raw_pages += free_ops
-            slots = self.free_slots
-            reused = min(len(slots), free_ops)
-            take = slots.popleft
-            datas = [take() for _ in range(reused)]
-            if reused < free_ops:
-                fresh = self.next_slot
-                self.next_slot = fresh + (free_ops - reused) * PAGE
-                datas += range(fresh, self.next_slot, PAGE)
-            if victims:
-                datas += evicted
-            av = self.av
-            if _consecutive(datas):
-                av[datas[0]:datas[0] + count * PAGE] = mv[src:src + count * PAGE]
-            else:
-                for at in datas:
-                    av[at:at + PAGE] = mv[src:src + PAGE]
-                    src += PAGE
-            csizes = repeat(0)
-        stored_count = len(indexes)
-        if obj is None:
-            obj = self._new_obj(pool, oid)
-        pages = list(map(Page, repeat(obj), indexes, datas, csizes))
-        obj.pages.update(zip(indexes, pages, strict=True))
-        pool.npages += stored_count
-        self.npages += stored_count
-        if pool.persistent:
-            head = pool.head
-            prev = head.prev
-            for pg in pages:
-                pg.prev = prev
-                prev.next = pg
-                prev = pg
-            prev.next = head
-            head.prev = prev
-            owner.dom.tmem_pages += stored_count
-            cc.Pp += stored_count
+            # Op by op what moves the node counts (and so `Nm`): the victim leaves its
+            # object, the new page joins the run's. Descriptors and lists follow in bulk, the
+            # victims' first, so the peaks are those of single PUTs.
+            slots, nodes = self.free_slots, self._nodes
+            done = 0
+            if not free_ops:  # op 0 evicts before it makes the object (`Om`)
+                victim = victims[0]
+                vobj = victim.obj
+                delta = _unindex(vobj, victim.index)  # type: ignore[arg-type]
+                if delta:
+                    nodes(vobj.pool, delta)  # type: ignore[union-attr]
+                if not vobj.pages:  # type: ignore[union-attr]
+                    self._obj_free(vobj)  # type: ignore[arg-type]
+                slots.append(victim.data)  # type: ignore[arg-type]
+                datas.append(slots.popleft())
+                done = 1
+            if obj is None:
+                obj = self._obj_alloc(pool, oid)
+            pages = list(map(Page, repeat(obj), indexes, repeat(None), repeat(0)))
+            for i, pg in enumerate(pages):
+                if i >= free_ops + done:  # ensure-free's eviction, then the PUT
+                    victim = victims[i - free_ops]
+                    vobj = victim.obj
+                    delta = _unindex(vobj, victim.index)  # type: ignore[arg-type]
+                    if delta:
+                        nodes(vobj.pool, delta)  # type: ignore[union-attr]
+                    slots.append(victim.data)  # type: ignore[arg-type]
+                    datas.append(slots.popleft())
+                delta = _index(obj, pg)
+                if delta:
+                    nodes(pool, delta)
+            for pg, at in zip(pages, datas, strict=True):
+                pg.data = at
+            self._evicted(victims)
+            indexed = True
+        av = self.av
+        if _consecutive(datas):
+            av[datas[0]:datas[0] + count * PAGE] = mv[src:src + count * PAGE]
         else:
-            fresh_pages = dict.fromkeys(pages)
-            self.g_eph.update(fresh_pages)
-            owner.eph.update(fresh_pages)
-            self.eph_count += stored_count
-            owner.eph_count += stored_count
-            self.Ep += stored_count
-        obj.last_client = owner.domid if self.mark_owner else cc.domid
-        pool.pt += stored_count
-        pool.ps += stored_count
+            for at in datas:
+                av[at:at + PAGE] = mv[src:src + PAGE]
+                src += PAGE
+        self._add_pages(pool, obj, pages, mark, indexed)  # type: ignore[arg-type]
+        pool.pt += count
+        return [1] * count
+
+    def _put_compressed(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None,
+                        indexes: Sequence[int], src, mark: int) -> list[int]:
+        """``_put_new_pages`` for a compressing owner: each page stored as ``put`` stores
+        it, in order; the stored pages join in bulk, those before a failed op first (so the
+        failed op's allocations see them, as in single PUTs)."""
+        results = [1] * len(indexes)
+        fill, add = self._fill, self._add_pages
+        stored: list[Page] = []
+        for i, index in enumerate(indexes):
+            new_obj = obj is None
+            if new_obj:
+                obj = self._obj_alloc(pool, oid)
+            pg = Page(obj, index, None, 0)
+            rc = fill(pool, pg, src[i * PAGE:(i + 1) * PAGE], True, False)
+            if rc == 1:
+                stored.append(pg)
+                continue
+            if stored:
+                add(pool, obj, stored, mark)  # type: ignore[arg-type]
+                stored = []
+            add(pool, obj, (pg,), None)  # type: ignore[arg-type]
+            self._detach(pool, obj, pg)  # type: ignore[arg-type]
+            if new_obj:
+                self._obj_free(obj)  # type: ignore[arg-type]
+                obj = None
+            pool.px += 1
+            results[i] = rc
+        if stored:
+            add(pool, obj, stored, mark)  # type: ignore[arg-type]
+        pool.pt += len(indexes)
         return results
 
-    def _evict_for_run(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None,
-                       count: int, victims: list[Page]) -> list[int]:
-        """The evictions of a bulk run of ``count`` new pages into ``pool``: every victim
-        removed, and the object made when op 0 would make it (after its eviction, if op 0
-        evicts). Returns the victims' arena slots, which the run's last pages reuse.
-
-        The high-water marks need nothing here: op by op, the pool's page count and the
-        owner's ephemeral count only grow (each op adds a page and evicts at most one) or,
-        for a persistent pool, the owner's only shrinks, so the marks ``put_run`` takes at
-        the end are the ones op-by-op PUTs would have reached."""
-        first = 0
-        if obj is None:
-            if len(victims) == count:
-                # op 0 evicts before it makes the object
-                self._remove_ephemeral(victims[:1], release=False)
-                first = 1
-            self._new_obj(pool, oid)
-        self._remove_ephemeral(victims[first:], release=False)
+    def _evicted(self, victims: list[Page]) -> None:
+        """The rest of the evictions of a bulk run, whose victims it took out of their
+        objects op by op (and whose frames it took): descriptors, lists, `Et`/`Ea`."""
+        self.remove_pages(victims, False, False)
         self.Ea += len(victims)
         self.Et += len(victims)
-        return [victim.data for victim in victims]  # type: ignore[misc]
 
-    def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, data) -> int:
-        owner = pool.client
-        if owner.migrating:
-            self._flush_one(pool, pg)
-            pool.pd += 1
-            return ENOSPC
-        if data is None:
-            self._flush_one(pool, pg)
-            pool.pd += 1
-            self.Cf += 1
-            return EFAULT
-        self._release(pg)  # the old copy goes first, as in Xen
-        stored = self._store(owner, data)
-        if stored is None:
-            self._flush_one(pool, pg, release=False)
-            pool.pd += 1
-            return ENOSPC
-        pg.data, pg.csize = stored
-        obj.last_client = owner.domid if self.b.bug_owner_marks_objects else cc.domid
-        pool.pr += 1
-        pool.ps += 1
-        return 1
-
-    def _flush_one(self, pool: Pool, pg: Page, *, release: bool = True) -> None:
-        owner = pool.client
-        if pool.persistent and owner.migrating:
-            owner.inv.append((pool.slot, pg.index, pg.obj.oid))  # type: ignore[union-attr]
-            owner.inv_logged = True
-        self.remove_page(pg, release=release)
+    # ---- GET ----------------------------------------------------------------------------------
 
     def page_bytes(self, pg: Page) -> bytes:
         """The 4 KiB content of a page."""
         if pg.csize:
             return decompress(pg.data, uncompressed_size=PAGE)
         at = pg.data
-        return self.arena[at:at + PAGE]
+        return self.arena[at:at + PAGE]  # type: ignore[misc]
 
-    def get(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int,
-            off: int) -> int:
-        """GET (§2.2) into the caller's memory at ``off``; ``off`` < 0 means a bad frame."""
+    def _copy_out(self, pg: Page, mem, off: int) -> None:
+        """A stored page into ``mem[off:off+4096]``: decoded when compressed, else copied from
+        its arena slot."""
+        if pg.csize:
+            if not decode_into(pg.data, mem, off):
+                _corrupt()
+        else:
+            at = pg.data
+            mem[off:off + PAGE] = self.av[at:at + PAGE]  # type: ignore[misc]
+
+    def _got(self, pool: Pool, hits: int) -> None:
+        """GET hits: `gs`, and the owner's `Gp` or `Ge` (§9.4)."""
+        pool.gs += hits
+        if pool.persistent:
+            pool.client.Gp += hits
+        else:
+            pool.client.Ge += hits
+
+    def get(self, dom: Domain, pool: Pool, oid: tuple[int, int, int], index: int, off: int, *,
+            buffer: bool = False) -> int:
+        """``do_tmem_get`` (§2.2) by domain ``dom`` into its memory at ``off`` (< 0: a bad
+        frame); ``buffer``: a guest buffer rather than a frame (SAVE_GET_NEXT_PAGE)."""
         if pool.npages == 0:
             return EEMPTY
         pool.gt += 1
@@ -836,146 +1076,68 @@ class Tmem:
         pg = obj.pages.get(index)
         if pg is None:
             return 0
-        persistent = pool.persistent
         if off < 0:
-            self.Cf += 1
-            if not persistent and not pool.shared and self.b.bug_get_fault_consumes:
-                self.remove_page(pg, leak=True)
-            return EFAULT
-        dom = cc.dom
-        if pg.csize:
-            if not decode_into(pg.data, dom.mem, off):
-                _corrupt()
+            rc = EFAULT
+        elif buffer and not pg.csize and self.b.bug_save_raw_einval:
+            rc = EINVAL  # 4.5/4.12 copy routines refuse a guest buffer (§9.1)
         else:
-            at = pg.data
-            dom.mem[off:off + PAGE] = self.av[at:at + PAGE]
-        if dom.dirty is not None:
-            dom.dirty.add(off >> 12)
-        if persistent:
-            cc.Gp += 1
-        elif pool.shared:
-            self.g_eph.move_to_end(pg)
-            pool.client.eph.move_to_end(pg)
-            obj.last_client = cc.domid
-            cc.Ge += 1
-        else:
-            self.remove_page(pg)
-            cc.Ge += 1
-        pool.gs += 1
-        return 1
+            self._copy_out(pg, dom.mem, off)
+            if dom.dirty is not None:
+                dom.dirty.add(off >> 12)
+            if pool.persistent:
+                pass
+            elif pool.shared:
+                self.g_eph.move_to_end(pg)
+                pool.client.eph.move_to_end(pg)
+                obj.last_client = dom.domid
+            else:
+                self.remove_pages((pg,))
+            self._got(pool, 1)
+            return 1
+        self.Cf += 1
+        if not pool.persistent and not pool.shared and self.b.bug_get_fault_consumes:
+            self._orphan(pg)
+        return rc
 
-    def get_run(self, cc: Client, pool: Pool, dom: Domain, o0s: Sequence[int],
-                o1s: Sequence[int], o2s: Sequence[int], indexes: Sequence[int],
-                cmfns: Sequence[int]) -> list[int]:
+    def get_run(self, pool: Pool, dom: Domain, o0s: Sequence[int], o1s: Sequence[int],
+                o2s: Sequence[int], indexes: Sequence[int], cmfns: Sequence[int]) -> list[int]:
         """A run of GETs by ``dom`` from one pool (a multicall; the oid words, indexes and
-        frames as columns): op by op exactly what ``get`` does, with hits and misses of a
-        private pool inline and every other case handed to ``get``. A run of hits on one
-        object into consecutive frames is copied in bulk. Returns each op's result."""
-        mem, pop, max_pages = dom.mem, dom.populated, dom.max_pages
-        oids = zip(o0s, o1s, o2s, strict=True)
-        if pool.shared:  # LRU refresh and last_client per hit: rare enough for ``get``
-            return [self.get(cc, pool, oid, index,
-                             cmfn << 12 if 0 < cmfn < max_pages and pop[cmfn] else -1)
-                    for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True)]
-        oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
-        obj = pool.objs.get(oid) if oid is not None else None
-        if obj is not None:
-            pages = list(map(obj.pages.get, indexes))
-            if None not in pages:
-                return self._get_pages(cc, pool, obj, pages, dom, cmfns[0] << 12)
-        results: list[int] = []
-        append = results.append
-        objs, persistent, copy_out = pool.objs, pool.persistent, self._copy_out
-        remove = self.remove_page
-        skipped = 0  # ops that did not look the page up here (-EEMPTY, or handed to ``get``)
-        for oid, index, cmfn in zip(oids, indexes, cmfns, strict=True):
-            if pool.npages == 0:
-                skipped += 1
-                append(EEMPTY)
-                continue
-            obj = objs.get(oid)
-            pg = obj.pages.get(index) if obj is not None else None
-            if pg is None:
-                append(0)
-                continue
-            if not 0 < cmfn < max_pages or not pop[cmfn]:
-                skipped += 1
-                append(self.get(cc, pool, oid, index, -1))  # -EFAULT, never a hit
-                continue
-            copy_out(pg, mem, cmfn << 12)
-            if not persistent:
-                remove(pg)
-            append(1)
-        hits = results.count(1)
-        pool.gt += len(results) - skipped
-        pool.gs += hits
-        if persistent:
-            cc.Gp += hits
-        else:
-            cc.Ge += hits
-        return results
+        frames as columns): op by op what ``get`` does. A run of hits on one object of a
+        private pool into consecutive frames is copied in bulk. Returns each op's result."""
+        pop, max_pages = dom.populated, dom.max_pages
+        if not pool.shared:
+            oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
+            obj = pool.objs.get(oid) if oid is not None else None
+            if obj is not None:
+                pages = list(map(obj.pages.get, indexes))
+                if None not in pages:
+                    return self._get_pages(pool, pages, dom, cmfns[0] << 12)  # type: ignore[arg-type]
+        get = self.get
+        return [get(dom, pool, oid, index,
+                    cmfn << 12 if 0 < cmfn < max_pages and pop[cmfn] else -1)
+                for oid, index, cmfn in zip(zip(o0s, o1s, o2s, strict=True), indexes, cmfns,
+                                            strict=True)]
 
-    def _copy_out(self, pg: Page, mem, off: int) -> None:
-        """A stored page into ``mem[off:off+4096]``: decoded when compressed, else copied from
-        its arena slot. (``get``, the single-op hot path, has this inline.)"""
-        if pg.csize:
-            if not decode_into(pg.data, mem, off):
-                _corrupt()
-        else:
-            at = pg.data
-            mem[off:off + PAGE] = self.av[at:at + PAGE]
-
-    def _get_pages(self, cc: Client, pool: Pool, obj: Obj, pages: list[Page], dom: Domain,
-                   dst: int) -> list[int]:
+    def _get_pages(self, pool: Pool, pages: list[Page], dom: Domain, dst: int) -> list[int]:
         """``get_run`` for a run of hits on one object of a private pool into consecutive
-        frames at ``dst``: the same copies (one, when the pages sit in consecutive arena
-        slots), removals (ephemeral GETs are destructive) and counters as op-by-op GETs."""
+        frames at ``dst``: the copies of op-by-op GETs (one, when the pages sit in consecutive
+        arena slots), then their removals (ephemeral GETs are destructive) and counters."""
         count = len(pages)
         av, mem = self.av, dom.mem
         slots = [pg.data for pg in pages]
-        if not any(pg.csize for pg in pages) and _consecutive(slots):
-            mem[dst:dst + count * PAGE] = av[slots[0]:slots[0] + count * PAGE]
+        if not any(pg.csize for pg in pages) and _consecutive(slots):  # type: ignore[arg-type]
+            mem[dst:dst + count * PAGE] = av[slots[0]:slots[0] + count * PAGE]  # type: ignore[operator]
         else:
             for pg in pages:
                 self._copy_out(pg, mem, dst)
                 dst += PAGE
         pool.gt += count
-        pool.gs += count
-        if pool.persistent:
-            cc.Gp += count
-            return [1] * count
-        cc.Ge += count
-        self._remove_ephemeral(pages, release=True)  # destructive: every page goes
+        self._got(pool, count)
+        if not pool.persistent:
+            self.remove_pages(pages)
         return [1] * count
 
-    def _remove_ephemeral(self, pages: list[Page], *, release: bool) -> None:
-        """``remove_page`` of each ephemeral page in turn (an object goes with its last
-        page), with the shared counters updated once."""
-        g_eph, slots = self.g_eph, self.free_slots
-        raw = 0
-        for pg in pages:
-            obj = pg.obj
-            pool = obj.pool  # type: ignore[union-attr]
-            by_index = obj.pages  # type: ignore[union-attr]
-            del by_index[pg.index]
-            pool.npages -= 1
-            if not by_index:
-                del pool.objs[obj.oid]  # type: ignore[union-attr]
-                self.nobjs -= 1
-            if release:
-                if pg.csize:
-                    self._release(pg)
-                else:
-                    slots.append(pg.data)
-                    raw += 1
-            owner = pool.client
-            del g_eph[pg]
-            del owner.eph[pg]
-            owner.eph_count -= 1
-        self.raw_pages -= raw
-        self.free_list += raw
-        self.npages -= len(pages)
-        self.eph_count -= len(pages)
+    # ---- flush --------------------------------------------------------------------------------
 
     def flush_page(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int) -> int:
         pool.ft += 1
@@ -983,18 +1145,17 @@ class Tmem:
         if obj is not None:
             pg = obj.pages.get(index)
             if pg is not None:
-                self._flush_one(pool, pg)
+                self.remove_pages((pg,))
                 pool.fs += 1
-        return EFROZEN if cc.frozen else 1
+        return EFROZEN if pool.client.frozen else 1
 
     def flush_object(self, cc: Client, pool: Pool, oid: tuple[int, int, int]) -> int:
         pool.ot += 1
         obj = pool.objs.get(oid)
         if obj is not None:
-            for pg in list(obj.pages.values()):
-                self._flush_one(pool, pg)
+            self._destroy_obj(obj)
             pool.os += 1
-        return EFROZEN if cc.frozen else 1
+        return EFROZEN if pool.client.frozen else 1
 
     def partial(self, cc: Client, pool: Pool, oid: tuple[int, int, int], index: int, mem,
                 off: int, tmem_offset: int, pfn_offset: int, length: int, write: bool) -> int:
@@ -1018,7 +1179,7 @@ class Tmem:
         data = self.page_bytes(pg)
         mem[off + pfn_offset:off + pfn_offset + length] = data[tmem_offset:tmem_offset + length]
         if not pool.persistent and not pool.shared:
-            self.remove_page(pg)
+            self.remove_pages((pg,))
         return 1
 
     # ---- pools ------------------------------------------------------------------------------
@@ -1080,9 +1241,12 @@ class Tmem:
         return slot
 
     def _destroy_obj(self, obj: Obj) -> None:
-        """``obj_destroy``: every page of the object goes, and the object with its last."""
-        for pg in list(obj.pages.values()):
-            self.remove_page(pg)
+        """``obj_destroy``: every page of the object goes, and the object with its last (an
+        object a failed GET emptied goes all the same)."""
+        if obj.pages:
+            self.remove_pages(list(obj.pages.values()))
+        else:
+            self._obj_free(obj)
 
     def _leak_obj(self, obj: Obj) -> None:
         """An object of a pool Xen freed without destroying it (4.5+, §9.4): its pages stay
@@ -1095,7 +1259,9 @@ class Tmem:
             del self.g_eph[pg]
             del owner.eph[pg]
         pool.npages -= len(obj.pages)
-        self.leaked_nodes += pool.obj_nodes(obj)
+        pool.nodes -= obj.nodes
+        if self.orphans:
+            self._orphans_lose(lambda pg: pg.obj is obj)
 
     def destroy_pool(self, cc: Client, pool_id: int) -> int:
         """DESTROY_POOL: 1 if a pool was in the slot, else 0 (``do_tmem_destroy_pool``)."""
@@ -1173,8 +1339,7 @@ class Tmem:
                 del old.eph[pg]
                 new.eph[pg] = None
             old.eph_count -= len(moved)
-            new.eph_count += len(moved)
-            new.Em = max(new.Em, new.eph_count)
+            new.eph_count += len(moved)  # its `Em` stays (§9.4)
             pool.client = new
         pool.slot = slot
 
@@ -1182,6 +1347,8 @@ class Tmem:
         """``pool_free``. A 4.5 creator's pool can stay in the global table (and in joiners'
         slots), pointing at freed memory that reads as an unshared pool with zero counters."""
         pool.freed = True
+        if self.orphans:
+            self._orphans_lose(lambda pg: pg.obj.pool is pool)
         if pool.dying:
             self.dying_pools -= 1
             pool.dying = False
@@ -1191,7 +1358,7 @@ class Tmem:
             pool.persistent = pool.shared = False
             pool.pt = pool.ps = pool.pr = pool.pd = pool.px = 0
             pool.gt = pool.gs = pool.ft = pool.fs = pool.ot = pool.os = 0
-            pool.Pm = pool.Om = pool.Nm = 0
+            pool.npages = pool.nodes = pool.Pm = pool.Om = pool.Nm = 0
 
     def list_crashes(self) -> bool:
         """Whether a LIST of all clients walks freed memory that kills the host (§9.2, §9.3)."""
