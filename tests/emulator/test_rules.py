@@ -543,6 +543,43 @@ COMPRESS_RULES = [
 ]
 
 
+# --- §9.4 LIST and GET_POOLS lengths --------------------------------------------------------------
+
+def _list_kinds(host, g, length: int, use_long: bool, *, guest: bool = False):
+    """LIST of all clients into ``length`` bytes: the records written, by kind, and the
+    lines other than G= (whose Tt counts the LIST itself on <= 4.5)."""
+    d0 = g[0]
+    if host.version.minor >= 9:
+        d0.auth(0, U)
+    d0.new_pool(PRIV_PERS)
+    s = d0.new_pool(SHARED_EPH, U)
+    d0.put(s, 1, 0, page(1))
+    if guest:
+        g[1].new_pool(PRIV_EPH)
+    full = host.tmem_list(long=use_long).split("\n")[:-2]  # xl's newline after the text
+    rc, text = d0.list(length=length, use_long=use_long)
+    lines = text.splitlines()
+    return rc, [ln[0] for ln in lines], [ln for ln in lines if ln[0] != "G"] == [
+        ln for ln in full if ln[0] != "G" and ln in lines]
+
+
+LIST_RULES = [
+    # 200 bytes hold the long G= line; the S= record no longer fits what remains; the C=
+    # line goes out unchecked past the length, the P= line does not fit, and the length
+    # left wraps below zero, so T fits
+    ("list_len_200_long_g_c_t", "*", lambda h, g: _list_kinds(h, g, 200, True),
+     (0, ["G", "C", "T"], True)),
+    # nothing fits 0 bytes but the unchecked C= line; after it the remaining length wraps:
+    # the next client's C= and P= lines and T all fit
+    ("list_len_0_c_then_t", "*", lambda h, g: _list_kinds(h, g, 0, False),
+     (0, ["C", "T"], True)),
+    ("list_len_0_wraps_after_first_client", "*",
+     lambda h, g: _list_kinds(h, g, 0, False, guest=True), (0, ["C", "C", "P", "T"], True)),
+    ("list_len_0_one_client_c_only", "*",
+     lambda h, g: (g[0].new_pool(PRIV_PERS), g[0].list(0, length=0)[1].count("\n")), (0, 1)),
+]
+
+
 # --- §2.3/§2.4/§9 control plane ------------------------------------------------------------------
 
 def _sysctl_checks(host, g):
@@ -626,8 +663,9 @@ CONTROL_RULES = [
      (-13, -22, -1, -1, True, -14)),
     ("client_info_4_12", ("4.12",), _client_info,
      ((0, (1, 16, 0, 0, 0)), -2, -95, -34, 0, (1, 16, 1, 2, 7))),
-    ("get_pools_ignores_length_on_4_12", ("4.12",),
-     _get_pools, (-22, 2, 2, -22, -7, -22, 2)),
+    # entries go out while idx < len/32, tested after each copy: max(1, len/32) (§9.4)
+    ("get_pools_writes_at_least_one_on_4_12", ("4.12",),
+     _get_pools, (-22, 1, 1, -22, -7, -22, 2)),
     ("control_plane_4_5", ("4.5",), _control_45,
      ((-1, 1, 16, 0, -1), (-2, 5, 1, 0x01000001, -1, -14, -1, -1),
       "C=CI:0,ww:-1,ca:5,co:1,fr:0,Tc:0,Ge:0,Pp:0,Gp:0")),
@@ -656,7 +694,7 @@ DESIGNED_RULES = [
 ]
 
 ALL_RULES = POOL_RULES + FREEZE_RULES + MEMORY_RULES + SHARED_RULES + SHARED_45_RULES \
-    + COUNTER_RULES + COMPRESS_RULES + CONTROL_RULES + DESIGNED_RULES
+    + COUNTER_RULES + COMPRESS_RULES + LIST_RULES + CONTROL_RULES + DESIGNED_RULES
 
 
 def _cases():

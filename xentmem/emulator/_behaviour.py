@@ -39,8 +39,8 @@ class Behaviour:
     list_full_t_line: bool         # T= line with perf counters (<= 4.3)
     # defects observed on real releases (§9), off when designed
     bug_get_fault_consumes: bool   # private-ephemeral GET into a bad frame removes the page
-    bug_list_ignores_length: bool  # LIST writes S=/C=/T lines past the buffer length
-    bug_get_pools_ignores_length: bool
+    bug_list_remaining_length: bool  # LIST: unchecked C= lines, the length left wraps (§9.4)
+    bug_get_pools_min_one: bool    # GET_POOLS writes max(1, len/32) entries (4.8+)
     bug_save_skips_first: bool     # first SAVE_GET_NEXT_PAGE skips a page; cursor survives END
     bug_save_raw_einval: bool      # save/restore of uncompressed pages -> -EINVAL
     bug_live_save: bool            # garbage INV handles, DESTROY_POOL leaks, SAVE_END crash
@@ -75,8 +75,8 @@ class Behaviour:
             # The defects were observed on 4.5.5 and 4.12.4 (§9); the save cursor quirk is in
             # the code of every release (§3.10), the share-list ones differ between the two.
             bug_get_fault_consumes=bug and version >= V(4, 5),
-            bug_list_ignores_length=bug and version >= V(4, 5),
-            bug_get_pools_ignores_length=bug and version >= V(4, 8),
+            bug_list_remaining_length=bug,  # tmemc_list as written in every release
+            bug_get_pools_min_one=bug and version >= V(4, 8),
             bug_save_skips_first=bug,
             bug_save_raw_einval=bug and version >= V(4, 5),
             bug_live_save=bug and version >= V(4, 5),

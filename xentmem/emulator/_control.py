@@ -340,8 +340,9 @@ class Control:
             return EINVAL
         if length // XEN_TMEM_POOL_INFO.size > MAX_POOLS_PER_DOMAIN:
             return E2BIG
-        limit = MAX_POOLS_PER_DOMAIN if self.host.behaviour.bug_get_pools_ignores_length \
-            else length // XEN_TMEM_POOL_INFO.size
+        limit = length // XEN_TMEM_POOL_INFO.size
+        if self.host.behaviour.bug_get_pools_min_one:
+            limit = max(1, limit)  # "idx >= nr" is tested after each copy
         out = bytearray()
         for slot, pool in enumerate(client.pools):
             if pool is None:

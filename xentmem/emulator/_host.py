@@ -329,7 +329,7 @@ class EmulatedHost:
         if recs is None:
             raise EmulatorError(f"domain {domid} is not a tmem client")
         text = _listing.render(recs, 32768, self.behaviour)
-        return text[:text.index(b"\0")].decode() + "\n"
+        return text.split(b"\0")[0].decode() + "\n"
 
     @_serialised
     def to_state(self) -> dict[str, Any]:

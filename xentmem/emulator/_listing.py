@@ -100,14 +100,33 @@ def records(tm: Tmem, b: Behaviour, cli_id: int, use_long: bool) -> list[tuple[s
 
 
 def render(recs: list[tuple[str, str]], length: int, b: Behaviour) -> bytes:
-    """The NUL-terminated bytes LIST writes for a buffer of ``length`` bytes (§4.2, §9.1)."""
+    """The NUL-terminated bytes LIST writes for a buffer of ``length`` bytes (§4.2, §9.4).
+
+    As ``tmemc_list`` is written: the `G=` record, the group of `S=` records, each client's
+    `C=` record with its `P=` records, and `T` each get the length that remains (``len -
+    off``, unsigned 32-bit); a record is dropped when it does not fit (the rest of its group
+    with it), except `C=`, written unchecked, past the length, after which what remains
+    wraps and everything fits. Designed: whole records that fit, in order."""
     out = bytearray()
+    if not b.bug_list_remaining_length:
+        for _, text in recs:
+            data = text.encode()
+            if len(out) + len(data) < length:
+                out += data
+        return bytes(out + b"\0") if len(out) < length else bytes(out)
+    room = used = 0  # the length the current group was given (as Xen computes it), its use
+    closed = False  # a record of the group did not fit: the rest of the group is dropped
+    group = ""
     for kind, text in recs:
         data = text.encode()
-        if b.bug_list_ignores_length and kind in "SCT":
-            out += data  # 4.5/4.12 wrote these without checking the length
-        elif len(out) + len(data) < length:
-            out += data
-    if b.bug_list_ignores_length or len(out) < length:
-        out += b"\0"
-    return bytes(out)
+        if kind == "C" or group != ("C" if kind == "P" else kind):  # G, the S group, C+P, T
+            group = "C" if kind == "P" else kind
+            room = (length - len(out)) & 0xFFFFFFFF
+            used = 0
+            closed = False
+        if kind != "C" and (closed or used + len(data) >= room):
+            closed = True
+            continue
+        out += data
+        used += len(data)
+    return bytes(out + b"\0") if out else b""
