@@ -580,6 +580,119 @@ LIST_RULES = [
 ]
 
 
+# --- §9.4 save / restore paths -------------------------------------------------------------------
+
+H = abi.TMEM_HANDLE
+NEXT = 4096 + H.size
+
+
+def _saving(host, g, pages, *, live: int = 0):
+    """The guest's persistent pool holding ``pages`` (index -> content), saved by dom0."""
+    d0, d1 = g
+    p = d1.new_pool(PRIV_PERS)
+    for index, data in pages.items():
+        d1.put(p, 7, index, data)
+    begun = d0.ctl("SAVE_BEGIN", d1.domid, **d0.value_arg(live))
+    return d0, d1, p, begun
+
+
+def _next_page(d0, d1, p, buf=None):
+    d0.out.write(bytes(NEXT))
+    rc = d0.ctl("SAVE_GET_NEXT_PAGE", d1.domid, pool_id=p, arg1=NEXT, buf=buf)
+    index = H.unpack(d0.out.read(H.size))[1]
+    return rc, index, d0.out.read(4096, H.size) == text_page(index)
+
+
+def _next_page_cursor(host, g):
+    """SAVE_GET_NEXT_PAGE skips the first page, returns -1 once its cursor is on the last
+    page and keeps it there; after SAVE_END and a new PUT the next save continues with the
+    page appended after the cursor. Each call that reaches a page is a GET (gt, gs, Gp)."""
+    d0, d1, p, _ = _saving(host, g, {i: text_page(i) for i in range(3)})
+    first = [_next_page(d0, d1, p) for _ in range(4)]
+    d0.ctl("SAVE_END", d1.domid)
+    d1.put(p, 7, 3, text_page(3))
+    d0.ctl("SAVE_BEGIN", d1.domid, **d0.value_arg(0))
+    second = [_next_page(d0, d1, p) for _ in range(2)]
+    return (first, second, _stat(host, "gt", d1.domid), _stat(host, "gs", d1.domid),
+            _c(host, d1.domid, "Gp"))
+
+
+def _next_page_null_and_raw(host, g):
+    """A NULL buffer fails the handle copy first (-14; the cursor has moved); a page stored
+    uncompressed cannot be copied into a buffer (-22, counted in Cf and as a GET)."""
+    pages = {0: text_page(0), 1: text_page(1), 2: page(2), 3: text_page(3)}
+    d0, d1, p, _ = _saving(host, g, pages)
+    cf = _g(host, "Cf")
+    out = (d0.ctl("SAVE_GET_NEXT_PAGE", d1.domid, pool_id=p, arg1=NEXT, buf=0),
+           _next_page(d0, d1, p)[:2], _next_page(d0, d1, p)[0])
+    return out, _g(host, "Cf") - cf, _stat(host, "gt", d1.domid), _stat(host, "gs", d1.domid)
+
+
+def _next_inv(host, g):
+    """SAVE_GET_NEXT_INV: 0 with no client and for a buffer under 32 bytes; in a live save
+    only the page invalidated while it was the save cursor reports a heap pointer in
+    oid[0]; after the last entry 0, then the list again from its start."""
+    d0, d1 = g
+    nothing = d0.ctl("SAVE_GET_NEXT_INV", d1.domid, arg1=32)
+    d0, d1, p, _ = _saving(host, g, {i: text_page(i) for i in range(4)}, live=1)
+    _next_page(d0, d1, p)  # the cursor is on index 1
+    d1.flush(p, 7, 1)
+    d1.flush(p, 7, 3)
+    short = d0.ctl("SAVE_GET_NEXT_INV", d1.domid, arg1=31)
+    got = []
+    for _ in range(4):
+        rc = d0.ctl("SAVE_GET_NEXT_INV", d1.domid, arg1=32)
+        _, index, o0, _, _ = H.unpack(d0.out.read(H.size))
+        got.append((rc, index, "pointer" if o0 >= 1 << 63 else o0) if rc == 1 else rc)
+    return nothing, short, got
+
+
+def _restore_put(host, g):
+    """RESTORE_PUT_PAGE is an ordinary PUT from the buffer: a compressible page with
+    compression on is stored (1, new or duplicate) and GETs back; a page that does not
+    compress fails the copy (-22: Cf, px, the peaks, cn); a NULL buffer -14; a length other
+    than 4096 -22."""
+    d0 = g[0]
+    dom = host.create_domain("restored", 16, 32)
+    if host.version.minor >= 9:
+        d0.ctl("RESTORE_BEGIN", dom)
+        d0.out.write(abi.XEN_TMEM_CLIENT.pack(1, 16, 0, 2, 0))
+        d0.ctl("SET_CLIENT_INFO", dom)
+        d0.out.write(abi.XEN_TMEM_POOL_INFO.pack(PRIV_PERS, 2, 0, 0, 0))
+        d0.ctl("SET_POOLS", dom, arg1=32)
+    else:
+        d0.ctl("RESTORE_BEGIN", dom)
+        d0.ctl("SET_COMPRESS", dom, arg1=1)
+        d0.op(C.TMEM_RESTORE_NEW, 2, flags=PRIV_PERS, arg1=dom)
+
+    def restore(data, index, length=4096, buf=None):
+        d0.out.write(data)
+        return d0.ctl("RESTORE_PUT_PAGE", dom, pool_id=2, oid=(5, 0, 0), arg1=length,
+                      arg2=index, buf=buf)
+
+    cf = _g(host, "Cf")
+    rcs = (restore(text_page(1), 0), restore(text_page(2), 0), restore(page(3), 1),
+           restore(text_page(4), 2, buf=0), restore(text_page(4), 2, length=4095))
+    from .driver import Guest
+    back = Guest(host, dom).get(2, 5, 0)
+    return (rcs, back == (1, text_page(2)), _g(host, "Cf") - cf,
+            _stat(host, "pt", dom, 2), _stat(host, "px", dom, 2), _stat(host, "Pm", dom, 2),
+            _c(host, dom, "cn", "Pp"))
+
+
+SAVE_RULES = [
+    ("save_next_page_cursor_and_end", ("4.5", "4.12"), _compressing(_next_page_cursor),
+     ([(1, 1, True), (1, 2, True), (-1, 0, False), (-1, 0, False)],
+      [(1, 3, True), (-1, 0, False)], 3, 3, (3,))),
+    ("save_next_page_null_buffer_and_raw_page", ("4.5", "4.12"),
+     _compressing(_next_page_null_and_raw), ((-14, (-22, 2), 1), 1, 2, 1)),
+    ("save_next_inv", ("4.5", "4.12"), _compressing(_next_inv),
+     (0, 0, [(1, 1, "pointer"), (1, 3, 7), 0, (1, 1, "pointer")])),
+    ("restore_put_page_is_a_put", ("4.5", "4.12"), _restore_put,
+     ((1, 1, -22, -14, -22), True, 2, 4, 2, 2, (1, 2))),
+]
+
+
 # --- §2.3/§2.4/§9 control plane ------------------------------------------------------------------
 
 def _sysctl_checks(host, g):
@@ -694,7 +807,8 @@ DESIGNED_RULES = [
 ]
 
 ALL_RULES = POOL_RULES + FREEZE_RULES + MEMORY_RULES + SHARED_RULES + SHARED_45_RULES \
-    + COUNTER_RULES + COMPRESS_RULES + LIST_RULES + CONTROL_RULES + DESIGNED_RULES
+    + COUNTER_RULES + COMPRESS_RULES + LIST_RULES + SAVE_RULES + CONTROL_RULES \
+    + DESIGNED_RULES
 
 
 def _cases():

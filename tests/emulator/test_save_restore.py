@@ -62,12 +62,27 @@ def test_real_4_12_refuses_uncompressed_pages():
     assert "fr:0" in src.tmem_list(domid)  # the client is thawed again by SAVE_END
 
 
-def test_real_4_12_compressed_save_skips_first_page_and_restore_fails():
+def test_real_4_12_compressed_save_skips_first_page_and_restore_puts():
+    """§9.1, §9.4: the save skips the first page; RESTORE_PUT_PAGE is an ordinary PUT, so the
+    restored client (compression on, from the image) stores the compressible pages."""
     src, domid, guest = _host_with_guest("4.12", designed=False, compress=True)
     _fill(guest, [(7, i, text_page(i)) for i in range(4)])
     image = Tmem(EmulatedHypervisor(src, 0), version="4.12").save(domid)
     assert [i for _, i, _ in image.pools[0].pages] == [1, 2, 3]  # page 0 skipped
     assert all(data == text_page(i) for _, i, data in image.pools[0].pages)
+    dst = EmulatedHost(512, xen_version="4.12")
+    new = dst.create_domain("vm", 64, 128)
+    Tmem(EmulatedHypervisor(dst, 0), version="4.12").restore(new, image)
+    moved = Tmem(EmulatedHypervisor(dst, new), version="4.12")
+    assert [moved.get_page(0, 7, i) for i in range(4)] == [None] + [text_page(i)
+                                                                   for i in range(1, 4)]
+
+
+def test_real_4_12_restore_of_an_uncompressed_page_fails():
+    src, domid, guest = _host_with_guest("4.12", designed=False, compress=True)
+    _fill(guest, [(7, i, text_page(i)) for i in range(3)])
+    image = Tmem(EmulatedHypervisor(src, 0), version="4.12").save(domid)
+    image.compress = False
     dst = EmulatedHost(512, xen_version="4.12")
     new = dst.create_domain("vm", 64, 128)
     with pytest.raises(TmemError) as exc:

@@ -174,6 +174,8 @@ class Control:
             return self._set_pools(dom, cli, buf, arg1)
         if name == "SET_AUTH":
             return self._set_auth(dom, cli, buf, arg1)
+        if name == "SAVE_GET_NEXT_INV":
+            return self._next_inv(dom, client, buf, arg1)
         # everything below needs the client
         if client is None:
             if name in ("SAVE_BEGIN", "SAVE_END"):
@@ -196,8 +198,6 @@ class Control:
         if name == "SAVE_GET_CLIENT_FLAGS":
             return (SaveClientFlags.COMPRESS * client.compress
                     | SaveClientFlags.FROZEN * client.was_frozen)
-        if name == "SAVE_GET_NEXT_INV":
-            return self._next_inv(dom, client, buf, arg1)
         pool = client.pools[pool_id] if 0 <= pool_id < MAX_POOLS_PER_DOMAIN else None
         if pool is None:
             return EPERM
@@ -209,18 +209,14 @@ class Control:
         if name == "SAVE_GET_POOL_UUID":
             return 0 if self._put(dom, buf, _UUID.pack(*pool.uuid)) else EFAULT
         if name == "SAVE_GET_NEXT_PAGE":
-            return self._next_page(dom, pool, buf, arg1)
+            return self._next_page(dom, pool, pool_id, buf, arg1)
         if name == "RESTORE_PUT_PAGE":
-            if sysctl and arg1 != PAGE_SIZE:
+            if arg1 != PAGE_SIZE:
                 return EINVAL
-            if b.bug_save_raw_einval:
-                return EINVAL  # 4.5/4.12 copy routines refuse a guest buffer (§9.1)
+            # an ordinary PUT (no ensure-free step) from the guest buffer; a NULL one is
+            # read as frame 0 (§9.4)
             data = dom.read(buf, PAGE_SIZE) if buf else None
-            if data is None:
-                return EFAULT
-            if not tm.ensure_free(client):
-                return ENOMEM
-            return tm.put(client, pool, oid, arg2, data)
+            return tm.put(client, pool, oid, arg2, data, buffer=bool(buf))
         if name == "RESTORE_FLUSH_PAGE":
             return tm.flush_page(client, pool, oid, arg2)
         return EPERM
@@ -250,6 +246,7 @@ class Control:
                 client.dangling_inv = True
         client.migrating = False
         client.inv.clear()
+        client.inv_at = -1
         client.inv_logged = False
         client.frozen = client.was_frozen
         client.saving = False
@@ -259,44 +256,55 @@ class Control:
                     pool.cursor = None
         return 0
 
-    def _next_page(self, dom: Domain, pool: Pool, buf: int, length: int) -> int:
+    def _next_page(self, dom: Domain, pool: Pool, pool_id: int, buf: int,
+                   length: int) -> int:
+        """SAVE_GET_NEXT_PAGE (``tmemc_save_get_next_page``): the handle of the page after the
+        pool's cursor, then an ordinary GET into the buffer behind it (§9.4)."""
         tm, b = self.tm, self.host.behaviour
-        if not pool.persistent or pool.npages == 0:
+        if not pool.persistent:
             return EPERM
         if length < PAGE_SIZE + TMEM_HANDLE.size:
             return ENOMEM
         head = pool.head
+        if head.next is head:
+            return EPERM
         if b.bug_save_skips_first:
+            # the cursor is the page last returned; a fresh one starts on the first page,
+            # so the first call returns the second (§3.10), and once on the last page every
+            # call returns -1 with the cursor left there, also past SAVE_END
             if pool.cursor is None:
                 pool.cursor = head.next
+            elif pool.cursor.next is head:
+                return EPERM
             pg = pool.cursor.next
-            pool.cursor = pg
-            if pg is head:  # walked onto the list head: a garbage handle (§9.1)
-                handle = TMEM_HANDLE.pack(pool.slot, 1, 0, 0, tm.next_pointer())
-                self._put(dom, buf, handle)
-                return 0
         else:
             pg = (pool.cursor or head).next
             if pg is head:
                 pool.cursor = None
                 return EPERM
-            pool.cursor = pg
-        handle = TMEM_HANDLE.pack(pool.slot, pg.index, *pg.obj.oid)  # type: ignore[union-attr]
-        if b.bug_save_raw_einval and not pg.csize:
-            self._put(dom, buf, handle)
-            return EINVAL
-        if not self._put(dom, buf, handle + tm.page_bytes(pg)):
+        pool.cursor = pg
+        if pg is head:
+            # a pool of one page: the "page" after it is the list head, read as a handle
+            # (index 1, a hypervisor pointer in oid[2], §9.1)
+            oid, index = (0, 0, tm.next_pointer()), 1
+        else:
+            oid, index = pg.obj.oid, pg.index  # type: ignore[union-attr]
+        if not self._put(dom, buf, TMEM_HANDLE.pack(pool_id, index, *oid)):
             return EFAULT
-        return 1
+        at = buf + TMEM_HANDLE.size
+        return tm.get(dom, pool, oid, index, at if dom.valid(at, PAGE_SIZE) else -1,
+                      buffer=True)
 
-    def _next_inv(self, dom: Domain, client: Client, buf: int, length: int) -> int:
-        if length < TMEM_HANDLE.size:
-            return ENOMEM
-        if not client.inv:
+    def _next_inv(self, dom: Domain, client: Client | None, buf: int, length: int) -> int:
+        """SAVE_GET_NEXT_INV: the next logged invalidation; 0 when there is nothing to do (no
+        client, a buffer under 32 bytes, no entry left: the next call starts over)."""
+        if client is None or length < TMEM_HANDLE.size or not client.inv:
             return 0
-        slot, index, oid = client.inv.pop(0)
-        if self.host.behaviour.bug_live_save:
-            oid = (self.tm.next_pointer(), oid[1], oid[2])
+        client.inv_at += 1
+        if client.inv_at >= len(client.inv):
+            client.inv_at = -1
+            return 0
+        slot, index, oid = client.inv[client.inv_at]
         return 1 if self._put(dom, buf, TMEM_HANDLE.pack(slot, index, *oid)) else EFAULT
 
     # ---- 4.8+ client / pool info ------------------------------------------------------------
