@@ -414,10 +414,10 @@ class Tmem:
             return True
         return False
 
-    def _take_frames(self, count: int) -> list[int] | None:
+    def _take_frames(self, count: int):
         """``tmem_alloc_page`` ``count`` times: page frames for raw data (the free list first,
-        then Xen's heap), as arena slots; `Fc` and its peak `Fm`. None (nothing taken, `Pf`)
-        when Xen has too few."""
+        then Xen's heap), as arena slots (one slot for a count of 1, else a list); `Fc` and its
+        peak `Fm`. None (nothing taken, `Pf`) when Xen has too few."""
         free = self.free_list
         if count <= free:
             self.free_list = free - count
@@ -434,10 +434,10 @@ class Tmem:
         slots = self.free_slots
         if count == 1:
             if slots:
-                return [slots.popleft()]
+                return slots.popleft()
             at = self.next_slot
             self.next_slot = at + PAGE
-            return [at]
+            return at
         reused = min(len(slots), count)
         take = slots.popleft
         out = [take() for _ in range(reused)]
@@ -505,10 +505,9 @@ class Tmem:
                     return ENOMEM
         else:
             self._free_data(pg)
-        frames = self._take_frames(1)
-        if frames is None:
+        at = self._take_frames(1)
+        if at is None:
             return ENOMEM
-        at = frames[0]
         if src is not None and not buffer:
             self.av[at:at + PAGE] = src
             pg.data = at  # csize is 0: a new descriptor's, or _free_data reset it
@@ -669,14 +668,14 @@ class Tmem:
         if n > self.Pm:
             self.Pm = n
         if not indexed:
-            by_index, radix = obj.pages, obj.radix
+            radix = obj.radix
             for pg in pages:
                 index = pg.index
                 key = (index >> 6) << 3 | 1
                 seen = radix.get(key)
                 if seen and obj.nodes:  # _index's common case: a leaf that exists gains one
                     radix[key] = seen + 1
-                    by_index[index] = pg
+                    obj.pages[index] = pg
                     continue
                 delta = _index(obj, pg)
                 if delta:
@@ -945,6 +944,8 @@ class Tmem:
         # takes the frame freed (the free list's oldest slot, as a single PUT does).
         datas = self._take_frames(free_ops) if free_ops else []
         assert datas is not None  # _run_victims saw the room
+        if free_ops == 1:
+            datas = [datas]
         if not victims:
             if obj is None:
                 obj = self._obj_alloc(pool, oid)
@@ -969,7 +970,15 @@ class Tmem:
                 done = 1
             if obj is None:
                 obj = self._obj_alloc(pool, oid)
-            pages = list(map(Page, repeat(obj), indexes, repeat(None), repeat(0)))
+            # each evicting op frees its victim's frame onto the free list and takes its
+            # oldest slot: with none left over, that is the victim's own
+            if slots:
+                for victim in victims[done:]:
+                    slots.append(victim.data)  # type: ignore[arg-type]
+                    datas.append(slots.popleft())
+            else:
+                datas += [victim.data for victim in victims[done:]]  # type: ignore[misc]
+            pages = list(map(Page, repeat(obj), indexes, datas, repeat(0)))
             for i, pg in enumerate(pages):
                 if i >= free_ops + done:  # ensure-free's eviction, then the PUT
                     victim = victims[i - free_ops]
@@ -977,13 +986,9 @@ class Tmem:
                     delta = _unindex(vobj, victim.index)  # type: ignore[arg-type]
                     if delta:
                         nodes(vobj.pool, delta)  # type: ignore[union-attr]
-                    slots.append(victim.data)  # type: ignore[arg-type]
-                    datas.append(slots.popleft())
                 delta = _index(obj, pg)
                 if delta:
                     nodes(pool, delta)
-            for pg, at in zip(pages, datas, strict=True):
-                pg.data = at
             self._evicted(victims)
             indexed = True
         av = self.av
@@ -1105,14 +1110,32 @@ class Tmem:
         frames as columns): op by op what ``get`` does. A run of hits on one object of a
         private pool into consecutive frames is copied in bulk. Returns each op's result."""
         pop, max_pages = dom.populated, dom.max_pages
+        get = self.get
         if not pool.shared:
             oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
             obj = pool.objs.get(oid) if oid is not None else None
             if obj is not None:
                 pages = list(map(obj.pages.get, indexes))
+                dst = cmfns[0] << 12
                 if None not in pages:
-                    return self._get_pages(pool, pages, dom, cmfns[0] << 12)  # type: ignore[arg-type]
-        get = self.get
+                    return self._get_pages(pool, pages, dom, dst)  # type: ignore[arg-type]
+                # Hits move in bulk, misses go one by one, in order: the indexes differ, so
+                # no op changes what a later one finds (an emptied pool aside, which ``get``
+                # sees).
+                results: list[int] = []
+                start = None
+                for i, pg in enumerate([*pages, None]):
+                    if pg is not None:
+                        if start is None:
+                            start = i
+                        continue
+                    if start is not None:
+                        results += self._get_pages(pool, pages[start:i], dom,  # type: ignore[arg-type]
+                                                   dst + start * PAGE)
+                        start = None
+                    if i < len(pages):
+                        results.append(get(dom, pool, oid, indexes[i], dst + i * PAGE))
+                return results
         return [get(dom, pool, oid, index,
                     cmfn << 12 if 0 < cmfn < max_pages and pop[cmfn] else -1)
                 for oid, index, cmfn in zip(zip(o0s, o1s, o2s, strict=True), indexes, cmfns,
