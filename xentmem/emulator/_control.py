@@ -4,7 +4,7 @@ TMEM_AUTH / TMEM_RESTORE_NEW commands (<= 4.8) — ref §2.3, §2.4, §3.6, §3.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from xentmem.abi import (
     MAX_POOLS_PER_DOMAIN,
@@ -45,6 +45,21 @@ _SYSCTL48 = {int(op): op.name for op in SysctlTmemOp}
 _V49_ONLY = {"SET_POOLS", "SET_AUTH"}
 
 
+class Request(NamedTuple):
+    """One control subop as decoded from TMEM_CONTROL or the sysctl."""
+
+    dom: Domain  # the calling domain (its memory holds ``buf``)
+    cli: int  # cli_id cut to 16 bits (0xFFFF: all clients)
+    client: Client | None  # that client, if it exists
+    pool_id: int
+    arg1: int  # TMEM_CONTROL arg1 / sysctl len (a buffer's length)
+    arg2: int  # TMEM_CONTROL arg2 / sysctl arg (an index, LIST's use_long)
+    value: int  # FLUSH KiB, SAVE_BEGIN live, SET_* value: arg1 before 4.8, arg from 4.8
+    oid: tuple[int, int, int]
+    buf: int
+    sysctl: bool
+
+
 def _s32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
@@ -55,6 +70,9 @@ class Control:
 
     def __init__(self, host: EmulatedHost) -> None:
         self.host = host
+        # every subop name of every release, to the handler named after it
+        self._subops = {name: getattr(self, f"subop_{name.lower()}")
+                        for name in {*_TMEMC.values(), *_SYSCTL48.values()}}
 
     @property
     def tm(self):
@@ -115,111 +133,178 @@ class Control:
     def _put(dom: Domain, buf: int, data: bytes) -> bool:
         return buf != 0 and dom.write(buf, data)
 
-    # ---- the subops -------------------------------------------------------------------------
+    # ---- the subops: one handler each, named after it ---------------------------------------
 
     def _op(self, dom: Domain, name: str, pool_id: int, cli: int, arg1: int, arg2: int,
             value: int, oid: tuple[int, int, int], buf: int, *, sysctl: bool) -> int:
-        tm, b = self.tm, self.host.behaviour
-        client = tm.clients.get(cli)
-        if name in ("THAW", "FREEZE", "DESTROY"):
-            frozen = name == "FREEZE"
-            targets = list(tm.clients.values()) if cli == ALL else [client] if client else []
-            if cli != ALL and client is None:
-                return EPERM
-            for c in targets:
-                c.frozen = frozen
-            return 0
-        if name == "FLUSH":
-            if cli != ALL:
-                return EPERM
-            current = tm.clients.get(dom.domid)
-            while tm.free_list * 4 < value and tm.evict(current):
-                pass
-            released = tm.give_back_free_list() * 4
-            return released
-        if name == "LIST":
-            return self._list(dom, cli, buf, arg1, arg2 & 0xFF)
-        if name == "QUERY_FREEABLE_MB":
-            return (tm.free_list + tm.eph_count) >> 8
-        if name in ("SET_WEIGHT", "SET_CAP", "SET_COMPRESS"):
-            if cli != ALL and client is None:
-                return EPERM
-            for c in list(tm.clients.values()) if cli == ALL else [client]:
-                if name == "SET_WEIGHT":
-                    tm.set_weight(c, _s32(value))
-                elif name == "SET_CAP":
-                    c.cap = _s32(value)
-                else:
-                    c.compress = bool(value)
-            return 0
-        if name == "SAVE_GET_VERSION":
-            return 1
-        if name == "SAVE_GET_MAXPOOLS":
-            return MAX_POOLS_PER_DOMAIN
-        if name == "RESTORE_BEGIN":
-            if client is not None:
-                return EEXIST if sysctl else EPERM
-            target = self.host.domains.get(cli)
-            if target is None:
-                return ENOMEM if sysctl else EPERM
-            tm.create_client(target)
-            return 0 if sysctl else 1
-        if name == "GET_CLIENT_INFO":
-            return self._get_client_info(dom, client, cli, buf)
-        if name == "SET_CLIENT_INFO":
-            return self._set_client_info(dom, client, cli, buf)
-        if name == "GET_POOLS":
-            return self._get_pools(dom, client, cli, buf, arg1)
-        if name == "SET_POOLS":
-            return self._set_pools(dom, cli, buf, arg1)
-        if name == "SET_AUTH":
-            return self._set_auth(dom, cli, buf, arg1)
-        if name == "SAVE_GET_NEXT_INV":
-            return self._next_inv(dom, client, buf, arg1)
-        # everything below needs the client
-        if client is None:
-            if name in ("SAVE_BEGIN", "SAVE_END"):
-                return ENOENT if sysctl else (0 if name == "SAVE_BEGIN" else EPERM)
+        req = Request(dom, cli, self.tm.clients.get(cli), pool_id, arg1, arg2, value, oid, buf,
+                      sysctl)
+        return self._subops[name](req)
+
+    def _set_frozen(self, r: Request, frozen: bool) -> int:
+        """FREEZE / THAW / DESTROY (= thaw): existing clients only; -1 for a missing one."""
+        if r.cli != ALL and r.client is None:
             return EPERM
-        if name == "SAVE_BEGIN":
-            if not any(client.pools):
-                return ENOENT if sysctl else 0
-            client.was_frozen = client.frozen
-            client.frozen = True
-            client.saving = True
-            client.migrating = bool(value)
-            return 0 if sysctl else 1
-        if name == "SAVE_END":
-            return self._save_end(client)
-        if name == "SAVE_GET_CLIENT_WEIGHT":
-            return -2 if client.weight == -1 else client.weight
-        if name == "SAVE_GET_CLIENT_CAP":
-            return -2 if client.cap == -1 else client.cap
-        if name == "SAVE_GET_CLIENT_FLAGS":
-            return (SaveClientFlags.COMPRESS * client.compress
-                    | SaveClientFlags.FROZEN * client.was_frozen)
-        pool = client.pools[pool_id] if 0 <= pool_id < MAX_POOLS_PER_DOMAIN else None
+        for c in list(self.tm.clients.values()) if r.cli == ALL else [r.client]:
+            c.frozen = frozen  # type: ignore[union-attr]
+        return 0
+
+    def subop_freeze(self, r: Request) -> int:
+        return self._set_frozen(r, True)
+
+    def subop_thaw(self, r: Request) -> int:
+        return self._set_frozen(r, False)
+
+    def subop_destroy(self, r: Request) -> int:
+        return self._set_frozen(r, False)
+
+    def subop_flush(self, r: Request) -> int:
+        """FLUSH: evict until the free list holds ``value`` KiB, give it all back to Xen;
+        the KiB released. All clients only."""
+        tm = self.tm
+        if r.cli != ALL:
+            return EPERM
+        current = tm.clients.get(r.dom.domid)
+        while tm.free_list * 4 < r.value and tm.evict(current):
+            pass
+        return tm.give_back_free_list() * 4
+
+    def subop_list(self, r: Request) -> int:
+        return self._list(r.dom, r.cli, r.buf, r.arg1, r.arg2 & 0xFF)
+
+    def subop_query_freeable_mb(self, r: Request) -> int:
+        return (self.tm.free_list + self.tm.eph_count) >> 8
+
+    def _set_var(self, r: Request, apply) -> int:
+        """SET_WEIGHT / SET_CAP / SET_COMPRESS (<= 4.7): 0, -1 without the client."""
+        if r.cli != ALL and r.client is None:
+            return EPERM
+        for c in list(self.tm.clients.values()) if r.cli == ALL else [r.client]:
+            apply(c)
+        return 0
+
+    def subop_set_weight(self, r: Request) -> int:
+        return self._set_var(r, lambda c: self.tm.set_weight(c, _s32(r.value)))
+
+    def subop_set_cap(self, r: Request) -> int:
+        return self._set_var(r, lambda c: setattr(c, "cap", _s32(r.value)))
+
+    def subop_set_compress(self, r: Request) -> int:
+        return self._set_var(r, lambda c: setattr(c, "compress", bool(r.value)))
+
+    def subop_save_get_version(self, r: Request) -> int:
+        return 1
+
+    def subop_save_get_maxpools(self, r: Request) -> int:
+        return MAX_POOLS_PER_DOMAIN
+
+    def subop_restore_begin(self, r: Request) -> int:
+        if r.client is not None:
+            return EEXIST if r.sysctl else EPERM
+        target = self.host.domains.get(r.cli)
+        if target is None:
+            return ENOMEM if r.sysctl else EPERM
+        self.tm.create_client(target)
+        return 0 if r.sysctl else 1
+
+    def subop_get_client_info(self, r: Request) -> int:
+        return self._get_client_info(r.dom, r.client, r.cli, r.buf)
+
+    def subop_set_client_info(self, r: Request) -> int:
+        return self._set_client_info(r.dom, r.client, r.cli, r.buf)
+
+    def subop_get_pools(self, r: Request) -> int:
+        return self._get_pools(r.dom, r.client, r.cli, r.buf, r.arg1)
+
+    def subop_set_pools(self, r: Request) -> int:
+        return self._set_pools(r.dom, r.cli, r.buf, r.arg1)
+
+    def subop_set_auth(self, r: Request) -> int:
+        return self._set_auth(r.dom, r.cli, r.buf, r.arg1)
+
+    def subop_save_get_next_inv(self, r: Request) -> int:
+        return self._next_inv(r.dom, r.client, r.buf, r.arg1)
+
+    def subop_save_begin(self, r: Request) -> int:
+        """SAVE_BEGIN: freeze (remembering the prior state), live with ``value``; 4.8+ 0 /
+        -ENOENT without client or pool, before 1 / 0."""
+        client = r.client
+        if client is None or not any(client.pools):
+            return ENOENT if r.sysctl else 0
+        client.was_frozen = client.frozen
+        client.frozen = True
+        client.saving = True
+        client.migrating = bool(r.value)
+        return 0 if r.sysctl else 1
+
+    def subop_save_end(self, r: Request) -> int:
+        if r.client is None:
+            return ENOENT if r.sysctl else EPERM
+        return self._save_end(r.client)
+
+    def subop_save_get_client_weight(self, r: Request) -> int:
+        if r.client is None:
+            return EPERM
+        return -2 if r.client.weight == -1 else r.client.weight
+
+    def subop_save_get_client_cap(self, r: Request) -> int:
+        if r.client is None:
+            return EPERM
+        return -2 if r.client.cap == -1 else r.client.cap
+
+    def subop_save_get_client_flags(self, r: Request) -> int:
+        if r.client is None:
+            return EPERM
+        return (SaveClientFlags.COMPRESS * r.client.compress
+                | SaveClientFlags.FROZEN * r.client.was_frozen)
+
+    @staticmethod
+    def _pool(r: Request) -> Pool | None:
+        """The pool a per-pool subop names (None: no client, a slot >= 16, or empty)."""
+        if r.client is None or not 0 <= r.pool_id < MAX_POOLS_PER_DOMAIN:
+            return None
+        return r.client.pools[r.pool_id]
+
+    def subop_save_get_pool_flags(self, r: Request) -> int:
+        pool = self._pool(r)
         if pool is None:
             return EPERM
-        if name == "SAVE_GET_POOL_FLAGS":
-            return (int(pool.persistent) | int(pool.shared) << 1
-                    | (1 << 24 if b.pool_flags_version_bits else 0))
-        if name == "SAVE_GET_POOL_NPAGES":
-            return pool.npages
-        if name == "SAVE_GET_POOL_UUID":
-            return 0 if self._put(dom, buf, _UUID.pack(*pool.uuid)) else EFAULT
-        if name == "SAVE_GET_NEXT_PAGE":
-            return self._next_page(dom, pool, pool_id, buf, arg1)
-        if name == "RESTORE_PUT_PAGE":
-            if arg1 != PAGE_SIZE:
-                return EINVAL
-            # an ordinary PUT (no ensure-free step) from the guest buffer; a NULL one is
-            # read as frame 0 (§9.4)
-            data = dom.read(buf, PAGE_SIZE) if buf else None
-            return tm.put(client, pool, oid, arg2, data, buffer=bool(buf))
-        if name == "RESTORE_FLUSH_PAGE":
-            return tm.flush_page(client, pool, oid, arg2)
-        return EPERM
+        return (int(pool.persistent) | int(pool.shared) << 1
+                | (1 << 24 if self.host.behaviour.pool_flags_version_bits else 0))
+
+    def subop_save_get_pool_npages(self, r: Request) -> int:
+        pool = self._pool(r)
+        return EPERM if pool is None else pool.npages
+
+    def subop_save_get_pool_uuid(self, r: Request) -> int:
+        pool = self._pool(r)
+        if pool is None:
+            return EPERM
+        return 0 if self._put(r.dom, r.buf, _UUID.pack(*pool.uuid)) else EFAULT
+
+    def subop_save_get_next_page(self, r: Request) -> int:
+        pool = self._pool(r)
+        if pool is None:
+            return EPERM
+        return self._next_page(r.dom, pool, r.pool_id, r.buf, r.arg1)
+
+    def subop_restore_put_page(self, r: Request) -> int:
+        """RESTORE_PUT_PAGE: after the pool and length checks an ordinary PUT (no
+        ensure-free step) from the guest buffer; a NULL one is read as frame 0 (§9.4)."""
+        pool = self._pool(r)
+        if pool is None:
+            return EPERM
+        if r.arg1 != PAGE_SIZE:
+            return EINVAL
+        data = r.dom.read(r.buf, PAGE_SIZE) if r.buf else None
+        return self.tm.put(r.client, pool, r.oid, r.arg2, data,  # type: ignore[arg-type]
+                           buffer=bool(r.buf))
+
+    def subop_restore_flush_page(self, r: Request) -> int:
+        pool = self._pool(r)
+        if pool is None:
+            return EPERM
+        return self.tm.flush_page(r.client, pool, r.oid, r.arg2)  # type: ignore[arg-type]
 
     def _list(self, dom: Domain, cli: int, buf: int, length: int, use_long: int) -> int:
         tm, b = self.tm, self.host.behaviour

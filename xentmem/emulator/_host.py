@@ -46,6 +46,11 @@ EPERM = -XenErrno.EPERM
 EOPNOTSUPP = -XenErrno.EOPNOTSUPP
 U64 = (1 << 64) - 1
 
+# The hot path compares with these (a global lookup costs what a constant does).
+TMEM_OP = int(Hypercall.tmem_op)
+PUT = int(TmemCmd.TMEM_PUT_PAGE)
+GET = int(TmemCmd.TMEM_GET_PAGE)
+
 _unpack_gen = TMEM_OP_GEN.unpack_from
 _unpack_entry = MULTICALL_ENTRY.unpack_from
 _pack_result = struct.Struct("<q").pack_into
@@ -233,6 +238,7 @@ class EmulatedHost:
         dom0_max = dom0_max_memory_mb if dom0_max_memory_mb is not None else memory_mb
         self._add_domain(0, "Domain-0", dom0_memory_mb, dom0_max)
         self.tmem.note_heap()  # seed the mid-size reserve from the boot-time free memory
+        self._command_tables()
         self._handlers = {
             int(Hypercall.tmem_op): self._hc_tmem_op,
             int(Hypercall.sysctl): self._hc_sysctl,
@@ -403,7 +409,7 @@ class EmulatedHost:
         ``domid`` (a caller bug, not guest input). Safe to call from several threads: the
         host's lock is held for the whole call (once for a whole multicall).
         """
-        if op == 38 and args:  # the data path: skip the generic argument shuffle
+        if op == TMEM_OP and args:  # the data path: skip the generic argument shuffle
             return self.tmem_op(domid, args[0])
         self._acquire()
         try:
@@ -461,7 +467,7 @@ class EmulatedHost:
         mem = dom.mem
         t = _unpack_key(mem, addr)  # cmd, pool_id, oid[3], index, cmfn
         cmd = t[0]
-        if cmd in (4, 5):  # TMEM_PUT_PAGE, TMEM_GET_PAGE: the hot path
+        if cmd in (PUT, GET):  # the hot path
             if cc is None:
                 cc = tm.create_client(dom)
             pool_id = t[1]
@@ -470,7 +476,7 @@ class EmulatedHost:
                 return ENODEV
             cmfn = t[6]  # unsigned: 0 (the null frame) is never RAM we accept
             off = cmfn << 12 if cmfn and cmfn < dom.max_pages and pop[cmfn] else -1
-            if cmd == 4:
+            if cmd == PUT:
                 if tm.free_list + self.heap_free - tm.reserve < 256 and not tm.ensure_free(cc):
                     tm.Te += 1
                     return ENOMEM
@@ -487,48 +493,92 @@ class EmulatedHost:
         return rc
 
     def _tmem_other(self, dom: Domain, cc: Any, cmd: int, pool_id: int, addr: int) -> int:
-        tm, b, mem = self.tmem, self.behaviour, dom.mem
-        if cmd == TmemCmd.TMEM_CONTROL:
-            if not b.control_hypercall:
-                return EOPNOTSUPP
-            if b.control_privileged and not dom.privileged:
-                return EPERM
-            return self.control.tmem_control(dom, TMEM_OP_CTRL.unpack_from(mem, addr))
-        if cmd in (TmemCmd.TMEM_AUTH, TmemCmd.TMEM_RESTORE_NEW):
-            if not b.auth_restore_hypercall:
-                return EOPNOTSUPP
-            _, _, lo, hi, flags, arg1 = TMEM_OP_CREAT.unpack_from(mem, addr)
-            if cmd == TmemCmd.TMEM_AUTH:
-                return self.control.tmem_auth(dom, arg1, flags, (lo, hi))
-            return self.control.restore_new(dom, pool_id, arg1, flags, (lo, hi))
+        """Every command but PUT and GET, through the handlers named after them, in Xen's
+        order: the control commands before the client exists, NEW_POOL and DESTROY_POOL
+        before the pool id is checked, the rest on a pool; unknown ones -ENOSYS (4.4+) or 0."""
+        handler = self._early_cmds.get(cmd)
+        if handler is not None:
+            return handler(dom, pool_id, addr)
         if cc is None:
-            cc = tm.create_client(dom)
-        t = _unpack_gen(mem, addr)
-        if cmd == TmemCmd.TMEM_NEW_POOL:
-            _, _, lo, hi, flags, _ = TMEM_OP_CREAT.unpack_from(mem, addr)
-            return tm.new_pool(cc, flags, (lo, hi))
-        if cmd == TmemCmd.TMEM_DESTROY_POOL:
-            return tm.destroy_pool(cc, pool_id)
+            cc = self.tmem.create_client(dom)
+        handler = self._client_cmds.get(cmd)
+        if handler is not None:
+            return handler(dom, cc, pool_id, addr)
         if not 0 <= pool_id < 16 or (pool := cc.pools[pool_id]) is None:
             return ENODEV
-        oid, index = t[2:5], t[5]
-        if cmd == TmemCmd.TMEM_FLUSH_PAGE:
-            return tm.flush_page(cc, pool, oid, index)
-        if cmd == TmemCmd.TMEM_FLUSH_OBJECT:
-            return tm.flush_object(cc, pool, oid)
+        handler = self._pool_cmds.get(cmd)
+        if handler is None:
+            return ENOSYS if self.behaviour.unknown_cmd_enosys else 0
+        return handler(dom, cc, pool, _unpack_gen(dom.mem, addr))
+
+    def _command_tables(self) -> None:
+        """The handlers of ``_tmem_other``, by stage, for the commands this release has."""
+        b = self.behaviour
+        early = [TmemCmd.TMEM_CONTROL, TmemCmd.TMEM_AUTH, TmemCmd.TMEM_RESTORE_NEW]
+        client = [TmemCmd.TMEM_NEW_POOL, TmemCmd.TMEM_DESTROY_POOL]
+        pool = [TmemCmd.TMEM_FLUSH_PAGE, TmemCmd.TMEM_FLUSH_OBJECT]
         if b.old_page_ops:
-            off = dom.frame_offset(t[9])
-            if cmd == TmemCmd.TMEM_NEW_PAGE:
-                if not tm.ensure_free(cc):
-                    return ENOMEM
-                return tm.put(cc, pool, oid, index, bytes(PAGE))
-            if cmd in (TmemCmd.TMEM_READ, TmemCmd.TMEM_WRITE):
-                if cmd == TmemCmd.TMEM_READ and off >= 0:
-                    dom.touched(off, PAGE)  # it may copy into the frame
-                return tm.partial(cc, pool, oid, index, mem, off, t[6], t[7], t[8],
-                                  cmd == TmemCmd.TMEM_WRITE)
-            return 0  # TMEM_XCHG and unknown commands
-        return ENOSYS
+            pool += [TmemCmd.TMEM_NEW_PAGE, TmemCmd.TMEM_READ, TmemCmd.TMEM_WRITE,
+                     TmemCmd.TMEM_XCHG]
+
+        def table(cmds: list[TmemCmd]) -> dict[int, Callable[..., int]]:
+            return {int(c): getattr(self, "_" + c.name.lower()) for c in cmds}
+
+        self._early_cmds = table(early)
+        self._client_cmds = table(client)
+        self._pool_cmds = table(pool)
+
+    def _tmem_control(self, dom: Domain, pool_id: int, addr: int) -> int:
+        b = self.behaviour
+        if not b.control_hypercall:
+            return EOPNOTSUPP
+        if b.control_privileged and not dom.privileged:
+            return EPERM
+        return self.control.tmem_control(dom, TMEM_OP_CTRL.unpack_from(dom.mem, addr))
+
+    def _tmem_auth(self, dom: Domain, pool_id: int, addr: int) -> int:
+        if not self.behaviour.auth_restore_hypercall:
+            return EOPNOTSUPP
+        _, _, lo, hi, flags, arg1 = TMEM_OP_CREAT.unpack_from(dom.mem, addr)
+        return self.control.tmem_auth(dom, arg1, flags, (lo, hi))
+
+    def _tmem_restore_new(self, dom: Domain, pool_id: int, addr: int) -> int:
+        if not self.behaviour.auth_restore_hypercall:
+            return EOPNOTSUPP
+        _, _, lo, hi, flags, arg1 = TMEM_OP_CREAT.unpack_from(dom.mem, addr)
+        return self.control.restore_new(dom, pool_id, arg1, flags, (lo, hi))
+
+    def _tmem_new_pool(self, dom: Domain, cc: Any, pool_id: int, addr: int) -> int:
+        _, _, lo, hi, flags, _ = TMEM_OP_CREAT.unpack_from(dom.mem, addr)
+        return self.tmem.new_pool(cc, flags, (lo, hi))
+
+    def _tmem_destroy_pool(self, dom: Domain, cc: Any, pool_id: int, addr: int) -> int:
+        return self.tmem.destroy_pool(cc, pool_id)
+
+    def _tmem_flush_page(self, dom: Domain, cc: Any, pool: Any, t: tuple[int, ...]) -> int:
+        return self.tmem.flush_page(cc, pool, t[2:5], t[5])
+
+    def _tmem_flush_object(self, dom: Domain, cc: Any, pool: Any, t: tuple[int, ...]) -> int:
+        return self.tmem.flush_object(cc, pool, t[2:5])
+
+    def _tmem_new_page(self, dom: Domain, cc: Any, pool: Any, t: tuple[int, ...]) -> int:
+        if not self.tmem.ensure_free(cc):
+            return ENOMEM
+        return self.tmem.put(cc, pool, t[2:5], t[5], bytes(PAGE))
+
+    def _tmem_read(self, dom: Domain, cc: Any, pool: Any, t: tuple[int, ...]) -> int:
+        off = dom.frame_offset(t[9])
+        if off >= 0:
+            dom.touched(off, PAGE)  # it may copy into the frame
+        return self.tmem.partial(cc, pool, t[2:5], t[5], dom.mem, off, t[6], t[7], t[8],
+                                 False)
+
+    def _tmem_write(self, dom: Domain, cc: Any, pool: Any, t: tuple[int, ...]) -> int:
+        return self.tmem.partial(cc, pool, t[2:5], t[5], dom.mem, dom.frame_offset(t[9]),
+                                 t[6], t[7], t[8], True)
+
+    def _tmem_xchg(self, dom: Domain, cc: Any, pool: Any, t: tuple[int, ...]) -> int:
+        return 0  # never implemented: 0 like any unknown command before 4.4
 
     def _hc_sysctl(self, dom: Domain, addr: int, *_: int) -> int:
         """``do_sysctl``: copy-in, interface version, privilege, then the tmem op only."""
@@ -567,7 +617,7 @@ class EmulatedHost:
         tmem_op = self._hc_tmem_op
         for pos in range(addr, addr + count * size, size):
             op, _, a0, a1, a2, a3, a4, a5 = _unpack_entry(mem, pos)
-            if op == 38:
+            if op == TMEM_OP:
                 rc = tmem_op(dom, a0)
             elif op == Hypercall.multicall:
                 rc = EINVAL  # Xen refuses multicall reentry
@@ -590,14 +640,14 @@ class EmulatedHost:
         heads = _entry_heads(count).unpack_from(mem, addr)  # (op, args[0]) of each entry
         first = heads[1]
         end = first + count * STRUCT_SIZE
-        if heads[0::2].count(38) != count or heads[1::2] != _strides(first, count) \
+        if heads[0::2].count(TMEM_OP) != count or heads[1::2] != _strides(first, count) \
                 or not self.tmem_enabled or (dom.client is not None and dom.dying) \
                 or not dom.valid(first, end - first) or (first < addr + count * 64 and addr < end):
             return False
         fields = _gen_keys(count).unpack_from(mem, first)
         cmd, pool_id = fields[0], fields[1]
         cmfns = fields[6::7]
-        if cmd not in (4, 5) or fields[0::7].count(cmd) != count \
+        if cmd not in (PUT, GET) or fields[0::7].count(cmd) != count \
                 or fields[1::7].count(pool_id) != count \
                 or not _frames(addr, count * 64, first, end).isdisjoint(cmfns):
             return False
@@ -609,7 +659,7 @@ class EmulatedHost:
             results = [ENODEV] * count
         else:
             columns = (fields[2::7], fields[3::7], fields[4::7], fields[5::7], cmfns)
-            results = tm.put_run(cc, pool, dom, *columns) if cmd == 4 else \
+            results = tm.put_run(cc, pool, dom, *columns) if cmd == PUT else \
                 tm.get_run(pool, dom, *columns)
         failed = count - results.count(1) - results.count(0)
         if failed:
@@ -619,7 +669,7 @@ class EmulatedHost:
             words[1::8] = array.array("q", results)
         if dom.dirty is not None:
             dom.touched(addr, count * 64)
-            if cmd == 5:  # GETs wrote into their frames
+            if cmd == GET:  # GETs wrote into their frames
                 dom.dirty.update(cmfns)
         return True
 
