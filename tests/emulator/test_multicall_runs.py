@@ -6,7 +6,9 @@ commands, bad and aliasing frames, bad pools and struct addresses, frozen client
 pressure, compression, and sequential runs: one object, consecutive frames, as a batching
 client issues them and the bulk paths take them): host A as one multicall, host B entry by
 entry, each result written back into B's entry as a multicall would. Results, guest memory, the
-whole persisted state, the page arena bookkeeping and the long ``tmem-list`` must be identical.
+whole persisted state (every counter and peak: Pc/Pm, Oc/Om, radix nodes Nc/Nm, frames Fc/Fm,
+Ec/Em, the owners' Ge/Pp/Gp, cp/cb, a failed GET's leaked descriptors), the page arena
+bookkeeping and the long ``tmem-list`` must be identical.
 Spies on ``Tmem.put_run`` / ``get_run`` and on the bulk paths check that they really ran.
 """
 

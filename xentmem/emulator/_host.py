@@ -50,6 +50,7 @@ U64 = (1 << 64) - 1
 TMEM_OP = int(Hypercall.tmem_op)
 PUT = int(TmemCmd.TMEM_PUT_PAGE)
 GET = int(TmemCmd.TMEM_GET_PAGE)
+PAGE_OPS = (PUT, GET)
 
 _unpack_gen = TMEM_OP_GEN.unpack_from
 _unpack_entry = MULTICALL_ENTRY.unpack_from
@@ -467,7 +468,7 @@ class EmulatedHost:
         mem = dom.mem
         t = _unpack_key(mem, addr)  # cmd, pool_id, oid[3], index, cmfn
         cmd = t[0]
-        if cmd in (PUT, GET):  # the hot path
+        if cmd in PAGE_OPS:  # the hot path
             if cc is None:
                 cc = tm.create_client(dom)
             pool_id = t[1]
@@ -647,7 +648,7 @@ class EmulatedHost:
         fields = _gen_keys(count).unpack_from(mem, first)
         cmd, pool_id = fields[0], fields[1]
         cmfns = fields[6::7]
-        if cmd not in (PUT, GET) or fields[0::7].count(cmd) != count \
+        if cmd not in PAGE_OPS or fields[0::7].count(cmd) != count \
                 or fields[1::7].count(pool_id) != count \
                 or not _frames(addr, count * 64, first, end).isdisjoint(cmfns):
             return False

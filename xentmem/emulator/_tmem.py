@@ -182,7 +182,8 @@ class Obj:
 class Pool:
     """A tmem pool. ``client`` is the owner; ``slot`` its local id in the owner's table.
 
-    Counters, as ``tmem-list`` names them on the pool's `P=`/`S=` line (§3.11):
+    Its counters carry the names of the pool's `P=`/`S=` line (§3.11), each explained where
+    ``__init__`` sets it up.
     """
 
     __slots__ = (
@@ -338,7 +339,12 @@ def _consecutive(slots: list[int]) -> bool:
 class Tmem:
     """The hypervisor's tmem state and the guest operations on it.
 
-    Global counters, as the `G=` line names them (§4.2):
+    The global counters carry the names of the `G=` line (§4.2), each explained where
+    ``__init__`` sets it up. Every path that adds or removes pages (single ops, the batched
+    multicall runs and their bulk moves, flushes, eviction, pool destruction) goes through
+    one set of per-page helpers: ``_fill`` (storage), ``_take_frames``/``_free_data``
+    (frames), ``_add_pages`` (descriptors, radix nodes, lists, counters), ``remove_pages``,
+    ``_got`` (GET hits), ``_index``/``_unindex`` (the radix tree).
     """
 
     def __init__(self, host: EmulatedHost, behaviour: Behaviour, *, compress: bool,
@@ -393,10 +399,6 @@ class Tmem:
         self.Fm = 0  # Fm: peak of Fc, raised at allocation (failed copies' frames included)
 
     # ---- memory -----------------------------------------------------------------------------
-
-    @property
-    def used_pages(self) -> int:
-        return self.raw_pages + ((self.cbytes + PAGE - 1) >> 12)
 
     def _grow(self, pages: int) -> bool:
         """Take ``pages`` (0 or 1) more pages for storage: tmem's free list, then Xen's heap;
@@ -722,7 +724,7 @@ class Tmem:
 
     def _detach(self, pool: Pool, obj: Obj, pg: Page) -> None:
         """Undo ``_add_pages`` without a mark, for one page (``pgp_delete_from_obj`` +
-        ``pgp_free``): a PUT that failed, or a page a bulk run evicts."""
+        ``pgp_free``): a PUT whose storage failed."""
         delta = _unindex(obj, pg.index)
         if delta:
             self._nodes(pool, delta)
