@@ -10,7 +10,7 @@ purpose is ``HypervisorCrash``: a path where the imitated release dereferenced f
 from __future__ import annotations
 
 import mmap
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from itertools import islice, repeat
 from typing import TYPE_CHECKING
@@ -107,6 +107,26 @@ def _radix_nodes(radix: dict[int, int], pages: dict[int, Page]) -> int:
     return total + 1
 
 
+def _add_leaf(radix: dict[int, int], index: int, pages: int) -> None:
+    """``pages`` pages join the leaf node of ``index``: a new leaf joins its parent, and so
+    on up to the first node that exists."""
+    key = (index >> 6) << 3 | 1
+    seen = radix.get(key)
+    if seen:
+        radix[key] = seen + pages
+        return
+    radix[key] = pages
+    radix[-1] = radix.get(-1, 0) + 1
+    for level in (2, 3, 4, 5):
+        key = (index >> 6 * level) << 3 | level
+        seen = radix.get(key)
+        if seen:
+            radix[key] = seen + 1
+            return
+        radix[key] = 1
+        radix[-level] = radix.get(-level, 0) + 1
+
+
 def _index(obj: Obj, pg: Page) -> int:
     """``pgp_add_to_obj``: ``pg`` joins its object's index; the change in its node count."""
     index = pg.index
@@ -115,22 +135,25 @@ def _index(obj: Obj, pg: Page) -> int:
     radix = obj.radix
     key = (index >> 6) << 3 | 1
     seen = radix.get(key)
-    if seen:
+    if seen and obj.nodes:  # its leaf node and the path above it exist already
         radix[key] = seen + 1
-        if obj.nodes:  # its leaf node and the path above it exist already
-            return 0
-    else:
-        radix[key] = 1
-        radix[-1] = radix.get(-1, 0) + 1
-        for level in (2, 3, 4, 5):
-            key = (index >> 6 * level) << 3 | level
-            seen = radix.get(key)
-            if seen:
-                radix[key] = seen + 1
-                break
-            radix[key] = 1
-            radix[-level] = radix.get(-level, 0) + 1
+        return 0
+    _add_leaf(radix, index, 1)
     nodes = _radix_nodes(radix, pages)
+    delta = nodes - obj.nodes
+    obj.nodes = nodes
+    return delta
+
+
+def _index_many(obj: Obj, pages: Sequence[Page]) -> int:
+    """``_index`` for new pages of one object at once, leaf by leaf (insertions only add
+    nodes: the count after the last is the peak of the run); the change in its node count."""
+    indexes = [pg.index for pg in pages]
+    obj.pages.update(zip(indexes, pages, strict=True))
+    radix = obj.radix
+    for leaf, count in Counter([index >> 6 for index in indexes]).items():
+        _add_leaf(radix, leaf << 6, count)
+    nodes = _radix_nodes(radix, obj.pages)
     delta = nodes - obj.nodes
     obj.nodes = nodes
     return delta
@@ -670,18 +693,9 @@ class Tmem:
         if n > self.Pm:
             self.Pm = n
         if not indexed:
-            radix = obj.radix
-            for pg in pages:
-                index = pg.index
-                key = (index >> 6) << 3 | 1
-                seen = radix.get(key)
-                if seen and obj.nodes:  # _index's common case: a leaf that exists gains one
-                    radix[key] = seen + 1
-                    obj.pages[index] = pg
-                    continue
-                delta = _index(obj, pg)
-                if delta:
-                    self._nodes(pool, delta)
+            delta = _index(obj, pages[0]) if count == 1 else _index_many(obj, pages)
+            if delta:
+                self._nodes(pool, delta)
         if mark is None:
             return
         owner = pool.client
