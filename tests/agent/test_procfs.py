@@ -1,7 +1,7 @@
-"""The agent's zoneinfo/meminfo readers (xentmem.agent.procfs) give what the tuning collector's
-(xentmem.tuning.procfs) give, on two kernels' real files and on any text; the one-zone file the
-emulated guest shows reads back as its numbers; a real /proc parses; and the sysfs sink reads a
-long procfs file whole, or not at all."""
+"""The zoneinfo/meminfo readers of xentmem.agent.procfs (the tuning collector reads zoneinfo
+with them too): two kernels' real files, any text, the one-zone file the emulated guest shows
+read back as its numbers; a real /proc parses, as the collector's meminfo reader reads it; and
+the sysfs sink reads a long procfs file whole, or not at all."""
 
 from __future__ import annotations
 
@@ -29,8 +29,8 @@ FIXTURES = Path(__file__).resolve().parents[1] / "tuning" / "fixtures"
 ])
 def test_real_zoneinfo(name: str, reserve: int, max_pfn: int) -> None:
     text = (FIXTURES / name).read_text()
-    assert totalreserve_pages(text) == tuning.totalreserve_pages(text) == reserve
-    assert zoneinfo_max_pfn(text) == tuning.zoneinfo_max_pfn(text) == max_pfn
+    assert totalreserve_pages(text) == reserve
+    assert zoneinfo_max_pfn(text) == max_pfn
 
 
 _LINES = st.sampled_from([
@@ -44,10 +44,11 @@ _LINES = st.sampled_from([
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_LINES, max_size=40))
-def test_any_text_reads_as_the_collector_reads_it(lines: list[str]) -> None:
+def test_any_text_reads_as_a_number_or_nothing(lines: list[str]) -> None:
+    """The one zoneinfo reader (the tuning collector uses it too) never raises on garbage."""
     text = "\n".join(lines)
-    assert totalreserve_pages(text) == tuning.totalreserve_pages(text)
-    assert zoneinfo_max_pfn(text) == tuning.zoneinfo_max_pfn(text)
+    for value in (totalreserve_pages(text), zoneinfo_max_pfn(text)):
+        assert value is None or (isinstance(value, int) and value >= 0)
 
 
 @settings(max_examples=100, deadline=None)

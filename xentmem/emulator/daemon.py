@@ -852,12 +852,7 @@ class Daemon:
         elif cmd == "destroy_domain":
             domid = int(request["domid"])
             try:
-                self._unlisten(domid)
-                if domid in self.machine.guests:
-                    self.machine.remove_guest(domid)
-                else:
-                    self.host.destroy_domain(domid)
-                    self.xenstore.release_domain(domid)
+                self._destroy(domid)
             except HostCrashed as exc:
                 self._crashed(str(exc))
                 raise
@@ -874,13 +869,17 @@ class Daemon:
             self.snapshot()
         except StoreFailing as exc:
             self._store_failing(exc)
-            self._unlisten(domid)
-            if domid in self.machine.guests:
-                self.machine.remove_guest(domid)
-            else:
-                self.host.destroy_domain(domid)
-                self.xenstore.release_domain(domid)
+            self._destroy(domid)
             raise
+
+    def _destroy(self, domid: int) -> None:
+        """Domain death: its sockets go, a living guest shuts down, xenstore releases it."""
+        self._unlisten(domid)
+        if domid in self.machine.guests:
+            self.machine.remove_guest(domid)
+        else:
+            self.host.destroy_domain(domid)
+            self.xenstore.release_domain(domid)
 
     def _meminfo(self, domid: int) -> dict[str, Any]:
         """A living guest's memory as its kernel sees it, at the model's clock (what ``tune

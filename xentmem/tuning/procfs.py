@@ -19,12 +19,12 @@ The parsers take ``untrusted_*`` text and never raise: a field that is missing o
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from xentmem.agent.procfs import totalreserve_pages, zoneinfo_max_pfn  # one reader
 from xentmem.errors import TraceError
 from xentmem.tuning.trace import Trace
 
@@ -32,9 +32,6 @@ __all__ = ["ProcSample", "parse_meminfo", "read_sample", "record_procfs", "total
            "zoneinfo_max_pfn"]
 
 _BALLOON = "sys/devices/system/xen_memory/xen_memory0/info"
-_ZONE = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
-_FIELD = re.compile(r"^\s+(high|managed|spanned|start_pfn:)\s+(\d+)\s*$")
-_PROTECTION = re.compile(r"^\s+protection:\s+\(([\d,\s]*)\)\s*$")
 
 
 def parse_meminfo(untrusted_text: str) -> dict[str, int]:
@@ -48,64 +45,6 @@ def parse_meminfo(untrusted_text: str) -> dict[str, int]:
                 and parts[0].isdigit():
             out[key.strip()] = int(parts[0])
     return out
-
-
-@dataclass(frozen=True)
-class _Zone:
-    node: int
-    index: int  # position within its node: lowmem_reserve is indexed by it
-    high: int | None = None
-    managed: int | None = None
-    spanned: int | None = None
-    start_pfn: int | None = None
-    protection: tuple[int, ...] | None = None
-
-
-def _zones(untrusted_text: str) -> list[_Zone]:
-    zones: list[dict] = []
-    per_node: dict[int, int] = {}
-    for line in untrusted_text.splitlines():
-        m = _ZONE.match(line)
-        if m:
-            node = int(m.group(1))
-            zones.append({"node": node, "index": per_node.get(node, 0)})
-            per_node[node] = per_node.get(node, 0) + 1
-            continue
-        if not zones:
-            continue
-        zone = zones[-1]
-        m = _FIELD.match(line)
-        if m:
-            zone.setdefault(m.group(1).rstrip(":"), int(m.group(2)))  # the first "high" only
-            continue
-        m = _PROTECTION.match(line)
-        if m:
-            items = [p.strip() for p in m.group(1).split(",") if p.strip()]
-            if all(p.isascii() and p.isdigit() for p in items):
-                zone["protection"] = tuple(int(p) for p in items)
-    return [_Zone(**z) for z in zones]
-
-
-def totalreserve_pages(untrusted_zoneinfo: str) -> int | None:
-    """``calculate_totalreserve_pages`` from ``/proc/zoneinfo``, or None if a zone lacks a
-    field it needs."""
-    zones = _zones(untrusted_zoneinfo)
-    if not zones:
-        return None
-    total = 0
-    for z in zones:
-        if z.high is None or z.managed is None or z.protection is None:
-            return None
-        reserve = max(z.protection[z.index:], default=0) + z.high
-        total += min(reserve, z.managed)
-    return total
-
-
-def zoneinfo_max_pfn(untrusted_zoneinfo: str) -> int | None:
-    """The end of the highest populated zone (max_pfn), or None."""
-    ends = [z.start_pfn + z.spanned for z in _zones(untrusted_zoneinfo)
-            if z.start_pfn is not None and z.spanned]
-    return max(ends) if ends else None
 
 
 @dataclass(frozen=True)
