@@ -165,9 +165,10 @@ class StateStore:
         snap = self.directory / SNAPSHOT
         if not snap.exists():
             journal = self._journal()
-            if journal is not None and _scan(*journal).records:
+            records = _scan(*journal).records if journal is not None else []
+            if records:
                 raise StateDamaged(f"{snap} is missing but {self.directory / JOURNAL} holds "
-                                   f"{len(_scan(*journal).records)} record(s); refusing to boot "
+                                   f"{len(records)} record(s); refusing to boot "
                                    "a new host over them (up --recover keeps a copy and boots "
                                    "a new host)")
             return None, []
@@ -300,7 +301,7 @@ class StateStore:
         return generation
 
     def write_snapshot(self, state: dict[str, Any], generation: int) -> None:
-        """Write snapshot ``generation`` (in the forked child; raises ``OSError``)."""
+        """Write snapshot ``generation`` atomically (raises ``OSError``)."""
         atomic_write(self.directory / SNAPSHOT, _HEAD.pack(_MAGIC_SNAP, _FORMAT, generation)
                      + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -322,8 +323,7 @@ class StateStore:
         self.close()
         generation = (self.pending or self.generation) + 1
         try:
-            atomic_write(self.directory / SNAPSHOT, _HEAD.pack(_MAGIC_SNAP, _FORMAT, generation)
-                         + pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+            self.write_snapshot(state, generation)
         except OSError as exc:
             self._open_journal(current)  # the old snapshot and journal still hold everything
             raise StoreFailing(exc.errno, f"cannot write {self.directory / SNAPSHOT}: "

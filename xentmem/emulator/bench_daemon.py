@@ -126,7 +126,7 @@ def bench_daemon(mib: int = 400, *, sync: bool = True) -> DaemonBench:
             fg_pause, fg = probe.window(lambda: dom0.control("checkpoint"))
             bg_pause, _ = probe.window(lambda: dom0.control("checkpoint", background=True))
             time.sleep(0.5)
-            bg_total = eventually_written(dom0)
+            bg_total = _written(dom0)
         probe.stop.set()
         probe.join(10)
         waits = sorted(probe.waits)
@@ -146,7 +146,7 @@ def bench_daemon(mib: int = 400, *, sync: bool = True) -> DaemonBench:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def eventually_written(dom0: SocketHypervisor, timeout: float = 120.0) -> float:
+def _written(dom0: SocketHypervisor, timeout: float = 120.0) -> float:
     """The background snapshot's total time, once the daemon took it in."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

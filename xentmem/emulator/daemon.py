@@ -381,10 +381,7 @@ class Daemon:
             if pid == 0:  # the child: a frozen copy of this instant; it writes and leaves
                 code = 1
                 try:
-                    state, guests = self.machine.checkpoint()
-                    if self.machine.guests:
-                        state["machine"] = {"guests": guests}
-                    self.store.write_snapshot(state, generation)
+                    self.store.write_snapshot(self._state(), generation)
                     code = 0
                 finally:
                     os._exit(code)
@@ -393,6 +390,13 @@ class Daemon:
         self.epoch += 1  # every region's content must be captured again by the new journal
         self._next_checkpoint = (time.monotonic() + self.config.checkpoint_s
                                  if self.machine.guests else math.inf)
+
+    def _state(self) -> dict[str, Any]:
+        """What a snapshot holds: the host, and its living guests captured at the same instant."""
+        state, guests = self.machine.checkpoint()
+        if self.machine.guests:
+            state["machine"] = {"guests": guests}
+        return state
 
     def _reap_child(self, *, wait: bool = False) -> None:
         """Take in a finished background snapshot (``wait``: wait for it)."""
@@ -417,10 +421,8 @@ class Daemon:
         every acknowledged call)."""
         self._reap_child(wait=True)
         started = time.perf_counter()
-        state, guests = self.machine.checkpoint()
+        state = self._state()
         self.checkpoint_pause_s = time.perf_counter() - started  # the guests stood still
-        if self.machine.guests:
-            state["machine"] = {"guests": guests}
         self.store.save(state)
         self.checkpoint_s = time.perf_counter() - started
         self.epoch += 1  # every region's content must be captured again by the new journal
