@@ -28,7 +28,7 @@ def test_bench_tmem_json_rows():
         assert row["hits"] == 200 if expect_all else 0 <= row["hits"] <= 200
     assert out["resident_bytes_per_page"] > 0
     assert out["resident_bytes_per_compressed_page"] >= 0  # 200 tiny pages may fit freed memory
-    assert out["lz4_pages_s"]["compress"] > 0 and out["lz4_pages_s"]["decompress"] > 0
+    assert out["lzo_pages_s"]["compress"] > 0 and out["lzo_pages_s"]["decompress"] > 0
 
 
 def test_bench_tmem_rejects_tiny_runs():

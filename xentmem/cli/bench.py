@@ -38,9 +38,9 @@ def tmem(
     render([row.as_dict() for row in result.rows], as_json=False,
            title=f"tmem data path, {pages} pages of 4 KiB (resident memory per stored page: "
            f"{result.resident_bytes_per_page:.0f} bytes, "
-           f"{result.resident_bytes_per_compressed_page:.0f} compressed; lz4 alone: "
-           f"{result.lz4_compress_pages_s:,.0f} compressions/s, "
-           f"{result.lz4_decompress_pages_s:,.0f} decompressions/s)")
+           f"{result.resident_bytes_per_compressed_page:.0f} compressed; LZO1X-1 alone: "
+           f"{result.lzo_compress_pages_s:,.0f} compressions/s, "
+           f"{result.lzo_decompress_pages_s:,.0f} decompressions/s)")
 
 
 @bench_app.command("living")

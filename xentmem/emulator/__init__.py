@@ -36,8 +36,9 @@ every domain is gone and the call — and every later call on that host — rais
 ``xentmem.errors.HostCrashed`` with the reason; no Python traceback reaches a guest path.
 
 Not modelled: dedup / tze (4.0-4.7 boot options), 32-bit guests, the v0 ABI of 4.0.x, cycle
-counters (``Tc`` and the ≤4.3 ``T=`` timings read 0), LZO (``lz4.block`` stands in, so ``cb``
-differs from a real host's while ``cp``/``cn`` follow the same rule), persistent-pool metadata
+counters (``Tc`` and the ≤4.3 ``T=`` timings read 0), the ≤4.4 compressor (pages compress as
+4.5+ does, byte for byte, so ``cb`` matches 4.5-4.12; 4.0-4.4's old LZO port never cleared its
+dictionary, so its sizes depended on earlier pages), persistent-pool metadata
 charged to the domain (a real 4.12.4 fitted 436 pages where the model fits 448), the ≤4.3
 ``T=`` counts (derived from the pool counters). ``to_state`` keeps domains,
 tmem clients, pools, pages and counters; guest frame contents are not kept.

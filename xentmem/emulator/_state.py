@@ -13,12 +13,13 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from xentmem.abi import PAGE_SIZE
+from xentmem.emulator._codec import compress_page
 from xentmem.emulator._tmem import Obj, Page, Pool, _index
 
 if TYPE_CHECKING:
     from xentmem.emulator._host import EmulatedHost
 
-FORMAT = 1
+FORMAT = 2  # 1: compressed pages were lz4 blocks (still read: _lz4_to_lzo)
 _TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
          "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
          "raw_pages", "cbytes", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
@@ -97,7 +98,37 @@ def to_state(host: EmulatedHost) -> dict[str, Any]:
     }
 
 
+def _lz4_to_lzo(state: dict[str, Any]) -> None:
+    """A format 1 state (written when lz4 stood in for LZO) as format 2, in place: each
+    compressed page recompressed as Xen's LZO1X-1 does (kept compressed even where LZO would not
+    fit Xen's sub-page allocator), its owner's `cb` and the host's compressed bytes following.
+    The pages those bytes span shrink back to tmem's free list or grow from it, then from Xen's
+    heap (on a host with no page left the growth, under a page per 4 KiB of difference, is not
+    charged)."""
+    import lz4.block
+
+    t = state["tmem"]
+    clients = {c["domid"]: c for c in t["clients"]}
+    spanned = (t["cbytes"] + PAGE_SIZE - 1) // PAGE_SIZE
+    for p in t["pools"]:
+        owner = clients.get(p["owner"])
+        for n, (oid, index, data, csize, last) in enumerate(p["pages"]):
+            if csize:
+                packed = compress_page(lz4.block.decompress(data, uncompressed_size=PAGE_SIZE))
+                p["pages"][n] = (oid, index, packed, len(packed), last)
+                t["cbytes"] += len(packed) - csize
+                if owner is not None:
+                    owner["cb"] += len(packed) - csize
+    grow = (t["cbytes"] + PAGE_SIZE - 1) // PAGE_SIZE - spanned
+    from_list = min(grow, t["free_list"])
+    t["free_list"] -= from_list
+    state["heap_free"] = max(0, state["heap_free"] - (grow - from_list))
+    state["format"] = FORMAT
+
+
 def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
+    if state.get("format") == 1:
+        _lz4_to_lzo(state)
     if state.get("format") != FORMAT:
         raise ValueError(f"unknown emulator state format {state.get('format')!r}")
     cfg = state["config"]

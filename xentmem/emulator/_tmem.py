@@ -23,7 +23,7 @@ from xentmem.abi import (
     PoolFlags,
     XenErrno,
 )
-from xentmem.emulator._codec import compress_page, decode_into, decompress
+from xentmem.emulator._codec import compress_page, decode_into, decompress_page
 
 if TYPE_CHECKING:
     from xentmem.emulator._behaviour import Behaviour
@@ -1062,7 +1062,7 @@ class Tmem:
     def page_bytes(self, pg: Page) -> bytes:
         """The 4 KiB content of a page."""
         if pg.csize:
-            return decompress(pg.data, uncompressed_size=PAGE)
+            return decompress_page(pg.data)
         at = pg.data
         return self.arena[at:at + PAGE]  # type: ignore[misc]
 
