@@ -6,12 +6,15 @@
  * bytes object, no second copy). Everything else about PUT and GET (lookups, counters, whether
  * compression pays, errnos) stays in Python, in _tmem.py.
  *
- * Why our own compressor: Debian's liblzo2 (2.10) runs the same LZO1X-1 algorithm with a 14-bit
- * dictionary, Xen's has 13 bits (8192 two-byte entries, its LZO1X_1_MEM_COMPRESS). Two different
- * 4-byte words that share a 13-bit bucket but not a 14-bit one make Xen miss a match liblzo2
- * finds, so most text and code pages come out a few bytes apart, and `cb` with them. Pages with
- * runs, short periods or no repeats at all (one byte, half zeros, random) come out the same.
- * LZO1X is one stream format, so liblzo2's checked decoder reads what Xen wrote.
+ * Why not Debian's liblzo2 (2.10): its LZO1X-1 is the same algorithm with a 14-bit dictionary,
+ * Xen's has 13 bits (8192 two-byte entries, its LZO1X_1_MEM_COMPRESS). Two different 4-byte
+ * words that share a 13-bit bucket but not a 14-bit one make Xen miss a match liblzo2 finds, so
+ * most text and code pages come out a few bytes apart, and `cb` with them (pages with runs,
+ * short periods or no repeats at all, such as one byte, half zeros or noise, come out the same).
+ * Its checked decoder reads the stream a byte at a time: 3-7x slower than the lz4 decoder this
+ * codec replaced on code and binary pages, and 10-20x on runs; the decoder below copies in 8- and
+ * 16-byte steps and is 2x (code) to 10x (runs) faster than liblzo2's. The tests hold both
+ * halves against liblzo2 and the compressor against Xen's own output.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -19,13 +22,6 @@
 #include <string.h>
 
 #define PAGE_SIZE 4096
-
-/* liblzo2's stable ABI (lzo/lzo1x.h, lzo_uint is size_t-wide), declared here so that only the
- * runtime library is needed. The checked decoder never reads past src_len nor writes past
- * *dst_len; it takes no work memory. */
-int lzo1x_decompress_safe(const unsigned char *src, size_t src_len, unsigned char *dst,
-                          size_t *dst_len, void *wrkmem);
-#define LZO_E_OK 0
 
 /* lzo1x_worst_compress(4096): the most one page can take (all literals take 4116). */
 #define PAGE_BOUND (PAGE_SIZE + PAGE_SIZE / 16 + 64 + 3)
@@ -163,14 +159,149 @@ lzo1x_1_page(const uint8_t *in, uint8_t *out)
     return (size_t)(op - out);
 }
 
+/* Copy n literals; false when the input or the page has fewer. Short runs (the common case) go
+ * in 16-byte steps where both sides have room to overshoot, the rest exactly. */
+static inline int
+copy_literals(const uint8_t **ipp, const uint8_t *ip_end, uint8_t **opp, uint8_t *op_end,
+              size_t n)
+{
+    const uint8_t *ip = *ipp;
+    uint8_t *op = *opp;
+    if (n > (size_t)(ip_end - ip) || n > (size_t)(op_end - op))
+        return 0;
+    if ((size_t)(ip_end - ip) - n >= 16 && (size_t)(op_end - op) - n >= 16) {
+        for (size_t done = 0; done < n; done += 16)
+            memcpy(op + done, ip + done, 16);
+    } else
+        memcpy(op, ip, n);
+    *ipp = ip + n;
+    *opp = op + n;
+    return 1;
+}
+
+/* Copy a match of len bytes dist back (dist and len already checked against the page). */
+static inline uint8_t *
+copy_match(uint8_t *op, uint8_t *op_end, size_t dist, size_t len)
+{
+    const uint8_t *const m = op - dist;
+    uint8_t *const end = op + len;
+    if (len <= 16 && op_end - op >= 16) {  /* the common short match */
+        if (dist >= 8) {  /* two 8-byte steps, each reading only finished bytes */
+            memcpy(op, m, 8);
+            memcpy(op + 8, m + 8, 8);
+        } else
+            for (size_t i = 0; i < len; i++)
+                op[i] = m[i];
+        return end;
+    }
+    /* Longer: the match repeats the span before op, which doubles with every copy (a run of one
+     * byte takes 12 copies for a page), so no copy reads bytes it is writing itself. */
+    size_t span = dist;
+    while (op < end) {
+        size_t n = (size_t)(end - op) < span ? (size_t)(end - op) : span;
+        memcpy(op, m, n);
+        op += n;
+        span += n;
+    }
+    return end;
+}
+
+/* A long length: zero bytes each add 255, then a non-zero byte; base is the opcode's maximum. */
+static inline int
+long_count(const uint8_t **ipp, const uint8_t *ip_end, size_t base, size_t *count)
+{
+    const uint8_t *ip = *ipp;
+    size_t n = base;
+    while (ip < ip_end && *ip == 0) {
+        n += 255;
+        ip++;
+    }
+    if (ip >= ip_end)
+        return 0;
+    *count = n + *ip++;
+    *ipp = ip;
+    return 1;
+}
+
+/* Decode the LZO1X stream ip[0:n] into dst[0:4096]: true only when it is well formed, ends
+ * (with its end mark) exactly at ip + n, and fills exactly the page. Every read stays inside
+ * the stream, every write inside the page, every match inside what was written already. */
+static int
+lzo1x_decode_page(const uint8_t *ip, size_t n, uint8_t *const dst)
+{
+    const uint8_t *const ip_end = ip + n;
+    uint8_t *op = dst;
+    uint8_t *const op_end = dst + PAGE_SIZE;
+    /* literals the last instruction copied: 0, 1-3, or 4 for a run of 4 or more; it decides
+     * what opcodes 0-15 mean next */
+    size_t state = 0;
+
+    if (n && *ip > 17) {  /* a first literal run of 1-238 */
+        size_t t = *ip++ - 17u;
+        if (!copy_literals(&ip, ip_end, &op, op_end, t))
+            return 0;
+        state = t < 4 ? t : 4;
+    }
+    for (;;) {
+        if (ip >= ip_end)
+            return 0;
+        size_t t = *ip++, dist, len;
+        if (t < 16 && state == 0) {  /* 0000LLLL: a run of 4 or more literals */
+            if (t == 0 && !long_count(&ip, ip_end, 15, &t))
+                return 0;
+            if (!copy_literals(&ip, ip_end, &op, op_end, t + 3))
+                return 0;
+            state = 4;
+            continue;
+        }
+        if (t < 16) {  /* 0000DDSS HHHHHHHH: 2 bytes up to 1 KiB back, 3 at 2-3 KiB after a run */
+            if (ip >= ip_end)
+                return 0;
+            dist = 1 + (t >> 2) + ((size_t)*ip++ << 2);
+            len = 2;
+            if (state == 4) {
+                dist += 2048;
+                len = 3;
+            }
+        } else if (t >= 64) {  /* LLLDDDSS HHHHHHHH: 3-8 bytes up to 2 KiB back */
+            if (ip >= ip_end)
+                return 0;
+            dist = 1 + ((t >> 2) & 7) + ((size_t)*ip++ << 3);
+            len = (t >> 5) + 1;
+        } else {  /* 001LLLLL or 0001HLLL, then DDDDDDSS DDDDDDDD */
+            size_t base = t >= 32 ? 31 : 7;
+            len = t & base;
+            if (len == 0 && !long_count(&ip, ip_end, base, &len))
+                return 0;
+            len += 2;
+            if (ip_end - ip < 2)
+                return 0;
+            dist = ((size_t)ip[0] >> 2) + ((size_t)ip[1] << 6);
+            ip += 2;
+            if (t >= 32)
+                dist += 1;
+            else {
+                dist += (t & 8) << 11;
+                if (dist == 0)  /* the end mark */
+                    return ip == ip_end && op == op_end;
+                dist += 0x4000;
+            }
+        }
+        if (dist > (size_t)(op - dst) || len > (size_t)(op_end - op))
+            return 0;
+        op = copy_match(op, op_end, dist, len);
+        state = ip[-2] & 3;  /* SS: 0-3 literals follow the match */
+        if (state && !copy_literals(&ip, ip_end, &op, op_end, state))
+            return 0;
+    }
+}
+
 /* True when packed decodes to exactly one page at dst (nothing outside dst[0:4096] written). */
 static int
 decode_page(PyObject *packed, uint8_t *dst)
 {
-    size_t out_len = PAGE_SIZE;
-    int rc = lzo1x_decompress_safe((const unsigned char *)PyBytes_AS_STRING(packed),
-                                   (size_t)PyBytes_GET_SIZE(packed), dst, &out_len, NULL);
-    return rc == LZO_E_OK && out_len == PAGE_SIZE;
+    return lzo1x_decode_page((const uint8_t *)PyBytes_AS_STRING(packed),
+                             (size_t)PyBytes_GET_SIZE(packed), dst);
 }
 
 PyDoc_STRVAR(compress_page_doc,
