@@ -537,9 +537,22 @@ def _compressing(fn):
     return run
 
 
+def _one_byte_page_is_44_bytes(host, g):
+    """lzo1x_1 packs a page of one repeated byte into 44 bytes; a page that does not shrink
+    below a sub-page allocation is stored raw and counted in `cn` (§3.7)."""
+    t = g[0]
+    p = t.new_pool(PRIV_PERS)
+    t.put(p, 1, 0, b"\xab" * PAGE_SIZE)
+    first = _c(host, 0, "cp", "cb", "cn")
+    t.put(p, 1, 1, page(1))
+    return first, _c(host, 0, "cp", "cb", "cn")
+
+
 COMPRESS_RULES = [
     ("cp_cb_are_current_values", "*", _compressing(_cp_cb_current),
      ([True, True, True, True], (0, 0, 0))),
+    ("lzo1x_1_one_byte_page_cb_44", ("4.5", "4.12"), _compressing(_one_byte_page_is_44_bytes),
+     ((1, 44, 0), (1, 44, 1))),
 ]
 
 
