@@ -56,7 +56,7 @@ def test_down_up_keeps_pages_domains_and_settings(make_daemon):
     with SocketHypervisor(d.directory, 0) as hv:
         Tmem(hv).freeze(1)
         Tmem(hv).set_client(1, weight=9)
-        new = hv.control("create_domain", name="late", memory_mb=32)["domid"]
+        new = hv.control("create_domain", name="late", memory_mb=32, bare=True)["domid"]
     before = _listing(d.directory)
     d.restart(daemon.HostConfig())
     assert "replayed 0" in d.note  # down wrote a snapshot; nothing left to replay
