@@ -38,8 +38,9 @@ from typing import Any
 
 from xentmem.balance.collect import Collector, HostMemory, Memory
 from xentmem.balance.manager import Manager
-from xentmem.balance.model import MIB, Config
+from xentmem.balance.model import MIB, Config, Settings
 from xentmem.balance.policies import POLICIES
+from xentmem.balance.settings import write_settings
 from xentmem.emulator.machine import WORKLOADS, EmulatedMachine, MachineGuest, living_guest
 from xentmem.errors import GuestError
 from xentmem.host.guests import Host
@@ -56,9 +57,10 @@ GIB_H = 1024 * 1024 * 3600  # KiB-seconds in a GiB-hour
 
 @dataclass(frozen=True)
 class CompareSpec:
-    """What to run: one guest per workload name (:data:`WORKLOADS`), each with ``memory_mb``
-    (maximum twice that) on a host of ``host_mb`` (default: the guests' memory + 25 % + dom0),
-    for ``duration_s`` model seconds, a round and a sample every ``interval_s``."""
+    """What to run: one guest per workload name (:data:`WORKLOADS`), each booted with
+    ``memory_mb`` (its ceiling; twice that is its static maximum) on a host of ``host_mb``
+    (default: the guests' memory + 25 % + dom0), for ``duration_s`` model seconds, a round and
+    a sample every ``interval_s``."""
 
     guests: tuple[str, ...] = DEFAULT_GUESTS
     memory_mb: int = 128
@@ -217,6 +219,11 @@ def run_one(spec: CompareSpec, policy: str, *, config: Config | None = None,
                 r = host.set_toggles(mg.domid, {"selfballooning": 0}, timeout=5.0)
                 if r.status != "applied":
                     raise GuestError(f"{mg.name}: self-ballooning stays on ({r.reason})")
+                # the ceiling is the boot memory: the balloon (Linux's without memory hotplug)
+                # only gives back what it took; the static maximum (twice that) leaves room
+                # for persistent tmem pages, which Xen counts against it
+                write_settings(host, mg.domid, mg.name,
+                               Settings(ceiling_kib=spec.memory_mb * MIB))
             run = Run(policy, [mg.name for mg in guests])
             manager = None
             if policy != STATIC:

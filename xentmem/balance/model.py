@@ -96,14 +96,20 @@ class HostState:
     tmem: Mapping[int, TmemClient] | None = None
     time_s: float = 0.0
 
+    @property
+    def available_kib(self) -> int:
+        """Free memory plus tmem's freeable: Xen hands freeable pages to a domain that asks
+        (its claim and low-memory logic count them as available, ref xen-tmem-abi §3.3)."""
+        return self.free_kib + (self.freeable_kib or 0)
+
 
 @dataclass(frozen=True)
 class Config:
     """The knobs of a round: the same for every policy."""
 
-    min_step_kib: int = 16 * MIB  # smaller changes are not made
-    hold_s: float = 60.0  # a reversal within this long of the last change ...
-    reversal_steps: int = 4  # ... must be this many minimum steps
+    min_step_kib: int = 8 * MIB  # smaller changes are not made
+    hold_s: float = 30.0  # a reversal within this long of the last change ...
+    reversal_steps: int = 3  # ... must be this many minimum steps (unless it is below need)
     default_floor_kib: int = 64 * MIB  # below this no guest is ballooned, whatever the policy
     interval_s: float = 5.0  # between rounds (the pressure policy's step is per round)
     flood_share: float = 0.5  # tmem-aware: a client holding more of tmem than this floods it

@@ -8,11 +8,13 @@ rules common to every policy holds the result to the admin's limits and the host
    target and are outside the budget;
 2. every target lies in [floor, ceiling]: floor = the admin's (else ``default_floor_kib``),
    ceiling = the admin's, at most the static maximum;
-3. the budget: managed guests together hold at most the host's free memory less its reserve
-   plus what they hold now. Above it, every target gives up the same fraction of what it has
-   above its floor; if the floors alone do not fit, no guest grows;
+3. the budget: managed guests together hold at most the host's available memory (free +
+   tmem's freeable) less its reserve plus what they hold now. Above it, every target gives up
+   the same fraction of what it has above its floor; if the floors alone do not fit, no guest
+   grows;
 4. a change smaller than ``min_step_kib``, or a reversal within ``hold_s`` of the last change
-   smaller than ``reversal_steps`` steps, is not made (hysteresis) -- unless holding a shrink
+   smaller than ``reversal_steps`` steps (but growth of a guest holding less than it has
+   committed is never held as a reversal), is not made (hysteresis) -- unless holding a shrink
    would break the budget. Policies with their own step rules (qmemman's 150 MiB, MoM's
    0.25 %) skip this step.
 
@@ -27,6 +29,8 @@ The policies (:data:`POLICIES`):
     is skipped. ``used`` is what qubes-meminfo-writer reports: MemTotal - MemFree - Cached +
     SwapTotal - SwapFree. Priority scales the shares (all equal: qmemman exactly). Not modelled:
     qmemman's 16 MiB guest-visible offset and its dom0 boost (dom0 is never balanced here).
+    Xen's free memory is the host's available memory (free + tmem's freeable; Qubes has no
+    tmem, so qmemman never had to choose).
 ``mom``
     oVirt MoM's balloon rules: the host is under pressure when its free memory (plus tmem's
     freeable) is below 20 % of its total; then each guest shrinks by at most 5 % of its memory a
@@ -236,7 +240,7 @@ def qmemman(host: HostState, guests: Sequence[GuestState], config: Config) -> Pr
                           max(g.memory_kib, g.target_kib) * 1024, _ceiling(g) * 1024,
                           g.target_kib * 1024, _weight(g))
             for g in guests if g.used_kib is not None}
-    xenfree = host.free_kib * 1024
+    xenfree = host.available_kib * 1024
     free_left = host.reserve_kib * 1024
     reqs = _balance(xenfree - free_left, doms)
     ok, why = _significant(reqs, doms, xenfree, free_left)
@@ -260,8 +264,8 @@ def qmemman(host: HostState, guests: Sequence[GuestState], config: Config) -> Pr
 
 def mom(host: HostState, guests: Sequence[GuestState], config: Config) -> Proposal:
     """oVirt MoM's balloon rules (see the module docstring)."""
-    free = host.free_kib + (host.freeable_kib or 0)
-    total = host.total_kib or (host.free_kib + sum(g.memory_kib for g in guests))
+    free = host.available_kib
+    total = host.total_kib or (free + sum(g.memory_kib for g in guests))
     pressure = free < PRESSURE_THRESHOLD * total
     out: Proposal = {}
     for g in guests:
@@ -329,7 +333,7 @@ def tmem_actions(host: HostState, guests: Sequence[GuestState], config: Config,
     actions: list[TmemAction] = []
     by_domid = {g.domid: g for g in guests}
     total_eph = sum(c.ephemeral_pages for c in host.tmem.values())
-    short = host.free_kib < 2 * host.reserve_kib
+    short = host.available_kib < 2 * host.reserve_kib
     for domid, client in sorted(host.tmem.items()):
         g = by_domid.get(domid)
         if g is None:
@@ -345,7 +349,7 @@ def tmem_actions(host: HostState, guests: Sequence[GuestState], config: Config,
         if flooding and not client.frozen:
             actions.append(TmemAction("freeze", domid, 0,
                                       f"floods tmem: {share:.0%} of ephemeral pages while "
-                                      f"the host has {host.free_kib // MIB} MiB free"))
+                                      f"the host has {host.available_kib // MIB} MiB free"))
         elif client.frozen and domid in frozen_by_us and not flooding:
             actions.append(TmemAction("thaw", domid, 0, f"no longer floods tmem ({share:.0%})"))
     return tuple(actions)
@@ -387,7 +391,7 @@ def fit(host: HostState, guests: Sequence[GuestState], proposal: Proposal, confi
         *, steps: bool = True) -> tuple[list[Decision], int, str]:
     """The common rules (module docstring, 2-4): decisions, the budget and a note."""
     managed = [g for g in guests if _left_alone(g) is None and g.domid in proposal]
-    budget = host.free_kib - host.reserve_kib + sum(g.memory_kib for g in managed)
+    budget = host.available_kib - host.reserve_kib + sum(g.memory_kib for g in managed)
     lo = {g.domid: min(g.settings.floor_kib or config.default_floor_kib, _ceiling(g))
           for g in managed}
     hi = {g.domid: _ceiling(g) for g in managed}
@@ -427,7 +431,10 @@ def fit(host: HostState, guests: Sequence[GuestState], proposal: Proposal, confi
             delta = target[d] - cur
             if delta == 0 or not lo[d] <= cur <= hi[d]:
                 continue
-            reversal = (g.last_change_kib * delta < 0 and g.last_change_age_s < config.hold_s)
+            below_need = g.need_kib is not None and g.memory_kib < g.need_kib
+            # growing back a guest that is short of what it uses is no flapping
+            reversal = (g.last_change_kib * delta < 0 and g.last_change_age_s < config.hold_s
+                        and not (delta > 0 and below_need))
             need = config.min_step_kib * (config.reversal_steps if reversal else 1)
             if abs(delta) < need:
                 what = "reversal" if reversal else "change"
