@@ -21,7 +21,8 @@ rules common to every policy holds the result to the admin's limits and the host
 The policies (:data:`POLICIES`):
 
 ``qmemman``
-    Qubes' ``qubes/qmemman/algo.py`` as published, in bytes, and its
+    Qubes' ``qubes/qmemman/algo.py`` as published, in bytes, with ``systemstate.py``'s
+    ``get_free_xen_memory`` (free memory / 1.00781, less targets not yet taken up) and
     ``is_balance_req_significant``: pref = max(min(used * 1.3, max), 200 MiB); when the free
     memory covers every guest's pref, the surplus is split in proportion to pref (capped at max,
     the leftover shared again among the others); otherwise donors go to their pref and the
@@ -81,7 +82,8 @@ CACHE_FACTOR = 1.3
 MIN_PREFMEM = 200 * 1024 * 1024
 MIN_TOTAL_MEMORY_TRANSFER = 150 * 1024 * 1024
 MIN_MEM_CHANGE_WHEN_UNDER_PREF = 15 * 1024 * 1024
-DONOR_GIVES_UP_BELOW = 10 * 1024 * 1024  # balance_when_low_on_memory: "probably at prefmem"
+DONOR_GIVES_UP_BELOW = 10 * 1024 * 1024  # balance_when_low_on_mem: "probably at pref_mem"
+MEM_OVERHEAD_FACTOR = 1.0 / 1.00781  # Xen's per-page structures (systemstate.py, from nova)
 
 # MoM's balloon policy (mom/policies/balloon.policy)
 PRESSURE_THRESHOLD = 0.20
@@ -121,16 +123,16 @@ class _Dom:
     weight: float
 
 
-def qmemman_prefmem(used: int, maximum: int) -> int | float:
-    """qmemman's ``prefmem`` of a domU (bytes): max(min(used * 1.3, max), 200 MiB)."""
-    return max(min(used * CACHE_FACTOR, maximum), MIN_PREFMEM)
+def qmemman_prefmem(used: int, maximum: int) -> int:
+    """qmemman's ``pref_mem`` of a domU (bytes): int(max(min(used * 1.3, max), 200 MiB))."""
+    return int(max(min(used * CACHE_FACTOR, maximum), MIN_PREFMEM))
 
 
-def _prefmem(d: _Dom) -> int | float:
+def _prefmem(d: _Dom) -> int:
     return qmemman_prefmem(d.mem_used, d.memory_maximum)
 
 
-def _needed(d: _Dom) -> int | float:
+def _needed(d: _Dom) -> int:
     return _prefmem(d) - d.memory_actual
 
 
@@ -182,14 +184,15 @@ def _low(doms: Mapping[int, _Dom], xen_free: float, total_mem_pref_acceptors: fl
         if avail < DONOR_GIVES_UP_BELOW:
             continue
         squeezed_mem -= avail
-        donors_rq.append((domid, int(_prefmem(dom))))
+        donors_rq.append((domid, _prefmem(dom)))
     if squeezed_mem < 0:
         return donors_rq
     acceptors_rq = []
     for domid in acceptors:
         dom = doms[domid]
         scale = 1.0 * _prefmem(dom) * dom.weight / total_mem_pref_acceptors
-        target = int(0.999 * (dom.memory_actual + scale * squeezed_mem))
+        target = min(int(0.999 * (dom.memory_actual + scale * squeezed_mem)),
+                     dom.memory_maximum)
         acceptors_rq.append((domid, target))
     return donors_rq + acceptors_rq
 
@@ -240,7 +243,10 @@ def qmemman(host: HostState, guests: Sequence[GuestState], config: Config) -> Pr
                           max(g.memory_kib, g.target_kib) * 1024, _ceiling(g) * 1024,
                           g.target_kib * 1024, _weight(g))
             for g in guests if g.used_kib is not None}
-    xenfree = host.available_kib * 1024
+    # get_free_xen_memory: physinfo's free memory less Xen's per-page overhead, less what
+    # guests were given and have not taken yet
+    xenfree = (int(host.available_kib * 1024 * MEM_OVERHEAD_FACTOR)
+               - sum(max(0, g.target_kib - g.memory_kib) * 1024 for g in guests))
     free_left = host.reserve_kib * 1024
     reqs = _balance(xenfree - free_left, doms)
     ok, why = _significant(reqs, doms, xenfree, free_left)
@@ -249,10 +255,10 @@ def qmemman(host: HostState, guests: Sequence[GuestState], config: Config) -> Pr
         d = doms.get(g.domid)
         if d is None:
             continue
-        pref = int(_prefmem(d)) // 1024
+        pref = _prefmem(d) // 1024
         out[g.domid] = (g.target_kib, f"no request (pref {pref // MIB} MiB)")
     for domid, mem in reqs:
-        pref = int(_prefmem(doms[domid])) // 1024
+        pref = _prefmem(doms[domid]) // 1024
         role = "donor" if mem < doms[domid].memory_actual else "acceptor"
         out[domid] = ((mem // 1024, f"{role}: pref {pref // MIB} MiB (used x 1.3), {why}")
                       if ok else (doms[domid].last_target // 1024, f"held: {why}"))
