@@ -31,7 +31,8 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,9 +45,11 @@ from xentmem.balance.settings import write_settings
 from xentmem.emulator.machine import WORKLOADS, EmulatedMachine, MachineGuest, living_guest
 from xentmem.errors import GuestError
 from xentmem.host.guests import Host
+from xentmem.hypercalls import Tmem
 
-__all__ = ["COUNTERS", "DEFAULT_GUESTS", "STATIC", "CompareSpec", "Comparison", "Run",
-           "compare", "machine_memory", "parse_guests", "run_one", "score"]
+__all__ = ["COUNTERS", "DEFAULT_GUESTS", "STATIC", "CompareSpec", "Comparison", "LivingHost",
+           "Run", "compare", "living_host", "machine_memory", "parse_guests", "run_one",
+           "score"]
 
 STATIC = "static"
 DEFAULT_GUESTS = ("web", "db", "batch", "idle", "web", "db")  # the default mixed workload
@@ -120,7 +123,7 @@ class Run:
         default_factory=lambda: {c: [] for c in COUNTERS})
     host_free: list[int] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
-    round_s: list[float] = field(default_factory=list)  # manager CPU per round
+    round_s: list[float] = field(default_factory=list)  # the manager's CPU per round
     scores: dict[str, float] = field(default_factory=dict)
 
     def series(self) -> dict[str, Any]:
@@ -184,38 +187,62 @@ def _sample(run: Run, machine: EmulatedMachine, guests: list[MachineGuest]) -> N
         run.host_free.append(machine.host.heap_free * 4)
 
 
-def _settle(machine: EmulatedMachine, guests: list[MachineGuest]) -> None:
-    """Wait (bounded) until every balloon driver has the target xenstore holds: the watch
-    fires in its own thread, and the clock must not run ahead of it."""
-    deadline = time.monotonic() + _SETTLE_S
-    with machine.xenstore_dom0() as xs:
-        wanted = {mg.domid: int(xs.read(f"/local/domain/{mg.domid}/memory/target")) // 4
-                  for mg in guests}
-    while time.monotonic() < deadline:
-        if all(mg.guest.balloon.stats.target_pages == wanted[mg.domid] for mg in guests):
-            return
-        time.sleep(0.002)
+@dataclass
+class LivingHost:
+    """A fresh living emulated host for balancing: its machine, guests, dom0's host facade and
+    tmem client; :meth:`manager` makes a manager on model time."""
+
+    machine: EmulatedMachine
+    guests: list[MachineGuest]
+    host: Host
+    tmem: Tmem
+
+    def manager(self, policy: str, config: Config | None = None,
+                **options: Any) -> Manager:
+        collector = Collector(self.host, machine_memory(self.machine), tmem=self.tmem,
+                              clock=lambda: self.machine.now)
+        return Manager(self.host, collector, policy=policy, config=config, tmem=self.tmem,
+                       **options)
+
+    def publish(self) -> None:
+        """Every agent publishes now (their own timer runs on wall time, far apart)."""
+        for mg in self.guests:
+            if mg.agent is not None:
+                mg.agent.publish()
+
+    def settle(self) -> None:
+        """Wait (bounded) until every balloon driver has the target xenstore holds: the watch
+        fires in its own thread, and the clock must not run ahead of it. A guest whose driver
+        no longer watches memory/target (a wedged balloon) is not waited for."""
+        deadline = time.monotonic() + _SETTLE_S
+        with self.machine.xenstore_dom0() as xs:
+            wanted = {mg.domid: int(xs.read(f"/local/domain/{mg.domid}/memory/target")) // 4
+                      for mg in self.guests if mg.watcher is not None}
+        while time.monotonic() < deadline:
+            if all(mg.guest.balloon.stats.target_pages == wanted[mg.domid]
+                   for mg in self.guests if mg.domid in wanted):
+                return
+            time.sleep(0.002)
 
 
-def run_one(spec: CompareSpec, policy: str, *, config: Config | None = None,
-            on_round: Callable[[float], None] | None = None) -> Run:
-    """One run of ``policy`` (or :data:`STATIC`) on a fresh machine."""
-    if policy != STATIC and policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)} or static")
-    config = config or Config(interval_s=spec.interval_s)
+@contextmanager
+def living_host(spec: CompareSpec) -> Iterator[LivingHost]:
+    """A fresh machine running ``spec``'s guests, self-ballooning off (nobody but a manager
+    sets their targets), each guest's ceiling its boot memory; torn down on exit."""
     with tempfile.TemporaryDirectory(prefix="xbal") as d:
         machine = EmulatedMachine.boot(memory_mb=spec.host_memory_mb,
                                        xen_version=spec.xen_version,
                                        xenstore=Path(d) / "xs.sock")
         machine.stats_interval = 3600.0  # the agents publish when told (model time)
-        xs = machine.xenstore.connect(0)  # type: ignore[union-attr]
+        assert machine.xenstore is not None
+        xs = machine.xenstore.connect(0)
         tmem = machine.tmem_client(0)
         try:
             guests = [machine.add_guest(living_guest(
                 f"{w}{i}", workload=w, memory_mb=spec.memory_mb, seed=i))
                 for i, w in enumerate(spec.guests)]
             host = Host(xs, ack_timeout=5.0)
-            for mg in guests:  # nobody but the manager sets targets
+            for mg in guests:
                 r = host.set_toggles(mg.domid, {"selfballooning": 0}, timeout=5.0)
                 if r.status != "applied":
                     raise GuestError(f"{mg.name}: self-ballooning stays on ({r.reason})")
@@ -224,40 +251,45 @@ def run_one(spec: CompareSpec, policy: str, *, config: Config | None = None,
                 # for persistent tmem pages, which Xen counts against it
                 write_settings(host, mg.domid, mg.name,
                                Settings(ceiling_kib=spec.memory_mb * MIB))
-            run = Run(policy, [mg.name for mg in guests])
-            manager = None
-            if policy != STATIC:
-                collector = Collector(host, machine_memory(machine), tmem=tmem,
-                                      clock=lambda: machine.now)
-                manager = Manager(host, collector, policy=policy, config=config, tmem=tmem,
-                                  follow_timeout_s=6 * spec.interval_s)
-            while True:
-                if manager is not None:
-                    for mg in guests:
-                        assert mg.agent is not None
-                        mg.agent.publish()
-                    cpu = time.process_time()
-                    r = manager.round()
-                    run.round_s.append(time.process_time() - cpu)
-                    run.events += [f"{machine.now:.0f}s {e}" for e in r.events]
-                    _settle(machine, guests)
-                _sample(run, machine, guests)
-                if on_round is not None:
-                    on_round(machine.now)
-                if machine.now >= spec.duration_s - 1e-9:
-                    break
-                machine.advance(min(spec.interval_s, spec.duration_s - machine.now),
-                                tick=spec.tick_s)
-            if machine.lost or machine.stale:
-                raise GuestError(f"{policy}: the model lost {machine.lost} and served "
-                                 f"{machine.stale} stale pages")
-            if manager is not None:
-                manager.close()
+            yield LivingHost(machine, guests, host, tmem)
         finally:
             machine.close()
             tmem.close()
             xs.close()
-            machine.xenstore.stop()  # type: ignore[union-attr]
+            machine.xenstore.stop()
+
+
+def run_one(spec: CompareSpec, policy: str, *, config: Config | None = None,
+            on_round: Callable[[float], None] | None = None) -> Run:
+    """One run of ``policy`` (or :data:`STATIC`) on a fresh machine."""
+    if policy != STATIC and policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}: one of {', '.join(POLICIES)} or static")
+    config = config or Config(interval_s=spec.interval_s)
+    with living_host(spec) as lh:
+        machine = lh.machine
+        run = Run(policy, [mg.name for mg in lh.guests])
+        manager = None if policy == STATIC else lh.manager(
+            policy, config, follow_timeout_s=6 * spec.interval_s)
+        while True:
+            if manager is not None:
+                lh.publish()
+                cpu = time.thread_time()
+                r = manager.round()
+                run.round_s.append(time.thread_time() - cpu)
+                run.events += [f"{machine.now:.0f}s {e}" for e in r.events]
+                lh.settle()
+            _sample(run, machine, lh.guests)
+            if on_round is not None:
+                on_round(machine.now)
+            if machine.now >= spec.duration_s - 1e-9:
+                break
+            machine.advance(min(spec.interval_s, spec.duration_s - machine.now),
+                            tick=spec.tick_s)
+        if machine.lost or machine.stale:
+            raise GuestError(f"{policy}: the model lost {machine.lost} and served "
+                             f"{machine.stale} stale pages")
+        if manager is not None:
+            manager.close()
     run.scores = score(run.series())
     return run
 
