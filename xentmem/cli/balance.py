@@ -52,7 +52,7 @@ LogFile = Annotated[Path | None, typer.Option(
     "~/.local/state/xentmem).")]
 LOG_ENV = "XENTMEM_BALANCE_LOG"
 LOG_MAX_BYTES = 8 << 20  # then the log moves to FILE.1 (one old file kept)
-_TABLE = ["domid", "name", "memory_mib", "current_mib", "target_mib", "change_mib", "reason"]
+_TABLE = ["name", "memory_mib", "target_mib", "reason"]  # fits 80 columns; --json has all
 
 
 def _policy(name: str) -> str:
@@ -84,8 +84,9 @@ class _Log:
         with contextlib.suppress(FileNotFoundError):
             if self.path.stat().st_size > LOG_MAX_BYTES:
                 self.path.replace(self.path.with_name(self.path.name + ".1"))
+        stamped = {"at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}  # the wall clock
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(stamped) + "\n")
 
 
 @contextmanager
@@ -124,7 +125,14 @@ def _manager(connect: str | None, xenstored: str | None, libvirt_uri: str | None
 
 
 def _plan_rows(r: Round) -> list[dict[str, Any]]:
-    return [d.row() for d in r.plan.decisions]
+    """Terminal rows: the target as ``now -> proposed`` (one number when it stays)."""
+    rows = []
+    for d in r.plan.decisions:
+        row = d.row()
+        if row["current_mib"] != row["target_mib"]:
+            row["target_mib"] = f"{row['current_mib']} -> {row['target_mib']}"
+        rows.append(row)
+    return rows
 
 
 @balance_app.command("plan")
@@ -156,10 +164,9 @@ def _table(r: Round, policy: str, rounds: int) -> Any:
                   f"{r.host.free_kib // 1024} MiB free", title_justify="left")
     for col in _TABLE:
         table.add_column(col)
-    for d in r.plan.decisions:
-        row = d.row()
-        style = None if d.managed else "yellow"
-        table.add_row(*("-" if row[c] is None else str(row[c]) for c in _TABLE), style=style)
+    for d, row in zip(r.plan.decisions, _plan_rows(r), strict=True):
+        table.add_row(*("-" if row[c] is None else str(row[c]) for c in _TABLE),
+                      style=None if d.managed else "yellow")
     return table
 
 
@@ -243,7 +250,7 @@ def explain(dom: Dom, policy: Policy = "tmem",
     console.print(f"  why: {now['reason']}", markup=False)
     render(now["inputs"], as_json=False, title="inputs now")
     if logged:
-        render([{k: r.get(k) for k in ("time_s", "policy", "acted", "current_mib",
+        render([{k: r.get(k) for k in ("at", "policy", "acted", "current_mib",
                                        "target_mib", "reason")} for r in logged],
                as_json=False, title=f"last {len(logged)} logged decision(s)")
     else:
