@@ -114,3 +114,10 @@ def test_compare_json_and_html(tmp_path):
     assert all(len(r["time_s"]) == 3 for r in data["runs"])  # 0, 5, 10 s
     page = html.read_text()
     assert page.count("<img") == 2 and "net_gib_h" in page
+
+
+def test_the_cli_names_every_policy():
+    from xentmem.balance import POLICIES
+    from xentmem.cli.balance import POLICY_NAMES
+
+    assert POLICY_NAMES == tuple(POLICIES)

@@ -20,7 +20,7 @@ from typing import Any
 
 from xentmem.balance.model import MIB, GuestState, HostState, TmemClient
 from xentmem.balance.settings import read_settings
-from xentmem.errors import LibvirtError, TmemError, TransportError, XentmemError
+from xentmem.errors import LibvirtError, TmemError, TransportError
 from xentmem.host.guests import GuestInfo, Host
 from xentmem.host.libvirt import LibvirtConnection
 from xentmem.host.tmemlist import parse_tmem_list
@@ -84,7 +84,7 @@ class Collector:
     averages need between rounds (the previous swap-in counters, the last used values), timed
     by ``clock`` (model time in an emulated comparison)."""
 
-    def __init__(self, host: Host, memory: HostMemory | None = None, *, tmem: Tmem | None = None,
+    def __init__(self, host: Host, memory: HostMemory, *, tmem: Tmem | None = None,
                  reserve_kib: int = 50 * MIB,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
@@ -99,36 +99,33 @@ class Collector:
         now = self.clock()
         infos = [g for g in self.host.guests() if g.domid not in (None, 0)
                  and g.state in ("running", "blocked", "paused")]
-        mem = self.memory() if self.memory is not None else None
+        mem = self.memory()
         guests = [self._guest(g, mem, now) for g in infos]
         seen = {g.domid for g in guests}
         for gone in set(self._used) - seen:  # a domain died: forget it
             self._used.pop(gone, None)
             self._swapins.pop(gone, None)
-        return self._host(mem, guests, now), guests
+        return self._host(mem, now), guests
 
-    def _host(self, mem: Memory | None, guests: list[GuestState], now: float) -> HostState:
-        version = mem.xen_version if mem else None
+    def _host(self, mem: Memory, now: float) -> HostState:
+        version = mem.xen_version
         tmem = freeable = None
         if self.tmem is not None:
             version = version or str(self.tmem.version)
             with contextlib.suppress(TmemError, TransportError):  # no tmem on this host
                 tmem = _tmem_clients(self.tmem.list(long=True))
                 freeable = self.tmem.freeable_mb() * MIB
-        if mem is None:  # xenstore alone: what the guests do not hold of their maximum
-            raise XentmemError("the host's free memory is unknown: balancing needs libvirt or "
-                               "the emulator daemon's host API")
         return HostState(free_kib=mem.free_kib, total_kib=mem.total_kib,
                          reserve_kib=self.reserve_kib, xen_version=version,
                          freeable_kib=freeable, tmem=tmem, time_s=now)
 
-    def _guest(self, info: GuestInfo, mem: Memory | None, now: float) -> GuestState:
+    def _guest(self, info: GuestInfo, mem: Memory, now: float) -> GuestState:
         assert info.domid is not None
         domid = info.domid
         t = info.tmem
         target = info.target_kib or info.memory_kib or 0
         reported = t.balloon.get("current_kib") if t is not None and t.agent else None
-        actual = (mem.actual.get(domid) if mem is not None else None) or reported or target
+        actual = mem.actual.get(domid) or reported or target
         state = GuestState(domid=domid, name=info.name, memory_kib=actual, target_kib=target,
                            max_kib=info.max_kib or actual,
                            settings=read_settings(self.host, domid, info.name))

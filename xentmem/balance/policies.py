@@ -371,15 +371,12 @@ class Policy:
     name: str
     propose: Callable[[HostState, Sequence[GuestState], Config], Proposal]
     own_steps: bool
-    help: str
 
 
 POLICIES: dict[str, Policy] = {
-    "qmemman": Policy("qmemman", qmemman, True,
-                      "Qubes qmemman: proportional to used x 1.3, donors first"),
-    "mom": Policy("mom", mom, True, "oVirt MoM: shrink 5 %/round under host pressure"),
-    "tmem": Policy("tmem", tmem_aware, False,
-                   "ours: committed memory, tmem as the overflow, weights and freezes"),
+    "qmemman": Policy("qmemman", qmemman, own_steps=True),  # its 150 MiB rule
+    "mom": Policy("mom", mom, own_steps=True),  # its 0.25 % rule
+    "tmem": Policy("tmem", tmem_aware, own_steps=False),
 }
 
 

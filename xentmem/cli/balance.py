@@ -203,24 +203,29 @@ def run(policy: Policy = "tmem",
         live = Live(console=console, auto_refresh=False) if console.is_terminal else None
         end = None if for_ is None else time.monotonic() + for_
         rounds = 0
-        with live or contextlib.nullcontext():
-            while True:
-                started = time.monotonic()
-                try:
-                    r = manager.round()
-                except XentmemError as exc:  # the host went away for a moment: say so, go on
-                    console.print(f"{time.strftime('%H:%M:%S')} round failed: {exc}")
-                else:
-                    rounds += 1
-                    for line in r.events:
-                        console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False)
-                    if live is not None:
-                        live.update(_table(r, policy, rounds), refresh=True)
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                pause = max(interval - (time.monotonic() - started), 0)
-                time.sleep(pause if left is None else min(pause, left))
+        try:
+            with live or contextlib.nullcontext():
+                while True:
+                    started = time.monotonic()
+                    try:
+                        r = manager.round()
+                    except XentmemError as exc:  # the host went away a moment: say so, go on
+                        console.print(f"{time.strftime('%H:%M:%S')} round failed: {exc}")
+                    else:
+                        rounds += 1
+                        for line in r.events:
+                            console.print(f"{time.strftime('%H:%M:%S')} {line}", markup=False)
+                        if live is not None:
+                            live.update(_table(r, policy, rounds), refresh=True)
+                    left = None if end is None else end - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    pause = max(interval - (time.monotonic() - started), 0)
+                    time.sleep(pause if left is None else min(pause, left))
+        except KeyboardInterrupt:
+            console.print(f"balance: interrupted after {rounds} round(s); every target stays "
+                          "where it is")
+            raise
         console.print(f"balance: stopped after {rounds} round(s); every target stays where it "
                       f"is{' (dry run: nothing was changed)' if dry_run else ''}")
 
