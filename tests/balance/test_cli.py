@@ -120,4 +120,4 @@ def test_the_cli_names_every_policy():
     from xentmem.balance import POLICIES
     from xentmem.cli.balance import POLICY_NAMES
 
-    assert POLICY_NAMES == tuple(POLICIES)
+    assert tuple(POLICIES) == POLICY_NAMES
