@@ -52,6 +52,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from xentmem.abi import XenVersion
 from xentmem.balance.model import (
     DEFAULT_PRIORITY,
     MIB,
@@ -95,8 +96,7 @@ MIN_BALLOON_CHANGE_PERCENT = 0.0025
 TMEM_MARGIN = 0.05  # over Committed_AS, of it
 TMEM_SLACK_KIB = 16 * MIB  # and at least this much
 SWAP_BOOST_ROUNDS = 4  # a swapping guest gets this many rounds of its swap-in rate back
-LAST_XEN_WITH_TMEM = (4, 12)
-LAST_XEN_WITH_CAP = (4, 7)
+CAP_RETIRED = XenVersion(4, 8)  # `xl tmem-set -c` is refused from 4.8 (ref xen-tmem-abi §4.1)
 
 
 def _weight(g: GuestState) -> float:
@@ -299,14 +299,6 @@ def mom(host: HostState, guests: Sequence[GuestState], config: Config) -> Propos
 # --- ours: tmem as the overflow ---------------------------------------------------------------
 
 
-def _version(text: str | None) -> tuple[int, int] | None:
-    try:
-        major, minor = (text or "").split(".")[:2]
-        return int(major), int(minor)
-    except ValueError:
-        return None
-
-
 def tmem_aware(host: HostState, guests: Sequence[GuestState], config: Config) -> Proposal:
     """Targets at what each guest has committed, tmem taking the overflow (module docstring)."""
     out: Proposal = {}
@@ -333,8 +325,11 @@ def tmem_aware(host: HostState, guests: Sequence[GuestState], config: Config) ->
 def tmem_actions(host: HostState, guests: Sequence[GuestState], config: Config,
                  frozen_by_us: frozenset[int] = frozenset()) -> tuple[TmemAction, ...]:
     """Weights (caps on <= 4.7), freezes and thaws of tmem clients (Xen <= 4.12 with tmem)."""
-    version = _version(host.xen_version)
-    if host.tmem is None or version is None or version > LAST_XEN_WITH_TMEM:
+    try:
+        version = XenVersion.parse(host.xen_version or "")
+    except ValueError:
+        return ()
+    if host.tmem is None or not version.has_tmem:
         return ()
     actions: list[TmemAction] = []
     by_domid = {g.domid: g for g in guests}
@@ -347,7 +342,7 @@ def tmem_actions(host: HostState, guests: Sequence[GuestState], config: Config,
         if client.weight != g.settings.priority:
             actions.append(TmemAction("weight", domid, g.settings.priority,
                                       f"priority {g.settings.priority}"))
-        if version <= LAST_XEN_WITH_CAP and g.settings.ceiling_kib is not None:
+        if version < CAP_RETIRED and g.settings.ceiling_kib is not None:
             actions.append(TmemAction("cap", domid, g.settings.ceiling_kib // MIB,
                                       "ceiling (Xen stores it, never enforces it)"))
         share = client.ephemeral_pages / total_eph if total_eph else 0.0
