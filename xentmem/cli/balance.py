@@ -160,8 +160,8 @@ def plan_(policy: Policy = "tmem", as_json: Json = False, connect: Connect = Non
 def _table(r: Round, policy: str, rounds: int) -> Any:
     from rich.table import Table
 
-    table = Table(title=f"balance run ({policy}), round {rounds} at {r.time_s:.0f} s: host "
-                  f"{r.host.free_kib // 1024} MiB free", title_justify="left")
+    table = Table(title=f"balance run ({policy}), round {rounds} at {time.strftime('%H:%M:%S')}"
+                  f": host {r.host.free_kib // 1024} MiB free", title_justify="left")
     for col in _TABLE:
         table.add_column(col)
     for d, row in zip(r.plan.decisions, _plan_rows(r), strict=True):
