@@ -92,10 +92,21 @@ def test_an_uncooperative_guest_is_detected_excluded_shown_and_retried(lh):
     # excluded from the budget: the others are still balanced
     assert all(d.managed for d in rounds[-1].plan.decisions if d.domid != stuck.domid)
     assert any("not acting on it: uncooperative" in e for e in events)
-    for _ in range(12):  # after retry_s it is tried again
+    flag = f"/local/domain/{stuck.domid}/memory/uncooperative"
+    with lh.machine.xenstore_dom0() as xs:  # squeezed's flag: every tool sees it
+        assert xs.read(flag) == b"1"
+    fresh = lh.manager("tmem", act=False, retry_s=60.0).round()  # e.g. `balance plan`
+    assert "uncooperative" in fresh.plan.decision(stuck.domid).reason
+    assert any("memory/uncooperative is set" in e for e in fresh.events)
+    for _ in range(12):  # after retry_s it is tried again, and the flag goes
         r = _round(lh, manager)
-        events += r.events
-    assert any(e.startswith("idle1: uncooperative for 60 s: trying again") for e in events)
+        if any(e.startswith("idle1: uncooperative for 60 s: trying again") for e in r.events):
+            break
+    else:
+        pytest.fail("never retried")
+    with lh.machine.xenstore_dom0() as xs:
+        assert xs.read(flag, None) is None
+    assert r.plan.decision(stuck.domid).managed
 
 
 def test_opted_out_and_floored_guests(lh):

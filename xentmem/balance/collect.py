@@ -19,12 +19,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from xentmem.balance.model import MIB, GuestState, HostState, TmemClient
-from xentmem.balance.settings import read_settings
+from xentmem.balance.settings import UNCOOPERATIVE_KEY, read_settings
 from xentmem.errors import LibvirtError, TmemError, TransportError
 from xentmem.host.guests import GuestInfo, Host
 from xentmem.host.libvirt import LibvirtConnection
 from xentmem.host.tmemlist import parse_tmem_list
 from xentmem.hypercalls import Tmem
+from xentmem.xenstore import sanitize_bool
+from xentmem.xenstore.toolstack import domain_path
 
 __all__ = ["AVERAGE_ROUNDS", "Collector", "HostMemory", "Memory", "daemon_memory",
            "libvirt_memory"]
@@ -126,9 +128,12 @@ class Collector:
         target = info.target_kib or info.memory_kib or 0
         reported = t.balloon.get("current_kib") if t is not None and t.agent else None
         actual = mem.actual.get(domid) or reported or target
+        flagged = self.host.xs is not None and bool(sanitize_bool(
+            self.host.xs.read(f"{domain_path(domid)}/{UNCOOPERATIVE_KEY}", None)))
         state = GuestState(domid=domid, name=info.name, memory_kib=actual, target_kib=target,
                            max_kib=info.max_kib or actual,
-                           settings=read_settings(self.host, domid, info.name))
+                           settings=read_settings(self.host, domid, info.name),
+                           flagged_uncooperative=flagged)
         swapins: int | None = None
         if t is not None and t.agent and not t.silent and t.meminfo.get("MemTotal") is not None:
             m = t.meminfo

@@ -8,10 +8,11 @@ client re-weighted, frozen or thawed, a request that failed, and above all whene
 stops acting on a guest (or starts again) and why. It is never silent about a guest it leaves.
 
 A guest told to shrink that has not moved toward its target within ``follow_timeout_s`` is
-*uncooperative* (qmemman's ``no_progress``, squeezed's ``memory/uncooperative``): excluded from
-the budget and left at what it holds, shown with the reason, and tried again after
-``retry_s``. A guest that is still moving gets another timeout. Growth that does not happen is
-the host's shortage, never the guest's fault.
+*uncooperative* (qmemman's ``no_progress``, squeezed's ``memory/uncooperative``, which is set
+in xenstore too, so other tools and the next manager see it): excluded from the budget and left
+at what it holds, shown with the reason, and tried again after ``retry_s``. A guest that is
+still moving gets another timeout. Growth that does not happen is the host's shortage, never
+the guest's fault.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from typing import Any
 from xentmem.balance.collect import Collector
 from xentmem.balance.model import MIB, Config, Decision, GuestState, HostState, Plan, TmemAction
 from xentmem.balance.policies import POLICIES, plan
+from xentmem.balance.settings import UNCOOPERATIVE_KEY
 from xentmem.errors import XentmemError
 from xentmem.host.guests import Host
 from xentmem.hypercalls import Tmem
+from xentmem.xenstore.toolstack import domain_path
 
 __all__ = ["HISTORY", "Manager", "Round", "Uncooperative", "inputs_row"]
 
@@ -124,6 +127,11 @@ class Manager:
     def _follow(self, guests: list[GuestState], now: float, events: list[str]) -> None:
         """Settle pending shrinks: followed, still moving, or uncooperative; retry old ones."""
         by_id = {g.domid: g for g in guests}
+        for g in guests:  # marked by an earlier manager: left alone, retried in time
+            if g.flagged_uncooperative and g.domid not in self.uncooperative:
+                self.uncooperative[g.domid] = Uncooperative(now, g.target_kib, g.memory_kib)
+                events.append(f"{g.name}: {UNCOOPERATIVE_KEY} is set: left alone for "
+                              f"{self.retry_s:g} s")
         for domid in list(self._pending):
             g = by_id.get(domid)
             p = self._pending[domid]
@@ -137,6 +145,7 @@ class Manager:
                 continue
             del self._pending[domid]
             self.uncooperative[domid] = Uncooperative(now, p.target_kib, g.memory_kib)
+            self._flag(domid, True)
             events.append(f"{g.name}: did not shrink to {p.target_kib // MIB} MiB within "
                           f"{self.follow_timeout_s:g} s (holds {g.memory_kib // MIB} MiB): "
                           "marked uncooperative")
@@ -145,8 +154,22 @@ class Manager:
                 del self.uncooperative[domid]
             elif now - u.since_s >= self.retry_s:
                 del self.uncooperative[domid]
+                self._flag(domid, False)
                 events.append(f"{by_id[domid].name}: uncooperative for {self.retry_s:g} s: "
                               "trying again")
+
+    def _flag(self, domid: int, on: bool) -> None:
+        """Set or clear ``memory/uncooperative`` (squeezed's flag) so that every tool, and the
+        next manager, sees it; nothing on a dry run or a host without xenstore."""
+        xs = self.host.xs
+        if not self.act or xs is None:
+            return
+        path = f"{domain_path(domid)}/{UNCOOPERATIVE_KEY}"
+        with contextlib.suppress(XentmemError):  # the domain may be gone: nothing to flag
+            if on:
+                xs.write(path, "1")
+            else:
+                xs.rm(path)
 
     def _mark(self, g: GuestState, now: float) -> GuestState:
         u = self.uncooperative.get(g.domid)

@@ -65,6 +65,7 @@ class GuestState:
     last_change_kib: int = 0  # the manager's last change of this guest's target (signed)
     last_change_age_s: float = float("inf")  # and how long ago
     excluded: str | None = None  # why the manager leaves it alone (uncooperative, ...)
+    flagged_uncooperative: bool = False  # memory/uncooperative is set (by a manager)
 
     @property
     def need_kib(self) -> int | None:

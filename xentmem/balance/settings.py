@@ -10,6 +10,8 @@ toolstack's memory keys of the guest, named as XenServer's squeezed names its dy
 ``memory/dynamic-max``             ceiling, KiB
 ``memory/balance-opt-out``         1: the manager never touches this guest
 ``memory/balance-priority``        1..100 (default 10): its weight in shares
+``memory/uncooperative``           set by the manager (as squeezed does) while
+                                   the guest does not follow its target
 =================================  ==========================================
 
 Whatever is stored is parsed by the one sanitiser: junk reads as "not set", never as an error.
@@ -27,10 +29,11 @@ from xentmem.xenstore import sanitize_bool, sanitize_int, sanitize_kib, transact
 from xentmem.xenstore.keys import MAX_MB
 from xentmem.xenstore.toolstack import domain_path
 
-__all__ = ["METADATA_URI", "XENSTORE_KEYS", "read_settings", "validate_settings",
-           "write_settings"]
+__all__ = ["METADATA_URI", "UNCOOPERATIVE_KEY", "XENSTORE_KEYS", "read_settings",
+           "validate_settings", "write_settings"]
 
 METADATA_URI = "https://xentmem.invalid/libvirt/balance/1"
+UNCOOPERATIVE_KEY = "memory/uncooperative"  # in xenstore on both kinds of host
 XENSTORE_KEYS = {"floor_kib": "memory/dynamic-min", "ceiling_kib": "memory/dynamic-max",
                  "opt_out": "memory/balance-opt-out", "priority": "memory/balance-priority"}
 
