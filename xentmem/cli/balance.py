@@ -331,6 +331,30 @@ def set_(dom: Dom,
            title="balance settings")
 
 
+# the compare table's columns on a terminal: (key of Comparison.rows(), header); fits 80 columns
+_COMPARE = (("policy", "policy"), ("saved_gib_h", "saved"), ("shortfall_gib_h", "short"),
+            ("below_need_s", "below"), ("swap_ins", "swapin"), ("swap_ins_disk", "disk"),
+            ("refaults", "refault"), ("tmem_hits", "hits"), ("fairness", "fair"),
+            ("net_gib_h", "net"))
+
+
+def _compare_table(rows: list[dict[str, Any]], title: str) -> None:
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+                  padding=(0, 1), collapse_padding=True,
+                  caption="ranked by net = saved - short (GiB-hours); below: guest-seconds "
+                  "below need; swap-ins (disk: from the swap disk), refaults and tmem hits in "
+                  "pages", caption_justify="left")
+    for key, header in _COMPARE:
+        table.add_column(header, justify="left" if key == "policy" else "right",
+                         min_width=len(header), no_wrap=True)
+    for row in rows:
+        table.add_row(*(str(row[key]) for key, _ in _COMPARE))
+    Console(highlight=False).print(table)
+
+
 @balance_app.command("compare")
 def compare_(guests: Annotated[str, typer.Option(
                  "--guests", help="Workloads, one guest each: web, db, batch, idle, or "
@@ -380,8 +404,7 @@ def compare_(guests: Annotated[str, typer.Option(
     if as_json:
         render(result.as_dict(series=series), as_json=True)
         return
-    render(result.rows(), as_json=False,
-           title=f"balance compare: {len(spec.guests)} guests ({guests}), {for_:g} s, host "
-           f"{spec.host_memory_mb} MiB")
+    _compare_table(result.rows(), f"balance compare: {len(spec.guests)} guests ({guests}), "
+                   f"{for_:g} s, host {spec.host_memory_mb} MiB")
     if html is not None:
         Console(highlight=False, soft_wrap=True).print(f"report: {html}")
