@@ -121,3 +121,9 @@ def test_the_cli_names_every_policy():
     from xentmem.cli.balance import POLICY_NAMES
 
     assert tuple(POLICIES) == POLICY_NAMES
+
+
+def test_compare_table_on_a_terminal():
+    out = run("balance", "compare", "--guests", "idle", "--for", "5", "--policy", "mom")
+    assert "balance compare: 1 guests (idle), 5 s" in out
+    assert all(word in out for word in ("static", "mom", "saved", "hits", "ranked by net"))
