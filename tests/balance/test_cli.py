@@ -125,5 +125,5 @@ def test_the_cli_names_every_policy():
 
 def test_compare_table_on_a_terminal():
     out = run("balance", "compare", "--guests", "idle", "--for", "5", "--policy", "mom")
-    assert "balance compare: 1 guests (idle), 5 s" in out
+    assert "balance compare: 1 guest(s) (idle), 5 s" in out
     assert all(word in out for word in ("static", "mom", "saved", "hits", "ranked by net"))

@@ -404,7 +404,7 @@ def compare_(guests: Annotated[str, typer.Option(
     if as_json:
         render(result.as_dict(series=series), as_json=True)
         return
-    _compare_table(result.rows(), f"balance compare: {len(spec.guests)} guests ({guests}), "
+    _compare_table(result.rows(), f"balance compare: {len(spec.guests)} guest(s) ({guests}), "
                    f"{for_:g} s, host {spec.host_memory_mb} MiB")
     if html is not None:
         Console(highlight=False, soft_wrap=True).print(f"report: {html}")
