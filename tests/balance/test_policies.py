@@ -207,4 +207,4 @@ def test_guests_left_alone_keep_their_target_and_say_why(policy):
     assert all(not d.managed and d.target_kib == 300 * MiB for d in p.decisions)
     assert [d.reason.removeprefix("left alone: ").split(":")[0] for d in p.decisions] == [
         "opted out", "self-ballooning", "uncooperative",
-        "no usage reported (no agent, no libvirt memory stats)"]
+        "no usage reported (no agent in data/tmem; libvirt balloon stats need a period"]

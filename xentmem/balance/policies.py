@@ -454,7 +454,8 @@ def fit(host: HostState, guests: Sequence[GuestState], proposal: Proposal, confi
             decisions.append(Decision(g.domid, g.name, g.memory_kib, g.target_kib,
                                       target[g.domid], why[g.domid]))
         else:
-            reason = alone or "no usage reported (no agent, no libvirt memory stats)"
+            reason = alone or ("no usage reported (no agent in data/tmem; libvirt balloon "
+                               "stats need a period: virsh dommemstat DOM --period 5)")
             decisions.append(Decision(g.domid, g.name, g.memory_kib, g.target_kib,
                                       g.target_kib, f"left alone: {reason}", managed=False))
     return decisions, budget, note
