@@ -31,6 +31,8 @@ node                                        who    meaning
 ``data/tmem/stats/cleancache_<counter>``    guest  debugfs cleancache counters
 ``data/tmem/balloon/current_kib``           guest  balloon driver's current reservation
 ``data/tmem/balloon/target_kib``            guest  balloon driver's target
+``data/tmem/meminfo/<field>``               guest  /proc/meminfo (Committed_AS, MemFree, ...)
+``data/tmem/vmstat/<counter>``              guest  /proc/vmstat pswpin, pswpout (pages)
 ``data/tmem/sink``                          guest  ``sysfs`` or ``model``
 ``data/tmem/mode``                          guest  who runs the self-balloon law: ``kernel``
                                                    or ``user-space`` (this agent)

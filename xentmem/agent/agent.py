@@ -51,12 +51,17 @@ from xentmem.xenstore.keys import (
     DATA_STATE,
     KEYS,
     MAX_SEQ,
+    MEMINFO_KEYS,
     STATS_KEYS,
+    VMSTAT_KEYS,
     Key,
     balloon_key,
+    meminfo_key,
     stats_key,
+    vmstat_key,
 )
 
+from .procfs import parse_meminfo, parse_vmstat
 from .sinks import Sink, module_param_path
 from .userspace import LAW_KNOBS, TARGET_KB, Limits, UserSpaceSelfBalloon
 
@@ -333,6 +338,13 @@ class Agent:
                 value = sanitize_int(self.sink.read(path), 0, _U64)
                 if value is not None:
                     nodes[where(name)] = str(value)
+        # what the guest uses and how hard it swaps, for dom0's memory manager (xentmem balance)
+        meminfo = parse_meminfo(self.sink.read("proc/meminfo")) or {}
+        for name in MEMINFO_KEYS:
+            if name in meminfo:
+                nodes[meminfo_key(name)] = str(meminfo[name])
+        for name, value in parse_vmstat(self.sink.read("proc/vmstat"), VMSTAT_KEYS).items():
+            nodes[vmstat_key(name)] = str(value)
         return nodes
 
     def _publish(self, mode: str | None) -> None:

@@ -19,12 +19,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from xentmem.xenstore import sanitize_meminfo
+from xentmem.xenstore import sanitize_int, sanitize_meminfo
 
-__all__ = ["MEMINFO_MAX_LINES", "parse_meminfo", "render_zoneinfo", "totalreserve_pages",
-           "zoneinfo_max_pfn"]
+__all__ = ["MEMINFO_MAX_LINES", "parse_meminfo", "parse_vmstat", "render_zoneinfo",
+           "totalreserve_pages", "zoneinfo_max_pfn"]
 
 MEMINFO_MAX_LINES = 128  # Linux 6.x prints about 55
+_U64 = (1 << 64) - 1
 _ZONE = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
 # watermarks are "        high     31"; the per-cpu pagesets' "high:  0" has a colon and is not
 _FIELD = re.compile(r"^\s+(high|managed|spanned|start_pfn:)\s+(\d+)\s*$")
@@ -34,6 +35,21 @@ _PROTECTION = re.compile(r"^\s+protection:\s+\(([\d,\s]*)\)\s*$")
 def parse_meminfo(untrusted_text: str | bytes | None) -> dict[str, int] | None:
     """``/proc/meminfo`` as {field: kB}, or None if any line is not ``Name: <digits> [kB]``."""
     return sanitize_meminfo(untrusted_text, MEMINFO_MAX_LINES)
+
+
+def parse_vmstat(untrusted_text: str | bytes | None, names: tuple[str, ...]) -> dict[str, int]:
+    """The counters ``names`` of ``/proc/vmstat`` (``name value`` lines); a counter whose line is
+    missing or garbled is left out."""
+    if isinstance(untrusted_text, bytes):
+        untrusted_text = untrusted_text.decode("ascii", "replace")
+    out: dict[str, int] = {}
+    for line in (untrusted_text or "").splitlines():
+        name, _, untrusted_value = line.partition(" ")
+        if name in names and name not in out:
+            value = sanitize_int(untrusted_value, 0, _U64)
+            if value is not None:
+                out[name] = value
+    return out
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ _READ_LIMIT = 256  # a sysfs attribute is one short line; never read more
 # procfs files the self-balloon law reads: zoneinfo lists every CPU's pageset per zone. A file
 # longer than its limit reads as absent rather than cut short (a truncated zoneinfo would give a
 # smaller totalreserve_pages).
-_PROC_LIMITS = {"proc/meminfo": 64 << 10, "proc/zoneinfo": 4 << 20}
+_PROC_LIMITS = {"proc/meminfo": 64 << 10, "proc/zoneinfo": 4 << 20, "proc/vmstat": 64 << 10}
 _ZONEINFO = "proc/zoneinfo"
 
 

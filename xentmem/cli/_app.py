@@ -104,6 +104,7 @@ _COMMAND_MODULES = (
     "xentmem.cli.bench",
     "xentmem.cli.bench_guest",
     "xentmem.cli.xenstore",
+    "xentmem.cli.balance",
 )
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)

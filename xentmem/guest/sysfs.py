@@ -141,6 +141,8 @@ class SysfsView:
         attrs["proc/sys/kernel/osrelease"] = _Attr(lambda: f"{g.kernel}.0-xentmem\n")
         attrs["proc/meminfo"] = _Attr(lambda: "".join(
             f"{k + ':':<16}{v:>8} kB\n" for k, v in g.meminfo().items()))
+        attrs["proc/vmstat"] = _Attr(lambda: f"pswpin {g.stats.swapins}\n"
+                                     f"pswpout {g.stats.swapouts}\n")
         return attrs
 
     def paths(self) -> list[str]:

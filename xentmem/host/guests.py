@@ -50,12 +50,16 @@ from xentmem.xenstore.keys import (
     DATA_STATE,
     KEYS,
     MAX_SEQ,
+    MEMINFO_KEYS,
     MODES,
     STATES,
     STATS_KEYS,
+    VMSTAT_KEYS,
     balloon_key,
     key,
+    meminfo_key,
     stats_key,
+    vmstat_key,
 )
 from xentmem.xenstore.toolstack import domain_path
 
@@ -100,6 +104,8 @@ class TmemReport:
     heartbeat_age_s: int | None = None  # dom0's clock minus the agent's last heartbeat
     heartbeat_interval: int | None = None  # what the agent says it publishes at
     mode: str | None = None  # who runs the self-balloon law: "kernel" or "user-space" (agent)
+    meminfo: dict[str, int | None] = field(default_factory=dict)  # /proc/meminfo, kB
+    vmstat: dict[str, int | None] = field(default_factory=dict)  # pswpin / pswpout
 
     @property
     def agent(self) -> bool:
@@ -245,6 +251,9 @@ def _read_report(tx, dom: str, now: float) -> TmemReport:
         heartbeat_interval=sanitize_int(tx.read(f"{dom}/{DATA_HEARTBEAT_INTERVAL}", None), 1,
                                         _MAX_INTERVAL),
         mode=sanitize_choice(tx.read(f"{dom}/{DATA_MODE}", None), MODES),
+        meminfo={n: sanitize_kib(tx.read(f"{dom}/{meminfo_key(n)}", None)) for n in MEMINFO_KEYS},
+        vmstat={n: sanitize_int(tx.read(f"{dom}/{vmstat_key(n)}", None), 0, _U64)
+                for n in VMSTAT_KEYS},
     )
 
 

@@ -151,6 +151,13 @@ class LibvirtConnection:
         self._bounded(f"set memory of {dom}",
                       lambda: self._lookup(dom).setMemoryFlags(kib, flags))
 
+    def memory_stats(self, dom: str | int) -> dict[str, int]:
+        """``virDomainMemoryStats`` in KiB (``actual``, ``unused``, ``available``, ``swap_in``,
+        ...): what the balloon driver reports where no agent runs; empty when it reports none."""
+        return self._bounded(f"memory stats of {dom}",
+                             lambda: {str(k): int(v) for k, v in
+                                      self._lookup(dom).memoryStats().items()})
+
     def metadata(self, dom: str | int, uri: str) -> str | None:
         """The live ``<metadata>`` element in namespace ``uri``, or None if there is none."""
         def get() -> str | None:

@@ -20,20 +20,23 @@ from xentmem.tuning.replay import Replay, replay
 from xentmem.tuning.sweep import KNOBS, SweepResult
 from xentmem.tuning.trace import Trace
 
-__all__ = ["plot_pareto", "plot_replay", "plot_trace", "render_html", "write_html"]
+__all__ = ["b64", "figure", "plot_pareto", "plot_replay", "plot_trace", "png", "render_html",
+           "render_template", "write_html"]
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
 
-def _png(fig: Figure) -> bytes:
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes (Agg canvas: no display, no pyplot global state)."""
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     return buf.getvalue()
 
 
-def _figure() -> tuple[Figure, Any]:
-    fig = Figure(figsize=(9, 3.6))
+def figure(height: float = 3.6) -> tuple[Figure, Any]:
+    """A report-sized figure with one gridded axes."""
+    fig = Figure(figsize=(9, height))
     ax = fig.add_subplot()
     ax.grid(True, alpha=0.3)
     return fig, ax
@@ -45,7 +48,7 @@ def _seconds(trace: Trace) -> np.ndarray:
 
 def plot_trace(trace: Trace) -> bytes:
     """The trace as recorded: demand (committed + reserve), totalram, maxram, frontswap."""
-    fig, ax = _figure()
+    fig, ax = figure()
     t = _seconds(trace)
     ax.step(t, trace.demand / MB, where="post", label="committed + reserve", color="C3")
     ax.step(t, trace.committed / MB, where="post", label="committed", color="C1", alpha=0.6)
@@ -57,7 +60,7 @@ def plot_trace(trace: Trace) -> bytes:
     ax.set_ylabel("MiB")
     ax.set_title(f"trace {trace.name}")
     ax.legend(loc="upper left", fontsize="small")
-    return _png(fig)
+    return png(fig)
 
 
 def _held(trace: Trace, rep: Replay) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +76,7 @@ def plot_replay(trace: Trace, chosen: Replay, baseline: Replay | None = None,
                 label: str = "chosen") -> bytes:
     """The closed loop: demand, the law's target and totalram for ``chosen`` (and
     ``baseline``'s totalram, dashed), the floor, frontswap, and the shortfall shaded."""
-    fig, ax = _figure()
+    fig, ax = figure()
     t = _seconds(trace)
     ax.step(t, trace.demand / MB, where="post", label="committed + reserve", color="C3")
     ht, hv = _held(trace, chosen)
@@ -100,12 +103,12 @@ def plot_replay(trace: Trace, chosen: Replay, baseline: Replay | None = None,
     ax.set_ylabel("MiB")
     ax.set_title(f"replay on {trace.name}")
     ax.legend(loc="upper left", fontsize="small", ncol=2)
-    return _png(fig)
+    return png(fig)
 
 
 def plot_pareto(result: SweepResult) -> bytes:
     """Mean memory held vs shortfall for every setting; front, defaults and recommendation."""
-    fig, ax = _figure()
+    fig, ax = figure()
     held = result.replays.scores["held_page_ms"] / result.trace.duration_ms / MB
     short = result.replays.scores["shortfall_page_ms"] / 1000
     ax.scatter(held, short, s=10, color="C7", alpha=0.5, label="settings")
@@ -120,16 +123,27 @@ def plot_pareto(result: SweepResult) -> bytes:
     ax.set_ylabel("shortfall (page-s)")
     ax.set_title("knob settings: memory held vs shortfall (both lower is better)")
     ax.legend(fontsize="small")
-    return _png(fig)
+    return png(fig)
 
 
-def _b64(png: bytes) -> str:
+def b64(png: bytes) -> str:
+    """PNG bytes as base64 text, for a ``data:`` URI in the report."""
     return base64.b64encode(png).decode("ascii")
 
 
 def _knob_table(knobs: SelfBalloonKnobs) -> list[tuple[str, int, int]]:
     default = SelfBalloonKnobs()
     return [(name, int(getattr(knobs, name)), int(getattr(default, name))) for name in KNOBS]
+
+
+def render_template(name: str, *, search: Sequence[Path] = (), **context: Any) -> str:
+    """Render template ``name`` found in ``search`` or among the reports' own templates (which
+    any template may include: ``report.css`` is the reports' style)."""
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader([*search, _TEMPLATES]),
+        autoescape=jinja2.select_autoescape(default=True),
+        undefined=jinja2.StrictUndefined,
+    ).get_template(name).render(**context)
 
 
 def render_html(trace: Trace, *, sweep_result: SweepResult | None = None,
@@ -143,18 +157,14 @@ def render_html(trace: Trace, *, sweep_result: SweepResult | None = None,
     chosen = replay(trace, knobs, balloon_rate=balloon_rate)
     defaults = replay(trace, SelfBalloonKnobs(), balloon_rate=balloon_rate)
     label = "recommended" if sweep_result is not None else "these knobs"
-    plots = {"trace": _b64(plot_trace(trace)),
-             "replay": _b64(plot_replay(trace, chosen, defaults, label))}
+    plots = {"trace": b64(plot_trace(trace)),
+             "replay": b64(plot_replay(trace, chosen, defaults, label))}
     pareto_rows: Sequence[dict[str, Any]] = ()
     if sweep_result is not None:
-        plots["pareto"] = _b64(plot_pareto(sweep_result))
+        plots["pareto"] = b64(plot_pareto(sweep_result))
         pareto_rows = [sweep_result.row(j) for j in sweep_result.pareto]
-    template = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_TEMPLATES),
-        autoescape=jinja2.select_autoescape(default=True),
-        undefined=jinja2.StrictUndefined,
-    ).get_template("report.html.j2")
-    return template.render(
+    return render_template(
+        "report.html.j2",
         title=title or f"self-balloon tuning: {trace.name}",
         generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         trace=trace.summary(), knobs=_knob_table(knobs), balloon_rate=balloon_rate,

@@ -30,14 +30,18 @@ __all__ = [
     "KEYS",
     "KNOBS",
     "MAX_SEQ",
+    "MEMINFO_KEYS",
     "MODES",
     "STATES",
     "STATS_KEYS",
     "TOGGLES",
+    "VMSTAT_KEYS",
     "Key",
     "balloon_key",
     "key",
+    "meminfo_key",
     "stats_key",
+    "vmstat_key",
 ]
 
 MAX_SEQ = 0x7FFFFFFF  # the request counter wraps here (kept within a signed 32-bit int)
@@ -108,6 +112,9 @@ STATS_KEYS = (  # data/tmem/stats/<name>: the debugfs counters (ref §1.7, §2.3
     "cleancache_puts", "cleancache_invalidates",
 )
 BALLOON_KEYS = ("current_kib", "target_kib")  # data/tmem/balloon/<name>
+# data/tmem/meminfo/<name>: /proc/meminfo lines in kB, what a host memory manager weighs
+MEMINFO_KEYS = ("MemTotal", "MemFree", "Cached", "SwapTotal", "SwapFree", "Committed_AS")
+VMSTAT_KEYS = ("pswpin", "pswpout")  # data/tmem/vmstat/<name>: pages swapped since boot
 
 
 def stats_key(name: str) -> str:
@@ -118,6 +125,16 @@ def stats_key(name: str) -> str:
 def balloon_key(name: str) -> str:
     """Where the agent publishes balloon value ``name`` (one of :data:`BALLOON_KEYS`)."""
     return f"{DATA}/balloon/{name}"
+
+
+def meminfo_key(name: str) -> str:
+    """Where the agent publishes ``/proc/meminfo`` field ``name`` (one of :data:`MEMINFO_KEYS`)."""
+    return f"{DATA}/meminfo/{name}"
+
+
+def vmstat_key(name: str) -> str:
+    """Where the agent publishes ``/proc/vmstat`` counter ``name`` (one of :data:`VMSTAT_KEYS`)."""
+    return f"{DATA}/vmstat/{name}"
 
 
 def key(name: str) -> Key:
