@@ -37,9 +37,14 @@ every domain is gone and the call — and every later call on that host — rais
 
 Not modelled: dedup / tze (4.0-4.7 boot options), 32-bit guests, the v0 ABI of 4.0.x, cycle
 counters (``Tc`` and the ≤4.3 ``T=`` timings read 0), LZO (``lz4.block`` stands in, so ``cb``
-differs from a real host's while ``cp``/``cn`` follow the same rule), persistent-pool metadata
-charged to the domain (a real 4.12.4 fitted 436 pages where the model fits 448), the ≤4.3
-``T=`` counts (derived from the pool counters). ``to_state`` keeps domains,
+differs from a real host's while ``cp``/``cn`` follow the same rule), the ≤4.3
+``T=`` counts (derived from the pool counters).
+
+Memory (§9.4): tmem's own structures (objects, descriptors, radix nodes, compressed data) take
+pages of Xen's sub-page pools, counted by bytes of blocks (per-version struct sizes, TLSF block
+rounding), not by where each block sits: a pool's pages stay until it is empty. Ephemeral
+metadata is freeable, persistent metadata is charged to the domain. Xen's own share of the RAM
+is one calibrated figure per release (``Behaviour.xen_own_ppm``). ``to_state`` keeps domains,
 tmem clients, pools, pages and counters; guest frame contents are not kept.
 """
 

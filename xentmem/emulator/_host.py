@@ -227,7 +227,10 @@ class EmulatedHost:
         # time, as if Xen held a global lock; a multicall takes it once, not per entry.
         self.lock = threading.RLock()
         self._acquire, self._release = self.lock.acquire, self.lock.release
-        self.heap_free = memory_mb * 256
+        # Xen keeps part of the RAM for itself (frame table, M2P, its image and heap, §9.4);
+        # the rest is its heap, whose mid-size reserve is seeded before dom0 is built.
+        ram = memory_mb * 256
+        self.heap_free = ram - ram * self.behaviour.xen_own_ppm // 1_000_000
         self.tmem = Tmem(self, self.behaviour, compress=tmem_compress,
                          shared_auth=tmem_shared_auth)
         self.control = Control(self)
@@ -237,8 +240,8 @@ class EmulatedHost:
         self.crashed: str | None = None
         self._next_domid = 1
         dom0_max = dom0_max_memory_mb if dom0_max_memory_mb is not None else memory_mb
-        self._add_domain(0, "Domain-0", dom0_memory_mb, dom0_max)
         self.tmem.note_heap()  # seed the mid-size reserve from the boot-time free memory
+        self._add_domain(0, "Domain-0", dom0_memory_mb, dom0_max)
         self._command_tables()
         self._handlers = {
             int(Hypercall.tmem_op): self._hc_tmem_op,

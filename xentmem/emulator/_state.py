@@ -21,11 +21,11 @@ if TYPE_CHECKING:
 FORMAT = 1
 _TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
          "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
-         "raw_pages", "cbytes", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
+         "raw_pages", "meta_used", "meta_pages", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
          "dying_pools")
 _CLIENT = ("weight", "cap", "compress", "frozen", "was_frozen", "saving", "migrating",
            "eph_count", "Em", "Ge", "Pp", "Gp", "cp", "cb", "cn", "cm", "inv_logged",
-           "dangling_inv", "inv_at")
+           "dangling_inv", "inv_at", "meta_used", "meta_pages")
 _POOL = ("slot", "flags", "persistent", "shared", "gslot", "freed", "list_crash", "dying", "pt",
          "ps", "pr", "pd", "px", "gt", "gs", "ft", "fs", "ot", "os", "Pm", "Om", "Nm")
 
@@ -127,7 +127,7 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
     for c in t["clients"]:
         client = tm.create_client(host.domains[c["domid"]])
         for name in _CLIENT:
-            setattr(client, name, c[name])
+            setattr(client, name, c.get(name, 0))
         client.auth = [tuple(u) for u in c["auth"]]
         client.inv = [(s, i, tuple(o)) for s, i, o in c["inv"]]
         clients[client.domid] = client

@@ -33,6 +33,26 @@ PAGE = PAGE_SIZE
 # Xen's sub-page allocator (xmem pool) serves at most one page minus two block headers; a
 # compressed page only pays when it fits there (§3.7), else it is stored raw and counted in `cn`.
 SUBPAGE_MAX = PAGE - 32
+# Xen's sub-page allocator (xmalloc_tlsf.c) hands out blocks from pools of whole pages: a block
+# is the request rounded up to 16 bytes (at least 16; from 128 bytes up to its size class, a
+# sixty-fourth of a power of two) plus a 16-byte header, and one page holds blocks worth
+# ``REGION`` bytes (a 16-byte sentinel ends it). tmem keeps its objects, page descriptors,
+# radix nodes and compressed data there (§9.4): a page is taken when the blocks no longer fit
+# and given back (to tmem's free list) when they fit in one page fewer.
+REGION = PAGE - 16
+OBJ_BYTES = 128  # struct tmem_object_root (oid, rb node, counts, radix root, pool, lock)
+NODE_BYTES = 528  # struct tmem_object_node: object pointer + radix_tree_node (64 slots)
+
+
+def xmem_block(size: int) -> int:
+    """Bytes of a pool page that ``xmem_pool_alloc(size)`` takes, its header included."""
+    size = 16 if size < 16 else (size + 15) & ~15
+    if size >= 128:  # MAPPING_SEARCH rounds up to the next size class
+        t = (1 << (size.bit_length() - 6)) - 1
+        size = (size + t) & ~t
+    return size + 16
+
+
 # Stand-in for the addresses of hypervisor objects that leaked into guest-visible handles (§9.1).
 XEN_POINTER = 0xFFFF830000000000
 UUID_NONE = (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
@@ -299,7 +319,7 @@ class Client:
     __slots__ = (
         "Em", "Ge", "Gp", "Pp", "auth", "cap", "cb", "cm", "cn", "compress", "cp", "dangling_inv",
         "dom", "domid", "eph", "eph_count", "frozen", "inv", "inv_at", "inv_logged",
-        "migrating", "pools", "saving", "was_frozen", "weight",
+        "meta_pages", "meta_used", "migrating", "pools", "saving", "was_frozen", "weight",
     )
 
     def __init__(self, dom: Domain, compress: bool) -> None:
@@ -328,6 +348,10 @@ class Client:
         self.cb = 0  # cb: bytes of those compressed pages now
         self.cn = 0  # cn: compression tried on a new page and found poor (stored raw)
         self.cm = 0  # cm: compression of a new page that found no memory for the result
+        # its persistent pools' sub-page pool (descriptors, objects, radix nodes, compressed
+        # data): bytes of blocks, and the pages they take, charged to its domain (§9.4)
+        self.meta_used = 0
+        self.meta_pages = 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -382,7 +406,14 @@ class Tmem:
         self.auth_disabled = False  # global "authorisation not required" flag
         self.g_eph: OrderedDict[Page, None] = OrderedDict()  # every ephemeral page, oldest first
         self.weight_sum = 0
-        self.cbytes = 0  # bytes of compressed pages (packed into sub-page allocations)
+        # tmem's sub-page pool for ephemeral and shared pools (descriptors, objects, radix
+        # nodes, compressed data): bytes of blocks, and the pages they take, which are
+        # freeable but not in `Fc` (§9.4)
+        self.meta_used = 0
+        self.meta_pages = 0
+        self.pgp_block = xmem_block(behaviour.pgp_bytes)
+        self.obj_block = xmem_block(OBJ_BYTES)
+        self.node_block = xmem_block(NODE_BYTES)
         self.free_list = 0  # Ta: pages tmem keeps for reuse (its free list)
         self.reserve = 0  # Xen's mid-size reserve: max ever seen of free/128
         # Raw pages live in one arena the size of host RAM (tmem can never hold more): a PUT
@@ -423,36 +454,71 @@ class Tmem:
 
     # ---- memory -----------------------------------------------------------------------------
 
-    def _grow(self, pages: int) -> bool:
-        """Take ``pages`` (0 or 1) more pages for storage: tmem's free list, then Xen's heap;
-        a negative count gives pages back to the free list."""
-        if pages <= 0:
-            if pages < 0:
-                self.free_list -= pages
-            return True
-        if self.free_list:
-            self.free_list -= 1
-            return True
-        host = self.host
-        if host.heap_free > 0:
-            host.heap_free -= 1
-            return True
-        return False
-
-    def _take_frames(self, count: int):
-        """``tmem_alloc_page`` ``count`` times: page frames for raw data (the free list first,
-        then Xen's heap), as arena slots (one slot for a count of 1, else a list); `Fc` and its
-        peak `Fm`. None (nothing taken, `Pf`) when Xen has too few."""
+    def _take_pages(self, count: int) -> bool:
+        """``count`` pages for tmem: tmem's free list first, then Xen's heap; False (nothing
+        taken) when both together have too few."""
         free = self.free_list
         if count <= free:
             self.free_list = free - count
-        else:
-            host = self.host
-            if count - free > host.heap_free:
-                self.Pf += 1
-                return None
-            host.heap_free -= count - free
-            self.free_list = 0
+            return True
+        host = self.host
+        if count - free > host.heap_free:
+            return False
+        host.heap_free -= count - free
+        self.free_list = 0
+        return True
+
+    def _meta(self, pool: Pool, delta: int) -> bool:
+        """``tmem_malloc`` / ``tmem_free`` of ``delta`` bytes of blocks for ``pool``: from the
+        owner's persistent sub-page pool (its pages charged to the owner's domain, refused at
+        its max_pages) or the ephemeral one (its pages freeable). False (`Af`, nothing
+        changed) when a page is needed and none can be had."""
+        if pool.persistent:
+            return self._charge(pool.client, delta, pool.client.dom)
+        return self._charge(self, delta, None)
+
+    def _charge(self, holder: Tmem | Client, delta: int, dom: Domain | None) -> bool:
+        """``delta`` bytes of blocks in ``holder``'s sub-page pool. Pages are taken as the
+        blocks outgrow them (charged to ``dom`` if any). Xen gives a page back only once
+        every block in it is free, and which page a block sits in depends on the history
+        of the pool; the model keeps the pages until the pool is empty, when all of them go
+        to tmem's free list (`Ta`) at once (as after a pool's destruction, §9.4)."""
+        used = holder.meta_used + delta
+        pages = holder.meta_pages
+        if used > pages * REGION:
+            grow = -(-used // REGION) - pages
+            if (dom is not None and dom.nr_pages + dom.tmem_pages + grow > dom.max_pages) \
+                    or not self._take_pages(grow):
+                self.Af += 1
+                return False
+            if dom is not None:
+                dom.tmem_pages += grow
+            holder.meta_pages = pages + grow
+        elif not used and pages:
+            self.free_list += pages
+            if dom is not None:
+                dom.tmem_pages -= pages
+            holder.meta_pages = 0
+        holder.meta_used = used
+        return True
+
+    def _meta_bound(self, indexes: Sequence[int]) -> int:
+        """At most the pages the descriptors, object and radix nodes of new pages at
+        ``indexes`` (of one object) take: a bulk run with that much room never fails."""
+        leaves = len({index >> 6 for index in indexes})
+        return (len(indexes) * self.pgp_block + (5 * leaves + 1) * self.node_block
+                + self.obj_block) // REGION + 2
+
+    def _take_frames(self, count: int, pool: Pool):
+        """``tmem_alloc_page`` ``count`` times for ``pool``: page frames for raw data (the
+        free list first, then Xen's heap; a persistent pool's charged to its owner's domain),
+        as arena slots (one slot for a count of 1, else a list); `Fc` and its peak `Fm`. None
+        (nothing taken, `Pf`) when Xen has too few."""
+        if not self._take_pages(count):
+            self.Pf += 1
+            return None
+        if pool.persistent:
+            pool.client.dom.tmem_pages += count
         raw = self.raw_pages = self.raw_pages + count
         if raw > self.Fm:
             self.Fm = raw
@@ -473,22 +539,24 @@ class Tmem:
         return out
 
     def _free_data(self, pg: Page) -> None:
-        """``pgp_free_data``: the page's data goes (`cp`/`cb` fall for compressed data)."""
+        """``pgp_free_data``: the page's data goes (`cp`/`cb` fall for compressed data; a
+        frame goes to tmem's free list, uncharged from a persistent pool's domain)."""
         data = pg.data
         if data is None:
             return
         csize = pg.csize
+        pool = pg.obj.pool  # type: ignore[union-attr]
         if csize:
-            before = (self.cbytes + PAGE - 1) >> 12
-            self.cbytes -= csize
-            self.free_list += before - ((self.cbytes + PAGE - 1) >> 12)
-            owner = pg.obj.pool.client  # type: ignore[union-attr]
+            self._meta(pool, -xmem_block(csize))
+            owner = pool.client
             owner.cp -= 1
             owner.cb -= csize
         else:  # a frame back to tmem's free list (``tmem_free_page``)
             self.raw_pages -= 1
             self.free_list += 1
             self.free_slots.append(data)  # type: ignore[arg-type]
+            if pool.persistent:
+                pool.client.dom.tmem_pages -= 1
         pg.data = None
         pg.csize = 0
 
@@ -508,14 +576,10 @@ class Tmem:
             packed = compress_page(src)
             size = len(packed)
             if size < SUBPAGE_MAX:
-                before = (self.cbytes + PAGE - 1) >> 12
-                after = (self.cbytes + size + PAGE - 1) >> 12
-                if after > before and not self._grow(after - before):  # most fit the last page
-                    self.Af += 1
+                if not self._meta(pool, xmem_block(size)):
                     if new:
                         owner.cm += 1
                     return ENOMEM
-                self.cbytes += size
                 owner.cp += 1
                 owner.cb += size
                 pg.data, pg.csize = packed, size
@@ -530,7 +594,7 @@ class Tmem:
                     return ENOMEM
         else:
             self._free_data(pg)
-        at = self._take_frames(1)
+        at = self._take_frames(1, pool)
         if at is None:
             return ENOMEM
         if src is not None and not buffer:
@@ -587,6 +651,12 @@ class Tmem:
         self.Rx = max(self.Rx, evictions)
         self.Rt += got
         return got
+
+    def freeable_pages(self) -> int:
+        """``tmem_freeable_pages``: the free list, the ephemeral pools' frames and the pages
+        of the ephemeral sub-page pool (what Xen may take back)."""
+        persistent_frames = sum(c.dom.tmem_pages - c.meta_pages for c in self.clients.values())
+        return self.free_list + self.raw_pages - persistent_frames + self.meta_pages
 
     def close(self) -> None:
         self.av.release()
@@ -649,8 +719,11 @@ class Tmem:
     # bulk moves, flushes, eviction, pool destruction) goes through these, so each rule (a
     # counter, a peak, a list) is written once.
 
-    def _obj_alloc(self, pool: Pool, oid: tuple[int, int, int]) -> Obj:
-        """``obj_alloc``: a new, empty object in ``pool``; `Oc` and its peaks."""
+    def _obj_alloc(self, pool: Pool, oid: tuple[int, int, int]) -> Obj | None:
+        """``obj_alloc``: a new, empty object in ``pool`` (its block in the sub-page pool);
+        `Oc` and its peaks. None when no memory is left for it."""
+        if not self._meta(pool, self.obj_block):
+            return None
         obj = pool.objs[oid] = Obj(pool, oid)
         self.nobjs += 1
         if self.nobjs > self.Om:
@@ -660,15 +733,19 @@ class Tmem:
         return obj
 
     def _obj_free(self, obj: Obj) -> None:
-        """``obj_free``: an empty object leaves its pool."""
+        """``obj_free``: an empty object leaves its pool (its block freed)."""
         pool = obj.pool
         del pool.objs[obj.oid]
         self.nobjs -= 1
+        self._meta(pool, -self.obj_block)
         if self.orphans:
             self._orphans_lose(lambda pg: pg.obj is obj)
 
-    def _nodes(self, pool: Pool, delta: int) -> None:
-        """Radix nodes allocated (``delta`` > 0) or freed: `Nc` and the peaks `Nm`."""
+    def _nodes(self, pool: Pool, delta: int) -> bool:
+        """Radix nodes allocated (``delta`` > 0) or freed, with their blocks: `Nc` and the
+        peaks `Nm`. False (nothing counted) when the blocks find no memory."""
+        if not self._meta(pool, delta * self.node_block):
+            return False
         pool.nodes += delta
         self.nodes += delta
         if delta > 0:
@@ -676,28 +753,37 @@ class Tmem:
                 pool.Nm = pool.nodes
             if self.nodes > self.Nm:
                 self.Nm = self.nodes
+        return True
 
-    def _add_pages(self, pool: Pool, obj: Obj, pages: Sequence[Page], mark: int | None,
-                   indexed: bool = False) -> None:
-        """New pages of one object join: ``pgp_alloc`` (`Pc`, `Pm`) and ``pgp_add_to_obj``
-        (`Nc`, `Nm`; skipped when ``indexed``), then, with a ``mark`` (the client the object
-        is marked with), ``do_tmem_put``'s ``insert_page``: the pool's persistent list
-        (charged to the owner) or the ephemeral lists (`Ec`, `Em`), counted as good PUTs
-        (`ps`; `Pp` or `Ep`). Without one, a PUT that is about to fail (its allocations
-        raised the peaks, §9.4)."""
+    def _add_pages(self, pool: Pool, obj: Obj, pages: Sequence[Page],
+                   indexed: bool = False) -> bool:
+        """New pages of one object are allocated: ``pgp_alloc`` (the descriptors' blocks,
+        `Pc`, `Pm`) and ``pgp_add_to_obj`` (the radix nodes: `Nc`, `Nm`); a bulk run that did
+        both op by op passes ``indexed`` and only `Pc`/`Pm` remain. False (nothing changed)
+        when the blocks find no memory."""
         count = len(pages)
+        if not indexed:
+            if not self._meta(pool, count * self.pgp_block):
+                return False
+            delta = _index(obj, pages[0]) if count == 1 else _index_many(obj, pages)
+            if delta and not self._nodes(pool, delta):
+                for pg in pages:
+                    _unindex(obj, pg.index)
+                self._meta(pool, -count * self.pgp_block)
+                return False
         n = pool.npages = pool.npages + count
         if n > pool.Pm:
             pool.Pm = n
         n = self.npages = self.npages + count
         if n > self.Pm:
             self.Pm = n
-        if not indexed:
-            delta = _index(obj, pages[0]) if count == 1 else _index_many(obj, pages)
-            if delta:
-                self._nodes(pool, delta)
-        if mark is None:
-            return
+        return True
+
+    def _insert_pages(self, pool: Pool, obj: Obj, pages: Sequence[Page], mark: int) -> None:
+        """``do_tmem_put``'s ``insert_page`` for stored pages of one object: the pool's
+        persistent list or the ephemeral lists (`Ec`, `Em`), counted as good PUTs (`ps`;
+        `Pp` or `Ep`); the object is marked with ``mark`` (the owner, or the putter)."""
+        count = len(pages)
         owner = pool.client
         if pool.persistent:
             head = pool.head
@@ -715,7 +801,6 @@ class Tmem:
                     prev = pg
                 prev.next = head
                 head.prev = prev
-            owner.dom.tmem_pages += count
             owner.Pp += count
         else:
             if count == 1:
@@ -737,11 +822,12 @@ class Tmem:
         pool.ps += count
 
     def _detach(self, pool: Pool, obj: Obj, pg: Page) -> None:
-        """Undo ``_add_pages`` without a mark, for one page (``pgp_delete_from_obj`` +
-        ``pgp_free``): a PUT whose storage failed."""
+        """Undo ``_add_pages`` for one page (``pgp_delete_from_obj`` + ``pgp_free``): a PUT
+        whose storage failed."""
         delta = _unindex(obj, pg.index)
         if delta:
             self._nodes(pool, delta)
+        self._meta(pool, -self.pgp_block)
         pool.npages -= 1
         self.npages -= 1
 
@@ -749,12 +835,13 @@ class Tmem:
                      indexed: bool = True) -> None:
         """``pgp_delete_from_obj`` + ``pgp_delist_free`` for each page (flush, eviction,
         destructive GET, failed duplicate, destroyed object): out of its object's index
-        (`Nc`) unless a bulk run took it out already (not ``indexed``), the object freed
-        with its last page, its descriptor freed (`Pc`); off the ephemeral lists (`Ec`), or
-        off the persistent list (the save cursor steps back; logged for a live save); its
-        data freed (`Fc`, `cp`, `cb`) unless ``free_data`` is False (an eviction whose frame
-        a PUT takes)."""
+        (`Nc`) and its descriptor's block freed, unless a bulk run did both already (not
+        ``indexed``), the object freed with its last page, its descriptor freed (`Pc`); off
+        the ephemeral lists (`Ec`), or off the persistent list (the save cursor steps back;
+        logged for a live save); its data freed (`Fc`, `cp`, `cb`) unless ``free_data`` is
+        False (an eviction whose frame a PUT takes)."""
         g_eph, orphans, slots = self.g_eph, self.orphans, self.free_slots
+        pgp_block = self.pgp_block
         frames = eph = 0
         for pg in pages:
             obj = pg.obj
@@ -798,7 +885,10 @@ class Tmem:
                     pool.cursor = pg.prev if pg.prev is not pool.head else None
                 pg.prev.next = pg.next
                 pg.next.prev = pg.prev
-                owner.dom.tmem_pages -= 1
+                if indexed:
+                    self._meta(pool, -pgp_block)
+                if free_data and not pg.csize and pg.data is not None:
+                    owner.dom.tmem_pages -= 1  # its frame, freed below
             if free_data:
                 if pg.csize:
                     self._free_data(pg)
@@ -807,6 +897,8 @@ class Tmem:
                     frames += 1
         self.npages -= len(pages)
         self.eph_count -= eph
+        if eph and indexed:  # the ephemeral descriptors' blocks, all in one sub-page pool
+            self._charge(self, -eph * pgp_block, None)
         if frames:
             self.raw_pages -= frames
             self.free_list += frames
@@ -845,27 +937,39 @@ class Tmem:
             pg = obj.pages.get(index)
             if pg is not None:
                 return self._dup_put(cc, pool, obj, pg, src, buffer)
-        owner = pool.client
-        if owner.frozen:
+        if pool.client.frozen:
             if obj is not None:  # Xen counts it only when the object exists
                 pool.px += 1
             return EFROZEN
+        rc, pg = self._put_new(pool, oid, obj, index, src, buffer)
+        if rc == 1:
+            mark = pool.client.domid if self.mark_owner else cc.domid
+            self._insert_pages(pool, pg.obj, (pg,), mark)  # type: ignore[arg-type]
+        return rc
+
+    def _put_new(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None, index: int,
+                 src, buffer: bool) -> tuple[int, Page | None]:
+        """``do_tmem_put`` for a new page, up to ``insert_page``: the object (made when
+        missing), the descriptor and its radix path, then the data; a failure undoes them in
+        Xen's order and counts `px` (not when the object itself found no memory). Returns
+        the result and the stored page, which the caller inserts."""
         new_obj = obj is None
         if new_obj:
             obj = self._obj_alloc(pool, oid)
+            if obj is None:
+                return ENOMEM, None
         pg = Page(obj, index, None, 0)
-        rc = self._fill(pool, pg, src, True, buffer)
-        if rc == 1:
-            mark = owner.domid if self.mark_owner else cc.domid
-            self._add_pages(pool, obj, (pg,), mark)  # type: ignore[arg-type]
-            return 1
-        # Xen allocated the descriptor and the radix path before the storage failed
-        self._add_pages(pool, obj, (pg,), None)  # type: ignore[arg-type]
-        self._detach(pool, obj, pg)  # type: ignore[arg-type]
+        if self._add_pages(pool, obj, (pg,)):  # type: ignore[arg-type]
+            rc = self._fill(pool, pg, src, True, buffer)
+            if rc == 1:
+                return 1, pg
+            self._detach(pool, obj, pg)  # type: ignore[arg-type]
+        else:
+            rc = ENOMEM
         if new_obj:
             self._obj_free(obj)  # type: ignore[arg-type]
         pool.px += 1
-        return rc
+        return rc, None
 
     def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, src, buffer: bool) -> int:
         """``do_tmem_dup_put``: replace in place (1), or flush the old copy and fail: -ENOSPC
@@ -889,21 +993,24 @@ class Tmem:
         """A run of PUTs by ``dom`` into one pool (a multicall; the oid words, indexes and
         frames as columns): op by op what the entry (ensure-free step, frame lookup) and
         ``put`` do. A run of new pages of one object from consecutive frames, with room for
-        all of them, is stored in bulk. Returns each op's result."""
+        all of them (or raw ephemeral pages to evict), is stored in bulk. Returns each op's
+        result."""
         count = len(cmfns)
         host = self.host
         odom = pool.client.dom
-        # A PUT takes at most one page and charges at most one page to the owner: with that
-        # much room for every op of the run, neither the ensure-free step nor the max-memory
-        # check can trip.
-        check_free = self.free_list + host.heap_free - self.reserve - 256 < count
-        if (not pool.freed and not pool.client.frozen and not (
-                pool.persistent and odom.max_pages - odom.nr_pages - odom.tmem_pages < count)):
+        if not pool.freed and not pool.client.frozen:
             oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
             obj = pool.objs.get(oid) if oid is not None else None
             if oid is not None and (obj is None or obj.pages.keys().isdisjoint(indexes)):
-                victims = self._run_victims(pool, obj, count) if check_free else []
-                if victims is not None:
+                # A PUT takes at most one frame (or a page of compressed data) and its
+                # metadata: with that much room for every op of the run, neither the
+                # ensure-free step nor max_pages can trip.
+                need = count * (1 + pool.client.compress) + self._meta_bound(indexes)
+                room = self.free_list + host.heap_free - self.reserve - 256 >= need and (
+                    not pool.persistent
+                    or odom.max_pages - odom.nr_pages - odom.tmem_pages >= need)
+                victims = None if room else self._run_victims(pool, obj, count, need)
+                if room or victims is not None:
                     return self._put_new_pages(cc, pool, oid, obj, indexes, cmfns[0] << 12,
                                                dom, victims)
         results: list[int] = []
@@ -912,7 +1019,7 @@ class Tmem:
         put, ensure_free = self.put, self.ensure_free
         for oid, index, cmfn in zip(zip(o0s, o1s, o2s, strict=True), indexes, cmfns,
                                     strict=True):
-            if check_free and not ensure_free(cc):
+            if self.free_list + host.heap_free - self.reserve < 256 and not ensure_free(cc):
                 append(ENOMEM)
                 continue
             src = mv[cmfn << 12:(cmfn << 12) + PAGE] if 0 < cmfn < max_pages and pop[cmfn] \
@@ -920,93 +1027,88 @@ class Tmem:
             append(put(cc, pool, oid, index, src))
         return results
 
-    def _run_victims(self, pool: Pool, obj: Obj | None, count: int) -> list[Page] | None:
-        """The pages a run of ``count`` new raw pages would evict, oldest first, when that is
-        simple to do in bulk: no weights (each victim is the global LRU head), no dying pool
-        or orphan, every victim raw and older than the run, and ``obj`` never emptied by one.
-        Else None."""
-        if pool.client.compress or self.weight_sum or self.dying_pools or self.orphans:
+    def _run_victims(self, pool: Pool, obj: Obj | None, count: int,
+                     need: int) -> list[Page] | None:
+        """The pages a run of ``count`` new raw ephemeral pages may evict (the oldest
+        ``count``: the ensure-free step evicts at most one a PUT), when that is simple to do
+        in bulk: no weights (each victim is the global LRU head), no dying pool or orphan,
+        every candidate raw, older than the run and not of ``obj``, and pages enough for the
+        metadata (``need``); one page of another stays, so the ephemeral sub-page pool
+        never empties in the run. Else None."""
+        if pool.persistent or pool.client.compress or self.weight_sum or self.dying_pools \
+                or self.orphans or count >= len(self.g_eph) \
+                or self.free_list + self.host.heap_free < need - count:
             return None
-        # The ensure-free step evicts once the free memory is below 256 pages; the first ops
-        # take free pages until then, and each later op evicts one page and reuses it.
-        free_ops = max(0, min(count, self.free_list + self.host.heap_free - self.reserve - 255))
-        if self.free_list + max(self.host.heap_free, 0) < free_ops \
-                or count - free_ops > len(self.g_eph):
-            return None
-        victims = list(islice(self.g_eph, count - free_ops))
-        if any(pg.csize for pg in victims) or (
-                victims and not free_ops and obj is not None and len(obj.pages) == 1
-                and victims[0].obj is obj):
+        victims = list(islice(self.g_eph, count))
+        if any(pg.csize or pg.obj is obj for pg in victims):
             return None
         return victims
 
     def _put_new_pages(self, cc: Client, pool: Pool, oid: tuple[int, int, int],
                        obj: Obj | None, indexes: Sequence[int], src: int,
-                       dom: Domain, victims: list[Page]) -> list[int]:
+                       dom: Domain, victims: list[Page] | None) -> list[int]:
         """``put_run`` for new pages of one object from consecutive frames at ``src`` with
-        no max-memory refusal possible: what single PUTs do, op by op where an order shows
-        (the storage, the evictions, and the radix nodes behind `Nm`), the rest in bulk: the
-        frames (one copy when their slots follow one another), descriptors, lists and
-        counters. Only a compressing owner can still refuse an op (-ENOMEM when a compressed
-        page needs a page Xen lacks); it never evicts here (``victims`` is then empty)."""
+        no refusal possible: what single PUTs do, op by op where an order shows (the
+        ensure-free step's evictions, the storage, the radix nodes behind `Nm` and the
+        metadata pages), the rest in bulk: the frames (one copy when their slots follow one
+        another), descriptors, lists and counters. ``victims``: the pages the ensure-free
+        step may evict, oldest first (None: there is room for every op). Only a compressing
+        owner can still refuse an op (-ENOMEM when a compressed page needs a page Xen
+        lacks); it never evicts here."""
         count = len(indexes)
         mark = pool.client.domid if self.mark_owner else cc.domid
         mv = dom.mv
         if pool.client.compress:
             return self._put_compressed(pool, oid, obj, indexes, mv[src:src + count * PAGE],
                                         mark)
-        free_ops = count - len(victims)
-        # The free ops take the free list, then Xen's heap; each later op evicts a page and
-        # takes the frame freed (the free list's oldest slot, as a single PUT does).
-        datas = self._take_frames(free_ops) if free_ops else []
-        assert datas is not None  # _run_victims saw the room
-        if free_ops == 1:
-            datas = [datas]
-        if not victims:
+        if victims is None:
             if obj is None:
                 obj = self._obj_alloc(pool, oid)
+            datas = self._take_frames(count, pool)
+            assert datas is not None and obj is not None  # put_run saw the room
+            if count == 1:
+                datas = [datas]
             pages = list(map(Page, repeat(obj), indexes, datas, repeat(0)))
-            indexed = False
+            self._add_pages(pool, obj, pages)
         else:
-            # Op by op what moves the node counts (and so `Nm`): the victim leaves its
-            # object, the new page joins the run's. Descriptors and lists follow in bulk, the
-            # victims' first, so the peaks are those of single PUTs.
-            slots, nodes = self.free_slots, self._nodes
-            done = 0
-            if not free_ops:  # op 0 evicts before it makes the object (`Om`)
-                victim = victims[0]
-                vobj = victim.obj
-                delta = _unindex(vobj, victim.index)  # type: ignore[arg-type]
-                if delta:
-                    nodes(vobj.pool, delta)  # type: ignore[union-attr]
-                if not vobj.pages:  # type: ignore[union-attr]
-                    self._obj_free(vobj)  # type: ignore[arg-type]
-                slots.append(victim.data)  # type: ignore[arg-type]
-                datas.append(slots.popleft())
-                done = 1
-            if obj is None:
-                obj = self._obj_alloc(pool, oid)
-            # each evicting op frees its victim's frame onto the free list and takes its
-            # oldest slot: with none left over, that is the victim's own
-            if slots:
-                for victim in victims[done:]:
-                    slots.append(victim.data)  # type: ignore[arg-type]
-                    datas.append(slots.popleft())
-            else:
-                datas += [victim.data for victim in victims[done:]]  # type: ignore[misc]
-            pages = list(map(Page, repeat(obj), indexes, datas, repeat(0)))
-            for i, pg in enumerate(pages):
-                if i >= free_ops + done:  # ensure-free's eviction, then the PUT
-                    victim = victims[i - free_ops]
+            # Op by op: the ensure-free step evicts the oldest page while fewer than 256
+            # pages are free, then the PUT takes a descriptor, its radix path and a frame
+            # (the free list's oldest slot: with no slot left over, the victim's own).
+            # Descriptors and lists follow in bulk, the victims' first, so the peaks are
+            # those of single PUTs. An evicting op frees a descriptor's block and takes one
+            # of the same size from the same pool, which stays in use (``_run_victims``):
+            # only the others charge theirs here.
+            host, nodes, take = self.host, self._nodes, self._take_frames
+            pgp_block = self.pgp_block
+            taken = 0
+            datas = []
+            pages = []
+            for index in indexes:
+                evicts = self.free_list + host.heap_free - self.reserve < 256
+                if evicts:
+                    victim = victims[taken]
+                    taken += 1
                     vobj = victim.obj
                     delta = _unindex(vobj, victim.index)  # type: ignore[arg-type]
                     if delta:
                         nodes(vobj.pool, delta)  # type: ignore[union-attr]
-                delta = _index(obj, pg)
+                    if not vobj.pages:  # type: ignore[union-attr]
+                        self._obj_free(vobj)  # type: ignore[arg-type]
+                    self._free_data(victim)
+                if obj is None:
+                    obj = self._obj_alloc(pool, oid)
+                if not evicts:
+                    self._meta(pool, pgp_block)
+                pg = Page(obj, index, None, 0)
+                delta = _index(obj, pg)  # type: ignore[arg-type]
                 if delta:
                     nodes(pool, delta)
-            self._evicted(victims)
-            indexed = True
+                pg.data = at = take(1, pool)
+                datas.append(at)
+                pages.append(pg)
+            if taken:
+                self._evicted(victims[:taken])
+            self._add_pages(pool, obj, pages, True)  # type: ignore[arg-type]
         av = self.av
         if _consecutive(datas):
             av[datas[0]:datas[0] + count * PAGE] = mv[src:src + count * PAGE]
@@ -1014,48 +1116,37 @@ class Tmem:
             for at in datas:
                 av[at:at + PAGE] = mv[src:src + PAGE]
                 src += PAGE
-        self._add_pages(pool, obj, pages, mark, indexed)  # type: ignore[arg-type]
+        self._insert_pages(pool, obj, pages, mark)  # type: ignore[arg-type]
         pool.pt += count
         return [1] * count
+
+    def _evicted(self, victims: list[Page]) -> None:
+        """The rest of the evictions of a bulk run, whose victims it took out of their
+        objects op by op (and whose frames and descriptor blocks it reused): descriptors,
+        lists, `Et`/`Ea`."""
+        self.remove_pages(victims, False, False)
+        self.Ea += len(victims)
+        self.Et += len(victims)
 
     def _put_compressed(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None,
                         indexes: Sequence[int], src, mark: int) -> list[int]:
         """``_put_new_pages`` for a compressing owner: each page stored as ``put`` stores
-        it, in order; the stored pages join in bulk, those before a failed op first (so the
-        failed op's allocations see them, as in single PUTs)."""
+        it, in order; the stored pages are inserted in bulk at the end."""
         results = [1] * len(indexes)
-        fill, add = self._fill, self._add_pages
+        put_new = self._put_new
         stored: list[Page] = []
         for i, index in enumerate(indexes):
-            new_obj = obj is None
-            if new_obj:
-                obj = self._obj_alloc(pool, oid)
-            pg = Page(obj, index, None, 0)
-            rc = fill(pool, pg, src[i * PAGE:(i + 1) * PAGE], True, False)
+            rc, pg = put_new(pool, oid, obj, index, src[i * PAGE:(i + 1) * PAGE], False)
             if rc == 1:
-                stored.append(pg)
-                continue
-            if stored:
-                add(pool, obj, stored, mark)  # type: ignore[arg-type]
-                stored = []
-            add(pool, obj, (pg,), None)  # type: ignore[arg-type]
-            self._detach(pool, obj, pg)  # type: ignore[arg-type]
-            if new_obj:
-                self._obj_free(obj)  # type: ignore[arg-type]
-                obj = None
-            pool.px += 1
-            results[i] = rc
+                stored.append(pg)  # type: ignore[arg-type]
+                obj = pg.obj  # type: ignore[union-attr]
+            else:
+                results[i] = rc
+                obj = pool.objs.get(oid)
         if stored:
-            add(pool, obj, stored, mark)  # type: ignore[arg-type]
+            self._insert_pages(pool, stored[0].obj, stored, mark)  # type: ignore[arg-type]
         pool.pt += len(indexes)
         return results
-
-    def _evicted(self, victims: list[Page]) -> None:
-        """The rest of the evictions of a bulk run, whose victims it took out of their
-        objects op by op (and whose frames it took): descriptors, lists, `Et`/`Ea`."""
-        self.remove_pages(victims, False, False)
-        self.Ea += len(victims)
-        self.Et += len(victims)
 
     # ---- GET ----------------------------------------------------------------------------------
 
