@@ -469,20 +469,20 @@ class Tmem:
         return True
 
     def _meta(self, pool: Pool, delta: int) -> bool:
-        """``tmem_malloc`` / ``tmem_free`` of ``delta`` bytes of blocks for ``pool``: from the
+        """``tmem_malloc`` / ``tmem_free`` of ``delta`` bytes of blocks for ``pool``: in the
         owner's persistent sub-page pool (its pages charged to the owner's domain, refused at
-        its max_pages) or the ephemeral one (its pages freeable). False (`Af`, nothing
-        changed) when a page is needed and none can be had."""
+        its max_pages) or in the ephemeral one (its pages freeable). Pages are taken as the
+        blocks outgrow them. Xen gives a page back only once every block in it is free, and
+        which page a block sits in depends on the pool's history; the model keeps the pages
+        until the pool is empty, when all of them go to tmem's free list (`Ta`) at once (as
+        after a pool's destruction, §9.4). False (`Af`, nothing changed) when a page is
+        needed and none can be had."""
+        holder: Tmem | Client
         if pool.persistent:
-            return self._charge(pool.client, delta, pool.client.dom)
-        return self._charge(self, delta, None)
-
-    def _charge(self, holder: Tmem | Client, delta: int, dom: Domain | None) -> bool:
-        """``delta`` bytes of blocks in ``holder``'s sub-page pool. Pages are taken as the
-        blocks outgrow them (charged to ``dom`` if any). Xen gives a page back only once
-        every block in it is free, and which page a block sits in depends on the history
-        of the pool; the model keeps the pages until the pool is empty, when all of them go
-        to tmem's free list (`Ta`) at once (as after a pool's destruction, §9.4)."""
+            holder = pool.client
+            dom = holder.dom
+        else:
+            holder, dom = self, None
         used = holder.meta_used + delta
         pages = holder.meta_pages
         if used > pages * REGION:
@@ -872,6 +872,7 @@ class Tmem:
                 del owner.eph[pg]
                 owner.eph_count -= 1
                 eph += 1
+                eph_pool = pool
             else:
                 if owner.migrating:
                     oid = obj.oid  # type: ignore[union-attr]
@@ -898,7 +899,7 @@ class Tmem:
         self.npages -= len(pages)
         self.eph_count -= eph
         if eph and indexed:  # the ephemeral descriptors' blocks, all in one sub-page pool
-            self._charge(self, -eph * pgp_block, None)
+            self._meta(eph_pool, -eph * pgp_block)
         if frames:
             self.raw_pages -= frames
             self.free_list += frames
@@ -941,35 +942,28 @@ class Tmem:
             if obj is not None:  # Xen counts it only when the object exists
                 pool.px += 1
             return EFROZEN
-        rc, pg = self._put_new(pool, oid, obj, index, src, buffer)
-        if rc == 1:
-            mark = pool.client.domid if self.mark_owner else cc.domid
-            self._insert_pages(pool, pg.obj, (pg,), mark)  # type: ignore[arg-type]
-        return rc
-
-    def _put_new(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None, index: int,
-                 src, buffer: bool) -> tuple[int, Page | None]:
-        """``do_tmem_put`` for a new page, up to ``insert_page``: the object (made when
-        missing), the descriptor and its radix path, then the data; a failure undoes them in
-        Xen's order and counts `px` (not when the object itself found no memory). Returns
-        the result and the stored page, which the caller inserts."""
+        # the object (made when missing), the descriptor and its radix path, then the data;
+        # a failure undoes them in Xen's order and counts `px` (not when the object itself
+        # found no memory)
         new_obj = obj is None
         if new_obj:
             obj = self._obj_alloc(pool, oid)
             if obj is None:
-                return ENOMEM, None
+                return ENOMEM
         pg = Page(obj, index, None, 0)
         if self._add_pages(pool, obj, (pg,)):  # type: ignore[arg-type]
             rc = self._fill(pool, pg, src, True, buffer)
             if rc == 1:
-                return 1, pg
+                self._insert_pages(pool, obj, (pg,),  # type: ignore[arg-type]
+                                   pool.client.domid if self.mark_owner else cc.domid)
+                return 1
             self._detach(pool, obj, pg)  # type: ignore[arg-type]
         else:
             rc = ENOMEM
         if new_obj:
             self._obj_free(obj)  # type: ignore[arg-type]
         pool.px += 1
-        return rc, None
+        return rc
 
     def _dup_put(self, cc: Client, pool: Pool, obj: Obj, pg: Page, src, buffer: bool) -> int:
         """``do_tmem_dup_put``: replace in place (1), or flush the old copy and fail: -ENOSPC
@@ -1032,7 +1026,7 @@ class Tmem:
         """The pages a run of ``count`` new raw ephemeral pages may evict (the oldest
         ``count``: the ensure-free step evicts at most one a PUT), when that is simple to do
         in bulk: no weights (each victim is the global LRU head), no dying pool or orphan,
-        every candidate raw, older than the run and not of ``obj``, and pages enough for the
+        every candidate raw and older than the run, and pages enough for the
         metadata (``need``); one page of another stays, so the ephemeral sub-page pool
         never empties in the run. Else None."""
         if pool.persistent or pool.client.compress or self.weight_sum or self.dying_pools \
@@ -1040,7 +1034,7 @@ class Tmem:
                 or self.free_list + self.host.heap_free < need - count:
             return None
         victims = list(islice(self.g_eph, count))
-        if any(pg.csize or pg.obj is obj for pg in victims):
+        if any(pg.csize for pg in victims):
             return None
         return victims
 
@@ -1052,18 +1046,24 @@ class Tmem:
         ensure-free step's evictions, the storage, the radix nodes behind `Nm` and the
         metadata pages), the rest in bulk: the frames (one copy when their slots follow one
         another), descriptors, lists and counters. ``victims``: the pages the ensure-free
-        step may evict, oldest first (None: there is room for every op). Only a compressing
-        owner can still refuse an op (-ENOMEM when a compressed page needs a page Xen
-        lacks); it never evicts here."""
+        step may evict, oldest first (None: there is room for every op, as there always is
+        for a compressing owner, whose pages are stored one by one)."""
         count = len(indexes)
         mark = pool.client.domid if self.mark_owner else cc.domid
         mv = dom.mv
-        if pool.client.compress:
-            return self._put_compressed(pool, oid, obj, indexes, mv[src:src + count * PAGE],
-                                        mark)
+        if victims is None and obj is None:
+            obj = self._obj_alloc(pool, oid)
+        if pool.client.compress:  # each page stored as ``put`` stores it
+            pages = list(map(Page, repeat(obj), indexes, repeat(None), repeat(0)))
+            self._add_pages(pool, obj, pages)  # type: ignore[arg-type]
+            fill = self._fill
+            for pg in pages:
+                fill(pool, pg, mv[src:src + PAGE], True, False)
+                src += PAGE
+            self._insert_pages(pool, obj, pages, mark)  # type: ignore[arg-type]
+            pool.pt += count
+            return [1] * count
         if victims is None:
-            if obj is None:
-                obj = self._obj_alloc(pool, oid)
             datas = self._take_frames(count, pool)
             assert datas is not None and obj is not None  # put_run saw the room
             if count == 1:
@@ -1078,7 +1078,7 @@ class Tmem:
             # those of single PUTs. An evicting op frees a descriptor's block and takes one
             # of the same size from the same pool, which stays in use (``_run_victims``):
             # only the others charge theirs here.
-            host, nodes, take = self.host, self._nodes, self._take_frames
+            host, nodes, take, slots = self.host, self._nodes, self._take_frames, self.free_slots
             pgp_block = self.pgp_block
             taken = 0
             datas = []
@@ -1094,16 +1094,25 @@ class Tmem:
                         nodes(vobj.pool, delta)  # type: ignore[union-attr]
                     if not vobj.pages:  # type: ignore[union-attr]
                         self._obj_free(vobj)  # type: ignore[arg-type]
-                    self._free_data(victim)
+                        if vobj is obj:  # the run's object lost its last page: a new one
+                            obj = None
+                    # its frame goes to the free list and the PUT takes the list's oldest
+                    # slot (`Fc`, `Ta` unchanged); with none left over, the victim's own
+                    if slots:
+                        slots.append(victim.data)  # type: ignore[arg-type]
+                        at = slots.popleft()
+                    else:
+                        at = victim.data
+                    victim.data = None
+                else:
+                    self._meta(pool, pgp_block)
+                    at = take(1, pool)
                 if obj is None:
                     obj = self._obj_alloc(pool, oid)
-                if not evicts:
-                    self._meta(pool, pgp_block)
-                pg = Page(obj, index, None, 0)
+                pg = Page(obj, index, at, 0)
                 delta = _index(obj, pg)  # type: ignore[arg-type]
                 if delta:
                     nodes(pool, delta)
-                pg.data = at = take(1, pool)
                 datas.append(at)
                 pages.append(pg)
             if taken:
@@ -1127,26 +1136,6 @@ class Tmem:
         self.remove_pages(victims, False, False)
         self.Ea += len(victims)
         self.Et += len(victims)
-
-    def _put_compressed(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None,
-                        indexes: Sequence[int], src, mark: int) -> list[int]:
-        """``_put_new_pages`` for a compressing owner: each page stored as ``put`` stores
-        it, in order; the stored pages are inserted in bulk at the end."""
-        results = [1] * len(indexes)
-        put_new = self._put_new
-        stored: list[Page] = []
-        for i, index in enumerate(indexes):
-            rc, pg = put_new(pool, oid, obj, index, src[i * PAGE:(i + 1) * PAGE], False)
-            if rc == 1:
-                stored.append(pg)  # type: ignore[arg-type]
-                obj = pg.obj  # type: ignore[union-attr]
-            else:
-                results[i] = rc
-                obj = pool.objs.get(oid)
-        if stored:
-            self._insert_pages(pool, stored[0].obj, stored, mark)  # type: ignore[arg-type]
-        pool.pt += len(indexes)
-        return results
 
     # ---- GET ----------------------------------------------------------------------------------
 
