@@ -1037,3 +1037,102 @@ def test_ephemeral_pool_settles_where_xen_did(version, settled, freeable):
         t.put_pages(p, [(1, i, page(i & 255)) for i in range(base, base + 1000)])
     assert (host.tmem.eph_count, _g(host, "Et")) == (settled, 66000 - settled)
     assert t.freeable_mb() == freeable
+
+
+# --- §9.4 / §9.2 dedup and trailing-zero elimination (boot options of 4.0-4.7) ----------------
+
+def _dedup_keys(host):
+    return _gkeys(host, "Sc", "Sm", "Gd", "Zt", "Pc", "Ec", "Fc")
+
+
+@pytest.mark.parametrize("version", ["4.5", "4.7"])
+def test_dedup_set_compress_refused(version):
+    """With tmem_dedup, SET_COMPRESS returns -1 for 0 and for 1 (compression is fixed)."""
+    for dedup, expected in ((True, (-1, -1)), (False, (0, 0))):
+        _host, (t,) = make(version, tmem_dedup=dedup)
+        t.new_pool(PRIV_EPH)
+        assert tuple(t.ctl("SET_COMPRESS", 0, **t.value_arg(v)) for v in (0, 1)) == expected
+
+
+@pytest.mark.parametrize("version", ["4.1", "4.5", "4.7"])
+def test_dedup_identical_ephemeral_pages_share_one_copy(version):
+    """Identical ephemeral pages share one frame (`Gd` counts the PUTs that found their copy,
+    `Sc`/`Sm` the copies); GETs return every page; the copy goes with its last page.
+    Identical persistent pages are not shared."""
+    host, (t,) = make(version, tmem_dedup=True)
+    e = t.new_pool(PRIV_EPH)
+    for i, seed in enumerate((1, 1, 1, 2)):
+        assert t.put(e, 1, i, page(seed)) == 1
+    stored = _dedup_keys(host)
+    got = [t.get(e, 1, i) for i in range(4)]
+    after = _dedup_keys(host)
+    p = t.new_pool(PRIV_PERS)
+    for i in range(2):
+        t.put(p, 1, i, page(3))
+    assert (stored, got, after, _gkeys(host, "Sc", "Gd", "Fc")) == (
+        (2, 2, 2, 0, 4, 4, 2), [(1, page(s)) for s in (1, 1, 1, 2)], (0, 2, 2, 0, 0, 0, 0),
+        (0, 2, 2))
+
+
+def test_dedup_is_ignored_from_4_8():
+    """4.8 deleted dedup: the boot option is unknown, pages are stored one by one."""
+    host, (t,) = make("4.12", tmem_dedup=True, tmem_tze=True)
+    e = t.new_pool(PRIV_EPH)
+    for i in range(3):
+        t.put(e, 1, i, page(1))
+    assert _dedup_keys(host) == (0, 0, 0, 0, 3, 3, 3)
+
+
+def test_dedup_compressed_pages_share_compressed_bytes():
+    """dedup + compression: identical pages share one compressed copy (`Gz` its bytes);
+    each page still counts in the client's `cp`/`cb`."""
+    from xentmem.emulator._codec import compress_page
+
+    size = len(compress_page(text_page(5)))
+    host, (t,) = make("4.5", tmem_dedup=True, tmem_compress=True)
+    e = t.new_pool(PRIV_EPH)
+    for i in range(3):
+        t.put(e, 1, i, text_page(5))
+    client = next(ln for ln in t.list(0, use_long=True)[1].splitlines() if ln.startswith("C="))
+    cp_cb = tuple(int(dict(kv.split(":") for kv in client[2:].split(","))[k])
+                  for k in ("cp", "cb"))
+    assert (_gkeys(host, "Sc", "Gd", "Gz", "Fc"), cp_cb, t.get(e, 1, 2)) == (
+        (1, 2, size, 0), (3, 3 * size), (1, text_page(5)))
+
+
+def test_tze_trims_trailing_zeros():
+    """§9.2 (tmem_dedup tmem_tze on 4.5.5): `Zt` sums the lengths kept after trimming
+    trailing zeros (4096 for a full page, 0 for a zero page); two identical trimmed pages
+    are not merged; `Fc` stays at 1 after every page is gone (a zero page's frame is never
+    freed). GETs return the pages whole."""
+    host, (t,) = make("4.5", tmem_dedup=True, tmem_tze=True)
+    e = t.new_pool(PRIV_EPH)
+    short = page(7)[:1000] + bytes(PAGE_SIZE - 1000)  # 1000 bytes kept: 1000 rounded to 8
+    pages = [page(1), bytes(PAGE_SIZE), short, short]
+    for i, data in enumerate(pages):
+        assert t.put(e, 1, i, data) == 1
+    stored = _gkeys(host, "Sc", "Gd", "Zt", "Fc")
+    got = [t.get(e, 1, i) for i in range(4)]
+    assert (stored, got, _gkeys(host, "Sc", "Sm", "Zt", "Fc", "Ec")) == (
+        (4, 0, 4096 + 0 + 1000 + 1000, 2), [(1, d) for d in pages], (0, 4, 0, 1, 0))
+
+
+def test_tze_off_with_compression():
+    """dedup + compression + tze: Xen turns tze off at boot (`Zt` stays 0)."""
+    host, (t,) = make("4.5", tmem_dedup=True, tmem_tze=True, tmem_compress=True)
+    e = t.new_pool(PRIV_EPH)
+    t.put(e, 1, 0, page(1))  # incompressible: kept whole
+    assert _gkeys(host, "Sc", "Zt", "Gz", "Fc") == (1, 0, 4096, 1)
+
+
+def test_dedup_shared_page_gets_a_second_chance():
+    """§3.5: with dedup, eviction passes over a page whose copy others share once (it moves
+    to the young end; that attempt evicts nothing) and takes the next page."""
+    host, (t,) = make("4.5", tmem_dedup=True)
+    e = t.new_pool(PRIV_EPH)
+    for i, seed in enumerate((1, 2, 1, 3)):
+        t.put(e, 1, i, page(seed))
+    tm = host.tmem
+    assert [tm.evict(None), tm.evict(None)] == [False, True]
+    assert [t.get(e, 1, i)[0] for i in range(4)] == [1, 0, 1, 1]
+    assert _gkeys(host, "Ea", "Et") == (2, 1)

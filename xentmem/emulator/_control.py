@@ -190,6 +190,8 @@ class Control:
         return self._set_var(r, lambda c: setattr(c, "cap", _s32(r.value)))
 
     def subop_set_compress(self, r: Request) -> int:
+        if self.tm.dedup:  # "cannot be changed when tmem_dedup is enabled" (§9.2)
+            return EPERM
         return self._set_var(r, lambda c: setattr(c, "compress", bool(r.value)))
 
     def subop_save_get_version(self, r: Request) -> int:

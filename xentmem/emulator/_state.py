@@ -22,7 +22,7 @@ FORMAT = 1
 _TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
          "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
          "raw_pages", "meta_used", "meta_pages", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
-         "dying_pools")
+         "dying_pools", "Sc", "Sm", "Gd", "Zt", "Gz")
 _CLIENT = ("weight", "cap", "compress", "frozen", "was_frozen", "saving", "migrating",
            "eph_count", "Em", "Ge", "Pp", "Gp", "cp", "cb", "cn", "cm", "inv_logged",
            "dangling_inv", "inv_at", "meta_used", "meta_pages")
@@ -103,7 +103,8 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
     cfg = state["config"]
     host = cls(cfg["memory_mb"], xen_version=cfg["xen_version"], tmem=cfg["tmem"],
                tmem_compress=cfg["tmem_compress"], tmem_shared_auth=cfg["tmem_shared_auth"],
-               designed=cfg["designed"], dom0_memory_mb=1)
+               designed=cfg["designed"], dom0_memory_mb=1,
+               tmem_dedup=cfg.get("tmem_dedup", False), tmem_tze=cfg.get("tmem_tze", False))
     from xentmem.emulator._host import Domain
 
     for dom in host.domains.values():
@@ -184,6 +185,21 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
         pg = page_at[(i, tuple(oid), index, *orphan)]
         tm.g_eph[pg] = None
         pg.obj.pool.client.eph[pg] = None
+    if tm.dedup:  # the shared copies, rebuilt by storing the pages again (counters below)
+        for pool in pools:
+            if pool is not None and not pool.persistent:
+                for pg in [pg for obj in pool.objs.values() for pg in obj.pages.values()]:
+                    _reassociate(tm, pool, pg)
+        host.heap_free = state["heap_free"]
     for name in _TMEM:
         setattr(tm, name, t.get(name, 0))
     return host
+
+
+def _reassociate(tm, pool: Pool, pg: Page) -> None:
+    if pg.csize < 0:  # trimmed: whole again, in a frame, to be trimmed anew
+        at = tm.next_slot
+        tm.next_slot += PAGE_SIZE
+        tm.av[at:at + PAGE_SIZE] = tm.page_bytes(pg)
+        pg.data, pg.csize = at, 0
+    tm._associate(pool, pg, pg.data if pg.csize > 0 else None)

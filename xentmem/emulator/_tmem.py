@@ -107,6 +107,35 @@ class Page:
         self.csize = csize
 
 
+class Pcd:
+    """A page content descriptor (Xen's ``pcd``, 4.0-4.7 with ``tmem_dedup``): one stored
+    copy that identical ephemeral pages share. ``data`` is an arena offset (a whole page),
+    compressed bytes, or the bytes left after trailing zeros (``tmem_tze``); ``size`` is
+    4096, the compressed size, or the trimmed size; ``key`` its entry in the lookup table
+    (None for a trimmed page, which Xen never finds again)."""
+
+    __slots__ = ("data", "key", "refs", "size")
+
+    def __init__(self, data: bytes | int, size: int, key: bytes | None) -> None:
+        self.data = data
+        self.size = size
+        self.key = key
+        self.refs = 0
+
+
+# A trimmed page (tze) has this ``csize``: its ``data`` holds the bytes before the trailing
+# zeros, which a GET pads back to a page.
+TRIMMED = -1
+PCD_BYTES = 56  # struct tmem_page_content_descriptor: data pointer, list, rb node, count, size
+PCD_TZE_MAX_SIZE = PAGE - PAGE // 64  # a longer trimmed page is kept whole
+
+
+def trimmed_size(page) -> int:
+    """``tmem_tze_pfp_scan``: the page's length without its trailing zero 8-byte words."""
+    end = len(bytes(page).rstrip(b"\0"))
+    return (end + 7) & ~7
+
+
 # Radix trees (Xen's per-object page index, 64 slots a node, indexes of 32 bits: up to six
 # levels). Only the node count is observable (`Nc`/`Nm`), and Xen's tree is always the
 # minimal one: a lone page at index 0 hangs off the root with no node, and deletions shrink
@@ -395,7 +424,7 @@ class Tmem:
     """
 
     def __init__(self, host: EmulatedHost, behaviour: Behaviour, *, compress: bool,
-                 shared_auth: bool) -> None:
+                 shared_auth: bool, dedup: bool = False, tze: bool = False) -> None:
         self.host = host
         self.b = behaviour
         self.mark_owner = behaviour.bug_owner_marks_objects
@@ -414,6 +443,19 @@ class Tmem:
         self.pgp_block = xmem_block(behaviour.pgp_bytes)
         self.obj_block = xmem_block(OBJ_BYTES)
         self.node_block = xmem_block(NODE_BYTES)
+        # dedup / tze (boot options of 4.0-4.7, §3.7): identical ephemeral pages share one
+        # copy; Xen turns tze off when compression is on too
+        self.dedup = dedup
+        self.tze = tze and dedup and not compress
+        self.pcd_block = xmem_block(PCD_BYTES)
+        self.pcds: dict[bytes, Pcd] = {}  # whole or compressed copies, by content
+        self.pcd_of: dict[Page, Pcd] = {}  # the copy each deduplicated page shares
+        self.attempted: set[Page] = set()  # shared pages an eviction passed over once
+        self.Sc = 0  # Sc: page content descriptors now
+        self.Sm = 0  # Sm: peak of Sc
+        self.Gd = 0  # Gd: PUTs that found their content already stored
+        self.Zt = 0  # Zt: bytes the content descriptors keep with tze (4096 a whole page)
+        self.Gz = 0  # Gz: bytes the compressed ones keep (4096 a whole page, with compression)
         self.free_list = 0  # Ta: pages tmem keeps for reuse (its free list)
         self.reserve = 0  # Xen's mid-size reserve: max ever seen of free/128
         # Raw pages live in one arena the size of host RAM (tmem can never hold more): a PUT
@@ -540,25 +582,109 @@ class Tmem:
 
     def _free_data(self, pg: Page) -> None:
         """``pgp_free_data``: the page's data goes (`cp`/`cb` fall for compressed data; a
-        frame goes to tmem's free list, uncharged from a persistent pool's domain)."""
+        frame goes to tmem's free list; a shared copy loses a reference)."""
         data = pg.data
         if data is None:
             return
         csize = pg.csize
         pool = pg.obj.pool  # type: ignore[union-attr]
-        if csize:
+        if self.pcd_of and pg in self.pcd_of:
+            self._disassociate(pool, pg)
+        elif csize:
             self._meta(pool, -xmem_block(csize))
+        else:
+            self._free_frame(pool, data)  # type: ignore[arg-type]
+        if csize > 0:
             owner = pool.client
             owner.cp -= 1
             owner.cb -= csize
-        else:  # a frame back to tmem's free list (``tmem_free_page``)
-            self.raw_pages -= 1
-            self.free_list += 1
-            self.free_slots.append(data)  # type: ignore[arg-type]
-            if pool.persistent:
-                pool.client.dom.tmem_pages -= 1
         pg.data = None
         pg.csize = 0
+
+    def _free_frame(self, pool: Pool, at: int) -> None:
+        """``tmem_free_page``: a frame back to tmem's free list (uncharged from a persistent
+        pool's domain)."""
+        self.raw_pages -= 1
+        self.free_list += 1
+        self.free_slots.append(at)
+        if pool.persistent:
+            pool.client.dom.tmem_pages -= 1
+
+    def _associate(self, pool: Pool, pg: Page, packed: bytes | None) -> bool:
+        """``pcd_associate`` (dedup): the page just stored (``packed``: its compressed bytes,
+        else a whole page in its frame) shares the copy of identical content, or its content
+        becomes a new copy (with tze, a trimmed one). A trimmed copy never matches again; a
+        page of zeros keeps its frame, which nobody ever frees (§9.2). False (its data
+        freed) when the copy finds no memory."""
+        if packed is None:
+            at = pg.data
+            content = bytes(self.av[at:at + PAGE])  # type: ignore[misc]
+            size = PAGE
+            if self.tze:
+                size = trimmed_size(content)
+                if size > PCD_TZE_MAX_SIZE:
+                    size = PAGE
+            key = content if size == PAGE else None
+        else:
+            key, size = packed, len(packed)
+        pcd = self.pcds.get(key) if key is not None else None
+        if pcd is not None:
+            if packed is None:
+                self._free_data(pg)  # the new frame: Xen frees it at the match
+            self.Gd += 1
+        else:
+            if not self._meta(pool, self.pcd_block):
+                self._free_data(pg)
+                return False
+            if packed is not None:
+                if not self._meta(pool, xmem_block(size)):
+                    self._meta(pool, -self.pcd_block)
+                    return False
+                pcd = Pcd(packed, size, key)
+                self.Gz += size
+            elif size == PAGE or (size and not self._meta(pool, xmem_block(size))):
+                pcd = Pcd(at, PAGE, content)  # type: ignore[arg-type]
+                self.Zt += PAGE if self.tze else 0
+                self.Gz += PAGE if self.compress_default else 0
+            else:
+                pcd = Pcd(content[:size], size, None)
+                self.Zt += size
+                if size:
+                    self._free_frame(pool, at)  # type: ignore[arg-type]
+            if pcd.key is not None:
+                self.pcds[pcd.key] = pcd
+            n = self.Sc = self.Sc + 1
+            if n > self.Sm:
+                self.Sm = n
+        pcd.refs += 1
+        self.pcd_of[pg] = pcd
+        self.attempted.discard(pg)
+        pg.data = pcd.data
+        pg.csize = size if packed is not None else 0 if pcd.size == PAGE else TRIMMED
+        return True
+
+    def _disassociate(self, pool: Pool, pg: Page) -> None:
+        """``pcd_disassociate``: the page stops sharing its copy, which goes with its last
+        page (a page of zeros leaves its frame behind)."""
+        pcd = self.pcd_of.pop(pg)
+        self.attempted.discard(pg)
+        pcd.refs -= 1
+        if pcd.refs:
+            return
+        self.Sc -= 1
+        self._meta(pool, -self.pcd_block)
+        if pcd.key is not None and self.pcds.get(pcd.key) is pcd:
+            del self.pcds[pcd.key]
+        if pg.csize > 0:
+            self._meta(pool, -xmem_block(pcd.size))
+            self.Gz -= pcd.size
+        elif pcd.size == PAGE:
+            self.Zt -= PAGE if self.tze else 0
+            self.Gz -= PAGE if self.compress_default else 0
+            self._free_frame(pool, pcd.data)  # type: ignore[arg-type]
+        elif pcd.size:
+            self._meta(pool, -xmem_block(pcd.size))
+            self.Zt -= pcd.size
 
     def _fill(self, pool: Pool, pg: Page, src, new: bool, buffer: bool) -> int:
         """Store the guest's page ``src`` (None: its frame cannot be read) in ``pg``, as
@@ -576,13 +702,19 @@ class Tmem:
             packed = compress_page(src)
             size = len(packed)
             if size < SUBPAGE_MAX:
-                if not self._meta(pool, xmem_block(size)):
+                if self.dedup and not pool.persistent:
+                    stored = self._associate(pool, pg, packed)
+                elif self._meta(pool, xmem_block(size)):
+                    pg.data, pg.csize = packed, size
+                    stored = True
+                else:
+                    stored = False
+                if not stored:
                     if new:
                         owner.cm += 1
                     return ENOMEM
                 owner.cp += 1
                 owner.cb += size
-                pg.data, pg.csize = packed, size
                 return 1
             if new:
                 owner.cn += 1
@@ -600,6 +732,8 @@ class Tmem:
         if src is not None and not buffer:
             self.av[at:at + PAGE] = src
             pg.data = at  # csize is 0: a new descriptor's, or _free_data reset it
+            if self.dedup and not pool.persistent and not self._associate(pool, pg, None):
+                return ENOMEM
             return 1
         if src is None:
             rc = EFAULT
@@ -608,6 +742,8 @@ class Tmem:
         else:
             self.av[at:at + PAGE] = src
             pg.data = at
+            if self.dedup and not pool.persistent and not self._associate(pool, pg, None):
+                return ENOMEM
             return 1
         pg.data = at
         self._free_data(pg)
@@ -710,9 +846,22 @@ class Tmem:
         return True
 
     def _first_evictable(self, pages: OrderedDict[Page, None]) -> Page | None:
+        """The list's first page not of a dying pool. With dedup, a page whose copy others
+        share gets one second chance: it moves to the young end of both lists and this
+        attempt finds nothing (Xen's walk ends there, §3.5)."""
         if not self.dying_pools:
-            return next(iter(pages))
-        return next((pg for pg in pages if not pg.obj.pool.dying), None)  # type: ignore[union-attr]
+            pg = next(iter(pages))
+        else:
+            pg = next((p for p in pages if not p.obj.pool.dying), None)  # type: ignore[union-attr]
+        if pg is None or not self.pcd_of:
+            return pg
+        pcd = self.pcd_of.get(pg)
+        if pcd is not None and pcd.refs > 1 and pg not in self.attempted:
+            self.attempted.add(pg)
+            self.g_eph.move_to_end(pg)
+            pg.obj.pool.client.eph.move_to_end(pg)  # type: ignore[union-attr]
+            return None
+        return pg
 
     # ---- per-page bookkeeping -----------------------------------------------------------------
     # Every path that adds or removes pages (single ops, the batched multicall runs and their
@@ -841,7 +990,7 @@ class Tmem:
         logged for a live save); its data freed (`Fc`, `cp`, `cb`) unless ``free_data`` is
         False (an eviction whose frame a PUT takes)."""
         g_eph, orphans, slots = self.g_eph, self.orphans, self.free_slots
-        pgp_block = self.pgp_block
+        pgp_block, pcd_of = self.pgp_block, self.pcd_of
         frames = eph = 0
         for pg in pages:
             obj = pg.obj
@@ -891,7 +1040,7 @@ class Tmem:
                 if free_data and not pg.csize and pg.data is not None:
                     owner.dom.tmem_pages -= 1  # its frame, freed below
             if free_data:
-                if pg.csize:
+                if pg.csize or (pcd_of and pg in pcd_of):
                     self._free_data(pg)
                 elif pg.data is not None:  # _free_data's frame back, counted once below
                     slots.append(pg.data)  # type: ignore[arg-type]
@@ -992,7 +1141,7 @@ class Tmem:
         count = len(cmfns)
         host = self.host
         odom = pool.client.dom
-        if not pool.freed and not pool.client.frozen:
+        if not pool.freed and not pool.client.frozen and not self.dedup:
             oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
             obj = pool.objs.get(oid) if oid is not None else None
             if oid is not None and (obj is None or obj.pages.keys().isdisjoint(indexes)):
@@ -1141,17 +1290,23 @@ class Tmem:
 
     def page_bytes(self, pg: Page) -> bytes:
         """The 4 KiB content of a page."""
-        if pg.csize:
+        if pg.csize > 0:
             return decompress(pg.data, uncompressed_size=PAGE)
+        if pg.csize:
+            return pg.data.ljust(PAGE, b"\0")  # type: ignore[union-attr]
         at = pg.data
         return self.arena[at:at + PAGE]  # type: ignore[misc]
 
     def _copy_out(self, pg: Page, mem, off: int) -> None:
         """A stored page into ``mem[off:off+4096]``: decoded when compressed, else copied from
         its arena slot."""
-        if pg.csize:
+        if pg.csize > 0:
             if not decode_into(pg.data, mem, off):
                 _corrupt()
+        elif pg.csize:  # trimmed: the bytes kept, then zeros
+            data = pg.data
+            mem[off:off + len(data)] = data  # type: ignore[arg-type]
+            mem[off + len(data):off + PAGE] = bytes(PAGE - len(data))  # type: ignore[arg-type]
         else:
             at = pg.data
             mem[off:off + PAGE] = self.av[at:at + PAGE]  # type: ignore[misc]
