@@ -1136,3 +1136,16 @@ def test_dedup_shared_page_gets_a_second_chance():
     assert [tm.evict(None), tm.evict(None)] == [False, True]
     assert [t.get(e, 1, i)[0] for i in range(4)] == [1, 0, 1, 1]
     assert _gkeys(host, "Ea", "Et") == (2, 1)
+
+
+@pytest.mark.parametrize(("version", "pages"), [("4.5", 583 + 18), ("4.12", 583 + 16)])
+def test_flush_returns_a_destroyed_pools_frames_and_metadata(version, pages):
+    """§9.4: FLUSH after an ephemeral pool of 583 pages was destroyed returns its frames and
+    its metadata pages. (A real host returned 2400 KiB, 17 metadata pages; one object of 583
+    pages takes 16 pages of 4.8+'s descriptors, nodes and object, 18 of 4.5's.)"""
+    host, (t,) = make(version)
+    e = t.new_pool(PRIV_EPH)
+    for i in range(583):
+        t.put(e, 1, i, page(i))
+    assert t.destroy(e) == 1 and _g(host, "Ta") == pages
+    assert t.ctl("FLUSH", ALL, **t.value_arg(1 << 20)) == pages * 4 and _g(host, "Ta") == 0

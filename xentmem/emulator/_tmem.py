@@ -418,9 +418,11 @@ class Tmem:
     The global counters carry the names of the `G=` line (§4.2), each explained where
     ``__init__`` sets it up. Every path that adds or removes pages (single ops, the batched
     multicall runs and their bulk moves, flushes, eviction, pool destruction) goes through
-    one set of per-page helpers: ``_fill`` (storage), ``_take_frames``/``_free_data``
-    (frames), ``_add_pages`` (descriptors, radix nodes, lists, counters), ``remove_pages``,
-    ``_got`` (GET hits), ``_index``/``_unindex`` (the radix tree).
+    one set of per-page helpers: ``_fill`` (storage), ``_take_frames``/``_free_data``/
+    ``_free_frame`` (frames), ``_meta`` (the pages tmem's own structures take, §9.4),
+    ``_obj_alloc``/``_obj_free`` (objects), ``_add_pages`` (descriptors, radix nodes),
+    ``_insert_pages`` (lists, counters), ``remove_pages``, ``_associate``/``_disassociate``
+    (dedup's shared copies), ``_got`` (GET hits), ``_index``/``_unindex`` (the radix tree).
     """
 
     def __init__(self, host: EmulatedHost, behaviour: Behaviour, *, compress: bool,
@@ -866,7 +868,7 @@ class Tmem:
     # ---- per-page bookkeeping -----------------------------------------------------------------
     # Every path that adds or removes pages (single ops, the batched multicall runs and their
     # bulk moves, flushes, eviction, pool destruction) goes through these, so each rule (a
-    # counter, a peak, a list) is written once.
+    # counter, a peak, a list, a metadata charge) is written once.
 
     def _obj_alloc(self, pool: Pool, oid: tuple[int, int, int]) -> Obj | None:
         """``obj_alloc``: a new, empty object in ``pool`` (its block in the sub-page pool);
