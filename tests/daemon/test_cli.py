@@ -61,7 +61,8 @@ def test_up_status_tmem_commands_down(process_daemon: Path):
 
     status = run_json("emulator", "status", "--state", state)
     assert status["xen_version"].startswith("4.12") and status["memory_mb"] == 1024
-    assert status["domains"][1]["tmem_persistent_pages"] == 3
+    # three frames and the page their metadata takes, all charged to the domain (§9.4)
+    assert status["domains"][1]["tmem_persistent_pages"] == 4
     assert [r["kind"] for r in status["tmem"]][:2] == ["global", "client"]
     assert "hypercall_socket" in run("emulator", "status", "--state", state)
 

@@ -96,7 +96,8 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path)
         for i in acked:
             assert tm.get_page(pool, 1, i) == page(i), i
     status = daemon.control(state, "status")
-    assert status["domains"][1]["tmem_persistent_pages"] == len(acked)
+    # the acked pages' frames and their metadata pages (36+ descriptors a page, §9.4)
+    assert 0 < status["domains"][1]["tmem_persistent_pages"] - len(acked) <= 2 + len(acked) // 36
 
 
 def test_down_on_a_full_disk_says_the_final_snapshot_failed(small_disk: Path) -> None:

@@ -74,6 +74,32 @@ def test_up_refuses_options_that_contradict_the_saved_host(make_daemon):
     assert str(d.daemon.host.version) == "4.5" and sorted(d.daemon.host.domains) == [0, 1]
 
 
+def test_dedup_boot_options_survive_a_restart(make_daemon):
+    """A 4.5 host booted with tmem_dedup and tmem_tze: identical ephemeral pages share a copy
+    and trimmed ones are kept short, across down/up; the options are part of the saved host
+    (``up --no-tmem-dedup`` contradicts it) and of its command line."""
+    d = make_daemon(xen_version="4.5", tmem_dedup=True, tmem_tze=True)
+    short = page(7)[:200] + bytes(4096 - 200)
+    with SocketHypervisor(d.directory, 0) as hv:
+        tm = Tmem(hv, version="4.5")
+        eph = tm.new_pool(persistent=False)
+        for i, data in enumerate([page(1), page(1), short, bytes(4096)]):
+            tm.put_page(eph, 1, i, data)
+    before = _listing(d.directory)
+    assert ",Sc:3,Sm:3," in before and ",Gd:1,Zt:4296," in before
+    d.restart(daemon.HostConfig(xen_version="4.5"))
+    # the same text but Tt, which counts 4.5's LIST itself
+    assert _listing(d.directory).split(",", 1)[1] == before.split(",", 1)[1]
+    assert d.daemon.host.tmem.dedup and d.daemon.host.tmem.tze
+    with SocketHypervisor(d.directory, 0) as hv:
+        assert Tmem(hv, version="4.5").get_page(eph, 1, 2) == short
+    d.stop()
+    with pytest.raises(EmulatorError, match="tmem_dedup=True"):
+        d.start(daemon.HostConfig(xen_version="4.5", tmem_dedup=False))
+    assert daemon.HostConfig(tmem_dedup=True, tmem_tze=True).argv()[-2:] == [
+        "--tmem-dedup", "--tmem-tze"]
+
+
 def test_sigkill_after_acknowledged_puts_loses_nothing(process_daemon: Path):
     """A real daemon process, hung (SIGSTOP) after acknowledging hypercalls: a client gets
     ``TransportError`` within its timeout, ``down`` escalates to SIGKILL, and the journal

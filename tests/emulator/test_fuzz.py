@@ -34,8 +34,10 @@ class Fuzzer:
         self.boot()
 
     def boot(self) -> None:
+        r = self.rng
         self.host = EmulatedHost(32, xen_version=self.version, designed=self.designed,
-                                 tmem_compress=self.rng.random() < 0.5, dom0_memory_mb=8)
+                                 tmem_compress=r.random() < 0.5, dom0_memory_mb=8,
+                                 tmem_dedup=r.random() < 0.3, tmem_tze=r.random() < 0.5)
         self.guests = [Guest(self.host, 0), Guest(self.host, self.host.create_domain("g", 4, 6))]
         self.iv = abi.SYSCTL_INTERFACE_VERSION.get(self.host.version, 0)
 

@@ -7,8 +7,10 @@ pressure, compression, and sequential runs: one object, consecutive frames, as a
 client issues them and the bulk paths take them): host A as one multicall, host B entry by
 entry, each result written back into B's entry as a multicall would. Results, guest memory, the
 whole persisted state (every counter and peak: Pc/Pm, Oc/Om, radix nodes Nc/Nm, frames Fc/Fm,
-Ec/Em, the owners' Ge/Pp/Gp, cp/cb, a failed GET's leaked descriptors), the page arena
-bookkeeping and the long ``tmem-list`` must be identical.
+Ec/Em, the owners' Ge/Pp/Gp, cp/cb, a failed GET's leaked descriptors, the metadata pages of
+both sub-page pools and the domains' charges, the free list `Ta`, dedup's Sc/Sm/Gd/Zt/Gz on
+hosts booted with tmem_dedup / tmem_tze), FREEABLE, the page arena bookkeeping and the long
+``tmem-list`` must be identical.
 Spies on ``Tmem.put_run`` / ``get_run`` and on the bulk paths check that they really ran.
 """
 
@@ -34,9 +36,10 @@ class Side:
     """One host, its guest domain, the guest's buffers and frames (identical on both sides)."""
 
     def __init__(self, version: str, compress: bool, designed: bool, memory_mb: int,
-                 guest_mb: int, max_mb: int) -> None:
+                 guest_mb: int, max_mb: int, dedup: bool = False, tze: bool = False) -> None:
         self.host = EmulatedHost(memory_mb, xen_version=version, tmem_compress=compress,
-                                 designed=designed, dom0_memory_mb=8)
+                                 designed=designed, dom0_memory_mb=8, tmem_dedup=dedup,
+                                 tmem_tze=tze)
         self.domid = self.host.create_domain("g", guest_mb, max_mb)
         hv = EmulatedHypervisor(self.host, self.domid)
         self.ops = hv.alloc_buffer(64 * 56)
@@ -86,6 +89,8 @@ def _scenario(seed: int, sequential: float = 0.4, roomy: bool = False,
                 memory_mb=rng.choice(sizes),
                 guest_mb=(g := rng.choice([12, 16] if roomy else [6, 7] if tight else [4, 6, 7])),
                 max_mb=g + rng.choice([0, 1, 8] if roomy else [0, 1]))
+    if version != "4.12" and rng.random() < 0.25:  # dedup / tze hosts (4.0-4.7)
+        conf.update(dedup=True, tze=rng.random() < 0.5)
     keys = rng.choice([2000, 5000] if roomy else [24, 300])
     put_runs: list[tuple[int, tuple[int, int, int], int, int]] = []  # sequential PUTs, for GETs
     a, b = Side(**conf), Side(**conf)
@@ -173,6 +178,7 @@ def _scenario(seed: int, sequential: float = 0.4, roomy: bool = False,
         assert a.entries.read() == b.entries.read()
         assert a.memory() == b.memory()
     assert a.host.to_state() == b.host.to_state()
+    assert a.host.tmem.freeable_pages() == b.host.tmem.freeable_pages()
     ta, tb = a.host.tmem, b.host.tmem
     assert (ta.free_slots, ta.next_slot) == (tb.free_slots, tb.next_slot)
     assert a.host.tmem_list(long=True) == b.host.tmem_list(long=True)

@@ -30,9 +30,10 @@ def text_page(seed: int) -> bytes:
     return (f"line {seed:05d} of a text file; " * 160).encode()[:PAGE_SIZE]
 
 
-def _run(version: str, designed: bool, sequence, compress: bool = False) -> None:
+def _run(version: str, designed: bool, sequence, compress: bool = False,
+         dedup: bool = False) -> None:
     host = EmulatedHost(16, xen_version=version, designed=designed, dom0_memory_mb=12,
-                        tmem_compress=compress)
+                        tmem_compress=compress, tmem_dedup=dedup, tmem_tze=dedup)
     content = (lambda seed: text_page(seed) if seed % 2 else page(seed)) if compress else page
     guests = [Guest(host, 0)] + [Guest(host, host.create_domain(f"g{i}", 1, 2))
                                  for i in range(2)]
@@ -127,6 +128,12 @@ def test_random_ops_4_12_compressed(sequence):
 @given(ops)
 def test_random_ops_4_5(sequence):
     _run("4.5", False, sequence)
+
+
+@SETTINGS
+@given(ops, st.booleans())
+def test_random_ops_4_5_dedup_tze(sequence, compress):
+    _run("4.5", False, sequence, compress, dedup=True)
 
 
 @SETTINGS

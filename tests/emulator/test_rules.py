@@ -12,6 +12,7 @@ import pytest
 
 from xentmem import abi
 from xentmem.abi import PAGE_SIZE, TmemCmd
+from xentmem.emulator import EmulatedHost
 
 from .driver import ALL, PRIV_EPH, PRIV_PERS, SHARED_EPH, SHARED_PERS, make, page, text_page
 
@@ -204,7 +205,11 @@ def _freeable(host, g):
 
 
 MEMORY_RULES = [
-    ("persistent_pages_charged_to_domain", "*", _persistent_ceiling, (512, -12, True, True)),
+    # the headroom holds the pages and their metadata (§9.4): 13 pages of 4.8+'s 96-byte
+    # descriptor blocks, 15 of the 112-byte ones before, each with 9 radix nodes and an object
+    ("persistent_pages_charged_to_domain", "*", _persistent_ceiling,
+     {"4.1": (497, -12, True, True), "4.5": (497, -12, True, True),
+      "4.12": (499, -12, True, True)}),
     ("flush_kib_evicts_oldest_returns_kib", "*", _flush_kib, (64, [0, 1], 4, -1)),
     ("freeable_is_free_list_plus_ephemeral", "*", _freeable, (2, 2)),
 ]
@@ -361,15 +366,20 @@ def _last_sharer_leaves(how):
 ZEROS = ("Pc:0,Pm:0,Oc:0,Om:0,Nc:0,Nm:0,ps:0,pt:0,pd:0,pr:0,px:0,gs:0,gt:0,fs:0,ft:0,os:0,"
          "ot:0")
 
+PEAKS_POOL = {"CI": 0, "PI": 1, "PT": "PP", "U0": 0, "U1": 0, "Pc": 0, "Pm": 1, "Oc": 0,
+              "Om": 1, "Nc": 0, "Nm": 2, "ps": 0, "pt": 1, "pd": 0, "pr": 0, "px": 1, "gs": 0,
+              "gt": 0, "fs": 0, "ft": 0, "os": 0, "ot": 0}
+
 SHARED_45_RULES = [
     ("owner_drops_joiner_slot_clears_both_4_5", ("4.5",), _owner_drops_joiner_slot,
-     ((0, 1, 1, 1, -19, -19, 0, 0), "\n".join([G45.format(9, 2, 1), C45, "T", ""]),
+     # Ta: the pool's frame and, once the pool is gone, its metadata page (§9.4)
+     ((0, 1, 1, 1, -19, -19, 0, 0), "\n".join([G45.format(9, 2, 2), C45, "T", ""]),
       (0, 0, 0, 0))),
     ("owner_drops_joiner_of_three_moves_ownership_4_5", ("4.5",), _owner_drops_joiner_of_three,
      (((0, 1, 2), 1, 1, 1, -19, -1001, 0),
-      "\n".join([G45.format(10, 2, 2), f"{S45},SC:0", C45,
+      "\n".join([G45.format(10, 2, 3), f"{S45},SC:0", C45,
                  f"P=CI:0,PI:2,PT:ES,U0:{U[0]:x},U1:{U[1]:x}", "T", ""]),
-      1, "\n".join([G45.format(12, 2, 2), C45, "T", ""]))),
+      1, "\n".join([G45.format(12, 2, 3), C45, "T", ""]))),
     ("creator_leaves_joiner_stays_stale_list_4_5", ("4.5",), _creator_leaves_joiner_stays,
      ((0, 0, 1, 1, 1, 1, -1001), 0, ["G=", "S=", "C=", "C=", "P=", "T"],
       [f"S=SI:0,PT:EP,U0:{U[0]:x},U1:{U[1]:x},SC:1,{ZEROS}",
@@ -516,16 +526,15 @@ COUNTER_RULES = [
      ((0, 0), (12, 12), 2,
       "P=CI:0,PI:0,PT:PP,U0:0,U1:0,Pc:4,Pm:6,Oc:4,Om:4,Nc:1,Nm:12,ps:7,pt:7,pd:0,pr:0,px:0,"
       "gs:0,gt:0,fs:3,ft:3,os:0,ot:0", (1, 12))),
+    # Ta after the flush: the frames and the metadata pages, once the last object is gone
+    # (§9.4: 100 descriptors, 2 radix nodes and an object take 4 pages, 3 with 4.8+'s)
     ("nm_fm_pm_om_peaks_at_allocation", "*", _peaks_at_allocation,
-     ((0, 3, 0, 100, 0, 100, 0, 1, 100), -14,
-      {"CI": 0, "PI": 1, "PT": "PP", "U0": 0, "U1": 0, "Pc": 0, "Pm": 1, "Oc": 0, "Om": 1,
-       "Nc": 0, "Nm": 2, "ps": 0, "pt": 1, "pd": 0, "pr": 0, "px": 1, "gs": 0, "gt": 0,
-       "fs": 0, "ft": 0, "os": 0, "ot": 0},
-      (1, 100, 100))),
+     {v: ((0, 3, 0, 100, 0, 100, 0, 1, ta), -14, PEAKS_POOL, (1, 100, ta))
+      for v, ta in (("4.1", 104), ("4.5", 104), ("4.12", 103))}),
     ("failed_ephemeral_get_leaks_pc", ("4.5", "4.12"), _failed_get_leaks_pc,
      (-14, (1, 1, 0), (0, 0), ((1, 1, 1, 1, 0, 0), (1,)), (1, 1, 1, 0, 0, 0), 1, 0)),
     ("failed_ephemeral_get_keeps_page_on_4_1", ("4.1",), _failed_get_leaks_pc,
-     (-14, (1, 1, 1), (1, -1001), ((0, 0, 0, 0, 0, 1), (0,)), (0, 0, 0, 0, 0, 1), 0, 0)),
+     (-14, (1, 1, 1), (1, -1001), ((0, 0, 0, 0, 0, 2), (0,)), (0, 0, 0, 0, 0, 2), 0, 0)),
 ]
 
 
@@ -942,8 +951,10 @@ def test_heap_exhaustion_sequence_4_12():
     t.flush(p, 1, 1)
     et = _g(host, "Et")
     assert [t.put(e, 2, i, page(i)) for i in range(4)] == [1, 1, 1, 1]
-    assert _g(host, "Et") == et + 2  # two free pages, then one eviction per PUT
-    assert [t.get(e, 2, i)[0] for i in range(4)] == [0, 0, 1, 1]
+    # the two free pages: the first PUT's frame and its metadata page (§9.4); then one
+    # eviction per PUT
+    assert _g(host, "Et") == et + 3
+    assert [t.get(e, 2, i)[0] for i in range(4)] == [0, 0, 0, 1]
 
 
 @pytest.mark.parametrize("version", ["4.1", "4.12"])
@@ -1004,3 +1015,150 @@ def test_sysctl_releases_between(version, cap_key):
                     else "C=CI:0,ww:4,co:0,fr:0,Tc:0,Ge:0,Pp:0,Gp:0")
     auth = t.op(C.TMEM_AUTH, 0, uuid=U, flags=1, arg1=0)
     assert auth == (-95 if version == "4.9" else 1)
+
+
+# --- §9.4 memory: tmem's metadata takes pages; Xen keeps memory for itself ---------------------
+
+@pytest.mark.parametrize(("version", "puts"), [("4.5", 434), ("4.12", 436)])
+def test_persistent_metadata_charged_to_the_domain(version, puts):
+    """§9.4: with 448 pages of headroom, 436 (4.12.4) / 434 (4.5.5) persistent PUTs succeed
+    before -12; after that pool's DESTROY_POOL `Ta` is 448 (frames and metadata pages)."""
+    host, (t,) = make(version, memory_mb=256)
+    dom = host.domains[0]
+    dom.max_pages = dom.tot_pages + 448
+    p = t.new_pool(PRIV_PERS)
+    n = 0
+    while (rc := t.put(p, 1, n, page(n))) == 1:
+        n += 1
+    assert (n, rc) == (puts, -12)
+    assert t.destroy(p) == 1 and _g(host, "Ta") == 448
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("version", "settled", "freeable"),
+                         [("4.5", 59602, 239), ("4.12", 59507, 238)])
+def test_ephemeral_pool_settles_where_xen_did(version, settled, freeable):
+    """§9.4 / §9.1: 512 MiB of RAM, dom0_mem=256M, continuous PUTs of one object: the pool
+    settles at 59,507 (4.12.4) / 59,602 (4.5.5) pages, oldest first; FREEABLE reads 238 / 239."""
+    from xentmem.emulator.transport import EmulatedHypervisor
+    from xentmem.hypercalls.tmem import Tmem
+
+    host = EmulatedHost(512, xen_version=version, dom0_memory_mb=256)
+    t = Tmem(EmulatedHypervisor(host, 0), version=version)
+    p = t.new_pool(persistent=False)
+    for base in range(0, 66000, 1000):
+        t.put_pages(p, [(1, i, page(i & 255)) for i in range(base, base + 1000)])
+    assert (host.tmem.eph_count, _g(host, "Et")) == (settled, 66000 - settled)
+    assert t.freeable_mb() == freeable
+
+
+# --- §9.4 / §9.2 dedup and trailing-zero elimination (boot options of 4.0-4.7) ----------------
+
+def _dedup_keys(host):
+    return _gkeys(host, "Sc", "Sm", "Gd", "Zt", "Pc", "Ec", "Fc")
+
+
+@pytest.mark.parametrize("version", ["4.5", "4.7"])
+def test_dedup_set_compress_refused(version):
+    """With tmem_dedup, SET_COMPRESS returns -1 for 0 and for 1 (compression is fixed)."""
+    for dedup, expected in ((True, (-1, -1)), (False, (0, 0))):
+        _host, (t,) = make(version, tmem_dedup=dedup)
+        t.new_pool(PRIV_EPH)
+        assert tuple(t.ctl("SET_COMPRESS", 0, **t.value_arg(v)) for v in (0, 1)) == expected
+
+
+@pytest.mark.parametrize("version", ["4.1", "4.5", "4.7"])
+def test_dedup_identical_ephemeral_pages_share_one_copy(version):
+    """Identical ephemeral pages share one frame (`Gd` counts the PUTs that found their copy,
+    `Sc`/`Sm` the copies); GETs return every page; the copy goes with its last page.
+    Identical persistent pages are not shared."""
+    host, (t,) = make(version, tmem_dedup=True)
+    e = t.new_pool(PRIV_EPH)
+    for i, seed in enumerate((1, 1, 1, 2)):
+        assert t.put(e, 1, i, page(seed)) == 1
+    stored = _dedup_keys(host)
+    got = [t.get(e, 1, i) for i in range(4)]
+    after = _dedup_keys(host)
+    p = t.new_pool(PRIV_PERS)
+    for i in range(2):
+        t.put(p, 1, i, page(3))
+    assert (stored, got, after, _gkeys(host, "Sc", "Gd", "Fc")) == (
+        (2, 2, 2, 0, 4, 4, 2), [(1, page(s)) for s in (1, 1, 1, 2)], (0, 2, 2, 0, 0, 0, 0),
+        (0, 2, 2))
+
+
+def test_dedup_is_ignored_from_4_8():
+    """4.8 deleted dedup: the boot option is unknown, pages are stored one by one."""
+    host, (t,) = make("4.12", tmem_dedup=True, tmem_tze=True)
+    e = t.new_pool(PRIV_EPH)
+    for i in range(3):
+        t.put(e, 1, i, page(1))
+    assert _dedup_keys(host) == (0, 0, 0, 0, 3, 3, 3)
+
+
+def test_dedup_compressed_pages_share_compressed_bytes():
+    """dedup + compression: identical pages share one compressed copy (`Gz` its bytes);
+    each page still counts in the client's `cp`/`cb`."""
+    from xentmem.emulator._codec import compress_page
+
+    size = len(compress_page(text_page(5)))
+    host, (t,) = make("4.5", tmem_dedup=True, tmem_compress=True)
+    e = t.new_pool(PRIV_EPH)
+    for i in range(3):
+        t.put(e, 1, i, text_page(5))
+    client = next(ln for ln in t.list(0, use_long=True)[1].splitlines() if ln.startswith("C="))
+    cp_cb = tuple(int(dict(kv.split(":") for kv in client[2:].split(","))[k])
+                  for k in ("cp", "cb"))
+    assert (_gkeys(host, "Sc", "Gd", "Gz", "Fc"), cp_cb, t.get(e, 1, 2)) == (
+        (1, 2, size, 0), (3, 3 * size), (1, text_page(5)))
+
+
+def test_tze_trims_trailing_zeros():
+    """§9.2 (tmem_dedup tmem_tze on 4.5.5): `Zt` sums the lengths kept after trimming
+    trailing zeros (4096 for a full page, 0 for a zero page); two identical trimmed pages
+    are not merged; `Fc` stays at 1 after every page is gone (a zero page's frame is never
+    freed). GETs return the pages whole."""
+    host, (t,) = make("4.5", tmem_dedup=True, tmem_tze=True)
+    e = t.new_pool(PRIV_EPH)
+    short = page(7)[:1000] + bytes(PAGE_SIZE - 1000)  # 1000 bytes kept: 1000 rounded to 8
+    pages = [page(1), bytes(PAGE_SIZE), short, short]
+    for i, data in enumerate(pages):
+        assert t.put(e, 1, i, data) == 1
+    stored = _gkeys(host, "Sc", "Gd", "Zt", "Fc")
+    got = [t.get(e, 1, i) for i in range(4)]
+    assert (stored, got, _gkeys(host, "Sc", "Sm", "Zt", "Fc", "Ec")) == (
+        (4, 0, 4096 + 0 + 1000 + 1000, 2), [(1, d) for d in pages], (0, 4, 0, 1, 0))
+
+
+def test_tze_off_with_compression():
+    """dedup + compression + tze: Xen turns tze off at boot (`Zt` stays 0)."""
+    host, (t,) = make("4.5", tmem_dedup=True, tmem_tze=True, tmem_compress=True)
+    e = t.new_pool(PRIV_EPH)
+    t.put(e, 1, 0, page(1))  # incompressible: kept whole
+    assert _gkeys(host, "Sc", "Zt", "Gz", "Fc") == (1, 0, 4096, 1)
+
+
+def test_dedup_shared_page_gets_a_second_chance():
+    """§3.5: with dedup, eviction passes over a page whose copy others share once (it moves
+    to the young end; that attempt evicts nothing) and takes the next page."""
+    host, (t,) = make("4.5", tmem_dedup=True)
+    e = t.new_pool(PRIV_EPH)
+    for i, seed in enumerate((1, 2, 1, 3)):
+        t.put(e, 1, i, page(seed))
+    tm = host.tmem
+    assert [tm.evict(None), tm.evict(None)] == [False, True]
+    assert [t.get(e, 1, i)[0] for i in range(4)] == [1, 0, 1, 1]
+    assert _gkeys(host, "Ea", "Et") == (2, 1)
+
+
+@pytest.mark.parametrize(("version", "pages"), [("4.5", 583 + 18), ("4.12", 583 + 16)])
+def test_flush_returns_a_destroyed_pools_frames_and_metadata(version, pages):
+    """§9.4: FLUSH after an ephemeral pool of 583 pages was destroyed returns its frames and
+    its metadata pages. (A real host returned 2400 KiB, 17 metadata pages; one object of 583
+    pages takes 16 pages of 4.8+'s descriptors, nodes and object, 18 of 4.5's.)"""
+    host, (t,) = make(version)
+    e = t.new_pool(PRIV_EPH)
+    for i in range(583):
+        t.put(e, 1, i, page(i))
+    assert t.destroy(e) == 1 and _g(host, "Ta") == pages
+    assert t.ctl("FLUSH", ALL, **t.value_arg(1 << 20)) == pages * 4 and _g(host, "Ta") == 0

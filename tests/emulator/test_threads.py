@@ -68,9 +68,10 @@ def _books_balance(host: EmulatedHost) -> None:
     assert tm.raw_pages == len(raw)
     assert len(raw) + len(tm.free_slots) == tm.next_slot // PAGE_SIZE
     assert raw.isdisjoint(tm.free_slots)
-    for c in tm.clients.values():
-        assert c.dom.tmem_pages == sum(p.npages for p in c.pools
-                                       if p is not None and p.persistent)
+    for c in tm.clients.values():  # its persistent frames and its metadata pages (§9.4)
+        assert c.dom.tmem_pages == c.meta_pages + sum(
+            1 for pg in pages if pg.obj.pool.persistent and pg.obj.pool.client is c
+            and not pg.csize)
 
 
 @pytest.mark.parametrize("compress", [False, True])

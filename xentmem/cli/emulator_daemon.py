@@ -114,6 +114,12 @@ def up(state: State = None,
        designed: Annotated[bool | None, typer.Option(
            "--designed/--as-released", help="Designed behaviour instead of the release's "
            "defects (ref §9).", show_default=False)] = None,
+       tmem_dedup: Annotated[bool | None, typer.Option(
+           "--tmem-dedup/--no-tmem-dedup", help="Boot option tmem_dedup (Xen 4.0-4.7).",
+           show_default=False)] = None,
+       tmem_tze: Annotated[bool | None, typer.Option(
+           "--tmem-tze/--no-tmem-tze", help="Boot option tmem_tze (Xen 4.0-4.7, with "
+           "tmem_dedup).", show_default=False)] = None,
        fresh: Annotated[bool, typer.Option(
            "--fresh", help="Discard the saved host and boot a new one.")] = False,
        recover: Annotated[bool, typer.Option(
@@ -143,7 +149,7 @@ def up(state: State = None,
     _check_living(workloads, kernels)
     config = _daemon().HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
                                guest_memory_mb, workloads, kernels, bare, speed, scenario,
-                               checkpoint_interval)
+                               checkpoint_interval, tmem_dedup, tmem_tze)
     info = _daemon().start(_dir(state), config, fresh=fresh, recover=recover, timeout=timeout)
     if as_json:
         render(info, as_json=True)

@@ -10,7 +10,8 @@ Host API (what transports and the daemon use)::
 
     host = EmulatedHost(memory_mb=2048, xen_version="4.12", tmem=True, tmem_compress=False,
                         tmem_shared_auth=False, designed=False,
-                        dom0_memory_mb=None)     # default min(256, memory_mb // 4)
+                        dom0_memory_mb=None,     # default min(256, memory_mb // 4)
+                        tmem_dedup=False, tmem_tze=False)   # boot options of 4.0-4.7
     domid = host.create_domain("guest1", memory_mb=128, max_memory_mb=256)
     host.hypercall(domid, 38, struct_address)   # Xen's signed result, never raises for guest input
     host.tmem_op(domid, struct_address)         # the single-op tmem_op entry (same answers)
@@ -35,13 +36,24 @@ invalidation list at SAVE_END after a live save, freed shared pools on 4.5), the
 every domain is gone and the call — and every later call on that host — raises
 ``xentmem.errors.HostCrashed`` with the reason; no Python traceback reaches a guest path.
 
-Not modelled: dedup / tze (4.0-4.7 boot options), 32-bit guests, the v0 ABI of 4.0.x, cycle
+Not modelled: 32-bit guests, the v0 ABI of 4.0.x, cycle
 counters (``Tc`` and the ≤4.3 ``T=`` timings read 0), the ≤4.4 compressor (pages compress as
 4.5+ does, byte for byte, so ``cb`` matches 4.5-4.12; 4.0-4.4's old LZO port never cleared its
-dictionary, so its sizes depended on earlier pages), persistent-pool metadata
-charged to the domain (a real 4.12.4 fitted 436 pages where the model fits 448), the ≤4.3
+dictionary, so its sizes depended on earlier pages), the ≤4.3
 ``T=`` counts (derived from the pool counters). ``to_state`` keeps domains,
 tmem clients, pools, pages and counters; guest frame contents are not kept.
+
+Memory (§9.4): tmem's own structures (objects, descriptors, radix nodes, compressed data) take
+pages of Xen's sub-page pools, counted by bytes of blocks (per-version struct sizes, TLSF block
+rounding), not by where each block sits: a pool's pages stay until it is empty. Ephemeral
+metadata is freeable, persistent metadata is charged to the domain. Xen's own share of the RAM
+is one calibrated figure per release (``Behaviour.xen_own_ppm``).
+
+Dedup / tze (``tmem_dedup``, ``tmem_tze``; 4.0-4.7, ignored later): identical ephemeral pages
+share one copy (whole, compressed, or trimmed of trailing zeros), with Xen's quirks (trimmed
+copies never match again, a zero page's frame is never freed, a shared page gets one second
+chance at eviction). A saved dedup host restores its pages and counters and shares them
+again as they are restored.
 """
 
 from __future__ import annotations

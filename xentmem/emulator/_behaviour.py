@@ -34,6 +34,10 @@ class Behaviour:
     auth_always: bool              # 4.9+: shared pools always need authorisation
     auth_dedup: bool               # <= 4.4: authorising a present uuid adds no second copy
     pool_flags_version_bits: bool  # 4.3+: SAVE_GET_POOL_FLAGS carries 1 << 24
+    dedup_options: bool            # boot options tmem_dedup / tmem_tze exist (<= 4.7)
+    # memory: sizes of tmem's own structures (x86_64 release builds) and Xen's own share
+    pgp_bytes: int                 # struct tmem_page_descriptor (dedup fields up to 4.7)
+    xen_own_ppm: int                # RAM Xen keeps for itself at boot, in parts per million
     # tmem-list text
     list_cap_key: bool             # `ca` key on C= lines (<= 4.7)
     list_full_t_line: bool         # T= line with perf counters (<= 4.3)
@@ -70,6 +74,13 @@ class Behaviour:
             auth_always=version >= V(4, 9),
             auth_dedup=version <= V(4, 4),
             pool_flags_version_bits=version >= V(4, 3),
+            dedup_options=version <= V(4, 7),
+            # list heads 16 + {list head, obj} 24 + size 4 + index 4 + eviction flag, pfp 8,
+            # timestamp 8; up to 4.7 also firstbyte and the pcd_siblings list head (§3.7)
+            pgp_bytes=88 if version <= V(4, 7) else 72,
+            # Xen's frame table, M2P, image and heap: what a 512 MiB host with dom0_mem=256M
+            # left to tmem (§9.4: 59,507 ephemeral pages settle on 4.12.4, 59,602 on 4.5.5)
+            xen_own_ppm=24788 if version >= V(4, 8) else 22240,
             list_cap_key=version <= V(4, 7),
             list_full_t_line=version <= V(4, 3),
             # The defects were observed on 4.5.5 and 4.12.4 (§9); the save cursor quirk is in

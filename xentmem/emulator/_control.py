@@ -173,7 +173,7 @@ class Control:
         return self._list(r.dom, r.cli, r.buf, r.arg1, r.arg2 & 0xFF)
 
     def subop_query_freeable_mb(self, r: Request) -> int:
-        return (self.tm.free_list + self.tm.eph_count) >> 8
+        return self.tm.freeable_pages() >> 8
 
     def _set_var(self, r: Request, apply) -> int:
         """SET_WEIGHT / SET_CAP / SET_COMPRESS (<= 4.7): 0, -1 without the client."""
@@ -190,6 +190,8 @@ class Control:
         return self._set_var(r, lambda c: setattr(c, "cap", _s32(r.value)))
 
     def subop_set_compress(self, r: Request) -> int:
+        if self.tm.dedup:  # "cannot be changed when tmem_dedup is enabled" (§9.2)
+            return EPERM
         return self._set_var(r, lambda c: setattr(c, "compress", bool(r.value)))
 
     def subop_save_get_version(self, r: Request) -> int:

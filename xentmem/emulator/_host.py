@@ -207,7 +207,8 @@ class EmulatedHost:
                  tmem: bool = True, tmem_compress: bool = False,
                  tmem_shared_auth: bool = False, designed: bool = False,
                  dom0_memory_mb: int | None = None,
-                 dom0_max_memory_mb: int | None = None) -> None:
+                 dom0_max_memory_mb: int | None = None,
+                 tmem_dedup: bool = False, tmem_tze: bool = False) -> None:
         if memory_mb < 16:
             raise ValueError(f"host memory must be at least 16 MiB, not {memory_mb}")
         if dom0_memory_mb is None:
@@ -218,7 +219,8 @@ class EmulatedHost:
         self.version, self.extraversion = _parse_version(xen_version)
         self.memory_mb = memory_mb
         self.boot = {"tmem": tmem, "tmem_compress": tmem_compress,
-                     "tmem_shared_auth": tmem_shared_auth}
+                     "tmem_shared_auth": tmem_shared_auth, "tmem_dedup": tmem_dedup,
+                     "tmem_tze": tmem_tze}
         self.designed = designed
         self.behaviour = Behaviour.for_version(self.version, designed=designed)
         self.has_tmem = self.version.has_tmem
@@ -227,9 +229,15 @@ class EmulatedHost:
         # time, as if Xen held a global lock; a multicall takes it once, not per entry.
         self.lock = threading.RLock()
         self._acquire, self._release = self.lock.acquire, self.lock.release
-        self.heap_free = memory_mb * 256
+        # Xen keeps part of the RAM for itself (frame table, M2P, its image and heap, §9.4);
+        # the rest is its heap, whose mid-size reserve is seeded before dom0 is built.
+        ram = memory_mb * 256
+        self.heap_free = ram - ram * self.behaviour.xen_own_ppm // 1_000_000
+        # tmem_dedup / tmem_tze exist up to 4.7; later releases ignore them as unknown
+        dedup = self.behaviour.dedup_options
         self.tmem = Tmem(self, self.behaviour, compress=tmem_compress,
-                         shared_auth=tmem_shared_auth)
+                         shared_auth=tmem_shared_auth, dedup=tmem_dedup and dedup,
+                         tze=tmem_tze and dedup)
         self.control = Control(self)
         self.domains: dict[int, Domain] = {}
         self.leaked_pools: list[Any] = []
@@ -237,8 +245,8 @@ class EmulatedHost:
         self.crashed: str | None = None
         self._next_domid = 1
         dom0_max = dom0_max_memory_mb if dom0_max_memory_mb is not None else memory_mb
-        self._add_domain(0, "Domain-0", dom0_memory_mb, dom0_max)
         self.tmem.note_heap()  # seed the mid-size reserve from the boot-time free memory
+        self._add_domain(0, "Domain-0", dom0_memory_mb, dom0_max)
         self._command_tables()
         self._handlers = {
             int(Hypercall.tmem_op): self._hc_tmem_op,

@@ -34,8 +34,8 @@ def _global(tm: Tmem, use_long: bool) -> str:
     if not use_long:
         return text + "\n"
     return (text + f",Ec:{tm.eph_count},Em:{tm.Em},Oc:{tm.nobjs},Om:{tm.Om},Nc:{tm.nodes},"
-            f"Nm:{tm.Nm},Pc:{tm.npages},Pm:{tm.Pm},Fc:{tm.raw_pages},Fm:{tm.Fm},Sc:0,Sm:0,"
-            f"Ep:{tm.Ep},Gd:0,Zt:0,Gz:0\n")
+            f"Nm:{tm.Nm},Pc:{tm.npages},Pm:{tm.Pm},Fc:{tm.raw_pages},Fm:{tm.Fm},Sc:{tm.Sc},"
+            f"Sm:{tm.Sm},Ep:{tm.Ep},Gd:{tm.Gd},Zt:{tm.Zt},Gz:{tm.Gz}\n")
 
 
 def _client(c: Client, b: Behaviour, use_long: bool) -> str:

@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 FORMAT = 2  # 1: compressed pages were lz4 blocks (still read: _lz4_to_lzo)
 _TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
          "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
-         "raw_pages", "cbytes", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
-         "dying_pools")
+         "raw_pages", "meta_used", "meta_pages", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
+         "dying_pools", "Sc", "Sm", "Gd", "Zt", "Gz")
 _CLIENT = ("weight", "cap", "compress", "frozen", "was_frozen", "saving", "migrating",
            "eph_count", "Em", "Ge", "Pp", "Gp", "cp", "cb", "cn", "cm", "inv_logged",
-           "dangling_inv", "inv_at")
+           "dangling_inv", "inv_at", "meta_used", "meta_pages")
 _POOL = ("slot", "flags", "persistent", "shared", "gslot", "freed", "list_crash", "dying", "pt",
          "ps", "pr", "pd", "px", "gt", "gs", "ft", "fs", "ot", "os", "Pm", "Om", "Nm")
 
@@ -134,7 +134,8 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
     cfg = state["config"]
     host = cls(cfg["memory_mb"], xen_version=cfg["xen_version"], tmem=cfg["tmem"],
                tmem_compress=cfg["tmem_compress"], tmem_shared_auth=cfg["tmem_shared_auth"],
-               designed=cfg["designed"], dom0_memory_mb=1)
+               designed=cfg["designed"], dom0_memory_mb=1,
+               tmem_dedup=cfg.get("tmem_dedup", False), tmem_tze=cfg.get("tmem_tze", False))
     from xentmem.emulator._host import Domain
 
     for dom in host.domains.values():
@@ -158,7 +159,7 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
     for c in t["clients"]:
         client = tm.create_client(host.domains[c["domid"]])
         for name in _CLIENT:
-            setattr(client, name, c[name])
+            setattr(client, name, c.get(name, 0))
         client.auth = [tuple(u) for u in c["auth"]]
         client.inv = [(s, i, tuple(o)) for s, i, o in c["inv"]]
         clients[client.domid] = client
@@ -215,6 +216,21 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
         pg = page_at[(i, tuple(oid), index, *orphan)]
         tm.g_eph[pg] = None
         pg.obj.pool.client.eph[pg] = None
+    if tm.dedup:  # the shared copies, rebuilt by storing the pages again (counters below)
+        for pool in pools:
+            if pool is not None and not pool.persistent:
+                for pg in [pg for obj in pool.objs.values() for pg in obj.pages.values()]:
+                    _reassociate(tm, pool, pg)
+        host.heap_free = state["heap_free"]
     for name in _TMEM:
         setattr(tm, name, t.get(name, 0))
     return host
+
+
+def _reassociate(tm, pool: Pool, pg: Page) -> None:
+    if pg.csize < 0:  # trimmed: whole again, in a frame, to be trimmed anew
+        at = tm.next_slot
+        tm.next_slot += PAGE_SIZE
+        tm.av[at:at + PAGE_SIZE] = tm.page_bytes(pg)
+        pg.data, pg.csize = at, 0
+    tm._associate(pool, pg, pg.data if pg.csize > 0 else None)

@@ -33,6 +33,26 @@ PAGE = PAGE_SIZE
 # Xen's sub-page allocator (xmem pool) serves at most one page minus two block headers; a
 # compressed page only pays when it fits there (§3.7), else it is stored raw and counted in `cn`.
 SUBPAGE_MAX = PAGE - 32
+# Xen's sub-page allocator (xmalloc_tlsf.c) hands out blocks from pools of whole pages: a block
+# is the request rounded up to 16 bytes (at least 16; from 128 bytes up to its size class, a
+# sixty-fourth of a power of two) plus a 16-byte header, and one page holds blocks worth
+# ``REGION`` bytes (a 16-byte sentinel ends it). tmem keeps its objects, page descriptors,
+# radix nodes and compressed data there (§9.4): a page is taken when the blocks no longer fit
+# and given back (to tmem's free list) when they fit in one page fewer.
+REGION = PAGE - 16
+OBJ_BYTES = 128  # struct tmem_object_root (oid, rb node, counts, radix root, pool, lock)
+NODE_BYTES = 528  # struct tmem_object_node: object pointer + radix_tree_node (64 slots)
+
+
+def xmem_block(size: int) -> int:
+    """Bytes of a pool page that ``xmem_pool_alloc(size)`` takes, its header included."""
+    size = 16 if size < 16 else (size + 15) & ~15
+    if size >= 128:  # MAPPING_SEARCH rounds up to the next size class
+        t = (1 << (size.bit_length() - 6)) - 1
+        size = (size + t) & ~t
+    return size + 16
+
+
 # Stand-in for the addresses of hypervisor objects that leaked into guest-visible handles (§9.1).
 XEN_POINTER = 0xFFFF830000000000
 UUID_NONE = (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
@@ -85,6 +105,35 @@ class Page:
         self.index = index
         self.data = data
         self.csize = csize
+
+
+class Pcd:
+    """A page content descriptor (Xen's ``pcd``, 4.0-4.7 with ``tmem_dedup``): one stored
+    copy that identical ephemeral pages share. ``data`` is an arena offset (a whole page),
+    compressed bytes, or the bytes left after trailing zeros (``tmem_tze``); ``size`` is
+    4096, the compressed size, or the trimmed size; ``key`` its entry in the lookup table
+    (None for a trimmed page, which Xen never finds again)."""
+
+    __slots__ = ("data", "key", "refs", "size")
+
+    def __init__(self, data: bytes | int, size: int, key: bytes | None) -> None:
+        self.data = data
+        self.size = size
+        self.key = key
+        self.refs = 0
+
+
+# A trimmed page (tze) has this ``csize``: its ``data`` holds the bytes before the trailing
+# zeros, which a GET pads back to a page.
+TRIMMED = -1
+PCD_BYTES = 56  # struct tmem_page_content_descriptor: data pointer, list, rb node, count, size
+PCD_TZE_MAX_SIZE = PAGE - PAGE // 64  # a longer trimmed page is kept whole
+
+
+def trimmed_size(page) -> int:
+    """``tmem_tze_pfp_scan``: the page's length without its trailing zero 8-byte words."""
+    end = len(bytes(page).rstrip(b"\0"))
+    return (end + 7) & ~7
 
 
 # Radix trees (Xen's per-object page index, 64 slots a node, indexes of 32 bits: up to six
@@ -299,7 +348,7 @@ class Client:
     __slots__ = (
         "Em", "Ge", "Gp", "Pp", "auth", "cap", "cb", "cm", "cn", "compress", "cp", "dangling_inv",
         "dom", "domid", "eph", "eph_count", "frozen", "inv", "inv_at", "inv_logged",
-        "migrating", "pools", "saving", "was_frozen", "weight",
+        "meta_pages", "meta_used", "migrating", "pools", "saving", "was_frozen", "weight",
     )
 
     def __init__(self, dom: Domain, compress: bool) -> None:
@@ -328,6 +377,10 @@ class Client:
         self.cb = 0  # cb: bytes of those compressed pages now
         self.cn = 0  # cn: compression tried on a new page and found poor (stored raw)
         self.cm = 0  # cm: compression of a new page that found no memory for the result
+        # its persistent pools' sub-page pool (descriptors, objects, radix nodes, compressed
+        # data): bytes of blocks, and the pages they take, charged to its domain (§9.4)
+        self.meta_used = 0
+        self.meta_pages = 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -365,13 +418,15 @@ class Tmem:
     The global counters carry the names of the `G=` line (§4.2), each explained where
     ``__init__`` sets it up. Every path that adds or removes pages (single ops, the batched
     multicall runs and their bulk moves, flushes, eviction, pool destruction) goes through
-    one set of per-page helpers: ``_fill`` (storage), ``_take_frames``/``_free_data``
-    (frames), ``_add_pages`` (descriptors, radix nodes, lists, counters), ``remove_pages``,
-    ``_got`` (GET hits), ``_index``/``_unindex`` (the radix tree).
+    one set of per-page helpers: ``_fill`` (storage), ``_take_frames``/``_free_data``/
+    ``_free_frame`` (frames), ``_meta`` (the pages tmem's own structures take, §9.4),
+    ``_obj_alloc``/``_obj_free`` (objects), ``_add_pages`` (descriptors, radix nodes),
+    ``_insert_pages`` (lists, counters), ``remove_pages``, ``_associate``/``_disassociate``
+    (dedup's shared copies), ``_got`` (GET hits), ``_index``/``_unindex`` (the radix tree).
     """
 
     def __init__(self, host: EmulatedHost, behaviour: Behaviour, *, compress: bool,
-                 shared_auth: bool) -> None:
+                 shared_auth: bool, dedup: bool = False, tze: bool = False) -> None:
         self.host = host
         self.b = behaviour
         self.mark_owner = behaviour.bug_owner_marks_objects
@@ -382,7 +437,27 @@ class Tmem:
         self.auth_disabled = False  # global "authorisation not required" flag
         self.g_eph: OrderedDict[Page, None] = OrderedDict()  # every ephemeral page, oldest first
         self.weight_sum = 0
-        self.cbytes = 0  # bytes of compressed pages (packed into sub-page allocations)
+        # tmem's sub-page pool for ephemeral and shared pools (descriptors, objects, radix
+        # nodes, compressed data): bytes of blocks, and the pages they take, which are
+        # freeable but not in `Fc` (§9.4)
+        self.meta_used = 0
+        self.meta_pages = 0
+        self.pgp_block = xmem_block(behaviour.pgp_bytes)
+        self.obj_block = xmem_block(OBJ_BYTES)
+        self.node_block = xmem_block(NODE_BYTES)
+        # dedup / tze (boot options of 4.0-4.7, §3.7): identical ephemeral pages share one
+        # copy; Xen turns tze off when compression is on too
+        self.dedup = dedup
+        self.tze = tze and dedup and not compress
+        self.pcd_block = xmem_block(PCD_BYTES)
+        self.pcds: dict[bytes, Pcd] = {}  # whole or compressed copies, by content
+        self.pcd_of: dict[Page, Pcd] = {}  # the copy each deduplicated page shares
+        self.attempted: set[Page] = set()  # shared pages an eviction passed over once
+        self.Sc = 0  # Sc: page content descriptors now
+        self.Sm = 0  # Sm: peak of Sc
+        self.Gd = 0  # Gd: PUTs that found their content already stored
+        self.Zt = 0  # Zt: bytes the content descriptors keep with tze (4096 a whole page)
+        self.Gz = 0  # Gz: bytes the compressed ones keep (4096 a whole page, with compression)
         self.free_list = 0  # Ta: pages tmem keeps for reuse (its free list)
         self.reserve = 0  # Xen's mid-size reserve: max ever seen of free/128
         # Raw pages live in one arena the size of host RAM (tmem can never hold more): a PUT
@@ -423,36 +498,71 @@ class Tmem:
 
     # ---- memory -----------------------------------------------------------------------------
 
-    def _grow(self, pages: int) -> bool:
-        """Take ``pages`` (0 or 1) more pages for storage: tmem's free list, then Xen's heap;
-        a negative count gives pages back to the free list."""
-        if pages <= 0:
-            if pages < 0:
-                self.free_list -= pages
-            return True
-        if self.free_list:
-            self.free_list -= 1
-            return True
-        host = self.host
-        if host.heap_free > 0:
-            host.heap_free -= 1
-            return True
-        return False
-
-    def _take_frames(self, count: int):
-        """``tmem_alloc_page`` ``count`` times: page frames for raw data (the free list first,
-        then Xen's heap), as arena slots (one slot for a count of 1, else a list); `Fc` and its
-        peak `Fm`. None (nothing taken, `Pf`) when Xen has too few."""
+    def _take_pages(self, count: int) -> bool:
+        """``count`` pages for tmem: tmem's free list first, then Xen's heap; False (nothing
+        taken) when both together have too few."""
         free = self.free_list
         if count <= free:
             self.free_list = free - count
+            return True
+        host = self.host
+        if count - free > host.heap_free:
+            return False
+        host.heap_free -= count - free
+        self.free_list = 0
+        return True
+
+    def _meta(self, pool: Pool, delta: int) -> bool:
+        """``tmem_malloc`` / ``tmem_free`` of ``delta`` bytes of blocks for ``pool``: in the
+        owner's persistent sub-page pool (its pages charged to the owner's domain, refused at
+        its max_pages) or in the ephemeral one (its pages freeable). Pages are taken as the
+        blocks outgrow them. Xen gives a page back only once every block in it is free, and
+        which page a block sits in depends on the pool's history; the model keeps the pages
+        until the pool is empty, when all of them go to tmem's free list (`Ta`) at once (as
+        after a pool's destruction, §9.4). False (`Af`, nothing changed) when a page is
+        needed and none can be had."""
+        holder: Tmem | Client
+        if pool.persistent:
+            holder = pool.client
+            dom = holder.dom
         else:
-            host = self.host
-            if count - free > host.heap_free:
-                self.Pf += 1
-                return None
-            host.heap_free -= count - free
-            self.free_list = 0
+            holder, dom = self, None
+        used = holder.meta_used + delta
+        pages = holder.meta_pages
+        if used > pages * REGION:
+            grow = -(-used // REGION) - pages
+            if (dom is not None and dom.nr_pages + dom.tmem_pages + grow > dom.max_pages) \
+                    or not self._take_pages(grow):
+                self.Af += 1
+                return False
+            if dom is not None:
+                dom.tmem_pages += grow
+            holder.meta_pages = pages + grow
+        elif not used and pages:
+            self.free_list += pages
+            if dom is not None:
+                dom.tmem_pages -= pages
+            holder.meta_pages = 0
+        holder.meta_used = used
+        return True
+
+    def _meta_bound(self, indexes: Sequence[int]) -> int:
+        """At most the pages the descriptors, object and radix nodes of new pages at
+        ``indexes`` (of one object) take: a bulk run with that much room never fails."""
+        leaves = len({index >> 6 for index in indexes})
+        return (len(indexes) * self.pgp_block + (5 * leaves + 1) * self.node_block
+                + self.obj_block) // REGION + 2
+
+    def _take_frames(self, count: int, pool: Pool):
+        """``tmem_alloc_page`` ``count`` times for ``pool``: page frames for raw data (the
+        free list first, then Xen's heap; a persistent pool's charged to its owner's domain),
+        as arena slots (one slot for a count of 1, else a list); `Fc` and its peak `Fm`. None
+        (nothing taken, `Pf`) when Xen has too few."""
+        if not self._take_pages(count):
+            self.Pf += 1
+            return None
+        if pool.persistent:
+            pool.client.dom.tmem_pages += count
         raw = self.raw_pages = self.raw_pages + count
         if raw > self.Fm:
             self.Fm = raw
@@ -473,24 +583,110 @@ class Tmem:
         return out
 
     def _free_data(self, pg: Page) -> None:
-        """``pgp_free_data``: the page's data goes (`cp`/`cb` fall for compressed data)."""
+        """``pgp_free_data``: the page's data goes (`cp`/`cb` fall for compressed data; a
+        frame goes to tmem's free list; a shared copy loses a reference)."""
         data = pg.data
         if data is None:
             return
         csize = pg.csize
-        if csize:
-            before = (self.cbytes + PAGE - 1) >> 12
-            self.cbytes -= csize
-            self.free_list += before - ((self.cbytes + PAGE - 1) >> 12)
-            owner = pg.obj.pool.client  # type: ignore[union-attr]
+        pool = pg.obj.pool  # type: ignore[union-attr]
+        if self.pcd_of and pg in self.pcd_of:
+            self._disassociate(pool, pg)
+        elif csize:
+            self._meta(pool, -xmem_block(csize))
+        else:
+            self._free_frame(pool, data)  # type: ignore[arg-type]
+        if csize > 0:
+            owner = pool.client
             owner.cp -= 1
             owner.cb -= csize
-        else:  # a frame back to tmem's free list (``tmem_free_page``)
-            self.raw_pages -= 1
-            self.free_list += 1
-            self.free_slots.append(data)  # type: ignore[arg-type]
         pg.data = None
         pg.csize = 0
+
+    def _free_frame(self, pool: Pool, at: int) -> None:
+        """``tmem_free_page``: a frame back to tmem's free list (uncharged from a persistent
+        pool's domain)."""
+        self.raw_pages -= 1
+        self.free_list += 1
+        self.free_slots.append(at)
+        if pool.persistent:
+            pool.client.dom.tmem_pages -= 1
+
+    def _associate(self, pool: Pool, pg: Page, packed: bytes | None) -> bool:
+        """``pcd_associate`` (dedup): the page just stored (``packed``: its compressed bytes,
+        else a whole page in its frame) shares the copy of identical content, or its content
+        becomes a new copy (with tze, a trimmed one). A trimmed copy never matches again; a
+        page of zeros keeps its frame, which nobody ever frees (§9.2). False (its data
+        freed) when the copy finds no memory."""
+        if packed is None:
+            at = pg.data
+            content = bytes(self.av[at:at + PAGE])  # type: ignore[misc]
+            size = PAGE
+            if self.tze:
+                size = trimmed_size(content)
+                if size > PCD_TZE_MAX_SIZE:
+                    size = PAGE
+            key = content if size == PAGE else None
+        else:
+            key, size = packed, len(packed)
+        pcd = self.pcds.get(key) if key is not None else None
+        if pcd is not None:
+            if packed is None:
+                self._free_data(pg)  # the new frame: Xen frees it at the match
+            self.Gd += 1
+        else:
+            if not self._meta(pool, self.pcd_block):
+                self._free_data(pg)
+                return False
+            if packed is not None:
+                if not self._meta(pool, xmem_block(size)):
+                    self._meta(pool, -self.pcd_block)
+                    return False
+                pcd = Pcd(packed, size, key)
+                self.Gz += size
+            elif size == PAGE or (size and not self._meta(pool, xmem_block(size))):
+                pcd = Pcd(at, PAGE, content)  # type: ignore[arg-type]
+                self.Zt += PAGE if self.tze else 0
+                self.Gz += PAGE if self.compress_default else 0
+            else:
+                pcd = Pcd(content[:size], size, None)
+                self.Zt += size
+                if size:
+                    self._free_frame(pool, at)  # type: ignore[arg-type]
+            if pcd.key is not None:
+                self.pcds[pcd.key] = pcd
+            n = self.Sc = self.Sc + 1
+            if n > self.Sm:
+                self.Sm = n
+        pcd.refs += 1
+        self.pcd_of[pg] = pcd
+        self.attempted.discard(pg)
+        pg.data = pcd.data
+        pg.csize = size if packed is not None else 0 if pcd.size == PAGE else TRIMMED
+        return True
+
+    def _disassociate(self, pool: Pool, pg: Page) -> None:
+        """``pcd_disassociate``: the page stops sharing its copy, which goes with its last
+        page (a page of zeros leaves its frame behind)."""
+        pcd = self.pcd_of.pop(pg)
+        self.attempted.discard(pg)
+        pcd.refs -= 1
+        if pcd.refs:
+            return
+        self.Sc -= 1
+        self._meta(pool, -self.pcd_block)
+        if pcd.key is not None and self.pcds.get(pcd.key) is pcd:
+            del self.pcds[pcd.key]
+        if pg.csize > 0:
+            self._meta(pool, -xmem_block(pcd.size))
+            self.Gz -= pcd.size
+        elif pcd.size == PAGE:
+            self.Zt -= PAGE if self.tze else 0
+            self.Gz -= PAGE if self.compress_default else 0
+            self._free_frame(pool, pcd.data)  # type: ignore[arg-type]
+        elif pcd.size:
+            self._meta(pool, -xmem_block(pcd.size))
+            self.Zt -= pcd.size
 
     def _fill(self, pool: Pool, pg: Page, src, new: bool, buffer: bool) -> int:
         """Store the guest's page ``src`` (None: its frame cannot be read) in ``pg``, as
@@ -508,17 +704,19 @@ class Tmem:
             packed = compress_page(src)
             size = len(packed)
             if size < SUBPAGE_MAX:
-                before = (self.cbytes + PAGE - 1) >> 12
-                after = (self.cbytes + size + PAGE - 1) >> 12
-                if after > before and not self._grow(after - before):  # most fit the last page
-                    self.Af += 1
+                if self.dedup and not pool.persistent:
+                    stored = self._associate(pool, pg, packed)
+                elif self._meta(pool, xmem_block(size)):
+                    pg.data, pg.csize = packed, size
+                    stored = True
+                else:
+                    stored = False
+                if not stored:
                     if new:
                         owner.cm += 1
                     return ENOMEM
-                self.cbytes += size
                 owner.cp += 1
                 owner.cb += size
-                pg.data, pg.csize = packed, size
                 return 1
             if new:
                 owner.cn += 1
@@ -530,12 +728,14 @@ class Tmem:
                     return ENOMEM
         else:
             self._free_data(pg)
-        at = self._take_frames(1)
+        at = self._take_frames(1, pool)
         if at is None:
             return ENOMEM
         if src is not None and not buffer:
             self.av[at:at + PAGE] = src
             pg.data = at  # csize is 0: a new descriptor's, or _free_data reset it
+            if self.dedup and not pool.persistent and not self._associate(pool, pg, None):
+                return ENOMEM
             return 1
         if src is None:
             rc = EFAULT
@@ -544,6 +744,8 @@ class Tmem:
         else:
             self.av[at:at + PAGE] = src
             pg.data = at
+            if self.dedup and not pool.persistent and not self._associate(pool, pg, None):
+                return ENOMEM
             return 1
         pg.data = at
         self._free_data(pg)
@@ -587,6 +789,12 @@ class Tmem:
         self.Rx = max(self.Rx, evictions)
         self.Rt += got
         return got
+
+    def freeable_pages(self) -> int:
+        """``tmem_freeable_pages``: the free list, the ephemeral pools' frames and the pages
+        of the ephemeral sub-page pool (what Xen may take back)."""
+        persistent_frames = sum(c.dom.tmem_pages - c.meta_pages for c in self.clients.values())
+        return self.free_list + self.raw_pages - persistent_frames + self.meta_pages
 
     def close(self) -> None:
         self.av.release()
@@ -640,17 +848,33 @@ class Tmem:
         return True
 
     def _first_evictable(self, pages: OrderedDict[Page, None]) -> Page | None:
+        """The list's first page not of a dying pool. With dedup, a page whose copy others
+        share gets one second chance: it moves to the young end of both lists and this
+        attempt finds nothing (Xen's walk ends there, §3.5)."""
         if not self.dying_pools:
-            return next(iter(pages))
-        return next((pg for pg in pages if not pg.obj.pool.dying), None)  # type: ignore[union-attr]
+            pg = next(iter(pages))
+        else:
+            pg = next((p for p in pages if not p.obj.pool.dying), None)  # type: ignore[union-attr]
+        if pg is None or not self.pcd_of:
+            return pg
+        pcd = self.pcd_of.get(pg)
+        if pcd is not None and pcd.refs > 1 and pg not in self.attempted:
+            self.attempted.add(pg)
+            self.g_eph.move_to_end(pg)
+            pg.obj.pool.client.eph.move_to_end(pg)  # type: ignore[union-attr]
+            return None
+        return pg
 
     # ---- per-page bookkeeping -----------------------------------------------------------------
     # Every path that adds or removes pages (single ops, the batched multicall runs and their
     # bulk moves, flushes, eviction, pool destruction) goes through these, so each rule (a
-    # counter, a peak, a list) is written once.
+    # counter, a peak, a list, a metadata charge) is written once.
 
-    def _obj_alloc(self, pool: Pool, oid: tuple[int, int, int]) -> Obj:
-        """``obj_alloc``: a new, empty object in ``pool``; `Oc` and its peaks."""
+    def _obj_alloc(self, pool: Pool, oid: tuple[int, int, int]) -> Obj | None:
+        """``obj_alloc``: a new, empty object in ``pool`` (its block in the sub-page pool);
+        `Oc` and its peaks. None when no memory is left for it."""
+        if not self._meta(pool, self.obj_block):
+            return None
         obj = pool.objs[oid] = Obj(pool, oid)
         self.nobjs += 1
         if self.nobjs > self.Om:
@@ -660,15 +884,19 @@ class Tmem:
         return obj
 
     def _obj_free(self, obj: Obj) -> None:
-        """``obj_free``: an empty object leaves its pool."""
+        """``obj_free``: an empty object leaves its pool (its block freed)."""
         pool = obj.pool
         del pool.objs[obj.oid]
         self.nobjs -= 1
+        self._meta(pool, -self.obj_block)
         if self.orphans:
             self._orphans_lose(lambda pg: pg.obj is obj)
 
-    def _nodes(self, pool: Pool, delta: int) -> None:
-        """Radix nodes allocated (``delta`` > 0) or freed: `Nc` and the peaks `Nm`."""
+    def _nodes(self, pool: Pool, delta: int) -> bool:
+        """Radix nodes allocated (``delta`` > 0) or freed, with their blocks: `Nc` and the
+        peaks `Nm`. False (nothing counted) when the blocks find no memory."""
+        if not self._meta(pool, delta * self.node_block):
+            return False
         pool.nodes += delta
         self.nodes += delta
         if delta > 0:
@@ -676,28 +904,37 @@ class Tmem:
                 pool.Nm = pool.nodes
             if self.nodes > self.Nm:
                 self.Nm = self.nodes
+        return True
 
-    def _add_pages(self, pool: Pool, obj: Obj, pages: Sequence[Page], mark: int | None,
-                   indexed: bool = False) -> None:
-        """New pages of one object join: ``pgp_alloc`` (`Pc`, `Pm`) and ``pgp_add_to_obj``
-        (`Nc`, `Nm`; skipped when ``indexed``), then, with a ``mark`` (the client the object
-        is marked with), ``do_tmem_put``'s ``insert_page``: the pool's persistent list
-        (charged to the owner) or the ephemeral lists (`Ec`, `Em`), counted as good PUTs
-        (`ps`; `Pp` or `Ep`). Without one, a PUT that is about to fail (its allocations
-        raised the peaks, §9.4)."""
+    def _add_pages(self, pool: Pool, obj: Obj, pages: Sequence[Page],
+                   indexed: bool = False) -> bool:
+        """New pages of one object are allocated: ``pgp_alloc`` (the descriptors' blocks,
+        `Pc`, `Pm`) and ``pgp_add_to_obj`` (the radix nodes: `Nc`, `Nm`); a bulk run that did
+        both op by op passes ``indexed`` and only `Pc`/`Pm` remain. False (nothing changed)
+        when the blocks find no memory."""
         count = len(pages)
+        if not indexed:
+            if not self._meta(pool, count * self.pgp_block):
+                return False
+            delta = _index(obj, pages[0]) if count == 1 else _index_many(obj, pages)
+            if delta and not self._nodes(pool, delta):
+                for pg in pages:
+                    _unindex(obj, pg.index)
+                self._meta(pool, -count * self.pgp_block)
+                return False
         n = pool.npages = pool.npages + count
         if n > pool.Pm:
             pool.Pm = n
         n = self.npages = self.npages + count
         if n > self.Pm:
             self.Pm = n
-        if not indexed:
-            delta = _index(obj, pages[0]) if count == 1 else _index_many(obj, pages)
-            if delta:
-                self._nodes(pool, delta)
-        if mark is None:
-            return
+        return True
+
+    def _insert_pages(self, pool: Pool, obj: Obj, pages: Sequence[Page], mark: int) -> None:
+        """``do_tmem_put``'s ``insert_page`` for stored pages of one object: the pool's
+        persistent list or the ephemeral lists (`Ec`, `Em`), counted as good PUTs (`ps`;
+        `Pp` or `Ep`); the object is marked with ``mark`` (the owner, or the putter)."""
+        count = len(pages)
         owner = pool.client
         if pool.persistent:
             head = pool.head
@@ -715,7 +952,6 @@ class Tmem:
                     prev = pg
                 prev.next = head
                 head.prev = prev
-            owner.dom.tmem_pages += count
             owner.Pp += count
         else:
             if count == 1:
@@ -737,11 +973,12 @@ class Tmem:
         pool.ps += count
 
     def _detach(self, pool: Pool, obj: Obj, pg: Page) -> None:
-        """Undo ``_add_pages`` without a mark, for one page (``pgp_delete_from_obj`` +
-        ``pgp_free``): a PUT whose storage failed."""
+        """Undo ``_add_pages`` for one page (``pgp_delete_from_obj`` + ``pgp_free``): a PUT
+        whose storage failed."""
         delta = _unindex(obj, pg.index)
         if delta:
             self._nodes(pool, delta)
+        self._meta(pool, -self.pgp_block)
         pool.npages -= 1
         self.npages -= 1
 
@@ -749,12 +986,13 @@ class Tmem:
                      indexed: bool = True) -> None:
         """``pgp_delete_from_obj`` + ``pgp_delist_free`` for each page (flush, eviction,
         destructive GET, failed duplicate, destroyed object): out of its object's index
-        (`Nc`) unless a bulk run took it out already (not ``indexed``), the object freed
-        with its last page, its descriptor freed (`Pc`); off the ephemeral lists (`Ec`), or
-        off the persistent list (the save cursor steps back; logged for a live save); its
-        data freed (`Fc`, `cp`, `cb`) unless ``free_data`` is False (an eviction whose frame
-        a PUT takes)."""
+        (`Nc`) and its descriptor's block freed, unless a bulk run did both already (not
+        ``indexed``), the object freed with its last page, its descriptor freed (`Pc`); off
+        the ephemeral lists (`Ec`), or off the persistent list (the save cursor steps back;
+        logged for a live save); its data freed (`Fc`, `cp`, `cb`) unless ``free_data`` is
+        False (an eviction whose frame a PUT takes)."""
         g_eph, orphans, slots = self.g_eph, self.orphans, self.free_slots
+        pgp_block, pcd_of = self.pgp_block, self.pcd_of
         frames = eph = 0
         for pg in pages:
             obj = pg.obj
@@ -785,6 +1023,7 @@ class Tmem:
                 del owner.eph[pg]
                 owner.eph_count -= 1
                 eph += 1
+                eph_pool = pool
             else:
                 if owner.migrating:
                     oid = obj.oid  # type: ignore[union-attr]
@@ -798,15 +1037,20 @@ class Tmem:
                     pool.cursor = pg.prev if pg.prev is not pool.head else None
                 pg.prev.next = pg.next
                 pg.next.prev = pg.prev
-                owner.dom.tmem_pages -= 1
+                if indexed:
+                    self._meta(pool, -pgp_block)
+                if free_data and not pg.csize and pg.data is not None:
+                    owner.dom.tmem_pages -= 1  # its frame, freed below
             if free_data:
-                if pg.csize:
+                if pg.csize or (pcd_of and pg in pcd_of):
                     self._free_data(pg)
                 elif pg.data is not None:  # _free_data's frame back, counted once below
                     slots.append(pg.data)  # type: ignore[arg-type]
                     frames += 1
         self.npages -= len(pages)
         self.eph_count -= eph
+        if eph and indexed:  # the ephemeral descriptors' blocks, all in one sub-page pool
+            self._meta(eph_pool, -eph * pgp_block)
         if frames:
             self.raw_pages -= frames
             self.free_list += frames
@@ -845,23 +1089,28 @@ class Tmem:
             pg = obj.pages.get(index)
             if pg is not None:
                 return self._dup_put(cc, pool, obj, pg, src, buffer)
-        owner = pool.client
-        if owner.frozen:
+        if pool.client.frozen:
             if obj is not None:  # Xen counts it only when the object exists
                 pool.px += 1
             return EFROZEN
+        # the object (made when missing), the descriptor and its radix path, then the data;
+        # a failure undoes them in Xen's order and counts `px` (not when the object itself
+        # found no memory)
         new_obj = obj is None
         if new_obj:
             obj = self._obj_alloc(pool, oid)
+            if obj is None:
+                return ENOMEM
         pg = Page(obj, index, None, 0)
-        rc = self._fill(pool, pg, src, True, buffer)
-        if rc == 1:
-            mark = owner.domid if self.mark_owner else cc.domid
-            self._add_pages(pool, obj, (pg,), mark)  # type: ignore[arg-type]
-            return 1
-        # Xen allocated the descriptor and the radix path before the storage failed
-        self._add_pages(pool, obj, (pg,), None)  # type: ignore[arg-type]
-        self._detach(pool, obj, pg)  # type: ignore[arg-type]
+        if self._add_pages(pool, obj, (pg,)):  # type: ignore[arg-type]
+            rc = self._fill(pool, pg, src, True, buffer)
+            if rc == 1:
+                self._insert_pages(pool, obj, (pg,),  # type: ignore[arg-type]
+                                   pool.client.domid if self.mark_owner else cc.domid)
+                return 1
+            self._detach(pool, obj, pg)  # type: ignore[arg-type]
+        else:
+            rc = ENOMEM
         if new_obj:
             self._obj_free(obj)  # type: ignore[arg-type]
         pool.px += 1
@@ -889,21 +1138,24 @@ class Tmem:
         """A run of PUTs by ``dom`` into one pool (a multicall; the oid words, indexes and
         frames as columns): op by op what the entry (ensure-free step, frame lookup) and
         ``put`` do. A run of new pages of one object from consecutive frames, with room for
-        all of them, is stored in bulk. Returns each op's result."""
+        all of them (or raw ephemeral pages to evict), is stored in bulk. Returns each op's
+        result."""
         count = len(cmfns)
         host = self.host
         odom = pool.client.dom
-        # A PUT takes at most one page and charges at most one page to the owner: with that
-        # much room for every op of the run, neither the ensure-free step nor the max-memory
-        # check can trip.
-        check_free = self.free_list + host.heap_free - self.reserve - 256 < count
-        if (not pool.freed and not pool.client.frozen and not (
-                pool.persistent and odom.max_pages - odom.nr_pages - odom.tmem_pages < count)):
+        if not pool.freed and not pool.client.frozen and not self.dedup:
             oid = _sequential_run(dom, o0s, o1s, o2s, indexes, cmfns)
             obj = pool.objs.get(oid) if oid is not None else None
             if oid is not None and (obj is None or obj.pages.keys().isdisjoint(indexes)):
-                victims = self._run_victims(pool, obj, count) if check_free else []
-                if victims is not None:
+                # A PUT takes at most one frame (or a page of compressed data) and its
+                # metadata: with that much room for every op of the run, neither the
+                # ensure-free step nor max_pages can trip.
+                need = count * (1 + pool.client.compress) + self._meta_bound(indexes)
+                room = self.free_list + host.heap_free - self.reserve - 256 >= need and (
+                    not pool.persistent
+                    or odom.max_pages - odom.nr_pages - odom.tmem_pages >= need)
+                victims = None if room else self._run_victims(pool, obj, count, need)
+                if room or victims is not None:
                     return self._put_new_pages(cc, pool, oid, obj, indexes, cmfns[0] << 12,
                                                dom, victims)
         results: list[int] = []
@@ -912,7 +1164,7 @@ class Tmem:
         put, ensure_free = self.put, self.ensure_free
         for oid, index, cmfn in zip(zip(o0s, o1s, o2s, strict=True), indexes, cmfns,
                                     strict=True):
-            if check_free and not ensure_free(cc):
+            if self.free_list + host.heap_free - self.reserve < 256 and not ensure_free(cc):
                 append(ENOMEM)
                 continue
             src = mv[cmfn << 12:(cmfn << 12) + PAGE] if 0 < cmfn < max_pages and pop[cmfn] \
@@ -920,93 +1172,103 @@ class Tmem:
             append(put(cc, pool, oid, index, src))
         return results
 
-    def _run_victims(self, pool: Pool, obj: Obj | None, count: int) -> list[Page] | None:
-        """The pages a run of ``count`` new raw pages would evict, oldest first, when that is
-        simple to do in bulk: no weights (each victim is the global LRU head), no dying pool
-        or orphan, every victim raw and older than the run, and ``obj`` never emptied by one.
-        Else None."""
-        if pool.client.compress or self.weight_sum or self.dying_pools or self.orphans:
+    def _run_victims(self, pool: Pool, obj: Obj | None, count: int,
+                     need: int) -> list[Page] | None:
+        """The pages a run of ``count`` new raw ephemeral pages may evict (the oldest
+        ``count``: the ensure-free step evicts at most one a PUT), when that is simple to do
+        in bulk: no weights (each victim is the global LRU head), no dying pool or orphan,
+        every candidate raw and older than the run, and pages enough for the
+        metadata (``need``); one page of another stays, so the ephemeral sub-page pool
+        never empties in the run. Else None."""
+        if pool.persistent or pool.client.compress or self.weight_sum or self.dying_pools \
+                or self.orphans or count >= len(self.g_eph) \
+                or self.free_list + self.host.heap_free < need - count:
             return None
-        # The ensure-free step evicts once the free memory is below 256 pages; the first ops
-        # take free pages until then, and each later op evicts one page and reuses it.
-        free_ops = max(0, min(count, self.free_list + self.host.heap_free - self.reserve - 255))
-        if self.free_list + max(self.host.heap_free, 0) < free_ops \
-                or count - free_ops > len(self.g_eph):
-            return None
-        victims = list(islice(self.g_eph, count - free_ops))
-        if any(pg.csize for pg in victims) or (
-                victims and not free_ops and obj is not None and len(obj.pages) == 1
-                and victims[0].obj is obj):
+        victims = list(islice(self.g_eph, count))
+        if any(pg.csize for pg in victims):
             return None
         return victims
 
     def _put_new_pages(self, cc: Client, pool: Pool, oid: tuple[int, int, int],
                        obj: Obj | None, indexes: Sequence[int], src: int,
-                       dom: Domain, victims: list[Page]) -> list[int]:
+                       dom: Domain, victims: list[Page] | None) -> list[int]:
         """``put_run`` for new pages of one object from consecutive frames at ``src`` with
-        no max-memory refusal possible: what single PUTs do, op by op where an order shows
-        (the storage, the evictions, and the radix nodes behind `Nm`), the rest in bulk: the
-        frames (one copy when their slots follow one another), descriptors, lists and
-        counters. Only a compressing owner can still refuse an op (-ENOMEM when a compressed
-        page needs a page Xen lacks); it never evicts here (``victims`` is then empty)."""
+        no refusal possible: what single PUTs do, op by op where an order shows (the
+        ensure-free step's evictions, the storage, the radix nodes behind `Nm` and the
+        metadata pages), the rest in bulk: the frames (one copy when their slots follow one
+        another), descriptors, lists and counters. ``victims``: the pages the ensure-free
+        step may evict, oldest first (None: there is room for every op, as there always is
+        for a compressing owner, whose pages are stored one by one)."""
         count = len(indexes)
         mark = pool.client.domid if self.mark_owner else cc.domid
         mv = dom.mv
-        if pool.client.compress:
-            return self._put_compressed(pool, oid, obj, indexes, mv[src:src + count * PAGE],
-                                        mark)
-        free_ops = count - len(victims)
-        # The free ops take the free list, then Xen's heap; each later op evicts a page and
-        # takes the frame freed (the free list's oldest slot, as a single PUT does).
-        datas = self._take_frames(free_ops) if free_ops else []
-        assert datas is not None  # _run_victims saw the room
-        if free_ops == 1:
-            datas = [datas]
-        if not victims:
-            if obj is None:
-                obj = self._obj_alloc(pool, oid)
+        if victims is None and obj is None:
+            obj = self._obj_alloc(pool, oid)
+        if pool.client.compress:  # each page stored as ``put`` stores it
+            pages = list(map(Page, repeat(obj), indexes, repeat(None), repeat(0)))
+            self._add_pages(pool, obj, pages)  # type: ignore[arg-type]
+            fill = self._fill
+            for pg in pages:
+                fill(pool, pg, mv[src:src + PAGE], True, False)
+                src += PAGE
+            self._insert_pages(pool, obj, pages, mark)  # type: ignore[arg-type]
+            pool.pt += count
+            return [1] * count
+        if victims is None:
+            datas = self._take_frames(count, pool)
+            assert datas is not None and obj is not None  # put_run saw the room
+            if count == 1:
+                datas = [datas]
             pages = list(map(Page, repeat(obj), indexes, datas, repeat(0)))
-            indexed = False
+            self._add_pages(pool, obj, pages)
         else:
-            # Op by op what moves the node counts (and so `Nm`): the victim leaves its
-            # object, the new page joins the run's. Descriptors and lists follow in bulk, the
-            # victims' first, so the peaks are those of single PUTs.
-            slots, nodes = self.free_slots, self._nodes
-            done = 0
-            if not free_ops:  # op 0 evicts before it makes the object (`Om`)
-                victim = victims[0]
-                vobj = victim.obj
-                delta = _unindex(vobj, victim.index)  # type: ignore[arg-type]
-                if delta:
-                    nodes(vobj.pool, delta)  # type: ignore[union-attr]
-                if not vobj.pages:  # type: ignore[union-attr]
-                    self._obj_free(vobj)  # type: ignore[arg-type]
-                slots.append(victim.data)  # type: ignore[arg-type]
-                datas.append(slots.popleft())
-                done = 1
-            if obj is None:
-                obj = self._obj_alloc(pool, oid)
-            # each evicting op frees its victim's frame onto the free list and takes its
-            # oldest slot: with none left over, that is the victim's own
-            if slots:
-                for victim in victims[done:]:
-                    slots.append(victim.data)  # type: ignore[arg-type]
-                    datas.append(slots.popleft())
-            else:
-                datas += [victim.data for victim in victims[done:]]  # type: ignore[misc]
-            pages = list(map(Page, repeat(obj), indexes, datas, repeat(0)))
-            for i, pg in enumerate(pages):
-                if i >= free_ops + done:  # ensure-free's eviction, then the PUT
-                    victim = victims[i - free_ops]
+            # Op by op: the ensure-free step evicts the oldest page while fewer than 256
+            # pages are free, then the PUT takes a descriptor, its radix path and a frame
+            # (the free list's oldest slot: with no slot left over, the victim's own).
+            # Descriptors and lists follow in bulk, the victims' first, so the peaks are
+            # those of single PUTs. An evicting op frees a descriptor's block and takes one
+            # of the same size from the same pool, which stays in use (``_run_victims``):
+            # only the others charge theirs here.
+            host, nodes, take, slots = self.host, self._nodes, self._take_frames, self.free_slots
+            pgp_block = self.pgp_block
+            taken = 0
+            datas = []
+            pages = []
+            for index in indexes:
+                evicts = self.free_list + host.heap_free - self.reserve < 256
+                if evicts:
+                    victim = victims[taken]
+                    taken += 1
                     vobj = victim.obj
                     delta = _unindex(vobj, victim.index)  # type: ignore[arg-type]
                     if delta:
                         nodes(vobj.pool, delta)  # type: ignore[union-attr]
-                delta = _index(obj, pg)
+                    if not vobj.pages:  # type: ignore[union-attr]
+                        self._obj_free(vobj)  # type: ignore[arg-type]
+                        if vobj is obj:  # the run's object lost its last page: a new one
+                            obj = None
+                    # its frame goes to the free list and the PUT takes the list's oldest
+                    # slot (`Fc`, `Ta` unchanged); with none left over, the victim's own
+                    if slots:
+                        slots.append(victim.data)  # type: ignore[arg-type]
+                        at = slots.popleft()
+                    else:
+                        at = victim.data
+                    victim.data = None
+                else:
+                    self._meta(pool, pgp_block)
+                    at = take(1, pool)
+                if obj is None:
+                    obj = self._obj_alloc(pool, oid)
+                pg = Page(obj, index, at, 0)
+                delta = _index(obj, pg)  # type: ignore[arg-type]
                 if delta:
                     nodes(pool, delta)
-            self._evicted(victims)
-            indexed = True
+                datas.append(at)
+                pages.append(pg)
+            if taken:
+                self._evicted(victims[:taken])
+            self._add_pages(pool, obj, pages, True)  # type: ignore[arg-type]
         av = self.av
         if _consecutive(datas):
             av[datas[0]:datas[0] + count * PAGE] = mv[src:src + count * PAGE]
@@ -1014,45 +1276,14 @@ class Tmem:
             for at in datas:
                 av[at:at + PAGE] = mv[src:src + PAGE]
                 src += PAGE
-        self._add_pages(pool, obj, pages, mark, indexed)  # type: ignore[arg-type]
+        self._insert_pages(pool, obj, pages, mark)  # type: ignore[arg-type]
         pool.pt += count
         return [1] * count
 
-    def _put_compressed(self, pool: Pool, oid: tuple[int, int, int], obj: Obj | None,
-                        indexes: Sequence[int], src, mark: int) -> list[int]:
-        """``_put_new_pages`` for a compressing owner: each page stored as ``put`` stores
-        it, in order; the stored pages join in bulk, those before a failed op first (so the
-        failed op's allocations see them, as in single PUTs)."""
-        results = [1] * len(indexes)
-        fill, add = self._fill, self._add_pages
-        stored: list[Page] = []
-        for i, index in enumerate(indexes):
-            new_obj = obj is None
-            if new_obj:
-                obj = self._obj_alloc(pool, oid)
-            pg = Page(obj, index, None, 0)
-            rc = fill(pool, pg, src[i * PAGE:(i + 1) * PAGE], True, False)
-            if rc == 1:
-                stored.append(pg)
-                continue
-            if stored:
-                add(pool, obj, stored, mark)  # type: ignore[arg-type]
-                stored = []
-            add(pool, obj, (pg,), None)  # type: ignore[arg-type]
-            self._detach(pool, obj, pg)  # type: ignore[arg-type]
-            if new_obj:
-                self._obj_free(obj)  # type: ignore[arg-type]
-                obj = None
-            pool.px += 1
-            results[i] = rc
-        if stored:
-            add(pool, obj, stored, mark)  # type: ignore[arg-type]
-        pool.pt += len(indexes)
-        return results
-
     def _evicted(self, victims: list[Page]) -> None:
         """The rest of the evictions of a bulk run, whose victims it took out of their
-        objects op by op (and whose frames it took): descriptors, lists, `Et`/`Ea`."""
+        objects op by op (and whose frames and descriptor blocks it reused): descriptors,
+        lists, `Et`/`Ea`."""
         self.remove_pages(victims, False, False)
         self.Ea += len(victims)
         self.Et += len(victims)
@@ -1061,17 +1292,23 @@ class Tmem:
 
     def page_bytes(self, pg: Page) -> bytes:
         """The 4 KiB content of a page."""
-        if pg.csize:
+        if pg.csize > 0:
             return decompress_page(pg.data)
+        if pg.csize:
+            return pg.data.ljust(PAGE, b"\0")  # type: ignore[union-attr]
         at = pg.data
         return self.arena[at:at + PAGE]  # type: ignore[misc]
 
     def _copy_out(self, pg: Page, mem, off: int) -> None:
         """A stored page into ``mem[off:off+4096]``: decoded when compressed, else copied from
         its arena slot."""
-        if pg.csize:
+        if pg.csize > 0:
             if not decode_into(pg.data, mem, off):
                 _corrupt()
+        elif pg.csize:  # trimmed: the bytes kept, then zeros
+            data = pg.data
+            mem[off:off + len(data)] = data  # type: ignore[arg-type]
+            mem[off + len(data):off + PAGE] = bytes(PAGE - len(data))  # type: ignore[arg-type]
         else:
             at = pg.data
             mem[off:off + PAGE] = self.av[at:at + PAGE]  # type: ignore[misc]

@@ -141,10 +141,13 @@ class HostConfig:
     speed: float = 1.0
     scenario: str | None = None
     checkpoint_s: float = 30.0
+    tmem_dedup: bool | None = None  # boot options of 4.0-4.7 (ref §3.7)
+    tmem_tze: bool | None = None
 
     def boot(self) -> EmulatedHost:
         return EmulatedHost(self.memory_mb or 2048, xen_version=self.xen_version or "4.12",
-                            tmem_compress=bool(self.tmem_compress), designed=bool(self.designed))
+                            tmem_compress=bool(self.tmem_compress), designed=bool(self.designed),
+                            tmem_dedup=bool(self.tmem_dedup), tmem_tze=bool(self.tmem_tze))
 
     def guest_specs(self) -> list[GuestSpec]:
         """The living guests a new host starts with."""
@@ -164,7 +167,8 @@ class HostConfig:
     def conflicts(self, saved: dict[str, Any]) -> list[str]:
         """Options given on the command line that differ from a saved host's."""
         wanted = {"xen_version": self.xen_version, "memory_mb": self.memory_mb,
-                  "tmem_compress": self.tmem_compress, "designed": self.designed}
+                  "tmem_compress": self.tmem_compress, "designed": self.designed,
+                  "tmem_dedup": self.tmem_dedup, "tmem_tze": self.tmem_tze}
         def same(key: str, value: object) -> bool:
             have = str(saved.get(key))
             if key == "xen_version":  # "4.12" names the saved "4.12.0"
@@ -186,6 +190,8 @@ class HostConfig:
         argv += ["--workloads", ",".join(self.workloads)] if self.workloads else []
         argv += ["--kernels", ",".join(self.kernels)] if self.kernels else []
         argv += ["--tmem-compress"] if self.tmem_compress else []
+        argv += ["--tmem-dedup"] if self.tmem_dedup else []
+        argv += ["--tmem-tze"] if self.tmem_tze else []
         argv += ["--designed"] if self.designed else []
         argv += ["--bare"] if self.bare else []
         return argv
@@ -998,7 +1004,9 @@ def load_host(store: StateStore, config: HostConfig) -> Loaded:
     if state.get("crashed"):
         saved = state["config"]
         return Loaded(HostConfig(saved["xen_version"], saved["memory_mb"],
-                                 saved["tmem_compress"], saved["designed"]).boot(),
+                                 saved["tmem_compress"], saved["designed"],
+                                 tmem_dedup=saved.get("tmem_dedup"),
+                                 tmem_tze=saved.get("tmem_tze")).boot(),
                       f"the saved host had crashed ({state['crashed']}); booted a new one")
     host = EmulatedHost.from_state(state)
     orphans = 0
@@ -1233,6 +1241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guests", type=int, default=0)
     parser.add_argument("--guest-memory-mb", type=int, default=128)
     parser.add_argument("--tmem-compress", action="store_true", default=None)
+    parser.add_argument("--tmem-dedup", action="store_true", default=None)
+    parser.add_argument("--tmem-tze", action="store_true", default=None)
     parser.add_argument("--designed", action="store_true", default=None)
     parser.add_argument("--workloads", default="")
     parser.add_argument("--kernels", default="")
@@ -1250,7 +1260,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.guests, args.guest_memory_mb,
                         _positions(args.workloads), _positions(args.kernels), args.bare,
                         args.speed,
-                        args.scenario, args.checkpoint_s)
+                        args.scenario, args.checkpoint_s, args.tmem_dedup, args.tmem_tze)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not args.foreground and os.fork():
