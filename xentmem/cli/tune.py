@@ -11,8 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import Connect, resolve_target
+from xentmem.cli._connect import Connect, XenStored, resolve_target
 from xentmem.cli._render import render
+from xentmem.cli.guest import Timeout
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 
@@ -196,18 +197,19 @@ def replay_cmd(
 ) -> None:
     """Replay a trace through the law with the given knobs (kernel defaults otherwise)."""
     from xentmem.tuning import parse_knobs, replay
+    from xentmem.tuning.sweep import knob_values
 
     trace = _load(trace_file)
     with _usage():
         knobs = parse_knobs(knob or [])
     result = replay(trace, knobs, balloon_rate=balloon_rate)
-    values = {k: int(v) for k, v in vars(knobs).items()}
+    values = knob_values(knobs)
     record = {"trace": trace.name, "balloon_rate": balloon_rate, **result.scores.as_row()}
     if as_json:
         render({"knobs": values, **record, "exact": result.scores.as_dict(),
                 **({"series": result.rows()} if series else {})}, as_json=True)
     else:
-        default = {k: int(v) for k, v in vars(SelfBalloonKnobs()).items()}
+        default = knob_values(SelfBalloonKnobs())
         changed = ", ".join(f"{k}={v}" for k, v in values.items() if default[k] != v)
         render({"knobs": changed or "kernel defaults", **record}, as_json=False,
                title=f"replay of {trace.name}")
@@ -274,3 +276,26 @@ def bench_cmd(
         knobs = expand_grid(parse_grid(grid or list(BENCH_GRID)))
     render(bench(trace, knobs, repeat=repeat), as_json=as_json,
            title="vectorised vs scalar replay")
+
+
+@tune_app.command("apply")
+def apply_cmd(
+    report: Annotated[Path, typer.Argument(help="A report written by xentmem tune sweep "
+                                           "--json (or a fleet report naming DOM).")],
+    dom: Annotated[str, typer.Argument(help="Domain name or id.", show_default=False)],
+    wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait for the guest "
+                                        "agent's answer.")] = 5.0,
+    connect: Connect = None,
+    xenstored: XenStored = None,
+    timeout: Timeout = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply a report's recommendation to a guest: exactly its ``xentmem guest set DOM ...``
+    line (exit 1 if the guest refused any setting)."""
+    from xentmem.cli.guest import set_
+    from xentmem.tuning.apply import load_recommendation
+
+    with _usage():
+        settings = load_recommendation(report, dom)
+    set_(dom, **settings, wait=wait, as_json=as_json, connect=connect, xenstored=xenstored,
+         libvirt_uri=None, timeout=timeout)

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from xentmem.guest.selfballoon import MB, SelfBalloonKnobs
 from xentmem.tuning.replay import Replay, replay
-from xentmem.tuning.sweep import KNOBS, SweepResult
+from xentmem.tuning.sweep import SweepResult, knob_values
 from xentmem.tuning.trace import Trace
 
 __all__ = ["plot_pareto", "plot_replay", "plot_trace", "render_html", "write_html"]
@@ -128,8 +128,8 @@ def _b64(png: bytes) -> str:
 
 
 def _knob_table(knobs: SelfBalloonKnobs) -> list[tuple[str, int, int]]:
-    default = SelfBalloonKnobs()
-    return [(name, int(getattr(knobs, name)), int(getattr(default, name))) for name in KNOBS]
+    default = knob_values(SelfBalloonKnobs())
+    return [(name, value, default[name]) for name, value in knob_values(knobs).items()]
 
 
 def render_html(trace: Trace, *, sweep_result: SweepResult | None = None,

@@ -11,15 +11,22 @@ reads, the merged timeline of samples and runs), and a compiled loop
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import MB, SelfBalloonKnobs
+from xentmem.tuning.knobs import (  # the knob names and grids, re-exported for callers here
+    KNOBS,
+    MAX_COMBINATIONS,
+    expand_grid,
+    guest_set_line,
+    knob_values,
+    parse_grid,
+    parse_knobs,
+)
 from xentmem.tuning.replay import SERIES, Scores
 from xentmem.tuning.trace import Trace
 
@@ -29,81 +36,14 @@ __all__ = [
     "ManyReplays",
     "SweepResult",
     "expand_grid",
+    "knob_values",
     "parse_grid",
     "parse_knobs",
     "replay_many",
     "sweep",
 ]
 
-KNOBS = tuple(f.name for f in fields(SelfBalloonKnobs))
-_FLAGS = ("selfballooning", "frontswap_selfshrinking")
-MAX_COMBINATIONS = 200_000
 _SCORE_FIELDS = tuple(f.name for f in fields(Scores))
-
-
-# -- knob input ----------------------------------------------------------------------------------
-
-def _knob_value(name: str, text: str) -> int:
-    if name not in KNOBS:
-        raise TraceError(f"unknown knob {name!r} (one of {', '.join(KNOBS)})")
-    text = text.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise TraceError(f"knob {name}: {text!r} is not a non-negative whole number")
-    value = int(text)
-    if name in _FLAGS and value not in (0, 1):
-        raise TraceError(f"knob {name}: must be 0 or 1, not {value}")
-    if value >= 1 << 31:
-        raise TraceError(f"knob {name}: {value} is out of range")
-    return value
-
-
-def _split(spec: str) -> tuple[str, str]:
-    name, sep, value = spec.partition("=")
-    if not sep or not name.strip() or not value.strip():
-        raise TraceError(f"bad knob setting {spec!r}: expected name=value")
-    return name.strip(), value
-
-
-def _knobs(values: Mapping[str, int], base: SelfBalloonKnobs) -> SelfBalloonKnobs:
-    typed = {k: bool(v) if k in _FLAGS else v for k, v in values.items()}
-    try:
-        return replace(base, **typed)
-    except ValueError as exc:
-        raise TraceError(f"knobs: {exc}") from None
-
-
-def parse_knobs(specs: Sequence[str], base: SelfBalloonKnobs | None = None) -> SelfBalloonKnobs:
-    """Knobs from ``name=value`` strings over ``base`` (default: the kernel defaults)."""
-    values: dict[str, int] = {}
-    for spec in specs:
-        name, text = _split(spec)
-        values[name] = _knob_value(name, text)
-    return _knobs(values, base or SelfBalloonKnobs())
-
-
-def parse_grid(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """A grid from ``name=v1,v2,...`` strings (one per knob; values kept in the given order,
-    duplicates dropped)."""
-    grid: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        name, text = _split(spec)
-        if name in grid:
-            raise TraceError(f"knob {name} is given twice in the grid")
-        values = [_knob_value(name, v) for v in text.split(",")]
-        grid[name] = tuple(dict.fromkeys(values))
-    return grid
-
-
-def expand_grid(grid: Mapping[str, Sequence[int]], base: SelfBalloonKnobs | None = None
-                ) -> list[SelfBalloonKnobs]:
-    """Every combination of ``grid`` over ``base``, the last knob varying fastest."""
-    base = base or SelfBalloonKnobs()
-    names = list(grid)
-    count = int(np.prod([len(grid[n]) for n in names])) if names else 1
-    if count > MAX_COMBINATIONS:
-        raise TraceError(f"the grid has {count} combinations; at most {MAX_COMBINATIONS}")
-    return [_knobs(dict(zip(names, combo, strict=True)), base)
-            for combo in itertools.product(*(grid[n] for n in names))]
 
 
 # -- the vectorised replay ---------------------------------------------------------------------
@@ -275,15 +215,21 @@ class SweepResult:
     pareto: list[int]
     recommended: int
     budget_page_ms: int
-    rationale: str
+    rationale: str  # ends with the apply line
+    guest: str = "DOM"  # the guest the apply line names
 
     def scores(self, j: int) -> Scores:
         return self.replays.scores_at(j)
 
+    @property
+    def apply(self) -> str:
+        """The ``xentmem guest set`` line that applies the recommendation."""
+        return guest_set_line(self.knobs[self.recommended], self.guest)
+
     def row(self, j: int) -> dict[str, Any]:
         """Setting j: the swept knobs, then the headline scores."""
-        k = self.knobs[j]
-        knob_cols = {name: int(getattr(k, name)) for name in self.grid}
+        values = knob_values(self.knobs[j])
+        knob_cols = {name: values[name] for name in self.grid}
         return {"index": j, **knob_cols, **self.scores(j).as_row(),
                 "pareto": j in self._front, "recommended": j == self.recommended}
 
@@ -301,9 +247,9 @@ class SweepResult:
             "balloon_rate": self.replays.balloon_rate,
             "defaults": self.defaults.as_row(),
             "recommended": {"index": self.recommended,
-                            "knobs": {f: int(getattr(rec, f)) for f in KNOBS},
+                            "knobs": knob_values(rec),
                             "scores": self.scores(self.recommended).as_row(),
-                            "rationale": self.rationale},
+                            "rationale": self.rationale, "apply": self.apply},
             "shortfall_budget_page_s": self.budget_page_ms / 1000,
             "pareto": [self.row(j) for j in self.pareto],
             **({"results": [self.row(j) for j in range(len(self.knobs))]} if all_rows else {}),
@@ -312,13 +258,14 @@ class SweepResult:
 
 def sweep(trace: Trace, grid: Mapping[str, Sequence[int]], *,
           base: SelfBalloonKnobs | None = None, balloon_rate: int = 0,
-          max_shortfall_page_s: float | None = None) -> SweepResult:
+          max_shortfall_page_s: float | None = None, guest: str = "DOM") -> SweepResult:
     """Replay every combination of ``grid`` and pick one.
 
     The recommendation is the Pareto setting holding the least memory whose shortfall stays
     within the budget (default: the kernel defaults' own shortfall on this trace, so it never
     swaps more than an untuned guest); ties go to fewer target changes, then less frontswap,
-    then grid order. If no setting meets the budget, the one with the least shortfall."""
+    then grid order. If no setting meets the budget, the one with the least shortfall. The
+    rationale ends with the ``xentmem guest set`` line that applies it to ``guest``."""
     knobs = expand_grid(grid, base)
     many = replay_many(trace, [*knobs, SelfBalloonKnobs()], balloon_rate=balloon_rate)
     defaults = many.scores_at(len(knobs))
@@ -340,8 +287,8 @@ def sweep(trace: Trace, grid: Mapping[str, Sequence[int]], *,
         order = np.lexsort((pool, key_cols[1][pool], held[pool], short[pool]))
     best = int(pool[order[0]])
     s = many.scores_at(best)
-    changed = {f: int(getattr(knobs[best], f)) for f in KNOBS
-               if getattr(knobs[best], f) != getattr(SelfBalloonKnobs(), f)}
+    default = knob_values(SelfBalloonKnobs())
+    changed = {k: v for k, v in knob_values(knobs[best]).items() if v != default[k]}
     setting = ", ".join(f"{k}={v}" for k, v in changed.items()) or "the kernel defaults"
     if len(ok):
         versus = (f"{_versus(defaults.mean_held_mib - s.mean_held_mib)} the defaults' "
@@ -355,5 +302,6 @@ def sweep(trace: Trace, grid: Mapping[str, Sequence[int]], *,
         why = (f"{setting}: no setting of the grid keeps the shortfall within {source} "
                f"({budget / 1000:.0f} page-s); this one swaps least ({s.shortfall_page_s:.0f} "
                f"page-s) while holding {s.mean_held_mib:.1f} MiB on average.")
+    why += f" Apply with: {guest_set_line(knobs[best], guest)}"
     return SweepResult(trace, {k: tuple(v) for k, v in grid.items()}, knobs, many, defaults,
-                       front.tolist(), best, budget, why)
+                       front.tolist(), best, budget, why, guest)
