@@ -81,8 +81,9 @@ def synth_cmd(
     peak: Annotated[float, typer.Option(help="Highest Committed_AS, fraction of RAM.")] = 0.8,
     noise: Annotated[float, typer.Option(help="Relative jitter per sample.")] = 0.02,
     bursts: Annotated[float, typer.Option(help="Bursts per hour (bursty).")] = 6.0,
-    period: Annotated[int | None, typer.Option(help="Diurnal period, s (default: duration).")]
-    = None,
+    burst: Annotated[int, typer.Option(help="Mean burst length, s (bursty).")] = 120,
+    period: Annotated[int | None, typer.Option(
+        help="Diurnal period, s (default: a day, or the duration if shorter).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -91,7 +92,7 @@ def synth_cmd(
 
     with _usage():
         trace = synthesize(SynthSpec(kind, duration, step, memory_mb, base, peak, noise, bursts,
-                                     period, seed))
+                                     burst, period, seed))
     _save(trace, out)
     render({**trace.summary(), "file": str(out)}, as_json=as_json)
 

@@ -182,8 +182,20 @@ def replay_many(trace: Trace, knobs: Sequence[SelfBalloonKnobs], *, balloon_rate
 
 # -- the sweep -----------------------------------------------------------------------------------
 
-def _versus(less_mib: float) -> str:
-    return f"{less_mib:.1f} MiB less than" if less_mib >= 0 else f"{-less_mib:.1f} MiB more than"
+def _versus(new: float, old: float) -> str:
+    """``new`` against ``old`` in words: "12% less", "3% more", "the same"."""
+    if new == old:
+        return "the same"
+    if not old:
+        return "more"
+    pct = 100 * (old - new) / old
+    return f"{abs(pct):.1f}% {'less' if pct > 0 else 'more'}"
+
+
+def _memory(s: Scores) -> str:
+    """Mean memory held and mean shortfall, for the rationale."""
+    return (f"{s.mean_held_mib:.1f} MiB held and {s.mean_shortfall_mib:.2f} MiB short on "
+            f"average ({s.shortfall_page_s:,.0f} page-s)")
 
 
 def _pareto(held: np.ndarray, short: np.ndarray) -> np.ndarray:
@@ -290,18 +302,20 @@ def sweep(trace: Trace, grid: Mapping[str, Sequence[int]], *,
     default = knob_values(SelfBalloonKnobs())
     changed = {k: v for k, v in knob_values(knobs[best]).items() if v != default[k]}
     setting = ", ".join(f"{k}={v}" for k, v in changed.items()) or "the kernel defaults"
-    if len(ok):
-        versus = (f"{_versus(defaults.mean_held_mib - s.mean_held_mib)} the defaults' "
-                  f"{defaults.mean_held_mib:.1f}" if changed else "no tuning beats them")
-        why = (f"{setting}: holds {s.mean_held_mib:.1f} MiB on average "
-               f"({s.saved_pct:.1f}% less than never ballooning, {versus}) with a shortfall "
-               f"of {s.shortfall_page_s:.0f} page-s, within {source} ({budget / 1000:.0f} page-s); "
-               f"{s.target_changes} target changes in {s.runs} runs. It is the least memory "
-               f"among the {len(ok)} Pareto settings within budget.")
+    within = f"within {source} ({budget / 1000:,.0f} page-s)"
+    if len(ok) and changed:
+        why = (f"{setting}: {_memory(s)}, against the kernel defaults' {_memory(defaults)}: "
+               f"{_versus(s.held_page_ms, defaults.held_page_ms)} memory and "
+               f"{_versus(s.shortfall_page_ms, defaults.shortfall_page_ms)} shortfall "
+               f"({s.saved_pct:.1f}% less memory than never ballooning; {s.target_changes:,} "
+               f"target changes in {s.runs:,} runs). It holds the least memory of the "
+               f"{len(ok)} Pareto settings with a shortfall {within}.")
+    elif len(ok):
+        why = (f"the kernel defaults: no setting of the grid holds less memory with a shortfall "
+               f"{within}; they hold {_memory(s)}.")
     else:
-        why = (f"{setting}: no setting of the grid keeps the shortfall within {source} "
-               f"({budget / 1000:.0f} page-s); this one swaps least ({s.shortfall_page_s:.0f} "
-               f"page-s) while holding {s.mean_held_mib:.1f} MiB on average.")
+        why = (f"{setting}: no setting of the grid keeps the shortfall {within}; this one "
+               f"swaps least, with {_memory(s)}.")
     why += f" Apply with: {guest_set_line(knobs[best], guest)}"
     return SweepResult(trace, {k: tuple(v) for k, v in grid.items()}, knobs, many, defaults,
                        front.tolist(), best, budget, why, guest)
