@@ -22,7 +22,7 @@ tune_app = typer.Typer(help="Replay memory traces through the self-balloon law, 
 app.add_typer(tune_app, name="tune")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV or JSON lines; see "
+TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV, JSON lines or .parquet; see "
                                           "xentmem.tuning.trace for the format).")]
 KnobOpt = Annotated[list[str] | None, typer.Option(
     "--knob", "-k", help="A knob as name=value (repeatable), e.g. downhysteresis=4.")]
@@ -73,7 +73,8 @@ def _html(path: Path | None, trace: Any, **kwargs: Any) -> None:
 @tune_app.command("synth")
 def synth_cmd(
     kind: Annotated[str, typer.Argument(help="steady | ramp | bursty | diurnal")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (.csv or .jsonl).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (.csv, .jsonl or "
+                                      ".parquet).")],
     duration: Annotated[int, typer.Option(help="Seconds.")] = 3600,
     step: Annotated[int, typer.Option(help="Seconds between samples.")] = 5,
     memory_mb: Annotated[int, typer.Option("--memory-mb", help="Guest memory (max_pfn).")] = 1024,
