@@ -224,7 +224,9 @@ def replay_cmd(
 
 @tune_app.command("sweep")
 def sweep_cmd(
-    trace_file: TraceArg,
+    trace_files: Annotated[list[Path], typer.Argument(
+        help="Trace file(s) (CSV, JSON lines or .parquet); several: a fleet, one guest per "
+        "file (its name without the suffix).")],
     grid: Annotated[list[str], typer.Option(
         "--grid", "-g", help="A knob and its values, name=v1,v2,... (repeatable).")],
     knob: KnobOpt = None,
@@ -235,15 +237,31 @@ def sweep_cmd(
     show_all: Annotated[bool, typer.Option("--all", help="Print every setting, not only the "
                                            "Pareto front.")] = False,
     html: HtmlOpt = None,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", help="Run the guests' sweeps on Dask: tcp://HOST:PORT (a running "
+        "scheduler) or local[:N] (start N worker processes here).")] = None,
+    results: Annotated[Path | None, typer.Option(
+        "--results", help="Fleet: keep each finished guest in this file and skip those it "
+        "already holds (resume an interrupted sweep).")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report-dir", help="Fleet: write a report per guest (GUEST.json, GUEST.html) and "
+        "the fleet's (fleet.json, fleet.html) into this directory.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Replay every combination of a knob grid; print the Pareto front and a recommendation."""
+    """Replay every combination of a knob grid; print the Pareto front and a recommendation
+    (several traces, --cluster, --results or --report-dir: a fleet, one report per guest)."""
     from xentmem.tuning import parse_grid, parse_knobs, sweep
 
-    trace = _load(trace_file)
     with _usage():
         base = parse_knobs(knob or [])
-        result = sweep(trace, parse_grid(grid), base=base, balloon_rate=balloon_rate,
+        parsed = parse_grid(grid)
+    if len(trace_files) > 1 or cluster or results or report_dir:
+        _sweep_fleet(trace_files, parsed, base, balloon_rate, max_shortfall, cluster, results,
+                     report_dir, html, as_json)
+        return
+    trace = _load(trace_files[0])
+    with _usage():
+        result = sweep(trace, parsed, base=base, balloon_rate=balloon_rate,
                        max_shortfall_page_s=max_shortfall)
     if as_json:
         render(result.as_dict(all_rows=True), as_json=True)
@@ -257,7 +275,62 @@ def sweep_cmd(
                 {"setting": "kernel defaults", **result.defaults.as_row()}],
                as_json=False, columns=["setting", *_BRIEF])
         typer.echo(result.rationale)
-    _html(html, trace, sweep_result=result)
+    _html(html, trace, report=result.as_dict(all_rows=True))
+
+
+def _sweep_fleet(paths: list[Path], grid: dict[str, tuple[int, ...]], base: SelfBalloonKnobs,
+                 balloon_rate: int, max_shortfall: float | None, cluster: str | None,
+                 results: Path | None, report_dir: Path | None, html: Path | None,
+                 as_json: bool) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from xentmem.tuning.fleet import (
+        FleetSpec,
+        fleet_rows,
+        load_fleet,
+        parse_cluster,
+        run_fleet,
+        write_reports,
+    )
+
+    spec = FleetSpec(grid, base, balloon_rate, max_shortfall)
+    with _usage():
+        if cluster is not None:
+            parse_cluster(cluster)
+        traces = load_fleet(paths)
+    if report_dir is not None and not report_dir.is_dir():
+        raise UsageError(f"--report-dir {report_dir}: not a directory")
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"sweeping {len(traces)} guests"
+                            + (f" on {cluster}" if cluster else ""), total=len(traces))
+        try:
+            with _usage():
+                fleet = run_fleet(traces, spec, cluster=cluster, results=results,
+                                  on_result=lambda _g, done, _n: bar.update(task,
+                                                                            completed=done))
+        except KeyboardInterrupt:
+            kept = f"; finished guests are in {results}, run again to resume" if results else ""
+            typer.echo(f"interrupted{kept}", err=True)
+            raise typer.Exit(130) from None
+    if report_dir is not None or html is not None:
+        for path in write_reports(fleet, traces, report_dir, fleet_html=html):
+            typer.echo(f"wrote {path}", err=True)
+    if as_json:
+        render(fleet.as_dict(), as_json=True)
+        return
+    summary = fleet.as_dict()["fleet"]
+    render(fleet_rows(fleet.as_dict()), as_json=False,
+           title=f"{summary['guests']} guests, {len(next(iter(fleet.reports.values()))['results'])}"
+           f" settings each" + (f" ({fleet.resumed} from {results})" if fleet.resumed else ""))
+    held, short = summary["mean_held_mib"], summary["mean_shortfall_mib"]
+    typer.echo(f"{summary['tuned']} of {summary['guests']} guests tuned: together they hold "
+               f"{held['recommended']:.1f} MiB on average against {held['defaults']:.1f} MiB "
+               f"with the kernel defaults ({summary['saved_vs_defaults_mib']:.1f} MiB less), "
+               f"{short['recommended']:.2f} MiB short on average against "
+               f"{short['defaults']:.2f} MiB. Apply a guest's: xentmem tune apply "
+               "REPORT.json GUEST (fleet.json holds them all).")
 
 
 @tune_app.command("bench")
