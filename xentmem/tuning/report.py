@@ -39,7 +39,7 @@ _LABELS = {
     "target_changes": "Target changes", "shrinks": "Self-shrinks", "runs": "Worker runs",
     "pareto": "Pareto", "recommended": "Recommended", "min_usable_mb": "min_usable_mb",
     "reserved_mb": "reserved_mb", "name": "Trace", "samples": "Samples",
-    "duration_s": "Duration", "max_pfn_mib": "Memory (max_pfn, MiB)",
+    "duration_s": "Duration", "max_pfn_mib": "Guest memory (MiB)",
     "start_totalram_mib": "totalram at start (MiB)", "committed_mean_mib": "Committed mean (MiB)",
     "committed_peak_mib": "Committed peak (MiB)", "held_mib": "Held (MiB)",
     "defaults_held_mib": "Defaults held (MiB)", "short_mib": "Short (MiB)",
