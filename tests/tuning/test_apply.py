@@ -15,31 +15,32 @@ import pytest
 from typer.testing import CliRunner
 
 from xentmem.cli import app
-from xentmem.emulator import EmulatedHost
 from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MachineGuest
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 from xentmem.tuning.apply import recommendation
 from xentmem.tuning.knobs import KNOBS, guest_set_args, knob_values, parse_knobs
-from xentmem.xenstore import XenStoreServer
 from xentmem.xenstore.keys import key
 
 runner = CliRunner()
 
 
 @pytest.fixture
-def server() -> Iterator[XenStoreServer]:
+def web() -> Iterator[MachineGuest]:
+    """Guest "web", living: its agent applies to its kernel model what the CLI, reaching the
+    machine's xenstored with ``--xenstored``, requests."""
     work = Path(tempfile.mkdtemp(prefix="xttu", dir="/tmp"))  # AF_UNIX paths: <108 bytes
-    srv = XenStoreServer(work / "xs").start()
-    yield srv
-    srv.stop()
-    shutil.rmtree(work, ignore_errors=True)
+    machine = EmulatedMachine.boot(memory_mb=1024, xenstore=work / "xs")
+    try:
+        with machine:
+            yield machine.add_guest(GuestSpec("web", 128, 256, backend="tmem"))
+    finally:
+        machine.xenstore.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
-@pytest.fixture
-def web(server: XenStoreServer) -> Iterator[MachineGuest]:
-    with EmulatedMachine(EmulatedHost(memory_mb=1024), server, stats_interval=0.2) as machine:
-        yield machine.add_guest(GuestSpec("web", 128, 256, backend="tmem"))
+def _xenstored(guest: MachineGuest) -> str:
+    return str(guest.machine.xenstore.path)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def _knobs_of(guest: MachineGuest) -> dict[str, int]:
     return knob_values(guest.guest.selfballoon.knobs)
 
 
-def test_the_report_line_applies_on_a_living_guest(report: Path, server, web: MachineGuest):
+def test_the_report_line_applies_on_a_living_guest(report: Path, web: MachineGuest):
     rec = json.loads(report.read_text())["recommended"]
     assert rec["rationale"].endswith("Apply with: " + rec["apply"])
     assert rec["knobs"]["frontswap_inertia"] == 5 and rec["knobs"] != knob_values(
@@ -73,7 +74,7 @@ def test_the_report_line_applies_on_a_living_guest(report: Path, server, web: Ma
     assert argv[:4] == ["xentmem", "guest", "set", "DOM"]
     before = _knobs_of(web)
     result = runner.invoke(app, ["guest", "set", "web", *argv[4:], "--json",
-                                 "--xenstored", server.path])
+                                 "--xenstored", _xenstored(web)])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["status"] == "applied", out
@@ -81,19 +82,19 @@ def test_the_report_line_applies_on_a_living_guest(report: Path, server, web: Ma
     assert _knobs_of(web) == rec["knobs"] != before  # the guest model runs with them now
 
 
-def test_tune_apply_requests_the_same(report: Path, server, web: MachineGuest):
+def test_tune_apply_requests_the_same(report: Path, web: MachineGuest):
     result = runner.invoke(app, ["tune", "apply", str(report), "web", "--json",
-                                 "--xenstored", server.path])
+                                 "--xenstored", _xenstored(web)])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["status"] == "applied"
     assert _knobs_of(web) == json.loads(report.read_text())["recommended"]["knobs"]
 
 
-def test_tune_apply_bad_report_exits_2(tmp_path: Path, server, web: MachineGuest):
+def test_tune_apply_bad_report_exits_2(tmp_path: Path, web: MachineGuest):
     bad = tmp_path / "r.json"
     bad.write_text(json.dumps({"recommended": {"knobs": {"interval": 0}}}))
     before = _knobs_of(web)
-    result = runner.invoke(app, ["tune", "apply", str(bad), "web", "--xenstored", server.path])
+    result = runner.invoke(app, ["tune", "apply", str(bad), "web", "--xenstored", _xenstored(web)])
     assert result.exit_code == 2, result.output
     assert "missing selfballooning, downhysteresis" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
