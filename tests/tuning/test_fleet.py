@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from xentmem.cli import app
-from xentmem.errors import TraceError
+from xentmem.errors import TraceError, TransportError
 from xentmem.tuning.apply import load_recommendation
 from xentmem.tuning.fleet import FleetSpec, load_fleet, parse_cluster, run_fleet
 from xentmem.tuning.knobs import parse_grid, parse_knobs
@@ -152,3 +152,16 @@ def test_two_traces_of_one_guest_are_refused(fleet_files, tmp_path: Path):
     result = runner.invoke(app, ["tune", "sweep", str(fleet_files[0]), str(twin), "-g",
                                  GRID[0]])
     assert result.exit_code == 2 and "a second trace of guest 'web'" in result.stderr
+
+
+def test_a_cluster_without_workers_is_given_up(fleet_files, monkeypatch):
+    from distributed import LocalCluster
+
+    import xentmem.tuning.fleet as fleet_module
+
+    monkeypatch.setattr(fleet_module, "_POLL", 0.1)
+    monkeypatch.setattr(fleet_module, "_NO_WORKERS", 0.3)
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, \
+            pytest.raises(TransportError, match=r"no worker for \d+ s; 1 guests not swept"):
+        run_fleet(load_fleet(fleet_files[:1]), SPEC, cluster=cluster.scheduler_address)

@@ -37,6 +37,8 @@ __all__ = ["FleetResult", "FleetSpec", "fleet_rows", "guest_name", "guest_report
 RESULTS_FORMAT = "xentmem fleet sweep results v1"
 _CONNECT_TIMEOUT = 10  # s to reach an existing scheduler
 _LOCAL_START_TIMEOUT = 60  # s for a local cluster's workers to come up
+_POLL = 5.0  # s between looks at a cluster that finishes nothing
+_NO_WORKERS = 120.0  # s a cluster may have no worker before the sweep gives up
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,24 @@ def _client(cluster: str) -> Iterator[Any]:
         yield client
 
 
+def _completed(client: Any, futures: Mapping[Any, str]) -> Iterator[Any]:
+    """``futures`` as they finish; ``TransportError`` once the cluster has had no worker for
+    ``_NO_WORKERS`` s (a sweep can take long, but not on nobody)."""
+    from distributed import wait
+
+    pending, idle = set(futures), 0.0
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=_POLL, return_when="FIRST_COMPLETED")
+        except TimeoutError:  # nothing finished in this slice: is anyone working?
+            idle = 0.0 if client.scheduler_info()["workers"] else idle + _POLL
+            if idle >= _NO_WORKERS:
+                raise TransportError(f"the Dask cluster has had no worker for {idle:.0f} s; "
+                                     f"{len(pending)} guests not swept") from None
+            continue
+        yield from done
+
+
 # -- the fleet ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -258,12 +278,10 @@ def run_fleet(traces: Mapping[str, Trace], spec: FleetSpec, *, cluster: str | No
             for guest in todo:
                 finish(guest, guest_report(traces[guest], spec, guest))
         elif todo:
-            from distributed import as_completed
-
             with _client(cluster) as client:
                 futures = {client.submit(guest_report, traces[g], spec, g, pure=False): g
                            for g in todo}
-                for future in as_completed(futures):
+                for future in _completed(client, futures):
                     finish(futures[future], future.result())
     finally:
         sink.close()
