@@ -244,8 +244,8 @@ def sweep_cmd(
         "--results", help="Fleet: keep each finished guest in this file and skip those it "
         "already holds (resume an interrupted sweep).")] = None,
     report_dir: Annotated[Path | None, typer.Option(
-        "--report-dir", help="Fleet: write a report per guest (GUEST.json, GUEST.html) and "
-        "the fleet's (fleet.json, fleet.html) into this directory.")] = None,
+        "--report-dir", help="Fleet: write a report per guest (guests/GUEST.json and .html) "
+        "and the fleet's (fleet.json, fleet.html) into this existing directory.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Replay every combination of a knob grid; print the Pareto front and a recommendation
@@ -320,17 +320,11 @@ def _sweep_fleet(paths: list[Path], grid: dict[str, tuple[int, ...]], base: Self
     if as_json:
         render(fleet.as_dict(), as_json=True)
         return
-    summary = fleet.as_dict()["fleet"]
-    render(fleet_rows(fleet.as_dict()), as_json=False,
-           title=f"{summary['guests']} guests, {len(next(iter(fleet.reports.values()))['results'])}"
-           f" settings each" + (f" ({fleet.resumed} from {results})" if fleet.resumed else ""))
-    held, short = summary["mean_held_mib"], summary["mean_shortfall_mib"]
-    typer.echo(f"{summary['tuned']} of {summary['guests']} guests tuned: together they hold "
-               f"{held['recommended']:.1f} MiB on average against {held['defaults']:.1f} MiB "
-               f"with the kernel defaults ({summary['saved_vs_defaults_mib']:.1f} MiB less), "
-               f"{short['recommended']:.2f} MiB short on average against "
-               f"{short['defaults']:.2f} MiB. Apply a guest's: xentmem tune apply "
-               "REPORT.json GUEST (fleet.json holds them all).")
+    summary = fleet.as_dict()
+    render(fleet_rows(summary), as_json=False,
+           title=f"{len(traces)} guests, {summary['fleet']['combinations']} settings each"
+           + (f" ({fleet.resumed} taken from {results})" if fleet.resumed else ""))
+    typer.echo(fleet.describe())
 
 
 @tune_app.command("bench")

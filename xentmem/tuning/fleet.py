@@ -228,8 +228,11 @@ class FleetResult:
                 for r in self.reports.values()), 2)
 
         held = {w: total(w, "mean_held_mib") for w in ("recommended", "defaults")}
+        # the same grid everywhere: any guest's count is the fleet's
         short = {w: total(w, "mean_shortfall_mib") for w in ("recommended", "defaults")}
         return {"fleet": {"guests": len(self.reports), "spec": self.spec.header(),
+                          "combinations": next(iter(self.reports.values()))["combinations"]
+                          if self.reports else 0,
                           "mean_held_mib": held, "mean_shortfall_mib": short,
                           "saved_vs_defaults_mib": round(held["defaults"] - held["recommended"],
                                                          2),
@@ -237,6 +240,18 @@ class FleetResult:
                                        if r["recommended"]["knobs"] != knob_values(
                                            SelfBalloonKnobs()))},
                 "guests": guests}
+
+
+    def describe(self) -> str:
+        """The fleet's outcome in a sentence, with the numbers."""
+        f = self.as_dict()["fleet"]
+        held, short = f["mean_held_mib"], f["mean_shortfall_mib"]
+        return (f"{f['tuned']} of {f['guests']} guests tuned: together they hold "
+                f"{held['recommended']:.1f} MiB on average against {held['defaults']:.1f} MiB "
+                f"with the kernel defaults ({f['saved_vs_defaults_mib']:.1f} MiB less), and are "
+                f"{short['recommended']:.2f} MiB short on average against "
+                f"{short['defaults']:.2f} MiB. Apply a guest's with xentmem tune apply "
+                "REPORT.json GUEST (fleet.json holds every guest's).")
 
 
 def load_fleet(paths: Sequence[str | Path]) -> dict[str, Trace]:
