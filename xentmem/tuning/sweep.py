@@ -85,7 +85,10 @@ def _schedule(trace: Trace, interval_ms: int) -> _Schedule:
     runs = (tend - t0) // interval_ms
     run_ms = t0 + interval_ms * np.arange(1, runs + 1, dtype=np.int64)
     run_sample = np.searchsorted(times, run_ms, side="left") - 1  # the last sample before
-    points = np.union1d(times, run_ms)
+    # the merged timeline: two sorted runs, so a stable sort merges them in linear time
+    points = np.concatenate((times, run_ms))
+    points.sort(kind="stable")
+    points = points[np.concatenate(([True], points[1:] != points[:-1]))]
     seg_start, seg_dt = points[:-1], np.diff(points)
     seg_demand = demand[np.searchsorted(times, seg_start, side="right") - 1]
     seg_window = np.searchsorted(run_ms, seg_start, side="right")  # non-decreasing
