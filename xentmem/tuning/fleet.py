@@ -312,7 +312,8 @@ def fleet_rows(fleet: Mapping[str, Any]) -> list[dict[str, Any]]:
         rec, d = r["recommended"], r["defaults"]
         changed = {k: v for k, v in rec["knobs"].items() if v != default[k]}
         rows.append({"guest": guest,
-                     "setting": ", ".join(f"{k}={v}" for k, v in changed.items()) or "defaults",
+                     "setting": ", ".join(f"{k}={v}" for k, v in changed.items())
+                     or "kernel defaults",
                      "held_mib": rec["scores"]["mean_held_mib"],
                      "defaults_held_mib": d["mean_held_mib"],
                      "short_mib": rec["scores"]["mean_shortfall_mib"],
