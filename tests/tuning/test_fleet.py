@@ -165,3 +165,14 @@ def test_a_cluster_without_workers_is_given_up(fleet_files, monkeypatch):
                       silence_logs=logging.ERROR) as cluster, \
             pytest.raises(TransportError, match=r"no worker for \d+ s; 1 guests not swept"):
         run_fleet(load_fleet(fleet_files[:1]), SPEC, cluster=cluster.scheduler_address)
+
+
+def test_cli_results_file_resumes(fleet_files, tmp_path: Path):
+    results = tmp_path / "r.jsonl"
+    args = ["tune", "sweep", *map(str, fleet_files), "-g", GRID[0], "--results", str(results)]
+    first = runner.invoke(app, [*args[:3], *args[4:]])  # three of the four guests
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert "(3 taken from" in again.stdout and results.name in again.stdout
+    assert len(results.read_text().splitlines()) == 5  # the header and four guests
