@@ -128,38 +128,54 @@ def _held(trace: Trace, rep: Replay, size: float) -> tuple[np.ndarray, np.ndarra
     return _times(trace, times, size), np.array(values) / MB
 
 
+_ZOOM_S = 3600  # traces longer than three of these get a closer look at one
+
+
 def plot_replay(trace: Trace, chosen: Replay, baseline: Replay | None = None,
                 label: str = "chosen") -> bytes:
     """The closed loop: demand, totalram for ``chosen`` (and ``baseline``'s, dashed), the
-    floor, frontswap, and the shortfall shaded."""
-    fig, ax = _figure()
+    floor, frontswap, and the shortfall shaded; on a long trace also a closer look at the
+    hour around the largest shortfall, where the lines would merge at full length."""
     size, xlabel = _time_axis(trace)
     t = _times(trace, trace.time_ms, size)
-    ax.step(t, trace.demand / MB, where="post", label="committed + reserve", color="C3", lw=0.8)
     ht, hv = _held(trace, chosen, size)
-    if baseline is not None:
-        bt, bv = _held(trace, baseline, size)
-        ax.step(bt, bv, where="post", ls="--", color="C7", lw=1,
-                label="totalram (kernel defaults)")
-    ax.step(ht, hv, where="post", label=f"totalram ({label})", color="C0", lw=1.2)
-    runs = _times(trace, chosen.series["time_ms"], size)
-    if len(runs):
-        ax.step(runs, np.array(chosen.series["floor"]) / MB, where="post", color="grey",
-                ls=":", label="floor")
-        ax.step(runs, np.array(chosen.series["frontswap"]) / MB, where="post", color="C2",
-                lw=0.8, label="frontswap (model)")
     # shortfall: demand above the chosen totalram, on the merged time grid
     grid = np.union1d(t, ht)
     dem = trace.demand[np.searchsorted(t, grid, side="right") - 1] / MB
     held = hv[np.searchsorted(ht, grid, side="right") - 1]
-    # no `where=`: matplotlib drops one-step regions with it; a zero-height fill is invisible
-    ax.fill_between(grid, held, np.maximum(dem, held), step="post", color="C3", alpha=0.35,
-                    lw=0, label="shortfall")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("MiB")
-    ax.set_xlim(t[0], t[-1])
-    ax.set_title(f"closed loop over {trace.name}")
-    ax.legend(loc="upper left", fontsize="small", ncol=3)
+    long = trace.duration_ms / 1000 > 3 * _ZOOM_S
+    fig = Figure(figsize=(9, 7.2 if long else 3.6), layout="constrained")
+    axes = fig.subplots(2 if long else 1, 1, squeeze=False)[:, 0]
+    runs = _times(trace, chosen.series["time_ms"], size)
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+        ax.step(t, trace.demand / MB, where="post", label="committed + reserve", color="C3",
+                lw=0.8)
+        if baseline is not None:
+            bt, bv = _held(trace, baseline, size)
+            ax.step(bt, bv, where="post", ls="--", color="C7", lw=1,
+                    label="totalram (kernel defaults)")
+        ax.step(ht, hv, where="post", label=f"totalram ({label})", color="C0", lw=1.2)
+        if len(runs):
+            ax.step(runs, np.array(chosen.series["floor"]) / MB, where="post", color="grey",
+                    ls=":", label="floor")
+            ax.step(runs, np.array(chosen.series["frontswap"]) / MB, where="post",
+                    color="C2", lw=0.8, label="frontswap (model)")
+        # no `where=`: matplotlib drops one-step regions with it; a zero-height fill is
+        # invisible
+        ax.fill_between(grid, held, np.maximum(dem, held), step="post", color="C3",
+                        alpha=0.35, lw=0, label="shortfall")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("MiB")
+    axes[0].set_xlim(t[0], t[-1])
+    axes[0].set_title(f"closed loop over {trace.name}")
+    axes[0].legend(loc="upper left", fontsize="small", ncol=3)
+    if long:
+        worst = grid[int(np.argmax(dem - held))]
+        half = _ZOOM_S / 2 / size
+        lo = min(max(worst - half, t[0]), t[-1] - 2 * half)
+        axes[1].set_xlim(lo, lo + 2 * half)
+        axes[1].set_title("closer: the hour around the largest shortfall")
     return _png(fig)
 
 
