@@ -176,7 +176,7 @@ def set_(dom: Dom,
         ("uphysteresis", uphysteresis), ("min_usable_mb", min_usable_mb),
         ("reserved_mb", reserved_mb), ("frontswap_hysteresis", frontswap_hysteresis),
         ("frontswap_inertia", frontswap_inertia)) if value is not None}
-    for name in clear or ():
+    for name in (n.replace("-", "_") for n in clear or ()):  # reserved-mb is reserved_mb
         if name in values:
             raise UsageError(f"--clear {name} contradicts setting {name}")
         values[name] = None

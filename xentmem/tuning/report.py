@@ -204,11 +204,12 @@ def plot_pareto(report: Mapping[str, Any]) -> bytes:
                zorder=4)
     every = max(1, -(-len(front) // _LABELLED))
     shown = set(front[::every]) | {r}
-    for j in front:
-        if j in shown:
-            ax.annotate(_setting_label(rows[j], swept), (held[j], short[j]),
-                        xytext=(4, 4), textcoords="offset points", fontsize=7,
-                        color="C3" if j == r else "C0")
+    for n, j in enumerate(j for j in front if j in shown):
+        # alternate above and below the front, which falls left to right: fewer collisions
+        ax.annotate(_setting_label(rows[j], swept), (held[j], short[j]),
+                    xytext=(5, 5) if n % 2 else (-5, -11), textcoords="offset points",
+                    ha="left" if n % 2 else "right", fontsize=7,
+                    color="C3" if j == r else "C0")
     ax.set_xlabel("mean memory held (MiB)")
     ax.set_ylabel("mean shortfall (MiB)")
     ax.set_title("knob settings: memory held vs shortfall (lower is better for both)")
