@@ -126,7 +126,11 @@ class _Results:
     def __init__(self, path: Path | None, spec: FleetSpec, fresh: bool) -> None:
         self._file = None
         if path is not None:
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            try:
+                self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (see close())
+            except OSError as exc:
+                raise TraceError(f"{path}: cannot write results: {exc.strerror or exc}"
+                                 ) from None
             if fresh:
                 self._write(spec.header())
 
