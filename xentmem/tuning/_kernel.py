@@ -20,11 +20,18 @@ SCORES = ("held_page_ms", "frontswap_page_ms", "peak_held", "shortfall_page_ms",
 _SERIES = 10  # the planes of `rec`: the per-run series in xentmem.tuning.replay.SERIES order
 
 
+Array = np.ndarray  # int64 throughout
+
+
 @njit(cache=True, nogil=True)
-def run_group(run_ms, run_c, run_r, run_m, peak_demand, base_floor,  # per run
-              win_dur, win_peak, seg_lo, seg_demand, seg_dt,  # per window / segment
-              down, up, min_usable_pages, reserved_pages, hyst, inertia, sb, ss,  # per setting
-              totalram0, frontswap0, step, out, rec, after):  # pragma: no cover (compiled)
+def run_group(run_ms: Array, run_c: Array, run_r: Array, run_m: Array, peak_demand: Array,
+              base_floor: Array,  # per run
+              win_dur: Array, win_peak: Array, seg_lo: Array, seg_demand: Array,
+              seg_dt: Array,  # per window / segment
+              down: Array, up: Array, min_usable_pages: Array, reserved_pages: Array,
+              hyst: Array, inertia: Array, sb: Array, ss: Array,  # per setting
+              totalram0: int, frontswap0: int, step: int,
+              out: Array, rec: Array, after: Array) -> None:
     """Replay each setting (row of ``out``): ``out[j]`` gets the ``SCORES`` columns; when
     ``rec`` has rows, ``rec[:, j, k]`` the ``SERIES`` of run k and ``after[j, k]`` totalram
     after run k. Window w is the time after run w (w = 0: before the first run); its segments
