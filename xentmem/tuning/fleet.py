@@ -308,8 +308,8 @@ def run_fleet(traces: Mapping[str, Trace], spec: FleetSpec, *, cluster: str | No
 
 
 def fleet_rows(fleet: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per guest of a fleet report (``FleetResult.as_dict``): its setting and how it
-    compares with the kernel defaults."""
+    """One row per guest of a fleet report (``FleetResult.as_dict``): its setting, memory held
+    and shortfall (mean MiB), and how they compare with the kernel defaults."""
     rows = []
     default = knob_values(SelfBalloonKnobs())
     for guest, r in fleet["guests"].items():
@@ -319,9 +319,10 @@ def fleet_rows(fleet: Mapping[str, Any]) -> list[dict[str, Any]]:
                      "setting": ", ".join(f"{k}={v}" for k, v in changed.items())
                      or "kernel defaults",
                      "held_mib": rec["scores"]["mean_held_mib"],
-                     "defaults_held_mib": d["mean_held_mib"],
+                     "freed_mib": round(d["mean_held_mib"] - rec["scores"]["mean_held_mib"], 2),
                      "short_mib": rec["scores"]["mean_shortfall_mib"],
-                     "defaults_short_mib": d["mean_shortfall_mib"]})
+                     "short_change_mib": round(rec["scores"]["mean_shortfall_mib"]
+                                               - d["mean_shortfall_mib"], 3)})
     return rows
 
 

@@ -42,8 +42,8 @@ _LABELS = {
     "duration_s": "Duration", "max_pfn_mib": "Guest memory (MiB)",
     "start_totalram_mib": "totalram at start (MiB)", "committed_mean_mib": "Committed mean (MiB)",
     "committed_peak_mib": "Committed peak (MiB)", "held_mib": "Held (MiB)",
-    "defaults_held_mib": "Defaults held (MiB)", "short_mib": "Short (MiB)",
-    "defaults_short_mib": "Defaults short (MiB)",
+    "freed_mib": "Freed vs kernel defaults (MiB)", "short_mib": "Shortfall (MiB)",
+    "short_change_mib": "Shortfall vs kernel defaults (MiB)",
 }
 # the score columns of the page's tables (the JSON report has them all)
 _SCORE_COLUMNS = ("mean_held_mib", "peak_held_mib", "saved_pct", "mean_shortfall_mib",
