@@ -232,19 +232,18 @@ class FleetResult:
                 for r in self.reports.values()), 2)
 
         held = {w: total(w, "mean_held_mib") for w in ("recommended", "defaults")}
-        # the same grid everywhere: any guest's count is the fleet's
         short = {w: total(w, "mean_shortfall_mib") for w in ("recommended", "defaults")}
+        # the same grid for every guest: any guest's count is the fleet's
+        combinations = next(iter(guests.values()))["combinations"] if guests else 0
+        default = knob_values(SelfBalloonKnobs())
         return {"fleet": {"guests": len(self.reports), "spec": self.spec.header(),
-                          "combinations": next(iter(self.reports.values()))["combinations"]
-                          if self.reports else 0,
+                          "combinations": combinations,
                           "mean_held_mib": held, "mean_shortfall_mib": short,
                           "saved_vs_defaults_mib": round(held["defaults"] - held["recommended"],
                                                          2),
                           "tuned": sum(1 for r in self.reports.values()
-                                       if r["recommended"]["knobs"] != knob_values(
-                                           SelfBalloonKnobs()))},
+                                       if r["recommended"]["knobs"] != default)},
                 "guests": guests}
-
 
     def describe(self) -> str:
         """The fleet's outcome in a sentence, with the numbers."""
