@@ -71,6 +71,12 @@ def test_sysfs_guest_writes_the_kernel_files(host: Host, db: MachineGuest):
         view.write(f"{SB}/{name}", (root / SB / name).read_text())
     knobs = db.guest.selfballoon.knobs
     assert (knobs.interval, knobs.downhysteresis, knobs.selfballooning) == (11, 4, False)
+    # the self-shrink knobs the tuner recommends, by their own file names
+    shrink = host.set_toggles("db", {"frontswap_hysteresis": 9, "frontswap_inertia": 7})
+    assert shrink.status == "applied", shrink
+    assert (root / SB / "frontswap_hysteresis").read_text() == "9\n"
+    assert (root / SB / "frontswap_inertia").read_text() == "7\n"
+    assert shrink.applied["frontswap_inertia"] == 7
 
 
 def test_sysfs_guest_refuses_module_parameters(host: Host, db: MachineGuest):

@@ -85,6 +85,10 @@ def test_selfshrinking_is_refused_with_its_reason(host: Host, dom0, modern):
     assert "nothing to act on without tmem" in why and "Linux 6.1 has no tmem" in why
     assert result.applied["selfballooning"] == 1 and result.applied["selfshrinking"] == 0
     assert host.set_toggles("modern", {"selfshrinking": False}).status == "applied"
+    # its knobs likewise: nothing to shrink, whatever the value
+    shrink = host.set_toggles("modern", {"frontswap_inertia": 5, "frontswap_hysteresis": 10})
+    assert sorted(shrink.refused) == ["frontswap_hysteresis", "frontswap_inertia"]
+    assert "nothing to act on without tmem" in shrink.refused["frontswap_inertia"]
 
 
 def test_switching_off_gives_the_target_back(host: Host, dom0, modern):

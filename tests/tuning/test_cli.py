@@ -99,7 +99,10 @@ def test_replay_html_has_two_plots(trace_file: Path, tmp_path: Path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("replay", "{trace}", "-k", "downhysteresis=0"), "downhysteresis must be >= 1"),
+    (("replay", "{trace}", "-k", "downhysteresis=0"),
+     "downhysteresis: must be an integer in [1, 10000], not 0"),
+    # what the guest's kernel would refuse (0 for a numeric knob) is no recommendation
+    (("sweep", "{trace}", "-g", "frontswap-inertia=0,3"), "frontswap_inertia: must be an"),
     (("replay", "{trace}", "-k", "hysteresis=3"), "unknown knob 'hysteresis'"),
     (("replay", "{trace}", "-k", "interval"), "expected name=value"),
     (("sweep", "{trace}", "-g", "selfballooning=0,2"), "must be 0 or 1"),

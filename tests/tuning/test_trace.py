@@ -3,6 +3,7 @@ naming the file and line, round trips are exact; synthetic traces are reproducib
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +153,55 @@ def test_unicode_digits_are_not_page_counts():
     with pytest.raises(TraceError, match="t:2: committed must be a non-negative whole"):
         parse_trace("time,committed,reserve,max_pfn,totalram\n0,²,1,100,50\n1,1,1,100,50\n",
                     "t")
+
+
+def test_parquet_round_trip_is_exact_and_matches_csv(tmp_path: Path):
+    tr = parse_trace(GOOD.replace("11,99000,4000,262144,239000",
+                                  "11.25,99000,4000,262144,239000"), "x")
+    for name in ("t.parquet", "t.csv", "t.jsonl"):
+        back = load_trace(save_trace(tr, tmp_path / name))
+        for col in ("time_ms", "committed", "reserve", "max_pfn", "totalram", "maxram",
+                    "frontswap"):
+            assert getattr(back, col).tolist() == getattr(tr, col).tolist(), (name, col)
+    week = synthesize(SynthSpec("bursty", duration=7 * 86400, step=60))
+    assert load_trace(save_trace(week, tmp_path / "w.parquet")).committed.tolist() \
+        == week.committed.tolist()
+
+
+def _parquet(path: Path, **columns) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+    return path
+
+
+PQ = {"time": [0, 5, 10], "committed": [100, 120, 90], "reserve": [10, 10, 10],
+      "max_pfn": [1000, 1000, 1000], "totalram": [900, 900, 900]}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"committed": [100, -1, 90]}, "row 2: committed must be a non-negative whole number"),
+    ({"committed": [100.0, 1.5, 90.0]}, "column committed must hold whole numbers, not double"),
+    ({"committed": [100, None, 90]}, "row 2: missing value for committed"),
+    ({"time": [0, 0.0001, 10]}, "row 2: time 0.0001 is finer than a millisecond"),
+    ({"time": [0, 10, 5]}, "row 3: time does not increase"),
+    ({"comitted": [1, 2, 3]}, "unknown column 'comitted'"),
+    ({"reserve_kb": [40, 41, 40]}, "row 2: reserve_kb = 41 is not a whole number of 4 KiB"),
+])
+def test_parquet_is_held_to_the_same_rules(tmp_path: Path, change, message):
+    cols = {**PQ, **change}
+    if "reserve_kb" in change:
+        del cols["reserve"]
+    path = _parquet(tmp_path / "bad.parquet", **cols)
+    with pytest.raises(TraceError, match=re.escape(message)):
+        load_trace(path)
+
+
+def test_parquet_kib_columns_and_fractional_seconds(tmp_path: Path):
+    cols = {**PQ, "time": [0, 0.5, 1.25], "committed_kb": [400, 480, 360]}
+    del cols["committed"]
+    tr = load_trace(_parquet(tmp_path / "k.parquet", **cols))
+    assert tr.time_ms.tolist() == [0, 500, 1250] and tr.committed.tolist() == [100, 120, 90]
+    with pytest.raises(TraceError, match="cannot read Parquet trace"):
+        load_trace(tmp_path / "k.csv.parquet")

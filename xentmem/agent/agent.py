@@ -12,8 +12,9 @@ Who runs the self-balloon law (``data/tmem/mode``): the kernel's driver where it
 the kernel is one that cannot have the driver (Linux 5.3+, or a release the agent cannot tell),
 the agent itself (``user-space``, :mod:`xentmem.agent.userspace`): ``selfballooning`` and its
 knobs are then kept by the agent, which runs the law every ``interval`` s between watch events,
-and ``selfshrinking`` is refused (no tmem, nothing to shrink). A 3.10-5.2 kernel without the
-files was built without the driver: refused, as before (the kernel is the place to fix that).
+and ``selfshrinking`` with its knobs is refused (no tmem, nothing to shrink). A 3.10-5.2 kernel
+without the files was built without the driver: refused, as before (the kernel is the place to
+fix that).
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ SYSFS_PATHS: dict[str, str] = {  # key name -> sysfs file (ref §3.1, §4.3)
     "uphysteresis": f"{_SB}/selfballoon_uphysteresis",
     "min_usable_mb": f"{_SB}/selfballoon_min_usable_mb",
     "reserved_mb": f"{_SB}/selfballoon_reserved_mb",
+    "frontswap_hysteresis": f"{_SB}/frontswap_hysteresis",
+    "frontswap_inertia": f"{_SB}/frontswap_inertia",
 }
 _STATS_PATHS = {name: "sys/kernel/debug/{}/{}".format(*name.split("_", 1)) for name in STATS_KEYS}
 _BALLOON_PATHS = {"current_kib": f"{BALLOON_DIR}/info/current_kb",
@@ -94,7 +97,8 @@ _REASON_MAX = 200  # data/tmem/reason is one line the host shows as is
 _TARGET_SETTLE = 0.1  # s after a memory/target change before the balloon is republished
 _HEARTBEAT = (DATA_HEARTBEAT, DATA_HEARTBEAT_INTERVAL)
 # Who runs the self-balloon law; belongs with the other nodes in xentmem.xenstore.keys
-_LAW_KEYS = frozenset({*LAW_KNOBS, "selfshrinking"})  # what user-space mode keeps itself
+_SHRINK_KEYS = frozenset({"selfshrinking", "frontswap_hysteresis", "frontswap_inertia"})
+_LAW_KEYS = frozenset({*LAW_KNOBS, *_SHRINK_KEYS})  # what user-space mode keeps itself
 
 
 @dataclass(frozen=True)
@@ -232,8 +236,8 @@ class Agent:
     def _apply_userspace(self, name: str, wanted: int) -> str | None:
         """Keep a self-balloon setting in this agent (user-space mode)."""
         law = self.selfballoon
-        if name == "selfshrinking":
-            if not wanted:
+        if name in _SHRINK_KEYS:
+            if name == "selfshrinking" and not wanted:
                 return None
             kernel = self._kernel()
             why = kernel.missing("tmem") if kernel is not None else "this kernel has no tmem"

@@ -156,6 +156,8 @@ def set_(dom: Dom,
          uphysteresis: _knob("uphysteresis") = None,
          min_usable_mb: _knob("min_usable_mb") = None,
          reserved_mb: _knob("reserved_mb") = None,
+         frontswap_hysteresis: _knob("frontswap_hysteresis") = None,
+         frontswap_inertia: _knob("frontswap_inertia") = None,
          clear: Annotated[list[str] | None, typer.Option(
              "--clear", metavar="KEY", help="Withdraw the standing request for KEY (e.g. one "
              "the guest refused); the guest keeps its current value. Repeatable.",
@@ -172,8 +174,9 @@ def set_(dom: Dom,
         ("selfballooning", selfballooning), ("selfshrinking", selfshrinking),
         ("interval", interval), ("downhysteresis", downhysteresis),
         ("uphysteresis", uphysteresis), ("min_usable_mb", min_usable_mb),
-        ("reserved_mb", reserved_mb)) if value is not None}
-    for name in clear or ():
+        ("reserved_mb", reserved_mb), ("frontswap_hysteresis", frontswap_hysteresis),
+        ("frontswap_inertia", frontswap_inertia)) if value is not None}
+    for name in (n.replace("-", "_") for n in clear or ()):  # reserved-mb is reserved_mb
         if name in values:
             raise UsageError(f"--clear {name} contradicts setting {name}")
         values[name] = None

@@ -11,8 +11,9 @@ from typing import Annotated, Any
 import typer
 
 from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import Connect, resolve_target
+from xentmem.cli._connect import Connect, XenStored, resolve_target
 from xentmem.cli._render import render
+from xentmem.cli.guest import Timeout
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 
@@ -21,7 +22,7 @@ tune_app = typer.Typer(help="Replay memory traces through the self-balloon law, 
 app.add_typer(tune_app, name="tune")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV or JSON lines; see "
+TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV, JSON lines or .parquet; see "
                                           "xentmem.tuning.trace for the format).")]
 KnobOpt = Annotated[list[str] | None, typer.Option(
     "--knob", "-k", help="A knob as name=value (repeatable), e.g. downhysteresis=4.")]
@@ -72,7 +73,8 @@ def _html(path: Path | None, trace: Any, **kwargs: Any) -> None:
 @tune_app.command("synth")
 def synth_cmd(
     kind: Annotated[str, typer.Argument(help="steady | ramp | bursty | diurnal")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (.csv or .jsonl).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Trace file to write (.csv, .jsonl or "
+                                      ".parquet).")],
     duration: Annotated[int, typer.Option(help="Seconds.")] = 3600,
     step: Annotated[int, typer.Option(help="Seconds between samples.")] = 5,
     memory_mb: Annotated[int, typer.Option("--memory-mb", help="Guest memory (max_pfn).")] = 1024,
@@ -80,8 +82,9 @@ def synth_cmd(
     peak: Annotated[float, typer.Option(help="Highest Committed_AS, fraction of RAM.")] = 0.8,
     noise: Annotated[float, typer.Option(help="Relative jitter per sample.")] = 0.02,
     bursts: Annotated[float, typer.Option(help="Bursts per hour (bursty).")] = 6.0,
-    period: Annotated[int | None, typer.Option(help="Diurnal period, s (default: duration).")]
-    = None,
+    burst: Annotated[int, typer.Option(help="Mean burst length, s (bursty).")] = 120,
+    period: Annotated[int | None, typer.Option(
+        help="Diurnal period, s (default: a day, or the duration if shorter).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     as_json: JsonOpt = False,
 ) -> None:
@@ -90,7 +93,7 @@ def synth_cmd(
 
     with _usage():
         trace = synthesize(SynthSpec(kind, duration, step, memory_mb, base, peak, noise, bursts,
-                                     period, seed))
+                                     burst, period, seed))
     _save(trace, out)
     render({**trace.summary(), "file": str(out)}, as_json=as_json)
 
@@ -196,18 +199,19 @@ def replay_cmd(
 ) -> None:
     """Replay a trace through the law with the given knobs (kernel defaults otherwise)."""
     from xentmem.tuning import parse_knobs, replay
+    from xentmem.tuning.sweep import knob_values
 
     trace = _load(trace_file)
     with _usage():
         knobs = parse_knobs(knob or [])
     result = replay(trace, knobs, balloon_rate=balloon_rate)
-    values = {k: int(v) for k, v in vars(knobs).items()}
+    values = knob_values(knobs)
     record = {"trace": trace.name, "balloon_rate": balloon_rate, **result.scores.as_row()}
     if as_json:
         render({"knobs": values, **record, "exact": result.scores.as_dict(),
                 **({"series": result.rows()} if series else {})}, as_json=True)
     else:
-        default = {k: int(v) for k, v in vars(SelfBalloonKnobs()).items()}
+        default = knob_values(SelfBalloonKnobs())
         changed = ", ".join(f"{k}={v}" for k, v in values.items() if default[k] != v)
         render({"knobs": changed or "kernel defaults", **record}, as_json=False,
                title=f"replay of {trace.name}")
@@ -220,7 +224,9 @@ def replay_cmd(
 
 @tune_app.command("sweep")
 def sweep_cmd(
-    trace_file: TraceArg,
+    trace_files: Annotated[list[Path], typer.Argument(
+        help="Trace file(s) (CSV, JSON lines or .parquet); several: a fleet, one guest per "
+        "file (its name without the suffix).")],
     grid: Annotated[list[str], typer.Option(
         "--grid", "-g", help="A knob and its values, name=v1,v2,... (repeatable).")],
     knob: KnobOpt = None,
@@ -231,15 +237,31 @@ def sweep_cmd(
     show_all: Annotated[bool, typer.Option("--all", help="Print every setting, not only the "
                                            "Pareto front.")] = False,
     html: HtmlOpt = None,
+    cluster: Annotated[str | None, typer.Option(
+        "--cluster", help="Run the guests' sweeps on Dask: tcp://HOST:PORT (a running "
+        "scheduler) or local[:N] (start N worker processes here).")] = None,
+    results: Annotated[Path | None, typer.Option(
+        "--results", help="Fleet: keep each finished guest in this file and skip those it "
+        "already holds (resume an interrupted sweep).")] = None,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report-dir", help="Fleet: write a report per guest (guests/GUEST.json and .html) "
+        "and the fleet's (fleet.json, fleet.html) into this existing directory.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Replay every combination of a knob grid; print the Pareto front and a recommendation."""
+    """Replay every combination of a knob grid; print the Pareto front and a recommendation
+    (several traces, --cluster, --results or --report-dir: a fleet, one report per guest)."""
     from xentmem.tuning import parse_grid, parse_knobs, sweep
 
-    trace = _load(trace_file)
     with _usage():
         base = parse_knobs(knob or [])
-        result = sweep(trace, parse_grid(grid), base=base, balloon_rate=balloon_rate,
+        parsed = parse_grid(grid)
+    if len(trace_files) > 1 or cluster or results or report_dir:
+        _sweep_fleet(trace_files, parsed, base, balloon_rate, max_shortfall, cluster, results,
+                     report_dir, html, as_json)
+        return
+    trace = _load(trace_files[0])
+    with _usage():
+        result = sweep(trace, parsed, base=base, balloon_rate=balloon_rate,
                        max_shortfall_page_s=max_shortfall)
     if as_json:
         render(result.as_dict(all_rows=True), as_json=True)
@@ -253,7 +275,56 @@ def sweep_cmd(
                 {"setting": "kernel defaults", **result.defaults.as_row()}],
                as_json=False, columns=["setting", *_BRIEF])
         typer.echo(result.rationale)
-    _html(html, trace, sweep_result=result)
+    _html(html, trace, report=result.as_dict(all_rows=True))
+
+
+def _sweep_fleet(paths: list[Path], grid: dict[str, tuple[int, ...]], base: SelfBalloonKnobs,
+                 balloon_rate: int, max_shortfall: float | None, cluster: str | None,
+                 results: Path | None, report_dir: Path | None, html: Path | None,
+                 as_json: bool) -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from xentmem.tuning.fleet import (
+        FleetSpec,
+        fleet_rows,
+        load_fleet,
+        parse_cluster,
+        run_fleet,
+        write_reports,
+    )
+
+    spec = FleetSpec(grid, base, balloon_rate, max_shortfall)
+    with _usage():
+        if cluster is not None:
+            parse_cluster(cluster)
+        traces = load_fleet(paths)
+    if report_dir is not None and not report_dir.is_dir():
+        raise UsageError(f"--report-dir {report_dir}: not a directory")
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"sweeping {len(traces)} guests"
+                            + (f" on {cluster}" if cluster else ""), total=len(traces))
+        try:
+            with _usage():
+                fleet = run_fleet(traces, spec, cluster=cluster, results=results,
+                                  on_result=lambda _g, done, _n: bar.update(task,
+                                                                            completed=done))
+        except KeyboardInterrupt:
+            kept = f"; finished guests are in {results}, run again to resume" if results else ""
+            typer.echo(f"interrupted{kept}", err=True)
+            raise typer.Exit(130) from None
+    if report_dir is not None or html is not None:
+        for path in write_reports(fleet, traces, report_dir, fleet_html=html):
+            typer.echo(f"wrote {path}", err=True)
+    if as_json:
+        render(fleet.as_dict(), as_json=True)
+        return
+    summary = fleet.as_dict()
+    render(fleet_rows(summary), as_json=False,
+           title=f"{len(traces)} guests, {summary['fleet']['combinations']} settings each"
+           + (f" ({fleet.resumed} taken from {results})" if fleet.resumed else ""))
+    typer.echo(fleet.describe())
 
 
 @tune_app.command("bench")
@@ -274,3 +345,26 @@ def bench_cmd(
         knobs = expand_grid(parse_grid(grid or list(BENCH_GRID)))
     render(bench(trace, knobs, repeat=repeat), as_json=as_json,
            title="vectorised vs scalar replay")
+
+
+@tune_app.command("apply")
+def apply_cmd(
+    report: Annotated[Path, typer.Argument(help="A report written by xentmem tune sweep "
+                                           "--json (or a fleet report naming DOM).")],
+    dom: Annotated[str, typer.Argument(help="Domain name or id.", show_default=False)],
+    wait: Annotated[float, typer.Option(min=0, max=600, help="Seconds to wait for the guest "
+                                        "agent's answer.")] = 5.0,
+    connect: Connect = None,
+    xenstored: XenStored = None,
+    timeout: Timeout = 5.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply a report's recommendation to a guest: exactly its ``xentmem guest set DOM ...``
+    line (exit 1 if the guest refused any setting)."""
+    from xentmem.cli.guest import set_
+    from xentmem.tuning.apply import load_recommendation
+
+    with _usage():
+        settings = load_recommendation(report, dom)
+    set_(dom, **settings, wait=wait, as_json=as_json, connect=connect, xenstored=xenstored,
+         libvirt_uri=None, timeout=timeout)

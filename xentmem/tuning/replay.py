@@ -91,6 +91,10 @@ class Scores:
     def shortfall_page_s(self) -> float:
         return self.shortfall_page_ms / 1000
 
+    @property
+    def mean_shortfall_mib(self) -> float:
+        return self.shortfall_page_ms / self.duration_ms / MB
+
     def as_row(self) -> dict[str, Any]:
         """The headline figures, rounded for people (MiB, page-seconds, counts)."""
         return {
@@ -99,6 +103,7 @@ class Scores:
             "saved_mib": round(self.saved_mib, 2),
             "saved_pct": round(self.saved_pct, 2),
             "shortfall_page_s": round(self.shortfall_page_s),
+            "mean_shortfall_mib": round(self.mean_shortfall_mib, 3),
             "peak_shortfall_mib": round(self.peak_shortfall / MB, 2),
             "frontswap_page_s": round(self.frontswap_page_ms / 1000),
             "target_changes": self.target_changes,

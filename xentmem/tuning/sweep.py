@@ -1,24 +1,32 @@
-"""The vectorised replay (numpy, every knob combination at once, stepping through time) and the
-knob sweep on top of it: grid, scores, Pareto front, recommendation.
+"""The vectorised replay (every knob combination at once) and the knob sweep on top of it:
+grid, scores, Pareto front, recommendation.
 
 The model is the scalar reference's (``xentmem.tuning.replay``), step for step, in int64:
 ``replay_many(trace, knobs)`` gives the same series and ``Scores`` as ``replay`` for each
 setting (a property test checks it). Combinations are grouped by ``interval`` (each interval
-has its own run times); within a group one numpy operation advances every combination by one
-worker run.
+has its own run times); numpy lays out a group's schedule (run times, the samples each run
+reads, the merged timeline of samples and runs), and a compiled loop
+(``xentmem.tuning._kernel``, numba) steps each combination through it.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 
-from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import MB, SelfBalloonKnobs
+from xentmem.tuning.knobs import (  # the knob names and grids, re-exported for callers here
+    KNOBS,
+    MAX_COMBINATIONS,
+    expand_grid,
+    guest_set_line,
+    knob_values,
+    parse_grid,
+    parse_knobs,
+)
 from xentmem.tuning.replay import SERIES, Scores
 from xentmem.tuning.trace import Trace
 
@@ -28,100 +36,37 @@ __all__ = [
     "ManyReplays",
     "SweepResult",
     "expand_grid",
+    "knob_values",
     "parse_grid",
     "parse_knobs",
     "replay_many",
     "sweep",
 ]
 
-KNOBS = tuple(f.name for f in fields(SelfBalloonKnobs))
-_FLAGS = ("selfballooning", "frontswap_selfshrinking")
-MAX_COMBINATIONS = 200_000
 _SCORE_FIELDS = tuple(f.name for f in fields(Scores))
-
-
-# -- knob input ----------------------------------------------------------------------------------
-
-def _knob_value(name: str, text: str) -> int:
-    if name not in KNOBS:
-        raise TraceError(f"unknown knob {name!r} (one of {', '.join(KNOBS)})")
-    text = text.strip()
-    if not (text.isascii() and text.isdigit()):
-        raise TraceError(f"knob {name}: {text!r} is not a non-negative whole number")
-    value = int(text)
-    if name in _FLAGS and value not in (0, 1):
-        raise TraceError(f"knob {name}: must be 0 or 1, not {value}")
-    if value >= 1 << 31:
-        raise TraceError(f"knob {name}: {value} is out of range")
-    return value
-
-
-def _split(spec: str) -> tuple[str, str]:
-    name, sep, value = spec.partition("=")
-    if not sep or not name.strip() or not value.strip():
-        raise TraceError(f"bad knob setting {spec!r}: expected name=value")
-    return name.strip(), value
-
-
-def _knobs(values: Mapping[str, int], base: SelfBalloonKnobs) -> SelfBalloonKnobs:
-    typed = {k: bool(v) if k in _FLAGS else v for k, v in values.items()}
-    try:
-        return replace(base, **typed)
-    except ValueError as exc:
-        raise TraceError(f"knobs: {exc}") from None
-
-
-def parse_knobs(specs: Sequence[str], base: SelfBalloonKnobs | None = None) -> SelfBalloonKnobs:
-    """Knobs from ``name=value`` strings over ``base`` (default: the kernel defaults)."""
-    values: dict[str, int] = {}
-    for spec in specs:
-        name, text = _split(spec)
-        values[name] = _knob_value(name, text)
-    return _knobs(values, base or SelfBalloonKnobs())
-
-
-def parse_grid(specs: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    """A grid from ``name=v1,v2,...`` strings (one per knob; values kept in the given order,
-    duplicates dropped)."""
-    grid: dict[str, tuple[int, ...]] = {}
-    for spec in specs:
-        name, text = _split(spec)
-        if name in grid:
-            raise TraceError(f"knob {name} is given twice in the grid")
-        values = [_knob_value(name, v) for v in text.split(",")]
-        grid[name] = tuple(dict.fromkeys(values))
-    return grid
-
-
-def expand_grid(grid: Mapping[str, Sequence[int]], base: SelfBalloonKnobs | None = None
-                ) -> list[SelfBalloonKnobs]:
-    """Every combination of ``grid`` over ``base``, the last knob varying fastest."""
-    base = base or SelfBalloonKnobs()
-    names = list(grid)
-    count = int(np.prod([len(grid[n]) for n in names])) if names else 1
-    if count > MAX_COMBINATIONS:
-        raise TraceError(f"the grid has {count} combinations; at most {MAX_COMBINATIONS}")
-    return [_knobs(dict(zip(names, combo, strict=True)), base)
-            for combo in itertools.product(*(grid[n] for n in names))]
 
 
 # -- the vectorised replay ---------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class _Schedule:
-    """The exogenous part of a replay at one interval: run times, the sample each run reads,
-    the peak demand while the previous totalram was in effect, the piecewise floor, and the
-    merged timeline of samples and runs as segments (demand, length, state window: 0 before
-    run 1, k after run k)."""
+    """The exogenous part of a replay at one interval, per run: its time, the committed,
+    reserve and maxram of the sample it reads, the peak demand while the previous totalram was
+    in effect, the piecewise floor; per state window (0 before run 1, k after run k): its
+    length, its peak demand and its first segment; per segment of the merged timeline of
+    samples and runs: demand and length."""
 
     run_ms: np.ndarray
-    run_sample: np.ndarray
+    run_c: np.ndarray
+    run_r: np.ndarray
+    run_m: np.ndarray
     peak_demand: np.ndarray
     base_floor: np.ndarray
+    win_dur: np.ndarray
+    win_peak: np.ndarray
+    seg_lo: np.ndarray
     seg_demand: np.ndarray
     seg_dt: np.ndarray
-    seg_window: np.ndarray
-    win_dur: np.ndarray
 
 
 def _piecewise_floor(reserve: np.ndarray, max_pfn: np.ndarray) -> np.ndarray:
@@ -140,17 +85,25 @@ def _schedule(trace: Trace, interval_ms: int) -> _Schedule:
     runs = (tend - t0) // interval_ms
     run_ms = t0 + interval_ms * np.arange(1, runs + 1, dtype=np.int64)
     run_sample = np.searchsorted(times, run_ms, side="left") - 1  # the last sample before
-    points = np.union1d(times, run_ms)
+    # the merged timeline: two sorted runs, so a stable sort merges them in linear time
+    points = np.concatenate((times, run_ms))
+    points.sort(kind="stable")
+    points = points[np.concatenate(([True], points[1:] != points[:-1]))]
     seg_start, seg_dt = points[:-1], np.diff(points)
     seg_demand = demand[np.searchsorted(times, seg_start, side="right") - 1]
-    seg_window = np.searchsorted(run_ms, seg_start, side="right")
-    # the window before each run has positive length (runs are an interval apart)
-    peak = np.full(runs + 1, np.iinfo(np.int64).min, dtype=np.int64)
-    np.maximum.at(peak, seg_window, seg_demand)
-    win_dur = np.bincount(seg_window, weights=seg_dt, minlength=runs + 1).astype(np.int64)
+    seg_window = np.searchsorted(run_ms, seg_start, side="right")  # non-decreasing
+    seg_lo = np.searchsorted(seg_window, np.arange(runs + 2), side="left")
+    elapsed = np.concatenate(([0], np.cumsum(seg_dt)))
+    win_dur = elapsed[seg_lo[1:]] - elapsed[seg_lo[:-1]]
+    # the window before each run has positive length (runs are an interval apart); only the
+    # last window (after the last run) can be empty
+    win_peak = np.full(runs + 1, np.iinfo(np.int64).min, dtype=np.int64)
+    live = seg_lo[1:] > seg_lo[:-1]
+    win_peak[live] = np.maximum.reduceat(seg_demand, seg_lo[:-1][live])
     base_floor = _piecewise_floor(trace.reserve[run_sample], trace.max_pfn[run_sample])
-    return _Schedule(run_ms, run_sample, peak[:runs], base_floor, seg_demand, seg_dt,
-                     seg_window, win_dur)
+    return _Schedule(run_ms, trace.committed[run_sample], trace.reserve[run_sample],
+                     trace.maxram[run_sample], win_peak[:runs], base_floor, win_dur, win_peak,
+                     seg_lo, seg_demand, seg_dt)
 
 
 @dataclass(frozen=True)
@@ -169,32 +122,13 @@ class ManyReplays:
         return Scores(**{name: int(self.scores[name][j]) for name in _SCORE_FIELDS})
 
 
-_BLOCK = 512  # runs whose states are integrated at once
-
-
-def _integrate(sched: _Schedule, first: int, T: np.ndarray, F: np.ndarray,
-               acc: dict[str, np.ndarray]) -> None:
-    """Add the state windows ``first .. first + width - 1`` (columns of ``T`` and ``F``: the
-    totalram and frontswap in effect in each) to the accumulators."""
-    last = first + T.shape[1]
-    dur = sched.win_dur[first:last]
-    acc["held_page_ms"] += T @ dur
-    acc["frontswap_page_ms"] += F @ dur
-    live = dur > 0
-    if live.any():
-        np.maximum(acc["peak_held"], T[:, live].max(axis=1), out=acc["peak_held"])
-    lo, hi = np.searchsorted(sched.seg_window, [first, last], side="left")
-    if hi > lo:
-        held = T[:, sched.seg_window[lo:hi] - first]
-        over = np.maximum(sched.seg_demand[lo:hi] - held, 0)
-        acc["shortfall_page_ms"] += over @ sched.seg_dt[lo:hi]
-        np.maximum(acc["peak_shortfall"], over.max(axis=1), out=acc["peak_shortfall"])
-
-
 def _group(trace: Trace, knobs: Sequence[SelfBalloonKnobs], interval: int, balloon_rate: int,
-           record: bool) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None,
-                                  np.ndarray | None]:
-    """Replay every setting of ``knobs`` (all with ``interval``) at once."""
+           record: bool) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    """Replay every setting of ``knobs`` (all with ``interval``): the scores, and when
+    ``record`` the series (planes in ``SERIES`` order, settings x runs) and totalram after
+    each run."""
+    from xentmem.tuning._kernel import SCORES, empty_record, run_group  # numba: on demand
+
     n = len(knobs)
     sched = _schedule(trace, interval * 1000)
     runs = len(sched.run_ms)
@@ -202,94 +136,26 @@ def _group(trace: Trace, knobs: Sequence[SelfBalloonKnobs], interval: int, ballo
     def col(name: str) -> np.ndarray:
         return np.fromiter((int(getattr(k, name)) for k in knobs), dtype=np.int64, count=n)
 
-    down, up = col("downhysteresis"), col("uphysteresis")
-    min_usable, reserved_pages = col("min_usable_mb"), col("reserved_mb") * MB
-    hyst, inertia = col("frontswap_hysteresis"), col("frontswap_inertia")
-    sb, ss = col("selfballooning").astype(bool), col("frontswap_selfshrinking").astype(bool)
-    # specialise the loop body for the common uniform cases (same numbers, fewer operations)
-    all_sb, all_ss, any_ss = bool(sb.all()), bool(ss.all()), bool(ss.any())
-    up_is_1, any_min_usable = bool((up == 1).all()), bool(min_usable.any())
-    min_usable_pages = min_usable * MB
-    step = balloon_rate * interval
-
-    T = np.full(n, int(trace.totalram[0]), dtype=np.int64)
-    F = np.full(n, int(trace.frontswap[0]), dtype=np.int64)
-    cur = np.zeros(n, dtype=np.int64)  # frontswap_selfshrink's statics
-    counter = np.zeros(n, dtype=np.int64)
-    last_target = T.copy()
-    acc = {name: np.zeros(n, dtype=np.int64) for name in (
-        "held_page_ms", "frontswap_page_ms", "peak_held", "shortfall_page_ms", "peak_shortfall",
-        "target_changes", "shrinks", "repatriated")}
-    rec = {key: np.empty((n, runs), dtype=np.int64) for key in SERIES} if record else None
-    after = np.empty((n, runs), dtype=np.int64) if record else None
-    # the state in effect in each window of the current block (window w = after run w)
-    width = min(_BLOCK, runs + 1)
-    block_T = np.empty((n, width), dtype=np.int64)
-    block_F = np.empty((n, width), dtype=np.int64)
-    block_T[:, 0], block_F[:, 0], first = T, F, 0
-    minus_one = np.full(n, -1, dtype=np.int64)
-
-    committed, reserve, maxram = trace.committed, trace.reserve, trace.maxram
-    for k in range(runs):
-        i = int(sched.run_sample[k])
-        C, R, M = int(committed[i]), int(reserve[i]), int(maxram[i])
-        shortfall = np.maximum(int(sched.peak_demand[k]) - T, 0)
-        F = np.minimum(np.maximum(F, shortfall), C)
-        goal = reserved_pages + (C + R)
-        if all_ss:
-            goal += F
-        elif any_ss:
-            goal += np.where(ss, F, 0)
-        diff = goal - T
-        grow = diff if up_is_1 else diff // up
-        tgt = T + np.where(diff < 0, -((-diff) // down), grow)  # truncating, as in C
-        floor = int(sched.base_floor[k])
-        if any_min_usable:
-            floor = np.where(min_usable != 0, min_usable_pages + R, floor)
-        target = np.maximum(tgt, floor)
-        if not all_sb:
-            target = np.where(sb, target, T)
-        seen_F, shrink, shrink_tgt = F, None, None
-        if any_ss:  # frontswap_selfshrink, where enabled
-            growth = (F == 0) | (cur < F)
-            dec = np.maximum(counter - 1, 0)
-            shrink = ~growth & (dec == 0)
-            new_counter = np.where(growth, inertia, dec)
-            if all_ss:
-                counter, cur = new_counter, F
-            else:
-                shrink &= ss
-                counter = np.where(ss, new_counter, counter)
-                cur = np.where(ss, F, cur)
-            shrink_tgt = np.where(hyst >= F, 0, F - F // hyst)
-            acc["shrinks"] += shrink
-            acc["repatriated"] += np.where(shrink, F - shrink_tgt, 0)
-            F = np.where(shrink, shrink_tgt, F)
-        if rec is not None:
-            shrink_to = minus_one if shrink is None else np.where(shrink, shrink_tgt, -1)
-            for key, value in (("time_ms", int(sched.run_ms[k])), ("committed", C),
-                               ("reserve", R), ("totalram", T), ("frontswap", seen_F),
-                               ("shortfall", shortfall), ("goal", goal), ("floor", floor),
-                               ("target", target), ("shrink_to", shrink_to)):
-                rec[key][:, k] = value
-        acc["target_changes"] += target != last_target
-        last_target = target
-        moved = np.maximum(T - step, np.minimum(T + step, target)) if step else target
-        T = np.minimum(moved, M)
-        if after is not None:
-            after[:, k] = T
-        j = k + 1 - first
-        if j == width:  # the block is full: integrate it and start the next one
-            _integrate(sched, first, block_T, block_F, acc)
-            first, j = k + 1, 0
-        block_T[:, j], block_F[:, j] = T, F
-    _integrate(sched, first, block_T[:, :runs + 1 - first], block_F[:, :runs + 1 - first], acc)
+    if record:
+        rec = np.empty((len(SERIES), n, runs), dtype=np.int64)
+        after = np.empty((n, runs), dtype=np.int64)
+    else:
+        rec, after = empty_record()
+    out = np.empty((n, len(SCORES)), dtype=np.int64)
+    s = sched
+    run_group(s.run_ms, s.run_c, s.run_r, s.run_m, s.peak_demand, s.base_floor,
+              s.win_dur, s.win_peak, s.seg_lo, s.seg_demand, s.seg_dt,
+              col("downhysteresis"), col("uphysteresis"), col("min_usable_mb") * MB,
+              col("reserved_mb") * MB, col("frontswap_hysteresis"), col("frontswap_inertia"),
+              col("selfballooning"), col("frontswap_selfshrinking"),
+              int(trace.totalram[0]), int(trace.frontswap[0]), balloon_rate * interval,
+              out, rec, after)
     duration = trace.duration_ms
     scores = {"duration_ms": np.full(n, duration, dtype=np.int64),
               "runs": np.full(n, runs, dtype=np.int64),
               "baseline_page_ms": np.full(n, int(trace.totalram[0]) * duration, dtype=np.int64),
-              **acc}
-    return scores, rec, after
+              **{name: out[:, c] for c, name in enumerate(SCORES)}}
+    return scores, (rec if record else None), (after if record else None)
 
 
 def replay_many(trace: Trace, knobs: Sequence[SelfBalloonKnobs], *, balloon_rate: int = 0,
@@ -312,15 +178,27 @@ def replay_many(trace: Trace, knobs: Sequence[SelfBalloonKnobs], *, balloon_rate
             scores[name][idx] = sc[name]
         if series is not None and after is not None and rec is not None and aft is not None:
             for row, j in enumerate(idx):
-                series[j] = {key: rec[key][row] for key in SERIES}
+                series[j] = {key: rec[c, row] for c, key in enumerate(SERIES)}
                 after[j] = aft[row]
     return ManyReplays(knobs, balloon_rate, scores, series, after)
 
 
 # -- the sweep -----------------------------------------------------------------------------------
 
-def _versus(less_mib: float) -> str:
-    return f"{less_mib:.1f} MiB less than" if less_mib >= 0 else f"{-less_mib:.1f} MiB more than"
+def _versus(new: float, old: float) -> str:
+    """``new`` against ``old`` in words: "12% less", "3% more", "the same"."""
+    if new == old:
+        return "the same"
+    if not old:
+        return "more"
+    pct = 100 * (old - new) / old
+    return f"{abs(pct):.1f}% {'less' if pct > 0 else 'more'}"
+
+
+def _memory(s: Scores) -> str:
+    """Mean memory held and mean shortfall, for the rationale."""
+    return (f"{s.mean_held_mib:.1f} MiB held and {s.mean_shortfall_mib:.2f} MiB short on "
+            f"average ({s.shortfall_page_s:,.0f} page-s)")
 
 
 def _pareto(held: np.ndarray, short: np.ndarray) -> np.ndarray:
@@ -352,15 +230,21 @@ class SweepResult:
     pareto: list[int]
     recommended: int
     budget_page_ms: int
-    rationale: str
+    rationale: str  # ends with the apply line
+    guest: str = "DOM"  # the guest the apply line names
 
     def scores(self, j: int) -> Scores:
         return self.replays.scores_at(j)
 
+    @property
+    def apply(self) -> str:
+        """The ``xentmem guest set`` line that applies the recommendation."""
+        return guest_set_line(self.knobs[self.recommended], self.guest)
+
     def row(self, j: int) -> dict[str, Any]:
         """Setting j: the swept knobs, then the headline scores."""
-        k = self.knobs[j]
-        knob_cols = {name: int(getattr(k, name)) for name in self.grid}
+        values = knob_values(self.knobs[j])
+        knob_cols = {name: values[name] for name in self.grid}
         return {"index": j, **knob_cols, **self.scores(j).as_row(),
                 "pareto": j in self._front, "recommended": j == self.recommended}
 
@@ -378,9 +262,9 @@ class SweepResult:
             "balloon_rate": self.replays.balloon_rate,
             "defaults": self.defaults.as_row(),
             "recommended": {"index": self.recommended,
-                            "knobs": {f: int(getattr(rec, f)) for f in KNOBS},
+                            "knobs": knob_values(rec),
                             "scores": self.scores(self.recommended).as_row(),
-                            "rationale": self.rationale},
+                            "rationale": self.rationale, "apply": self.apply},
             "shortfall_budget_page_s": self.budget_page_ms / 1000,
             "pareto": [self.row(j) for j in self.pareto],
             **({"results": [self.row(j) for j in range(len(self.knobs))]} if all_rows else {}),
@@ -389,13 +273,14 @@ class SweepResult:
 
 def sweep(trace: Trace, grid: Mapping[str, Sequence[int]], *,
           base: SelfBalloonKnobs | None = None, balloon_rate: int = 0,
-          max_shortfall_page_s: float | None = None) -> SweepResult:
+          max_shortfall_page_s: float | None = None, guest: str = "DOM") -> SweepResult:
     """Replay every combination of ``grid`` and pick one.
 
     The recommendation is the Pareto setting holding the least memory whose shortfall stays
     within the budget (default: the kernel defaults' own shortfall on this trace, so it never
     swaps more than an untuned guest); ties go to fewer target changes, then less frontswap,
-    then grid order. If no setting meets the budget, the one with the least shortfall."""
+    then grid order. If no setting meets the budget, the one with the least shortfall. The
+    rationale ends with the ``xentmem guest set`` line that applies it to ``guest``."""
     knobs = expand_grid(grid, base)
     many = replay_many(trace, [*knobs, SelfBalloonKnobs()], balloon_rate=balloon_rate)
     defaults = many.scores_at(len(knobs))
@@ -417,20 +302,23 @@ def sweep(trace: Trace, grid: Mapping[str, Sequence[int]], *,
         order = np.lexsort((pool, key_cols[1][pool], held[pool], short[pool]))
     best = int(pool[order[0]])
     s = many.scores_at(best)
-    changed = {f: int(getattr(knobs[best], f)) for f in KNOBS
-               if getattr(knobs[best], f) != getattr(SelfBalloonKnobs(), f)}
+    default = knob_values(SelfBalloonKnobs())
+    changed = {k: v for k, v in knob_values(knobs[best]).items() if v != default[k]}
     setting = ", ".join(f"{k}={v}" for k, v in changed.items()) or "the kernel defaults"
-    if len(ok):
-        versus = (f"{_versus(defaults.mean_held_mib - s.mean_held_mib)} the defaults' "
-                  f"{defaults.mean_held_mib:.1f}" if changed else "no tuning beats them")
-        why = (f"{setting}: holds {s.mean_held_mib:.1f} MiB on average "
-               f"({s.saved_pct:.1f}% less than never ballooning, {versus}) with a shortfall "
-               f"of {s.shortfall_page_s:.0f} page-s, within {source} ({budget / 1000:.0f} page-s); "
-               f"{s.target_changes} target changes in {s.runs} runs. It is the least memory "
-               f"among the {len(ok)} Pareto settings within budget.")
+    within = f"within {source} ({budget / 1000:,.0f} page-s)"
+    if len(ok) and changed:
+        why = (f"{setting}: {_memory(s)}, against the kernel defaults' {_memory(defaults)}: "
+               f"{_versus(s.held_page_ms, defaults.held_page_ms)} memory and "
+               f"{_versus(s.shortfall_page_ms, defaults.shortfall_page_ms)} shortfall "
+               f"({s.saved_pct:.1f}% less memory than never ballooning; {s.target_changes:,} "
+               f"target changes in {s.runs:,} runs). It holds the least memory of the "
+               f"{len(ok)} Pareto settings with a shortfall {within}.")
+    elif len(ok):
+        why = (f"the kernel defaults: no setting of the grid holds less memory with a shortfall "
+               f"{within}; they hold {_memory(s)}.")
     else:
-        why = (f"{setting}: no setting of the grid keeps the shortfall within {source} "
-               f"({budget / 1000:.0f} page-s); this one swaps least ({s.shortfall_page_s:.0f} "
-               f"page-s) while holding {s.mean_held_mib:.1f} MiB on average.")
+        why = (f"{setting}: no setting of the grid keeps the shortfall {within}; this one "
+               f"swaps least, with {_memory(s)}.")
+    why += f" Apply with: {guest_set_line(knobs[best], guest)}"
     return SweepResult(trace, {k: tuple(v) for k, v in grid.items()}, knobs, many, defaults,
-                       front.tolist(), best, budget, why)
+                       front.tolist(), best, budget, why, guest)

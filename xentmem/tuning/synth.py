@@ -19,14 +19,17 @@ from xentmem.tuning.trace import Trace
 __all__ = ["KINDS", "SynthSpec", "synthesize"]
 
 KINDS = ("steady", "ramp", "bursty", "diurnal")
+_DAY = 86400
 
 
 @dataclass(frozen=True)
 class SynthSpec:
     """What to generate. Loads are fractions of totalram: ``base`` is the usual Committed_AS,
     ``peak`` the highest the shape reaches (ramp end, burst top, diurnal noon); ``noise`` is the
-    relative standard deviation of the per-sample jitter. ``bursts`` is the mean number of
-    bursts per hour (bursty), ``period`` the diurnal period in seconds (default: the duration)."""
+    relative standard deviation of the per-sample jitter. Bursty: ``bursts`` per hour on
+    average (at least one per trace), each ``burst`` seconds long on average, whatever the
+    duration. Diurnal: ``period`` seconds from trough to trough (default: a day, or the
+    duration when that is shorter)."""
 
     kind: str
     duration: int = 3600
@@ -36,6 +39,7 @@ class SynthSpec:
     peak: float = 0.8
     noise: float = 0.02
     bursts: float = 6.0
+    burst: int = 120
     period: int | None = None
     seed: int = 0
 
@@ -50,8 +54,8 @@ class SynthSpec:
             raise TraceError(f"memory_mb must be within [16, 2**24], not {self.memory_mb}")
         if not (0 <= self.base <= 4 and 0 <= self.peak <= 4 and 0 <= self.noise <= 1):
             raise TraceError("base and peak must be within [0, 4], noise within [0, 1]")
-        if self.bursts < 0 or (self.period is not None and self.period < 1):
-            raise TraceError("bursts must be >= 0 and period >= 1 s")
+        if self.bursts < 0 or self.burst < 1 or (self.period is not None and self.period < 1):
+            raise TraceError("bursts must be >= 0, burst and period >= 1 s")
 
 
 def _shape(spec: SynthSpec, t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -62,13 +66,16 @@ def _shape(spec: SynthSpec, t: np.ndarray, rng: np.random.Generator) -> np.ndarr
     if spec.kind == "ramp":
         return base + (peak - base) * t / spec.duration
     if spec.kind == "diurnal":
-        period = spec.period or spec.duration
+        period = spec.period or min(spec.duration, _DAY)
         return base + (peak - base) * (1 - np.cos(2 * np.pi * t / period)) / 2
-    load = np.full(len(t), base)  # bursty: Poisson arrivals, each a plateau of random height
-    count = rng.poisson(spec.bursts * spec.duration / 3600)
+    # bursty: Poisson arrivals, each a plateau of random height in the upper half of the range
+    # lasting an exponential time (at least one sample), so bursts stay short and apart at any
+    # duration; one at least, so a short trace is bursty too
+    load = np.full(len(t), base)
+    count = max(int(rng.poisson(spec.bursts * spec.duration / 3600)), int(spec.bursts > 0))
     for start, length, height in zip(rng.uniform(0, spec.duration, count),
-                                     rng.exponential(spec.duration / 40 + spec.step, count),
-                                     rng.uniform(0.3, 1.0, count), strict=True):
+                                     spec.step + rng.exponential(spec.burst, count),
+                                     rng.uniform(0.5, 1.0, count), strict=True):
         on = (t >= start) & (t < start + length)
         load[on] = np.maximum(load[on], base + (peak - base) * height)
     return load

@@ -1,6 +1,7 @@
 """Memory traces: what a guest's memory looked like over time, the input of every replay.
 
-File format (CSV or JSON lines, one sample per line; version 1)::
+File format (CSV or JSON lines, one sample per line, or Parquet with the same columns;
+version 1)::
 
     # xentmem memory trace v1        <- '#' lines and blank lines are ignored
     time,committed,reserve,max_pfn,totalram,maxram,frontswap
@@ -31,7 +32,11 @@ frontswap  no        frontswap_curr_pages as recorded; the replay starts from th
 
 Each sample holds until the next one: the trace covers ``[first time, last time)``.
 Parsing is strict: an unknown column, a missing value, a negative or fractional page count,
-or a time that does not increase is a ``TraceError`` naming the file and line.
+or a time that does not increase is a ``TraceError`` naming the file and line (Parquet: row).
+
+Parquet (``.parquet``, pyarrow, for fleets: typed, compressed, read column-wise) holds the same
+columns: ``time`` as integer, floating or decimal seconds, memory columns as integers (pages,
+or KiB for ``<name>_kb``); nulls and fractional pages are refused as in the text formats.
 """
 
 from __future__ import annotations
@@ -288,9 +293,108 @@ def parse_trace(text: str, name: str = "trace") -> Trace:
         raise
 
 
+def _parquet_time(col: Any, where: str) -> np.ndarray:
+    """A Parquet ``time`` column (seconds) as int64 milliseconds, exactly."""
+    import pyarrow as pa
+
+    kind = col.type
+    if pa.types.is_integer(kind):
+        return col.to_numpy().astype(np.int64) * 1000
+    if pa.types.is_decimal(kind):
+        ms = [Decimal(v) * 1000 for v in col.to_pylist()]
+        bad = next((i for i, v in enumerate(ms) if v != v.to_integral_value()), None)
+        if bad is not None:
+            raise TraceError(f"{where} {bad + 1}: time {col[bad]} is finer than a millisecond")
+        return np.array([int(v) for v in ms], dtype=np.int64)
+    if pa.types.is_floating(kind):
+        sec = col.to_numpy().astype(np.float64)
+        ms = np.rint(sec * 1000)
+        # a float prints as the shortest decimal that reads back: as in the text formats, a
+        # time is whole milliseconds when that decimal is
+        off = ~np.isfinite(sec) | (np.abs(sec * 1000 - ms) > 1e-6 * np.maximum(1, np.abs(ms)))
+        if off.any():
+            bad = int(np.argmax(off))
+            raise TraceError(f"{where} {bad + 1}: time {float(sec[bad])!r} is finer than a "
+                             "millisecond")
+        return ms.astype(np.int64)
+    raise TraceError(f"{where.rsplit(':', 1)[0]}: column time must hold seconds, not {kind}")
+
+
+def _parquet_pages(col: Any, name: str, kib: bool, where: str) -> np.ndarray:
+    """A Parquet memory column as int64 pages, held to the text formats' rules."""
+    import pyarrow as pa
+
+    if not pa.types.is_integer(col.type):
+        raise TraceError(f"{where.rsplit(':', 1)[0]}: column {name}{'_kb' if kib else ''} must "
+                         f"hold whole numbers, not {col.type}")
+    raw = col.to_numpy()
+    if raw.dtype.kind == "u" and raw.size and int(raw.max()) >= 1 << 62:
+        bad = int(np.argmax(raw >= 1 << 62))
+        raise TraceError(f"{where} {bad + 1}: {name} = {raw[bad]} pages is out of range")
+    values = raw.astype(np.int64)
+    if (values < 0).any():
+        bad = int(np.argmax(values < 0))
+        raise TraceError(f"{where} {bad + 1}: {name} must be a non-negative whole number, "
+                         f"not {values[bad]}")
+    if kib:
+        if (values % 4).any():
+            bad = int(np.argmax(values % 4 != 0))
+            raise TraceError(f"{where} {bad + 1}: {name}_kb = {values[bad]} is not a whole "
+                             "number of 4 KiB pages")
+        values = values // 4
+    if (values >= _LIMIT).any():
+        bad = int(np.argmax(values >= _LIMIT))
+        raise TraceError(f"{where} {bad + 1}: {name} = {values[bad]} pages is out of range")
+    return values
+
+
+def _read_parquet(path: Path) -> Trace:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise TraceError(f"{path}: cannot read Parquet trace: {exc}") from None
+    where = f"{path}: row"
+    mapping = _columns(table.column_names, str(path))
+    cols: dict[str, np.ndarray] = {}
+    for raw, (col, kib) in mapping.items():
+        data = table.column(raw).combine_chunks()
+        if data.null_count:
+            bad = next(i for i, v in enumerate(data.is_null().to_pylist()) if v)
+            raise TraceError(f"{where} {bad + 1}: missing value for {col}")
+        cols[col] = (_parquet_time(data, where) if col == "time"
+                     else _parquet_pages(data, col, kib, where))
+    if table.num_rows < 2:
+        raise TraceError(f"{path}: a trace needs at least 2 samples, not {table.num_rows}")
+    try:
+        trace = Trace.build(cols["time"], cols["committed"], cols["reserve"], cols["max_pfn"],
+                            cols["totalram"], cols.get("maxram"), cols.get("frontswap"),
+                            name=str(path))
+    except TraceError as exc:  # a sample is a row here
+        raise TraceError(str(exc).replace(f"{path}: sample ", f"{where} ", 1)) from None
+    return replace(trace, name=path.name)
+
+
+def _write_parquet(trace: Trace, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    whole = not (trace.time_ms % 1000).any()
+    time = trace.time_ms // 1000 if whole else trace.time_ms / 1000
+    arrays = [pa.array(time), *(pa.array(getattr(trace, key)) for key in _MEMORY)]
+    table = pa.Table.from_arrays(arrays, names=list(COLUMNS),
+                                 metadata={"xentmem": _HEADER.lstrip("# ")})
+    pq.write_table(table, path)
+
+
 def load_trace(path: str | Path) -> Trace:
-    """Read and check a trace file; ``TraceError`` names the file and line of the problem."""
+    """Read and check a trace file (CSV, JSON lines, or Parquet by its ``.parquet`` name);
+    ``TraceError`` names the file and line (row) of the problem."""
     path = Path(path)
+    if path.suffix == ".parquet":
+        return _read_parquet(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -315,8 +419,12 @@ def dumps_trace(trace: Trace, fmt: str = "csv") -> str:
 
 
 def save_trace(trace: Trace, path: str | Path) -> Path:
-    """Write ``trace`` as CSV, or JSON lines when the name ends in ``.jsonl``/``.ndjson``."""
+    """Write ``trace`` as CSV, JSON lines when the name ends in ``.jsonl``/``.ndjson``, or
+    Parquet when it ends in ``.parquet``."""
     path = Path(path)
+    if path.suffix == ".parquet":
+        _write_parquet(trace, path)
+        return path
     fmt = "jsonl" if path.suffix in (".jsonl", ".ndjson") else "csv"
     path.write_text(dumps_trace(trace, fmt), encoding="utf-8")
     return path

@@ -6,6 +6,10 @@ are; the host prefixes :func:`domain_path`). ``control/`` is writable by dom0 on
 by the guest; ``data/`` belongs to the guest (toolstack layout, ``xentmem.xenstore.toolstack``),
 so everything the host reads from ``data/`` is untrusted until sanitised.
 
+A setting has one name everywhere: the key's ``name`` here, the ``xentmem guest set`` option
+``--name`` with ``_`` written ``-`` (``reserved_mb`` is ``--reserved-mb``; flags
+``--name/--no-name``), and the knob name ``xentmem tune`` sweeps and recommends.
+
 Each :class:`Key` carries its limits. Both the CLI (exit 2 on bad input) and the agent (state
 ``refused``) check them, so a value that reaches the guest through another route (an admin's
 ``xenstore-write``) is held to the same rules.
@@ -87,6 +91,10 @@ KNOBS: tuple[Key, ...] = (
     _knob("uphysteresis", 1, 10000, "divisor applied when growing"),
     _knob("min_usable_mb", 0, MAX_MB, "MiB never ballooned away (0 = kernel formula)"),
     _knob("reserved_mb", 0, MAX_MB, "MiB added to the self-balloon goal"),
+    _knob("frontswap_hysteresis", 1, 10000,
+          "frontswap self-shrink: bring back 1/N of the frontswap pages per run"),
+    _knob("frontswap_inertia", 1, 10000,
+          "frontswap self-shrink: runs without frontswap growth before shrinking"),
 )
 KEYS: tuple[Key, ...] = TOGGLES + KNOBS
 _BY_NAME = {k.name: k for k in KEYS}
