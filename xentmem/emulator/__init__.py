@@ -43,10 +43,14 @@ charged to the domain (a real 4.12.4 fitted 436 pages where the model fits 448),
 tmem clients, pools, pages and counters; guest frame contents are not kept.
 """
 
-from __future__ import annotations
-
-from xentmem.emulator._behaviour import Behaviour
-from xentmem.emulator._bench import BenchRow, TmemBench, bench_tmem
-from xentmem.emulator._host import Domain, EmulatedHost
+from xentmem._lazy import lazy_exports
 
 __all__ = ["Behaviour", "BenchRow", "Domain", "EmulatedHost", "TmemBench", "bench_tmem"]
+
+# each name's module is imported on first use: importing a submodule (or this package)
+# stays light
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "._behaviour": ("Behaviour",),
+    "._bench": ("BenchRow", "TmemBench", "bench_tmem"),
+    "._host": ("Domain", "EmulatedHost"),
+})
