@@ -57,10 +57,16 @@ def run(*args: str, code: int = 0, env: dict[str, str] | None = None):
 
 
 def one_line_error(result) -> str:
+    """The one error line (with --json, the message of the JSON error object)."""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     assert result.stdout == ""
+    if lines[0].startswith("{"):
+        error = json.loads(lines[0])["error"]
+        assert error["exit_code"] == result.exit_code
+        return error["message"]
+    assert lines[0].startswith("error: "), result.stderr
     return lines[0]
 
 

@@ -31,11 +31,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from xentmem.cli._app import UsageError
+from xentmem.cli._options import Connect, LibvirtUri, XenStored  # re-exported
 from xentmem.errors import TransportError
 from xentmem.hypercalls.privcmd import PRIVCMD_PATHS  # where PrivcmdHypervisor looks
 from xentmem.xenstore._client import XENBUS_PATHS  # a guest's way to its xenstore
@@ -58,21 +57,6 @@ __all__ = [
 CONNECT_ENV = "XENTMEM_CONNECT"
 LIBVIRT_ENV = "XENTMEM_LIBVIRT_URI"
 XEN_SYSTEM = "xen:///system"  # libvirt's name for the local Xen host
-
-Connect = Annotated[str | None, typer.Option(
-    "--connect", "-c", metavar="URI", show_default=False,
-    help="The host: xen:///system (or privcmd[:DEVICE]) for this dom0, "
-    "emulator[:STATE_DIR|SOCKET][?domid=N] for `xentmem emulator up`'s daemon (default: "
-    "$XENTMEM_CONNECT; else this dom0 if /dev/xen/privcmd exists, else a daemon running in "
-    "the default state directory).")]
-XenStored = Annotated[str | None, typer.Option(
-    "--xenstored", metavar="PATH", show_default=False,
-    help="xenstored socket, overriding the one --connect names.")]
-LibvirtUri = Annotated[str | None, typer.Option(
-    "--libvirt-uri", metavar="URI", show_default=False,
-    help="libvirt URI, overriding the one --connect names (xen:///system on a real host, none "
-    "on an emulated one; default: $XENTMEM_LIBVIRT_URI).")]
-
 
 def _privcmd_transport(rest: str) -> Hypervisor:
     from xentmem.hypercalls import PrivcmdHypervisor
@@ -128,7 +112,7 @@ class Target:
         path = self.xenstored_path
         if not os.path.exists(path):
             if self.state_dir is not None and os.path.dirname(path) == self.state_dir:
-                from xentmem.emulator.daemon import running
+                from xentmem.emulator._statedir import running
 
                 if running(Path(self.state_dir)) is None:
                     raise TransportError(errno.ENOENT, f"no emulator daemon in {self.state_dir}; "
@@ -164,7 +148,7 @@ def _privcmd(rest: str, domid: int | None) -> Target:
 
 
 def _emulator(rest: str, domid: int | None) -> Target:
-    from xentmem.emulator.daemon import XENSTORE_SOCKET  # the daemon's layout, named once
+    from xentmem.emulator._statedir import XENSTORE_SOCKET  # the daemon's layout, named once
     from xentmem.hypercalls.socket import HYPERCALL_SOCKET, default_state_dir, parse_uri
 
     try:
@@ -212,7 +196,7 @@ def _detect(domid: int | None, xenstored: str | None) -> Target:
         return Target(None, None, xenstored, None, domid or 0)
     if any(os.path.exists(p) for p in PRIVCMD_PATHS):
         return _parse(XEN_SYSTEM, domid)
-    from xentmem.emulator.daemon import running  # only off Xen: keeps start-up light
+    from xentmem.emulator._statedir import running  # only off Xen
     from xentmem.hypercalls.socket import default_state_dir
 
     state = default_state_dir()

@@ -21,15 +21,13 @@ import typer
 
 from xentmem.agent import Agent, SysfsSink
 from xentmem.agent.service import once_row, serve, unit_text
-from xentmem.cli._app import UsageError, app
+from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import Connect, XenStored, resolve_target
 from xentmem.cli._render import render
 
 __all__ = ["agent_app"]
 
-agent_app = typer.Typer(help="The guest agent: control/ in xenstore -> sysfs -> data/tmem.",
-                        no_args_is_help=True)
-app.add_typer(agent_app, name="agent")
+agent_app = sub_app("agent")
 
 
 @agent_app.command("run")

@@ -7,11 +7,10 @@ from typing import Annotated
 import typer
 
 from xentmem.abi import XenVersion
-from xentmem.cli._app import UsageError, app
+from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._render import render
 
-bench_app = typer.Typer(help="Benchmarks of the emulated data paths.", no_args_is_help=True)
-app.add_typer(bench_app, name="bench")
+bench_app = sub_app("bench")
 
 
 @bench_app.command("tmem")

@@ -8,13 +8,15 @@ from typing import Annotated
 
 import typer
 
-from xentmem.cli._app import app
+from xentmem.cli._app import sub_app
 from xentmem.cli.emulator_run import run_and_report
 
-__all__ = ["demo"]
+__all__ = ["demo_app"]
+
+demo_app = sub_app()
 
 
-@app.command()
+@demo_app.command()
 def demo(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Run the built-in scenario on an emulated Xen host (no Xen needed); exit 1 if any page
     was lost or stale."""

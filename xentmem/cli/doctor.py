@@ -6,13 +6,17 @@ from typing import Annotated
 
 import typer
 
-from xentmem.cli._app import UsageError, app
+from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import XEN_SYSTEM, Connect, LibvirtUri, XenStored, resolve_target
 from xentmem.cli._render import render
 from xentmem.host.doctor import run_checks
 
+__all__ = ["doctor_app"]
 
-@app.command()
+doctor_app = sub_app()
+
+
+@doctor_app.command()
 def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     connect: Connect = None,

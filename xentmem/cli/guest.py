@@ -15,12 +15,11 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from xentmem.cli._app import UsageError, app
+from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import Connect, LibvirtUri, Target, XenStored, resolve_target
 from xentmem.cli._render import render
 from xentmem.errors import XentmemError
 from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
-from xentmem.host.libvirt import LibvirtConnection
 from xentmem.xenstore.keys import key
 
 __all__ = [
@@ -31,9 +30,7 @@ __all__ = [
     "render_guests",
 ]
 
-guest_app = typer.Typer(help="Per-guest tmem / self-ballooning toggles and memory targets.",
-                        no_args_is_help=True)
-app.add_typer(guest_app, name="guest")
+guest_app = sub_app("guest")
 
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, max=600,
                                         help="Seconds per xenstore / libvirt call.")]
@@ -45,7 +42,11 @@ Dom = Annotated[str, typer.Argument(help="Domain name or id.", show_default=Fals
 def open_host(target: Target, timeout: float) -> Iterator[Host]:
     """The :class:`Host` at ``target`` (its xenstored, and its libvirt if any); closed on exit."""
     xs = target.xenstore(timeout)
-    lv = LibvirtConnection(target.libvirt_uri, timeout=timeout) if target.libvirt_uri else None
+    lv = None
+    if target.libvirt_uri:
+        from xentmem.host.libvirt import LibvirtConnection  # libvirt only for a host with it
+
+        lv = LibvirtConnection(target.libvirt_uri, timeout=timeout)
     try:
         yield Host(xs, lv, ack_timeout=timeout)
     except (ValueError, LookupError) as exc:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from xentmem.cli._app import app
+from xentmem.cli._app import sub_app
 from xentmem.cli._connect import Connect, LibvirtUri, XenStored, resolve_target
 from xentmem.cli._render import render
 from xentmem.cli.guest import Json, Timeout, open_host, render_guests
 
-__all__ = ["status"]
+__all__ = ["status_app"]
+
+status_app = sub_app()
 
 
-@app.command()
+@status_app.command()
 def status(as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
            libvirt_uri: LibvirtUri = None, timeout: Timeout = 5.0) -> None:
     """Host summary: domains, memory, and each guest's tmem / agent state."""

@@ -10,15 +10,13 @@ from typing import Annotated
 import typer
 
 from xentmem.abi import XenVersion
-from xentmem.cli._app import UsageError, app
+from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import Connect, resolve_target
 from xentmem.cli._render import render
 from xentmem.host.tmemlist import parse_tmem_list
 from xentmem.hypercalls import ALL_CLIENTS, Tmem
 
-tmem_app = typer.Typer(help="tmem control plane: list, freeze, thaw, set, shared-auth, ...",
-                       no_args_is_help=True)
-app.add_typer(tmem_app, name="tmem")
+tmem_app = sub_app("tmem")
 
 XenVer = Annotated[str | None, typer.Option(
     "--xen-version", help="Xen version to encode for (default: probe xen_version).")]

@@ -10,15 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from xentmem.cli._app import UsageError, app
+from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import Connect, resolve_target
 from xentmem.cli._render import render
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 
-tune_app = typer.Typer(help="Replay memory traces through the self-balloon law, sweep its knobs, "
-                       "report (terminal, JSON, HTML).", no_args_is_help=True)
-app.add_typer(tune_app, name="tune")
+tune_app = sub_app("tune")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV or JSON lines; see "

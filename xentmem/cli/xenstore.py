@@ -18,16 +18,14 @@ from typing import Annotated
 
 import typer
 
-from xentmem.cli._app import UsageError, app
+from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import Connect, XenStored, resolve_target
 from xentmem.cli._render import render
 from xentmem.cli.guest import Json, Timeout
 from xentmem.errors import XenStoreError, XenStoreTimeout
 from xentmem.xenstore import XenStoreClient, escape_value, ls_lines, walk
 
-xenstore_app = typer.Typer(help="Read and change xenstore (the C xenstore-* tools' output, "
-                           "with timeouts).", no_args_is_help=True)
-app.add_typer(xenstore_app, name="xenstore")
+xenstore_app = sub_app("xenstore")
 
 Paths = Annotated[list[str], typer.Argument(help="xenstore paths.", show_default=False)]
 

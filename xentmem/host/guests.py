@@ -21,12 +21,11 @@ import contextlib
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 from xentmem.errors import LibvirtError, XenStoreError, XenStoreNotFound
-from xentmem.host.libvirt import DomainInfo, LibvirtConnection
 from xentmem.xenstore import (
     XenStore,
     sanitize_bool,
@@ -58,6 +57,9 @@ from xentmem.xenstore.keys import (
     stats_key,
 )
 from xentmem.xenstore.toolstack import domain_path
+
+if TYPE_CHECKING:  # libvirt is imported only where a host has it
+    from xentmem.host.libvirt import DomainInfo, LibvirtConnection
 
 __all__ = [
     "METADATA_URI",
