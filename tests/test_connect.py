@@ -79,7 +79,7 @@ def check_status(out: str, state: Path) -> None:
 
 
 def check_guests(out: str, state: Path) -> None:
-    assert [(g["domid"], g["name"]) for g in json.loads(out)] == [
+    assert [(g["domid"], g["name"]) for g in json.loads(out)["guests"]] == [
         (0, "Domain-0"), (1, "guest1"), (2, "guest2")]
 
 
@@ -88,7 +88,7 @@ def check_ls(out: str, state: Path) -> None:
 
 
 def check_tmem(out: str, state: Path) -> None:
-    assert json.loads(out)[0]["kind"] == "global"
+    assert json.loads(out)["records"][0]["kind"] == "global"
 
 
 COMMANDS = {
@@ -195,15 +195,15 @@ def test_agent_run_as_a_domain_of_the_daemon(state: Path, nowhere: Path):
 
 def test_doctor_checks_the_named_daemon(state: Path):
     rows = {r["check"]: r for r in json.loads(run("doctor", "--json", "-c",
-                                                  f"emulator:{state}").stdout)}
+                                                  f"emulator:{state}").stdout)["checks"]}
     assert list(rows) == ["emulator", "xen", "tmem", "xenstored", "libvirt"]
     assert rows["emulator"]["ok"] and rows["emulator"]["detail"] == str(state / "hypercall.sock")
     assert rows["xen"]["status"].startswith("4.12") and rows["tmem"]["status"] == "available"
     assert rows["xenstored"]["status"] == "reachable" and rows["libvirt"]["ok"] is None
     # unnamed, it examines this machine as a Xen host (and still exits 0) even with a daemon
-    rows = {r["check"]: r for r in json.loads(run("doctor", "--json", "--libvirt-uri",
-                                                  "test:///default",
-                                                  env={"XENTMEM_STATE": str(state)}).stdout)}
+    out = run("doctor", "--json", "--libvirt-uri", "test:///default",
+              env={"XENTMEM_STATE": str(state)}).stdout
+    rows = {r["check"]: r for r in json.loads(out)["checks"]}
     assert rows["privcmd"]["ok"] is False and rows["libvirt"]["ok"] is True
     assert "both name" in one_line_error(run("doctor", "-c", "emulator", "--privcmd", "/x",
                                              code=2))

@@ -25,10 +25,7 @@ from typer.core import TyperGroup
 from xentmem import __version__
 from xentmem.errors import XentmemError
 
-__all__ = ["COMMANDS", "JSON_VERSION", "UsageError", "XentmemGroup", "app", "run", "sub_app",
-           "summary"]
-
-JSON_VERSION = 1  # the "schema_version" of every --json object and JSON error (README)
+__all__ = ["COMMANDS", "UsageError", "XentmemGroup", "app", "run", "sub_app", "summary"]
 
 
 class UsageError(XentmemError):
@@ -83,6 +80,8 @@ def _fail(message: str, code: int, args: list[str]) -> int:
     line = message.strip().splitlines()[0] if message.strip() else "failed"
     if _json_asked(args):
         import json
+
+        from xentmem.cli._render import JSON_VERSION
 
         sys.stderr.write(json.dumps({"schema_version": JSON_VERSION, "error": {
             "message": line, "exit_code": code}}) + "\n")
@@ -161,11 +160,35 @@ class _Context(click_core.Context):
     formatter_class = _HelpFormatter
 
 
-def _plain_help(command: Any) -> None:
-    """Give ``command`` and everything below it the formatter above."""
+def _set_wide(value: bool) -> None:
+    if value:
+        from xentmem.cli._render import set_wide
+
+        set_wide(True)
+
+
+def _wide_option() -> Any:
+    """The one --wide (typer's own option object, built once from a throw-away command)."""
+    holder = typer.Typer(add_completion=False)
+
+    @holder.command()
+    def _holder(wide: Annotated[bool, typer.Option(
+        "--wide", callback=_set_wide, expose_value=False,
+        help="Tables even off a terminal or on a narrow one (default: plain text there).")]
+        = False) -> None: ...
+
+    return typer.main.get_command(holder).params[0]
+
+
+def _finish(command: Any) -> None:
+    """Give ``command`` and everything below it the formatter above, and every command that
+    renders (has --json) the one --wide."""
     command.context_class = _Context
-    for sub in getattr(command, "commands", {}).values():
-        _plain_help(sub)
+    subs = getattr(command, "commands", None)
+    if subs is None and any("--json" in p.opts for p in command.params):
+        command.params.append(_wide_option())
+    for sub in (subs or {}).values():
+        _finish(sub)
 
 
 class XentmemGroup(TyperGroup):
@@ -174,6 +197,9 @@ class XentmemGroup(TyperGroup):
     def main(self, args: Any = None, prog_name: str | None = None, standalone_mode: bool = True,
              **extra: Any) -> Any:
         argv = list(sys.argv[1:] if args is None else args)
+        from xentmem.cli._render import set_wide
+
+        set_wide(False)  # per run (tests invoke many in one process)
         if not standalone_mode:
             return super().main(argv, prog_name, standalone_mode=False, **extra)
         code = _status(argv, lambda: super(XentmemGroup, self).main(
@@ -193,7 +219,7 @@ class XentmemGroup(TyperGroup):
             command = typer.main.get_command(getattr(sys.modules[modules[0]],
                                                      f"{cmd_name.replace('-', '_')}_app"))
             command.name = cmd_name
-            _plain_help(command)
+            _finish(command)
             self.commands[cmd_name] = command
         return super().get_command(ctx, cmd_name)
 

@@ -57,7 +57,8 @@ def living(
 
     rows = [r.as_dict() for r in bench_living(tuple(guests or (3, 20)), seconds=seconds,
                                               warmup=warmup)]
-    render(rows, as_json=as_json, title="living emulated host (default workloads, speed 1)")
+    render(rows, as_json=as_json, title="living emulated host (default workloads, speed 1)",
+           key="rows")
 
 
 @bench_app.command("daemon")

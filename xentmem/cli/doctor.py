@@ -39,4 +39,4 @@ def doctor(
         hypervisor=target.open_hypervisor if target.hypervisor_uri else None,
         transport=scheme or "privcmd", libvirt=target.libvirt_uri is not None)
     render([c.as_dict() for c in checks], as_json=as_json, title="xentmem doctor",
-           columns=["check", "ok", "status", "detail"])
+           columns=["check", "ok", "status", "detail"], key="checks")

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from xentmem.cli._app import UsageError
-from xentmem.cli._render import render
+from xentmem.cli._render import render, unit_keys
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import EmulatorError, TransportError
 from xentmem.host.tmemlist import parse_tmem_list
@@ -83,7 +83,7 @@ def _dir(state: Path | None) -> Path:
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
     return {"pid": info["pid"], "xen_version": info["xen_version"],
-            "memory_mb": info["memory_mb"], "free_mb": info["free_mb"],
+            "memory_mib": info["memory_mib"], "free_mib": info["free_mib"],
             "domains": " ".join(str(d["domid"]) for d in info["domains"]) or "-",
             "crashed": info["crashed"] or "no",
             "hypercall_socket": info["hypercall_socket"],
@@ -144,7 +144,8 @@ def up(state: State = None,
     config = _daemon().HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
                                guest_memory_mb, workloads, kernels, bare, speed, scenario,
                                checkpoint_interval)
-    info = _daemon().start(_dir(state), config, fresh=fresh, recover=recover, timeout=timeout)
+    info = unit_keys(_daemon().start(_dir(state), config, fresh=fresh, recover=recover,
+                                     timeout=timeout))
     if as_json:
         render(info, as_json=True)
         return
@@ -161,7 +162,7 @@ def up(state: State = None,
 
 def _render_guests(guests: list[dict[str, Any]]) -> None:
     rows = [{"dom": g["domid"], "name": g["name"], "kernel": g["kernel"],
-             "runs": g["workload"], "MiB": g["memory_mb"], "target": g["target_mb"],
+             "runs": g["workload"], "MiB": g["memory_mib"], "target": g["target_mib"],
              "tmem": g["tmem_pages"], "swap": g["swap_pages"], "lost": g["lost"],
              "stale": g["stale"], "agent": (g["agent"] or {}).get("state", "-")}
             for g in guests]
@@ -203,7 +204,7 @@ def _control(state: Path | None, cmd: str, **args: Any) -> Any:
 @emulator_app.command()
 def status(state: State = None, as_json: Json = False) -> None:
     """The running host: configuration, domains, memory and the tmem summary."""
-    info = _control(state, "status")
+    info = unit_keys(_control(state, "status"))
     text = info.pop("tmem_list")
     tmem = [r.as_dict() for r in parse_tmem_list(text or "")]
     if as_json:
@@ -243,7 +244,7 @@ def create_domain(name: Annotated[str, typer.Argument(help="Domain name.")],
                       max_memory_mb=max_memory_mb, workload=workload, kernel=kernel,
                       bare=bare)
     if as_json:
-        render(result, as_json=True)
+        render(unit_keys(result), as_json=True)
     else:
         typer.echo(f"created domain {result['domid']} ({name})")
 

@@ -80,7 +80,7 @@ def _show(g: GuestInfo) -> dict[str, Any]:
         record["note"] = g.note
     settings = [] if t is None else [
         {"key": k.name, "requested": t.requested.get(k.name), "applied": t.applied.get(k.name),
-         "refused": t.refused.get(k.name, "")}
+         "refused": t.refused.get(k.name)}
         for k in (key(n) for n in t.applied)]
     return {"guest": record, "settings": settings,
             "stats": dict(t.stats) if t else {},
@@ -97,14 +97,15 @@ def _tmem_cell(row: dict[str, Any]) -> str:
 def render_guests(rows: list[dict[str, Any]], *, as_json: bool) -> None:
     """``GuestInfo.row()``s: every field with ``--json``; a table that fits 80 columns."""
     if as_json:
-        render(rows, as_json=True)
+        render(rows, as_json=True, key="guests")
         return
     table = [{"domid": r["domid"], "name": r["name"], "state": r["state"],
               "memory_mib": r["memory_mib"], "tmem": _tmem_cell(r),
               "selfballoon": {None: "-", 0: "off", 1: "on"}.get(r["selfballooning"], "-"),
               "agent": r["agent"]} for r in rows]
     render(table, as_json=False, title="guests",
-           columns=["domid", "name", "state", "memory_mib", "tmem", "selfballoon", "agent"])
+           columns=["domid", "name", "state", "memory_mib", "tmem", "selfballoon", "agent"],
+           headers={"memory_mib": "MiB"})
 
 
 @guest_app.command("list")

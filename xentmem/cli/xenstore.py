@@ -57,7 +57,8 @@ def ls(
         nodes = list(walk(xs, _check(path)))
     if as_json:
         render([{"path": n.path, "value": None if n.value is None else escape_value(n.value),
-                 **({"error": str(n.error)} if n.error else {})} for n in nodes], as_json=True)
+                 **({"error": str(n.error)} if n.error else {})} for n in nodes], as_json=True,
+               key="nodes")
     else:
         # the C tool fits a terminal's width, and 80 columns anywhere else
         width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
@@ -75,7 +76,7 @@ def read(paths: Paths, as_json: Json = False, connect: Connect = None,
     with _xs(connect, xenstored, timeout) as xs:
         values = {p: escape_value(xs.read(_check(p))) for p in paths}
     if as_json:
-        render(values, as_json=True)
+        render({"values": values}, as_json=True)
     else:
         _out(list(values.values()))
 
