@@ -77,10 +77,11 @@ def _command() -> str:
     return " ".join(ctx.command_path.split()[1:]) if ctx is not None else ""
 
 
-def emit_json(payload: Mapping[str, Any]) -> None:
-    """Print ``payload`` as the command's one JSON object."""
+def emit_json(payload: Mapping[str, Any], *, indent: int | None = 2) -> None:
+    """Print ``payload`` as the command's one JSON object (``indent=None``: on one line, as
+    a command that streams objects prints each)."""
     body = {"schema_version": JSON_VERSION, "command": _command(), **_plain(payload)}
-    sys.stdout.write(json.dumps(body, indent=2) + "\n")
+    sys.stdout.write(json.dumps(body, indent=indent) + "\n")
 
 
 def render(data: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, as_json: bool,

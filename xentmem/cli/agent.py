@@ -22,7 +22,8 @@ import typer
 from xentmem.agent import Agent, SysfsSink
 from xentmem.agent.service import once_row, serve, unit_text
 from xentmem.cli._app import UsageError, sub_app
-from xentmem.cli._connect import Connect, XenStored, resolve_target
+from xentmem.cli._connect import resolve_target
+from xentmem.cli._options import Connect, Json, XenStored
 from xentmem.cli._render import render
 
 __all__ = ["agent_app"]
@@ -97,7 +98,7 @@ def build_zipapp(
     out: Annotated[Path, typer.Argument(metavar="OUT.pyz", help="The file to write.")],
     interpreter: Annotated[str, typer.Option(
         help="The #! line's interpreter.")] = "/usr/bin/env python3",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Build the single-file agent for a guest: pure Python (pyxs inside), no compiled parts;
     in the guest `python3 OUT.pyz run`, `python3 OUT.pyz --print-unit` for its systemd unit."""

@@ -8,6 +8,7 @@ import typer
 
 from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._options import Json
 from xentmem.cli._render import render
 
 bench_app = sub_app("bench")
@@ -18,7 +19,7 @@ def tmem(
     pages: Annotated[int, typer.Option("--pages", "-n", help="Pages per run (>= 100).")] = 20000,
     xen_version: Annotated[str, typer.Option("--xen-version", help="Imitated Xen.")] = "4.12",
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timed rounds (best kept).")] = 9,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """PUT then GET of 4 KiB pages through Tmem client -> struct -> entry -> pool, against a
     plain dict in the same process: pages/s, ratio and GB/s per scenario."""
@@ -49,7 +50,7 @@ def living(
         "20).")] = None,
     seconds: Annotated[float, typer.Option("--seconds", min=1, help="Measured window.")] = 20.0,
     warmup: Annotated[float, typer.Option("--warmup", min=0, help="Seconds before it.")] = 10.0,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """A living emulated host per guest count: the daemon's CPU share (total and per guest),
     tmem hypercalls/s, clock lag, and `status --json` wall time beside `virsh list`."""
@@ -65,7 +66,7 @@ def living(
 def daemon_cmd(
     mib: Annotated[int, typer.Option("--mib", min=16, max=8192,
                                      help="Persistent pages to hold, MiB.")] = 400,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """The emulator daemon holding --mib of persistent pages: the longest wait another client
     sees while a snapshot is written (foreground, and forked to the background), and the

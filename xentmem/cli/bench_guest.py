@@ -8,6 +8,7 @@ import typer
 
 from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError
+from xentmem.cli._options import Json
 from xentmem.cli._render import render
 from xentmem.cli.bench import bench_app
 
@@ -21,7 +22,7 @@ def guest(
         "--drain-pages", help="Pages to drain on unload (default: --pages).")] = None,
     xen_version: Annotated[str, typer.Option("--xen-version", help="Imitated Xen.")] = "4.12",
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timed rounds (best kept).")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """frontswap store+load pages/s with no backend (the fast path), zcache and tmem on the
     emulator; the cost of one store call; the time to drain N pages when tmem unloads."""

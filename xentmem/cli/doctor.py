@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from xentmem.cli._app import UsageError, sub_app
-from xentmem.cli._connect import XEN_SYSTEM, Connect, LibvirtUri, XenStored, resolve_target
+from xentmem.cli._connect import XEN_SYSTEM, resolve_target
+from xentmem.cli._options import Connect, Json, LibvirtUri, XenStored
 from xentmem.cli._render import render
 from xentmem.host.doctor import run_checks
 
@@ -18,7 +19,7 @@ doctor_app = sub_app()
 
 @doctor_app.command()
 def doctor(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Json = False,
     connect: Connect = None,
     privcmd: Annotated[str | None, typer.Option(
         help="privcmd device to use (the same as -c privcmd:DEVICE).")] = None,

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from xentmem.cli._app import UsageError
+from xentmem.cli._options import Json
 from xentmem.cli._render import render, unit_keys
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import EmulatorError, TransportError
@@ -21,7 +22,6 @@ __all__ = ["create_domain", "destroy_domain", "down", "status", "up"]
 State = Annotated[Path | None, typer.Option(
     "--state", help="State directory: sockets, pid, saved host (default $XENTMEM_STATE, "
     "/run/xentmem as root, else $XDG_RUNTIME_DIR/xentmem).", show_default=False)]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Workload = Annotated[list[str] | None, typer.Option(
     "--workload", help="What the guests run: idle, web, db or batch, for all guests or as "
     "N=NAME for guest N (repeat); or a scenario TOML file whose guests to run instead "

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xentmem.cli._app import UsageError
+from xentmem.cli._options import Json
 from xentmem.cli._render import render
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import GuestError
@@ -65,7 +66,7 @@ def run_and_report(scenario: Scenario, *, as_json: bool) -> ScenarioResult:
 @emulator_app.command("run")
 def run(scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.",
                                                  show_default=False)],
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+        as_json: Json = False) -> None:
     """Run a scenario on an in-process emulated host; exit 1 on any lost or stale page."""
     from xentmem.emulator.scenario import load_scenario
 

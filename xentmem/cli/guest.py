@@ -16,15 +16,14 @@ import typer
 from rich.console import Console
 
 from xentmem.cli._app import UsageError, sub_app
-from xentmem.cli._connect import Connect, LibvirtUri, Target, XenStored, resolve_target
+from xentmem.cli._connect import Target, resolve_target
+from xentmem.cli._options import Connect, Json, LibvirtUri, Timeout, XenStored
 from xentmem.cli._render import render
 from xentmem.errors import XentmemError
 from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
 from xentmem.xenstore.keys import key
 
 __all__ = [
-    "Json",
-    "Timeout",
     "guest_app",
     "open_host",
     "render_guests",
@@ -32,9 +31,6 @@ __all__ = [
 
 guest_app = sub_app("guest")
 
-Timeout = Annotated[float, typer.Option("--timeout", min=0.1, max=600,
-                                        help="Seconds per xenstore / libvirt call.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Dom = Annotated[str, typer.Argument(help="Domain name or id.", show_default=False)]
 
 

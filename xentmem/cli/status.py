@@ -5,9 +5,10 @@ from __future__ import annotations
 from rich.console import Console
 
 from xentmem.cli._app import sub_app
-from xentmem.cli._connect import Connect, LibvirtUri, XenStored, resolve_target
+from xentmem.cli._connect import resolve_target
+from xentmem.cli._options import Connect, Json, LibvirtUri, Timeout, XenStored
 from xentmem.cli._render import render
-from xentmem.cli.guest import Json, Timeout, open_host, render_guests
+from xentmem.cli.guest import open_host, render_guests
 
 __all__ = ["status_app"]
 

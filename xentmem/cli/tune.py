@@ -11,14 +11,14 @@ from typing import Annotated, Any
 import typer
 
 from xentmem.cli._app import UsageError, sub_app
-from xentmem.cli._connect import Connect, resolve_target
+from xentmem.cli._connect import resolve_target
+from xentmem.cli._options import Connect, Json
 from xentmem.cli._render import render
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 
 tune_app = sub_app("tune")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV or JSON lines; see "
                                           "xentmem.tuning.trace for the format).")]
 KnobOpt = Annotated[list[str] | None, typer.Option(
@@ -81,7 +81,7 @@ def synth_cmd(
     period: Annotated[int | None, typer.Option(help="Diurnal period, s (default: duration).")]
     = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Write a synthetic trace."""
     from xentmem.tuning import SynthSpec, synthesize
@@ -110,7 +110,7 @@ def collect_cmd(
     swap_mb: Annotated[int, typer.Option("--swap-mb")] = 256,
     tmem_mb: Annotated[int, typer.Option("--tmem-mb", help="Domain max above memory.")] = 128,
     backend: Annotated[str, typer.Option(help="tmem | none")] = "tmem",
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Record a trace: run guest-model workloads on the emulator (self-ballooning off), or
     sample a living guest of the emulator daemon (``-c emulator:DIR --domid N``)."""
@@ -166,7 +166,7 @@ def record_cmd(
     step: Annotated[float, typer.Option(min=0.001, help="Seconds between samples.")] = 5.0,
     root: Annotated[Path, typer.Option(help="Read proc/ and sys/ under this root.")]
     = Path("/"),
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Record this Linux system's memory (/proc/meminfo, /proc/zoneinfo, Xen balloon sysfs)."""
     from xentmem.tuning.procfs import record_procfs
@@ -178,7 +178,7 @@ def record_cmd(
 
 
 @tune_app.command("show")
-def show_cmd(trace_file: TraceArg, as_json: JsonOpt = False) -> None:
+def show_cmd(trace_file: TraceArg, as_json: Json = False) -> None:
     """Check a trace file and summarise it."""
     render(_load(trace_file).summary(), as_json=as_json)
 
@@ -190,7 +190,7 @@ def replay_cmd(
     balloon_rate: RateOpt = 0,
     series: Annotated[bool, typer.Option("--series", help="Also print every run.")] = False,
     html: HtmlOpt = None,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Replay a trace through the law with the given knobs (kernel defaults otherwise)."""
     from xentmem.tuning import parse_knobs, replay
@@ -229,7 +229,7 @@ def sweep_cmd(
     show_all: Annotated[bool, typer.Option("--all", help="Print every setting, not only the "
                                            "Pareto front.")] = False,
     html: HtmlOpt = None,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Replay every combination of a knob grid; print the Pareto front and a recommendation."""
     from xentmem.tuning import parse_grid, parse_knobs, sweep
@@ -261,7 +261,7 @@ def bench_cmd(
     grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="name=v1,v2,...")]
     = None,
     repeat: Annotated[int, typer.Option(min=1, help="Vectorised passes (best kept).")] = 3,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Time the vectorised sweep against the scalar reference on the same grid."""
     from xentmem.tuning import SynthSpec, bench, expand_grid, parse_grid, synthesize
