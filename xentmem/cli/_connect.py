@@ -197,18 +197,36 @@ def _detect(domid: int | None, xenstored: str | None) -> Target:
     if any(os.path.exists(p) for p in PRIVCMD_PATHS):
         return _parse(XEN_SYSTEM, domid)
     from xentmem.emulator._statedir import running  # only off Xen
-    from xentmem.hypercalls.socket import default_state_dir
+    from xentmem.hypercalls.socket import ROOT_STATE_DIR, default_state_dir
 
     state = default_state_dir()
     if running(state) is not None:
         return _parse("emulator", domid)
     if any(os.path.exists(p) for p in XENBUS_PATHS):
         return _parse(XEN_SYSTEM, domid)  # a guest without privcmd: its xenstore still answers
+    owner = _owner(ROOT_STATE_DIR) if state != ROOT_STATE_DIR else None
+    if owner is not None:
+        # root's daemon: its directory and sockets are root's only (0700 / 0600)
+        raise TransportError(errno.EACCES, f"no emulator daemon of yours in {state}; "
+                             f"{ROOT_STATE_DIR} is {owner}'s and only {owner} may use its "
+                             f"daemon: run as {owner}, or start your own with `xentmem "
+                             "emulator up`")
     # exit 1, not 2: the command line is well formed, this machine just has no host to talk to
     # (as `-c emulator:DIR` naming a stopped daemon fails with 1)
     raise TransportError(errno.ENOENT, f"no host here: no /dev/xen/privcmd and no emulator "
                          f"daemon in {state}; start one with `xentmem emulator up`, or name a "
                          f"host with -c emulator:DIR or -c {XEN_SYSTEM}")
+
+
+def _owner(directory: Path) -> str | None:
+    """Who owns ``directory`` when it is someone else (None: nobody, or us)."""
+    try:
+        uid = directory.stat().st_uid
+    except OSError:
+        return None
+    if uid == os.geteuid():
+        return None
+    return "root" if uid == 0 else f"uid {uid}"
 
 
 def resolve_target(connect: str | None = None, *, xenstored: str | None = None,

@@ -17,11 +17,12 @@ import json
 import os
 import shutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["JSON_VERSION", "emit_json", "render", "render_table", "set_wide", "unit_key",
-           "unit_keys"]
+__all__ = ["JSON_VERSION", "emit_json", "progress", "render", "render_table", "set_wide",
+           "unit_key", "unit_keys"]
 
 JSON_VERSION = 1  # bump when a key changes meaning or goes away (adding keys does not)
 
@@ -169,3 +170,21 @@ def _rich_table(title: str | None, names: list[str], cells: list[list[str]], rec
     for r in cells:
         table.add_row(*r)
     console.print(table)
+
+
+@contextmanager
+def progress(what: str, total: float | None = None) -> Iterator[Callable[[float], None]]:
+    """Work that may take more than a few seconds: a bar (with ``total``) or a spinner, with
+    the time elapsed, on stderr and only on a terminal (a log or a pipe gets nothing);
+    yields ``update(done)``."""
+    if not sys.stderr.isatty():
+        yield lambda done: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    bar = [BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}")] if total else []
+    with Progress(SpinnerColumn(), TextColumn(what), *bar, TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as shown:
+        task = shown.add_task(what, total=total)
+        yield lambda done: shown.update(task, completed=done)

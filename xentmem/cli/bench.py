@@ -9,7 +9,7 @@ import typer
 from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._options import Json
-from xentmem.cli._render import render
+from xentmem.cli._render import progress, render
 
 bench_app = sub_app("bench")
 
@@ -31,7 +31,8 @@ def tmem(
         raise UsageError(str(exc)) from None
     from xentmem.emulator import bench_tmem
 
-    result = bench_tmem(pages, xen_version=xen_version, rounds=rounds)
+    with progress(f"bench tmem: {rounds} round(s) of {pages} pages"):
+        result = bench_tmem(pages, xen_version=xen_version, rounds=rounds)
     if as_json:
         render(result.as_dict(), as_json=True)
         return
@@ -56,8 +57,9 @@ def living(
     tmem hypercalls/s, clock lag, and `status --json` wall time beside `virsh list`."""
     from xentmem.emulator.bench_living import bench_living
 
-    rows = [r.as_dict() for r in bench_living(tuple(guests or (3, 20)), seconds=seconds,
-                                              warmup=warmup)]
+    counts = tuple(guests or (3, 20))
+    with progress(f"bench living: {len(counts)} host(s), {warmup + seconds:g} s or more each"):
+        rows = [r.as_dict() for r in bench_living(counts, seconds=seconds, warmup=warmup)]
     render(rows, as_json=as_json, title="living emulated host (default workloads, speed 1)",
            key="rows")
 
@@ -73,5 +75,6 @@ def daemon_cmd(
     resident memory one hostile guest can add through its own socket."""
     from xentmem.emulator.bench_daemon import bench_daemon
 
-    result = bench_daemon(mib).as_dict()
+    with progress(f"bench daemon: {mib} MiB"):
+        result = bench_daemon(mib).as_dict()
     render(result, as_json=as_json, title="emulator daemon: snapshot pauses, hostile guest")

@@ -9,7 +9,7 @@ import typer
 from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError
 from xentmem.cli._options import Json
-from xentmem.cli._render import render
+from xentmem.cli._render import progress, render
 from xentmem.cli.bench import bench_app
 
 __all__ = ["guest"]
@@ -34,7 +34,9 @@ def guest(
         raise UsageError(str(exc)) from None
     from xentmem.emulator.bench_guest import bench_guest
 
-    rows = [r.as_dict() for r in bench_guest(pages, rounds=rounds, xen_version=xen_version,
-                                             drain_pages=drain_pages)]
+    with progress(f"bench guest: {rounds} round(s) of {pages} pages"):
+        rows = [r.as_dict() for r in bench_guest(pages, rounds=rounds,
+                                                 xen_version=xen_version,
+                                                 drain_pages=drain_pages)]
     render(rows, as_json=as_json, title="guest model: frontswap data path and unload drain",
            columns=["case", "pages", "seconds", "pages_per_s", "ns_per_call"])

@@ -78,7 +78,11 @@ def _daemon() -> ModuleType:
 
 
 def _dir(state: Path | None) -> Path:
-    return (state or default_state_dir()).absolute()
+    directory = (state or default_state_dir()).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{'--state ' if state else 'state directory '}{directory} is not a "
+                         "directory")
+    return directory
 
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
 from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import Target, resolve_target
@@ -196,6 +195,8 @@ def _report(result: ToggleResult, as_json: bool) -> None:
     line = f"[{colour}]{result.status}[/{colour}]"
     if result.reason:
         line += f"  {result.reason}"
+    from rich.console import Console  # for a person only: --json stays light
+
     Console(highlight=False).print(line)
 
 

@@ -13,7 +13,7 @@ import typer
 from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import resolve_target
 from xentmem.cli._options import Connect, Json
-from xentmem.cli._render import render
+from xentmem.cli._render import progress, render
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 
@@ -42,6 +42,12 @@ def _usage() -> Iterator[None]:
         yield
     except TraceError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _writable(path: Path | None, option: str) -> None:
+    """Refuse an output file whose directory does not exist: before the work, not after."""
+    if path is not None and not path.absolute().parent.is_dir():
+        raise UsageError(f"{option} {path}: no directory {path.absolute().parent}")
 
 
 def _save(trace: Any, path: Path) -> None:
@@ -86,6 +92,7 @@ def synth_cmd(
     """Write a synthetic trace."""
     from xentmem.tuning import SynthSpec, synthesize
 
+    _writable(out, "--out")
     with _usage():
         trace = synthesize(SynthSpec(kind, duration, step, memory_mb, base, peak, noise, bursts,
                                      period, seed))
@@ -114,11 +121,9 @@ def collect_cmd(
 ) -> None:
     """Record a trace: run guest-model workloads on the emulator (self-ballooning off), or
     sample a living guest of the emulator daemon (``-c emulator:DIR --domid N``)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     from xentmem.tuning import CollectSpec, collect_trace, parse_workload
 
+    _writable(out, "--out")
     if (domid is None) == (not workload):
         raise UsageError("give either --workload (a new guest model) or --domid (a living "
                          "guest of the daemon -c names)")
@@ -127,13 +132,7 @@ def collect_cmd(
         with _usage():
             spec = CollectSpec(tuple(parse_workload(w, seed=i) for i, w in enumerate(workload)),
                                duration, step, memory_mb, swap_mb, tmem_mb, backend)
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("collecting (model seconds)", total=duration)
-
-        def tick(now: float) -> None:
-            bar.update(task, completed=now)
-
+    with progress("collecting (model seconds)", duration) as tick:
         if spec is not None:
             trace = collect_trace(spec, name=out.stem, on_tick=tick)
         else:
@@ -168,13 +167,27 @@ def record_cmd(
     = Path("/"),
     as_json: Json = False,
 ) -> None:
-    """Record this Linux system's memory (/proc/meminfo, /proc/zoneinfo, Xen balloon sysfs)."""
-    from xentmem.tuning.procfs import record_procfs
+    """Record this Linux system's memory (/proc/meminfo, /proc/zoneinfo, Xen balloon sysfs);
+    Ctrl-C stops early and writes what was recorded (exit 130)."""
+    from xentmem.tuning.procfs import RecordInterrupted, read_sample, record_procfs
 
+    _writable(out, "--out")
     with _usage():
-        trace = record_procfs(duration, step, root=root, name=out.stem)
+        read_sample(root)  # an unreadable /proc fails now, not after the first step
+    try:
+        with _usage(), progress("recording (seconds)", duration) as tick:
+            trace = record_procfs(duration, step, root=root, name=out.stem, on_sample=tick)
+    except RecordInterrupted as stopped:
+        if stopped.trace is None:
+            raise KeyboardInterrupt from None  # under two samples: nothing to keep
+        _save(stopped.trace, out)
+        render({**stopped.trace.summary(), "file": str(out), "interrupted": True},
+               as_json=as_json)
+        typer.echo(f"interrupted: wrote the {len(stopped.trace)} samples taken to "
+                   f"{out}", err=True)
+        raise typer.Exit(130) from None
     _save(trace, out)
-    render({**trace.summary(), "file": str(out)}, as_json=as_json)
+    render({**trace.summary(), "file": str(out), "interrupted": False}, as_json=as_json)
 
 
 @tune_app.command("show")
@@ -195,10 +208,12 @@ def replay_cmd(
     """Replay a trace through the law with the given knobs (kernel defaults otherwise)."""
     from xentmem.tuning import parse_knobs, replay
 
+    _writable(html, "--html")
     trace = _load(trace_file)
     with _usage():
         knobs = parse_knobs(knob or [])
-    result = replay(trace, knobs, balloon_rate=balloon_rate)
+    with progress("replaying"):
+        result = replay(trace, knobs, balloon_rate=balloon_rate)
     values = {k: int(v) for k, v in vars(knobs).items()}
     record = {"trace": trace.name, "balloon_rate": balloon_rate, **result.scores.as_row()}
     if as_json:
@@ -234,11 +249,14 @@ def sweep_cmd(
     """Replay every combination of a knob grid; print the Pareto front and a recommendation."""
     from xentmem.tuning import parse_grid, parse_knobs, sweep
 
+    _writable(html, "--html")
     trace = _load(trace_file)
     with _usage():
         base = parse_knobs(knob or [])
-        result = sweep(trace, parse_grid(grid), base=base, balloon_rate=balloon_rate,
-                       max_shortfall_page_s=max_shortfall)
+        values = parse_grid(grid)
+        with progress("sweeping the grid"):
+            result = sweep(trace, values, base=base, balloon_rate=balloon_rate,
+                           max_shortfall_page_s=max_shortfall)
     if as_json:
         render(result.as_dict(all_rows=True), as_json=True)
     else:
@@ -270,5 +288,6 @@ def bench_cmd(
         trace = (_load(trace_file) if trace_file is not None else
                  synthesize(SynthSpec("bursty", duration=21600, step=10, seed=1)))
         knobs = expand_grid(parse_grid(grid or list(BENCH_GRID)))
-    render(bench(trace, knobs, repeat=repeat), as_json=as_json,
-           title="vectorised vs scalar replay")
+    with progress(f"timing {len(knobs)} settings"):
+        result = bench(trace, knobs, repeat=repeat)
+    render(result, as_json=as_json, title="vectorised vs scalar replay")

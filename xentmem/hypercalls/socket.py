@@ -55,6 +55,7 @@ from xentmem.hypercalls._wire import (
 __all__ = [
     "DEFAULT_TIMEOUT",
     "HYPERCALL_SOCKET",
+    "ROOT_STATE_DIR",
     "SocketBuffer",
     "SocketFrames",
     "SocketHypervisor",
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 HYPERCALL_SOCKET = "hypercall.sock"
+ROOT_STATE_DIR = Path("/run/xentmem")  # root's default state directory
 DEFAULT_TIMEOUT = 10.0  # seconds per request; a daemon snapshotting a big host may take a while
 _U64 = 0xFFFFFFFFFFFFFFFF
 _OP_NAMES = {int(h): h.name for h in Hypercall}
@@ -81,7 +83,7 @@ def default_state_dir() -> Path:
         return Path(env)
     uid = os.geteuid()
     if uid == 0:
-        return Path("/run/xentmem")
+        return ROOT_STATE_DIR
     # the XDG base directory spec: a relative XDG_* path is invalid and must be ignored
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
     if os.path.isabs(runtime):
