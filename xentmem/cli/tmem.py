@@ -36,8 +36,6 @@ class _Client:
 
     def __init__(self, target: Target, domain: str | None, all_clients: bool,
                  timeout: float) -> None:
-        if (domain is None) == (not all_clients):
-            raise UsageError("specify either --all or one domain (id or name)")
         self.target, self.timeout = target, timeout
         self.cli_id, self.label = ALL_CLIENTS, "all clients"
         if domain is None:
@@ -102,6 +100,8 @@ def _tmem(connect: str | None, xen_version: str | None, domain: str | None = Non
             version = XenVersion.parse(xen_version)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
+    if clients and (domain is None) == (not all_clients):  # before reaching for a host
+        raise UsageError("specify either --all or one domain (id or name)")
     target = resolve_target(connect)
     client = _Client(target, domain, all_clients, timeout) if clients else None
     hv = target.open_hypervisor()
