@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["JSON_VERSION", "emit_json", "progress", "render", "render_table", "set_wide",
-           "unit_key", "unit_keys"]
+__all__ = ["JSON_VERSION", "emit_json", "progress", "render", "render_table", "say",
+           "set_wide", "unit_key", "unit_keys"]
 
 JSON_VERSION = 1  # bump when a key changes meaning or goes away (adding keys does not)
 
@@ -31,7 +31,7 @@ _options = {"wide": False}
 # key suffixes with the unit spelled out; the guest's own knob names (min_usable_mb, ...) stay
 # as the kernel spells them (they are also what --knob and `guest set` take)
 _UNITS = (("_mb", "_mib"), ("_kb", "_kib"), ("pages_s", "pages_per_s"))
-_KERNEL_NAMES = frozenset({"min_usable_mb", "reserved_mb"})
+_KERNEL_NAMES = ("min_usable_mb", "reserved_mb")
 
 
 def set_wide(on: bool) -> None:
@@ -41,7 +41,7 @@ def set_wide(on: bool) -> None:
 
 def unit_key(key: str) -> str:
     """``key`` with its unit spelled the one way (``memory_mb`` -> ``memory_mib``)."""
-    if key in _KERNEL_NAMES:
+    if key.endswith(_KERNEL_NAMES):  # also applied_min_usable_mb and the like
         return key
     for old, new in _UNITS:
         if key.endswith(old):
@@ -155,6 +155,15 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
             out.write("\n")
         for n, c in zip(names, r, strict=True):
             out.write(f"{n.ljust(label)}  {c}\n")
+
+
+def say(text: str) -> None:
+    """A line of prose for a person, wrapped at the width the rule uses (never cut)."""
+    import textwrap
+
+    width, _ = _width()
+    sys.stdout.write(textwrap.fill(text, width, break_long_words=False,
+                                   break_on_hyphens=False) + "\n")
 
 
 def _rich_table(title: str | None, names: list[str], cells: list[list[str]], record: bool,

@@ -68,6 +68,7 @@ def run(
     try:
         if once:
             row = once_row(agent.reconcile())
+            row["reason"] = row["reason"] or None  # applied: no reason, null
             render(row, as_json=as_json, title="agent")
             if row["state"] == "refused":
                 raise typer.Exit(1)

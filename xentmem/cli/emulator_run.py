@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from xentmem.cli._app import UsageError
 from xentmem.cli._options import Json
-from xentmem.cli._render import render
+from xentmem.cli._render import render, unit_keys
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import GuestError
 
@@ -51,8 +51,8 @@ def run_and_report(scenario: Scenario, *, as_json: bool) -> ScenarioResult:
         result = run_scenario(scenario, on_event=on_event,
                               on_tick=lambda t: progress.update(task, completed=t))
     if as_json:
-        render({"summary": result.totals(), "guests": result.rows, "events": result.events},
-               as_json=True)
+        render(unit_keys({"summary": result.totals(), "guests": result.rows,
+                          "events": result.events}), as_json=True)
         return result
     render(result.rows, as_json=False, title="guests", columns=_COLUMNS)
     t = result.totals()

@@ -186,7 +186,8 @@ def set_(dom: Dom,
 def _report(result: ToggleResult, as_json: bool) -> None:
     if as_json:
         render({"domid": result.domid, "name": result.name, "request": result.seq,
-                "status": result.status, "reason": result.reason, "settings": result.rows()},
+                "status": result.status, "reason": result.reason or None,
+                "settings": result.rows()},
                as_json=True)
         return
     render(result.rows(), as_json=False, title=f"{result.name}: request {result.seq}",
