@@ -166,7 +166,7 @@ def cases(state: Path, files: Path) -> dict[str, tuple[list[str], dict[str, Any]
 
 
 # minutes each: their JSON goes through the same renderer (tests/daemon/test_bench.py runs them)
-SLOW = {"bench living", "bench daemon"}
+SLOW = {"bench living", "bench daemon", "bench cli"}
 
 
 def sysfs_root(files: Path) -> Path:
@@ -251,10 +251,17 @@ def test_errors_are_one_json_object_on_stderr(args: list[str], code: int):
 
 TABLES = {
     "status": ["status"], "guest list": ["guest", "list"], "guest show": ["guest", "show", "1"],
+    "guest set": ["guest", "set", "guest1", "--interval", "7", "--wait", "10"],
     "guest memory": ["guest", "memory", "guest2", "--target", "100", "--wait", "0"],
     "tmem list": ["tmem", "list", "-a"], "tmem list -l": ["tmem", "list", "-a", "-l"],
-    "tmem freeable": ["tmem", "freeable"], "doctor": ["doctor"],
-    "emulator status": ["emulator", "status"], "emulator up": ["emulator", "up"],
+    "tmem freeable": ["tmem", "freeable"], "tmem flush": ["tmem", "flush", "0"],
+    "doctor": ["doctor"], "emulator status": ["emulator", "status"],
+    "emulator up": ["emulator", "up"], "emulator run": ["emulator", "run", "{files}/s.toml"],
+    "tune show": ["tune", "show", "{files}/t.csv"], "tune replay": ["tune", "replay",
+                                                                   "{files}/t.csv"],
+    "tune sweep": ["tune", "sweep", "{files}/t.csv", "-g", "downhysteresis=1,8", "--all"],
+    "bench tmem": ["bench", "tmem", "--pages", "100", "--rounds", "1"],
+    "agent build-zipapp": ["agent", "build-zipapp", "{files}/a.pyz"],
 }
 
 
@@ -273,8 +280,8 @@ def layout_problems(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(TABLES))
-def test_tables_read_at_80_columns_off_a_terminal(name: str):
-    text = cli(*TABLES[name]).stdout
+def test_tables_read_at_80_columns_off_a_terminal(name: str, files: Path):
+    text = cli(*(a.format(files=files) for a in TABLES[name])).stdout
     assert layout_problems(text) == []
     assert "-  -  -" not in text  # a row of empty cells
 

@@ -139,7 +139,7 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
         _rich_table(title, names, cells, record, natural=plain_width + 3 * len(widths) + 1)
         return
     if title:
-        out.write(f"{title}\n")
+        say(title)
     if record or plain_width <= width:
         if not record:
             out.write("  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip()

@@ -64,6 +64,24 @@ def living(
            key="rows")
 
 
+@bench_app.command("cli")
+def cli_cmd(
+    guests: Annotated[int, typer.Option("--guests", "-g", min=1, max=64,
+                                        help="Living guests of the host status reads.")] = 50,
+    runs: Annotated[int, typer.Option("--runs", min=1, max=99,
+                                      help="Runs of each command (the median is kept).")] = 9,
+    as_json: Json = False,
+) -> None:
+    """This CLI's start-up as a person meets it: `xentmem --help` and `xentmem status --json`
+    on a living emulated host, beside `virsh -c test:///default list` in the same run."""
+    from xentmem.emulator.bench_living import bench_startup
+
+    with progress(f"bench cli: {runs} run(s) of each, {guests} guests"):
+        rows = [r.as_dict() for r in bench_startup(guests, runs=runs)]
+    render(rows, as_json=as_json, key="rows", title="whole-process wall time, median "
+           f"of {runs} (ratio: to virsh list; goal: issue 16)")
+
+
 @bench_app.command("daemon")
 def daemon_cmd(
     mib: Annotated[int, typer.Option("--mib", min=16, max=8192,

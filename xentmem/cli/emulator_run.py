@@ -12,7 +12,7 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from xentmem.cli._app import UsageError
 from xentmem.cli._options import Json
-from xentmem.cli._render import render, unit_keys
+from xentmem.cli._render import render, say, unit_keys
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import GuestError
 
@@ -31,8 +31,12 @@ def run_and_report(scenario: Scenario, *, as_json: bool) -> ScenarioResult:
     console = Console(highlight=False)
     live = not as_json
     if live:
-        console.rule(f"[bold]{scenario.name}[/bold] · emulated Xen {scenario.xen_version} · "
-                     f"{len(scenario.guests)} guest(s) · {scenario.duration:g} model seconds")
+        heading = (f"{scenario.name} · emulated Xen {scenario.xen_version} · "
+                   f"{len(scenario.guests)} guest(s) · {scenario.duration:g} model seconds")
+        if console.is_terminal:
+            console.rule(f"[bold]{heading}[/bold]")
+        else:  # a log: no ruled line
+            say(heading)
         if scenario.description:
             console.print(" ".join(scenario.description.split()), style="dim")
     progress = Progress(TextColumn("model time"), BarColumn(),

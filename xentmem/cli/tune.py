@@ -13,7 +13,7 @@ import typer
 from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import resolve_target
 from xentmem.cli._options import Connect, Json
-from xentmem.cli._render import progress, render
+from xentmem.cli._render import progress, render, say
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 
@@ -268,7 +268,7 @@ def sweep_cmd(
         render([{"setting": f"recommended (#{result.recommended})", **picked},
                 {"setting": "kernel defaults", **result.defaults.as_row()}],
                as_json=False, columns=["setting", *_BRIEF])
-        typer.echo(result.rationale)
+        say(result.rationale)
     _html(html, trace, sweep_result=result)
 
 

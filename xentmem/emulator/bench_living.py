@@ -24,7 +24,7 @@ from pathlib import Path
 
 from xentmem.emulator.daemon import HostConfig, control, running, start, stop
 
-__all__ = ["LivingBenchRow", "bench_living"]
+__all__ = ["LivingBenchRow", "StartupBenchRow", "bench_living", "bench_startup"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -57,6 +57,59 @@ class LivingBenchRow:
         row["status_vs_virsh"] = (None if not self.virsh_list_s
                                   else round(self.status_json_s / self.virsh_list_s, 1))
         return row
+
+
+@dataclass(frozen=True)
+class StartupBenchRow:
+    """One command's whole-process wall time (median) beside ``virsh list``'s in the same run,
+    and the ratio issue 16 set as the goal."""
+
+    command: str
+    seconds: float
+    virsh_list_s: float | None
+    goal_ratio: float
+
+    def as_dict(self) -> dict[str, object]:
+        ratio = None if not self.virsh_list_s else round(self.seconds / self.virsh_list_s, 1)
+        return {"command": self.command, "seconds": round(self.seconds, 3),
+                "virsh_list_s": None if self.virsh_list_s is None else
+                round(self.virsh_list_s, 3),
+                "ratio": ratio, "goal_ratio": self.goal_ratio,
+                "met": None if ratio is None else ratio <= self.goal_ratio}
+
+
+def _wall(argv: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    return time.perf_counter() - started
+
+
+def bench_startup(guests: int = 50, *, runs: int = 9) -> list[StartupBenchRow]:
+    """``xentmem --help`` and ``xentmem status --json`` against a living host of ``guests``
+    (default workloads), each run as a user runs it, interleaved run by run with
+    ``virsh -c test:///default list`` so that the machine's load falls on all three alike;
+    medians of ``runs``."""
+    xentmem = str(Path(sys.executable).with_name("xentmem"))
+    virsh = shutil.which("virsh")
+    directory = Path(tempfile.mkdtemp(prefix="xtbs", dir="/tmp"))
+    try:
+        start(directory, HostConfig(guests=guests, memory_mb=512 + 300 * guests))
+        commands = {"xentmem --help": ([xentmem, "--help"], 5.0),
+                    f"xentmem status --json ({guests} guests)":
+                        ([xentmem, "status", "-c", f"emulator:{directory}", "--json"], 10.0)}
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        baseline: list[float] = []
+        for _ in range(runs):
+            for name, (argv, _goal) in commands.items():
+                times[name].append(_wall(argv))
+            if virsh:
+                baseline.append(_wall([virsh, "-c", "test:///default", "list"]))
+    finally:
+        stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+    virsh_s = statistics.median(baseline) if baseline else None
+    return [StartupBenchRow(name, statistics.median(times[name]), virsh_s, goal)
+            for name, (_argv, goal) in commands.items()]
 
 
 def _cpu_seconds(pid: int) -> float:
