@@ -14,18 +14,17 @@ from __future__ import annotations
 import json
 import re
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import typer
+from emulator.test_scenario_cli import SMALL  # a scenario of a few model seconds
 from typer.testing import CliRunner
 
 from xentmem.cli import _connect, app
 from xentmem.cli._render import JSON_VERSION
-from xentmem.emulator import daemon
 from xentmem.host.tmemlist import FIELDS
 
 runner = CliRunner()
@@ -33,14 +32,8 @@ UUID = "11223344-5566-7788-8877-665544332211"
 
 
 @pytest.fixture(scope="module")
-def state() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="xtk") as d:  # AF_UNIX paths: < 108 bytes
-        directory = Path(d)
-        daemon.start(directory, daemon.HostConfig(guests=2))
-        try:
-            yield directory
-        finally:
-            daemon.stop(directory, timeout=10)
+def state(emulator_daemon: Path) -> Path:
+    return emulator_daemon
 
 
 @pytest.fixture(scope="module")
@@ -50,24 +43,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = runner.invoke(app, ["tune", "synth", "bursty", "-o", str(root / "t.csv"),
                                  "--duration", "1200", "--step", "10"])
     assert result.exit_code == 0, result.output
-    (root / "s.toml").write_text(SCENARIO)
+    (root / "s.toml").write_text(SMALL)
     return root
-
-
-SCENARIO = """
-name = "small"
-duration = 2
-step = 0.5
-[[guests]]
-name = "g"
-memory_mb = 48
-swap = [{ mb = 64 }]
-[[guests.workloads]]
-kind = "anon"
-mb = 56
-grow = 1
-rate = 1500
-"""
 
 
 @pytest.fixture(autouse=True)
@@ -142,7 +119,6 @@ def cases(state: Path, files: Path) -> dict[str, tuple[list[str], dict[str, Any]
         "emulator destroy-domain": (["emulator", "destroy-domain", "3"], keys()),
         "emulator down": (["emulator", "down", "--state", empty], keys("stopped", "state_dir")),
         "emulator run": (["emulator", "run", scenario], keys("summary", "guests", "events")),
-        "demo": (["demo"], keys("summary", "guests", "events")),
         "agent run": (["agent", "run", "--once", "-c", f"emulator:{state}?domid=1",
                        "--sysfs-root", str(sysfs_root(files))], keys("state")),
         "agent build-zipapp": (["agent", "build-zipapp", str(files / "agent.pyz")],
@@ -165,8 +141,9 @@ def cases(state: Path, files: Path) -> dict[str, tuple[list[str], dict[str, Any]
     }
 
 
-# minutes each: their JSON goes through the same renderer (tests/daemon/test_bench.py runs them)
-SLOW = {"bench living", "bench daemon", "bench cli"}
+# a minute or more each (their JSON goes through the same renderer), and demo: seconds, and
+# its JSON is emulator run's (run_and_report)
+SLOW = {"bench living", "bench daemon", "bench cli", "demo"}
 
 
 def sysfs_root(files: Path) -> Path:

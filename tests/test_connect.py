@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from xentmem.cli import _connect, app
 from xentmem.cli._app import UsageError
-from xentmem.emulator import daemon
 from xentmem.errors import TransportError
 from xentmem.xenstore import XenStoreServer
 
@@ -26,15 +25,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def state() -> Iterator[Path]:
-    """A daemon (dom0 + guest1 + guest2) for the whole module: about 0.2 s to start."""
-    with tempfile.TemporaryDirectory(prefix="xtc") as d:  # AF_UNIX paths: < 108 bytes
-        directory = Path(d)
-        daemon.start(directory, daemon.HostConfig(guests=2))
-        try:
-            yield directory
-        finally:
-            daemon.stop(directory, timeout=10)
+def state(emulator_daemon: Path) -> Path:
+    return emulator_daemon
 
 
 @pytest.fixture(autouse=True)
