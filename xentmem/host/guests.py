@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
@@ -202,6 +203,8 @@ def _acked(answered: int | None, wanted: int) -> bool:
     return (answered - wanted) % (MAX_SEQ + 1) < (MAX_SEQ + 1) // 2
 
 
+_READERS = 8  # guests read at once by Host.guests (50 busy guests: about twice as fast)
+
 # what _read_report reads, relative to the domain: one pipelined batch (a round trip for the
 # lot instead of one each: `status` on a busy host of 50 guests went from 6 s to well under 1)
 _REPORT_NODES = (
@@ -365,7 +368,11 @@ class Host:
         """Every domain with its memory and tmem state."""
         if self.libvirt is not None:
             return [self._lv_guest(i) for i in self.libvirt.domains()]
-        return [self._xs_guest(d) for d in self._xs_domids()]
+        domids = self._xs_domids()
+        # several guests' batches in flight on the one (thread-safe) connection: a busy
+        # xenstored answers one while another waits for its turn
+        with ThreadPoolExecutor(max_workers=max(1, min(_READERS, len(domids)))) as pool:
+            return list(pool.map(self._xs_guest, domids))
 
     def guest(self, dom: str | int) -> GuestInfo:
         """One domain, by name or domid (``LookupError`` if there is none)."""
