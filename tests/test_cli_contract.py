@@ -334,12 +334,12 @@ def test_shared_auth_all_is_refused_before_the_call_on_4_9_and_later():
 def test_a_user_without_a_daemon_is_told_roots_is_roots(monkeypatch: pytest.MonkeyPatch,
                                                       tmp_path: Path):
     """As a non-root user (euid 1000) with no daemon of their own, while root runs one."""
-    from xentmem.hypercalls import socket
+    from xentmem.hypercalls import _where
 
     roots = tmp_path / "root-state"
     roots.mkdir(mode=0o700)  # made by root: we are root here
     own = tmp_path / "own"
-    monkeypatch.setattr(socket, "ROOT_STATE_DIR", roots)
+    monkeypatch.setattr(_where, "ROOT_STATE_DIR", roots)
     monkeypatch.setenv("XENTMEM_STATE", str(own))
     monkeypatch.setattr("os.geteuid", lambda: 1000)
     line = one_line(cli("status", code=1))

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 from xentmem.cli._app import UsageError
 from xentmem.cli._options import Connect, LibvirtUri, XenStored  # re-exported
 from xentmem.errors import TransportError
-from xentmem.hypercalls.privcmd import PRIVCMD_PATHS  # where PrivcmdHypervisor looks
+from xentmem.hypercalls._where import PRIVCMD_PATHS  # light: no cffi, no ABI
 from xentmem.xenstore._client import XENBUS_PATHS  # a guest's way to its xenstore
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def _privcmd(rest: str, domid: int | None) -> Target:
 
 def _emulator(rest: str, domid: int | None) -> Target:
     from xentmem.emulator._statedir import XENSTORE_SOCKET  # the daemon's layout, named once
-    from xentmem.hypercalls.socket import HYPERCALL_SOCKET, default_state_dir, parse_uri
+    from xentmem.hypercalls._where import HYPERCALL_SOCKET, default_state_dir, parse_uri
 
     try:
         location, asked, timeout = parse_uri(rest)
@@ -197,7 +197,7 @@ def _detect(domid: int | None, xenstored: str | None) -> Target:
     if any(os.path.exists(p) for p in PRIVCMD_PATHS):
         return _parse(XEN_SYSTEM, domid)
     from xentmem.emulator._statedir import running  # only off Xen
-    from xentmem.hypercalls.socket import ROOT_STATE_DIR, default_state_dir
+    from xentmem.hypercalls._where import ROOT_STATE_DIR, default_state_dir
 
     state = default_state_dir()
     if running(state) is not None:

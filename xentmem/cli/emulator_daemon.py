@@ -15,7 +15,7 @@ from xentmem.cli._render import render, unit_keys
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import EmulatorError, TransportError
 from xentmem.host.tmemlist import parse_tmem_list
-from xentmem.hypercalls.socket import default_state_dir
+from xentmem.hypercalls._where import default_state_dir
 
 __all__ = ["create_domain", "destroy_domain", "down", "status", "up"]
 
