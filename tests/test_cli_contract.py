@@ -281,7 +281,7 @@ def test_tmem_list_shows_long_names_in_xens_order_and_a_legend():
     lines = [line.split()[0] for line in text.splitlines() if line.split()
              and line.split()[0] in order]
     assert lines[:len(order)] == order
-    assert "ephemeral_gets=Ge" in text and "persistent_puts=Pp" in text
+    assert "eph_gets=Ge" in text and "pers_puts=Pp" in text
     raw = cli("tmem", "list", "-a", "--raw").stdout
     assert re.search(r"^C=CI:1,ww:", raw, re.M)  # --raw keeps Xen's text
 

@@ -23,7 +23,7 @@ from xentmem.agent import Agent, SysfsSink
 from xentmem.agent.service import once_row, serve, unit_text
 from xentmem.cli._app import UsageError, sub_app
 from xentmem.cli._connect import resolve_target
-from xentmem.cli._options import Connect, Json, XenStored
+from xentmem.cli._options import Connect, Json, Timeout, XenStored
 from xentmem.cli._render import render
 
 __all__ = ["agent_app"]
@@ -43,8 +43,7 @@ def run(
         "--sysfs-root", help="Directory holding sys/ (a real guest: /).")] = Path("/"),
     stats_interval: Annotated[float, typer.Option(
         min=0.1, max=3600, help="Seconds between counter updates.")] = 5.0,
-    timeout: Annotated[float, typer.Option(min=0.1, max=600,
-                                           help="Seconds per xenstore call.")] = 5.0,
+    timeout: Timeout = 5.0,
     once: Annotated[bool, typer.Option(
         "--once", help="Apply control/ once, publish data/tmem, print the outcome, exit "
         "(1 if refused).")] = False,

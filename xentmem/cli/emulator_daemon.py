@@ -219,10 +219,9 @@ def status(state: State = None, as_json: Json = False) -> None:
         render(info["domains"], as_json=False, title="domains")
     if info.get("guests"):
         _render_guests(info["guests"])
-    wanted = [r for r in tmem if r["kind"] in ("global", "client")]
-    if wanted:
-        render(wanted, as_json=False, title="tmem",
-               columns=sorted({k for r in wanted for k in r}, key=lambda k: (k != "kind", k)))
+    from xentmem.cli.tmem import render_tmem_records
+
+    render_tmem_records([r for r in tmem if r["kind"] in ("global", "client")])
 
 
 @emulator_app.command("create-domain")
