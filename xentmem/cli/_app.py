@@ -242,9 +242,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_state = {"debug": False}
-
-
 def _print_version(value: bool) -> None:
     if value:
         typer.echo(f"xentmem {__version__}")
@@ -258,7 +255,8 @@ def _global_options(
         "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
     )] = False,
 ) -> None:
-    _state["debug"] = debug
+    """The options before the command: the edge (_status) reads --debug from the command line
+    itself, as it must also decide for an error raised while parsing."""
 
 
 def run(argv: list[str]) -> int:
