@@ -110,7 +110,7 @@ def _cell(value: Any) -> str:
         return "yes" if value else "no"
     if isinstance(value, (dict, list)):
         return json.dumps(value)
-    return str(value)
+    return "; ".join(str(value).splitlines())  # one line per row, whatever the value
 
 
 def _width() -> tuple[int, bool]:
@@ -127,11 +127,13 @@ def render_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
                  title: str | None = None, headers: Mapping[str, str] | None = None,
                  record: bool = False) -> None:
     """Rows by the rendering rule; ``record``: key/value rows of one record (no header)."""
+    if not rows or not columns:
+        say(f"{title}: none" if title else "none")
+        return
     names = [unit_key((headers or {}).get(c, c)) for c in columns]
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max([len(n) * (not record), *(len(line) for r in cells for line in
-                                            r[i].splitlines() or [""])]) for i, n in
-              enumerate(names)]
+    widths = [max([len(n) * (not record), *(len(r[i]) for r in cells)])
+              for i, n in enumerate(names)]
     plain_width = sum(widths) + 2 * (len(widths) - 1)
     width, terminal = _width()
     out = sys.stdout
