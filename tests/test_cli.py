@@ -23,7 +23,7 @@ def test_doctor_without_xen_reports_every_row_and_exits_0(tmp_path):
     result = invoke("doctor", "--json", "--privcmd", str(tmp_path / "privcmd"),
                     "--xenstored", str(tmp_path / "sock"), "--libvirt-uri", "test:///default")
     assert result.exit_code == 0, result.output
-    rows = {row["check"]: row for row in json.loads(result.stdout)}
+    rows = {row["check"]: row for row in json.loads(result.stdout)["checks"]}
     assert list(rows) == ["privcmd", "xen", "tmem", "xenstored", "libvirt"]
     assert rows["privcmd"]["ok"] is False and "not running on Xen" in rows["privcmd"]["detail"]
     assert rows["xen"]["ok"] is None and rows["tmem"]["ok"] is None
@@ -51,7 +51,7 @@ def test_doctor_reaches_a_xenstored_socket(tmp_path):
     result = invoke("doctor", "--json", "--xenstored", path, "--libvirt-uri", "test:///default")
     thread.join(5)
     server.close()
-    rows = {row["check"]: row for row in json.loads(result.stdout)}
+    rows = {row["check"]: row for row in json.loads(result.stdout)["checks"]}
     assert rows["xenstored"]["ok"] is True
     assert seen[0][16:] == b"/\0" and seen[0][:4] == (1).to_bytes(4, "little")
 
@@ -59,7 +59,7 @@ def test_doctor_reaches_a_xenstored_socket(tmp_path):
 def test_unreachable_libvirt_is_a_row_not_a_crash():
     result = invoke("doctor", "--json", "--libvirt-uri", "qemu+unix:///system?socket=/nonexistent")
     assert result.exit_code == 0
-    rows = {row["check"]: row for row in json.loads(result.stdout)}
+    rows = {row["check"]: row for row in json.loads(result.stdout)["checks"]}
     assert rows["libvirt"]["ok"] is False and "nonexistent" in rows["libvirt"]["detail"]
 
 

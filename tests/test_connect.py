@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from xentmem.cli import _connect, app
 from xentmem.cli._app import UsageError
-from xentmem.emulator import daemon
 from xentmem.errors import TransportError
 from xentmem.xenstore import XenStoreServer
 
@@ -26,15 +25,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def state() -> Iterator[Path]:
-    """A daemon (dom0 + guest1 + guest2) for the whole module: about 0.2 s to start."""
-    with tempfile.TemporaryDirectory(prefix="xtc") as d:  # AF_UNIX paths: < 108 bytes
-        directory = Path(d)
-        daemon.start(directory, daemon.HostConfig(guests=2))
-        try:
-            yield directory
-        finally:
-            daemon.stop(directory, timeout=10)
+def state(emulator_daemon: Path) -> Path:
+    return emulator_daemon
 
 
 @pytest.fixture(autouse=True)
@@ -57,10 +49,16 @@ def run(*args: str, code: int = 0, env: dict[str, str] | None = None):
 
 
 def one_line_error(result) -> str:
+    """The one error line (with --json, the message of the JSON error object)."""
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     assert result.stdout == ""
+    if lines[0].startswith("{"):
+        error = json.loads(lines[0])["error"]
+        assert error["exit_code"] == result.exit_code
+        return error["message"]
+    assert lines[0].startswith("error: "), result.stderr
     return lines[0]
 
 
@@ -73,7 +71,7 @@ def check_status(out: str, state: Path) -> None:
 
 
 def check_guests(out: str, state: Path) -> None:
-    assert [(g["domid"], g["name"]) for g in json.loads(out)] == [
+    assert [(g["domid"], g["name"]) for g in json.loads(out)["guests"]] == [
         (0, "Domain-0"), (1, "guest1"), (2, "guest2")]
 
 
@@ -82,7 +80,7 @@ def check_ls(out: str, state: Path) -> None:
 
 
 def check_tmem(out: str, state: Path) -> None:
-    assert json.loads(out)[0]["kind"] == "global"
+    assert json.loads(out)["records"][0]["kind"] == "global"
 
 
 COMMANDS = {
@@ -189,15 +187,15 @@ def test_agent_run_as_a_domain_of_the_daemon(state: Path, nowhere: Path):
 
 def test_doctor_checks_the_named_daemon(state: Path):
     rows = {r["check"]: r for r in json.loads(run("doctor", "--json", "-c",
-                                                  f"emulator:{state}").stdout)}
+                                                  f"emulator:{state}").stdout)["checks"]}
     assert list(rows) == ["emulator", "xen", "tmem", "xenstored", "libvirt"]
     assert rows["emulator"]["ok"] and rows["emulator"]["detail"] == str(state / "hypercall.sock")
     assert rows["xen"]["status"].startswith("4.12") and rows["tmem"]["status"] == "available"
     assert rows["xenstored"]["status"] == "reachable" and rows["libvirt"]["ok"] is None
     # unnamed, it examines this machine as a Xen host (and still exits 0) even with a daemon
-    rows = {r["check"]: r for r in json.loads(run("doctor", "--json", "--libvirt-uri",
-                                                  "test:///default",
-                                                  env={"XENTMEM_STATE": str(state)}).stdout)}
+    out = run("doctor", "--json", "--libvirt-uri", "test:///default",
+              env={"XENTMEM_STATE": str(state)}).stdout
+    rows = {r["check"]: r for r in json.loads(out)["checks"]}
     assert rows["privcmd"]["ok"] is False and rows["libvirt"]["ok"] is True
     assert "both name" in one_line_error(run("doctor", "-c", "emulator", "--privcmd", "/x",
                                              code=2))

@@ -39,7 +39,7 @@ def test_status_json_lists_domains_and_agents(cli, web: MachineGuest, db: Machin
 
 
 def test_list_and_show(cli, web: MachineGuest):
-    rows = json.loads(cli("guest", "list", "--json").stdout)
+    rows = json.loads(cli("guest", "list", "--json").stdout)["guests"]
     assert [(r["domid"], r["name"]) for r in rows] == [(web.domid, "web")]
     shown = cli("guest", "show", "web", "--json")
     assert shown.exit_code == 0, shown.output

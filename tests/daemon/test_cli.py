@@ -44,23 +44,24 @@ def test_up_status_tmem_commands_down(process_daemon: Path):
         for i in range(3):
             tm.put_page(pool, 1, i, bytes([i]) * 4096)
 
-    rows = run_json("tmem", "list", "-a", "-c", uri)
+    rows = run_json("tmem", "list", "-a", "-c", uri)["records"]
     client = next(r for r in rows if r["kind"] == "client")
     assert client["CI"] == 1 and client["Pp"] == 3
     run("tmem", "freeze", "1", "-c", uri)
-    assert next(r for r in run_json("tmem", "list", "1", "-c", uri)
+    assert next(r for r in run_json("tmem", "list", "1", "-c", uri)["records"]
                 if r["kind"] == "client")["fr"] == 1
     run("tmem", "thaw", "1", "-c", uri)
     run("tmem", "set", "1", "--weight", "5", "-c", uri)
-    client = next(r for r in run_json("tmem", "list", "1", "-c", uri) if r["kind"] == "client")
+    client = next(r for r in run_json("tmem", "list", "1", "-c", uri)["records"]
+                  if r["kind"] == "client")
     assert client["fr"] == 0 and client["ww"] == 5
-    assert run_json("tmem", "freeable", "-c", uri) == {"freeable_mib": 0}
+    assert run_json("tmem", "freeable", "-c", uri)["freeable_mib"] == 0
     run("tmem", "list", "-a", "-c", f"{uri}?domid=1", code=1)  # a guest: -EPERM, one line
     run("tmem", "list", "-a", "-c", f"{uri}?bogus=1", code=2)
     run("tmem", "list", "-a", "-c", f"emulator:{state}/nowhere", code=1)
 
     status = run_json("emulator", "status", "--state", state)
-    assert status["xen_version"].startswith("4.12") and status["memory_mb"] == 1024
+    assert status["xen_version"].startswith("4.12") and status["memory_mib"] == 1024
     # three frames and the page their metadata takes, all charged to the domain (§9.4)
     assert status["domains"][1]["tmem_persistent_pages"] == 4
     assert [r["kind"] for r in status["tmem"]][:2] == ["global", "client"]

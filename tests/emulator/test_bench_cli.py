@@ -22,13 +22,13 @@ def test_bench_tmem_json_rows():
         for m, o in (("single", "put"), ("single", "get"), ("single", "get-bytes"),
                      ("batched", "put"), ("batched", "get"))}
     for row in rows:
-        assert row["pages_s"] > 0 and row["dict_pages_s"] > 0 and row["ratio"] > 0
+        assert row["pages_per_s"] > 0 and row["dict_pages_per_s"] > 0 and row["ratio"] > 0
         expect_all = not (row["scenario"].startswith("private ephemeral")
                           and row["op"].startswith("get"))
         assert row["hits"] == 200 if expect_all else 0 <= row["hits"] <= 200
     assert out["resident_bytes_per_page"] > 0
     assert out["resident_bytes_per_compressed_page"] >= 0  # 200 tiny pages may fit freed memory
-    assert out["lzo_pages_s"]["compress"] > 0 and out["lzo_pages_s"]["decompress"] > 0
+    assert out["lzo_pages_per_s"]["compress"] > 0 and out["lzo_pages_per_s"]["decompress"] > 0
 
 
 def test_bench_tmem_rejects_tiny_runs():

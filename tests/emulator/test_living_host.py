@@ -62,7 +62,7 @@ def guests(state: Path) -> dict[str, dict[str, Any]]:
 
 
 def clients_with_pages(state: Path) -> set[int]:
-    rows = run_json("tmem", "list", "-a", "-c", f"emulator:{state}")
+    rows = run_json("tmem", "list", "-a", "-c", f"emulator:{state}")["records"]
     return {r["CI"] for r in rows if r["kind"] == "client" and r["Pp"] > 0}
 
 
@@ -81,11 +81,11 @@ def test_guests_use_tmem_and_every_agent_reports(state: Path) -> None:
 def test_selfballooning_brings_memory_down_to_the_committed_memory(state: Path) -> None:
     run("guest", "set", "1", "--no-selfballooning", "-c", f"emulator:{state}")
     run("guest", "memory", "1", "--target", "120", "-c", f"emulator:{state}")
-    assert eventually(lambda: guests(state)["guest1"]["memory_mb"] == 120)
+    assert eventually(lambda: guests(state)["guest1"]["memory_mib"] == 120)
     result = run_json("guest", "set", "1", "--selfballooning", "--interval", "1",
                       "-c", f"emulator:{state}")
     assert result["status"] == "applied"
-    assert eventually(lambda: guests(state)["guest1"]["memory_mb"] < 110)
+    assert eventually(lambda: guests(state)["guest1"]["memory_mib"] < 110)
     assert eventually(lambda: (run_json("status", "-c", f"emulator:{state}")["guests"][1]
                                ["balloon_mib"] or 999) < 110)
 
@@ -110,7 +110,7 @@ def test_a_modern_kernel_refuses_frontswap_with_its_reason(state: Path) -> None:
 
 def test_memory_target_balloons_the_guest_down(state: Path) -> None:
     run("guest", "memory", "3", "--target", "96", "-c", f"emulator:{state}")
-    assert eventually(lambda: guests(state)["guest3"]["memory_mb"] == 96)
+    assert eventually(lambda: guests(state)["guest3"]["memory_mib"] == 96)
     shown = eventually(lambda: (g := run_json("status", "-c", f"emulator:{state}")["guests"][3])
                        ["balloon_mib"] == 96 and g)
     assert shown["memory_mib"] == shown["target_mib"] == 96
@@ -135,7 +135,7 @@ def test_sigkill_then_up_continues_the_same_guests(state: Path) -> None:
                        and g)
     assert sorted(after) == sorted(before)
     assert all(r["lost"] == 0 and r["stale"] == 0 for r in after.values())
-    assert after["guest3"]["memory_mb"] == 96  # memory/target survived in xenstore
+    assert after["guest3"]["memory_mib"] == 96  # memory/target survived in xenstore
     shown = run_json("guest", "show", "1", "-c", f"emulator:{state}")
     interval = next(s for s in shown["settings"] if s["key"] == "interval")
     assert interval["requested"] == 1  # the requested settings too

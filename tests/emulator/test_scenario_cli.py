@@ -169,7 +169,7 @@ def test_concurrent_workloads_with_tmem_and_target_changes_stay_clean():
 def test_bench_guest_command_reports_every_case():
     result = runner.invoke(app, ["bench", "guest", "--pages", "300", "--rounds", "1", "--json"])
     assert result.exit_code == 0, result.output
-    cases = [row["case"] for row in json.loads(result.stdout)]
+    cases = [row["case"] for row in json.loads(result.stdout)["rows"]]
     assert cases == ["frontswap store+load, no backend", "frontswap store+load, zcache",
                      "frontswap store+load, tmem on emulated Xen 4.12",
                      "one frontswap_store call, no backend",

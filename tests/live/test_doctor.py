@@ -17,7 +17,7 @@ from xentmem.hypercalls import PrivcmdHypervisor, xen_version
 def test_doctor_json_in_dom0(dom0: None) -> None:
     result = CliRunner().invoke(app, ["doctor", "--json"])
     assert result.exit_code == 0, result.output
-    rows = {r["check"]: r for r in json.loads(result.stdout)}
+    rows = {r["check"]: r for r in json.loads(result.stdout)["checks"]}
     with PrivcmdHypervisor() as hv:
         version, extra = xen_version(hv)
     assert rows["privcmd"]["ok"] is True

@@ -54,7 +54,7 @@ def test_ls_read_and_list_print_what_the_c_tools_print(xs_server: ServerUnderTes
     code, out, _ = cli(p, "list", f"{base}/cut")
     assert code == 0 and out == tool(p, "xenstore-list", f"{base}/cut").stdout
     code, out, _ = cli(p, "ls", f"{base}/cut", "--json")
-    rows = json.loads(out)
+    rows = json.loads(out)["nodes"]
     assert {"path": f"{base}/cut/k60", "value": "y" * 60} in rows and len(rows) == 22
 
 

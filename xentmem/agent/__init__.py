@@ -58,12 +58,7 @@ Inside a guest with nothing but Python: ``xentmem agent build-zipapp OUT.pyz`` (
 makes a single-file agent, ``python3 OUT.pyz --print-unit`` its systemd unit (:mod:`.service`).
 """
 
-from xentmem.xenstore.keys import DATA_MODE, KEYS, KNOBS, MODES, TOGGLES, Key
-
-from .agent import SYSFS_PATHS, Agent, Report
-from .sinks import ModelSink, Sink, SysfsSink
-from .target import XenStoreTargetSource
-from .userspace import Limits, Step, UserSpaceSelfBalloon
+from xentmem._lazy import lazy_exports
 
 __all__ = [
     "DATA_MODE",
@@ -83,3 +78,13 @@ __all__ = [
     "UserSpaceSelfBalloon",
     "XenStoreTargetSource",
 ]
+
+# each name's module is imported on first use: importing a submodule (or this package)
+# stays light
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "xentmem.xenstore.keys": ("DATA_MODE", "KEYS", "KNOBS", "MODES", "TOGGLES", "Key"),
+    ".agent": ("SYSFS_PATHS", "Agent", "Report"),
+    ".sinks": ("ModelSink", "Sink", "SysfsSink"),
+    ".target": ("XenStoreTargetSource",),
+    ".userspace": ("Limits", "Step", "UserSpaceSelfBalloon"),
+})

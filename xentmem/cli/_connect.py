@@ -31,13 +31,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from xentmem.cli._app import UsageError
+from xentmem.cli._options import Connect, LibvirtUri, XenStored  # re-exported
 from xentmem.errors import TransportError
-from xentmem.hypercalls.privcmd import PRIVCMD_PATHS  # where PrivcmdHypervisor looks
+from xentmem.hypercalls._where import PRIVCMD_PATHS  # light: no cffi, no ABI
 from xentmem.xenstore._client import XENBUS_PATHS  # a guest's way to its xenstore
 
 if TYPE_CHECKING:
@@ -58,21 +57,6 @@ __all__ = [
 CONNECT_ENV = "XENTMEM_CONNECT"
 LIBVIRT_ENV = "XENTMEM_LIBVIRT_URI"
 XEN_SYSTEM = "xen:///system"  # libvirt's name for the local Xen host
-
-Connect = Annotated[str | None, typer.Option(
-    "--connect", "-c", metavar="URI", show_default=False,
-    help="The host: xen:///system (or privcmd[:DEVICE]) for this dom0, "
-    "emulator[:STATE_DIR|SOCKET][?domid=N] for `xentmem emulator up`'s daemon (default: "
-    "$XENTMEM_CONNECT; else this dom0 if /dev/xen/privcmd exists, else a daemon running in "
-    "the default state directory).")]
-XenStored = Annotated[str | None, typer.Option(
-    "--xenstored", metavar="PATH", show_default=False,
-    help="xenstored socket, overriding the one --connect names.")]
-LibvirtUri = Annotated[str | None, typer.Option(
-    "--libvirt-uri", metavar="URI", show_default=False,
-    help="libvirt URI, overriding the one --connect names (xen:///system on a real host, none "
-    "on an emulated one; default: $XENTMEM_LIBVIRT_URI).")]
-
 
 def _privcmd_transport(rest: str) -> Hypervisor:
     from xentmem.hypercalls import PrivcmdHypervisor
@@ -128,7 +112,7 @@ class Target:
         path = self.xenstored_path
         if not os.path.exists(path):
             if self.state_dir is not None and os.path.dirname(path) == self.state_dir:
-                from xentmem.emulator.daemon import running
+                from xentmem.emulator._statedir import running
 
                 if running(Path(self.state_dir)) is None:
                     raise TransportError(errno.ENOENT, f"no emulator daemon in {self.state_dir}; "
@@ -164,8 +148,8 @@ def _privcmd(rest: str, domid: int | None) -> Target:
 
 
 def _emulator(rest: str, domid: int | None) -> Target:
-    from xentmem.emulator.daemon import XENSTORE_SOCKET  # the daemon's layout, named once
-    from xentmem.hypercalls.socket import HYPERCALL_SOCKET, default_state_dir, parse_uri
+    from xentmem.emulator._statedir import XENSTORE_SOCKET  # the daemon's layout, named once
+    from xentmem.hypercalls._where import HYPERCALL_SOCKET, default_state_dir, parse_uri
 
     try:
         location, asked, timeout = parse_uri(rest)
@@ -212,19 +196,37 @@ def _detect(domid: int | None, xenstored: str | None) -> Target:
         return Target(None, None, xenstored, None, domid or 0)
     if any(os.path.exists(p) for p in PRIVCMD_PATHS):
         return _parse(XEN_SYSTEM, domid)
-    from xentmem.emulator.daemon import running  # only off Xen: keeps start-up light
-    from xentmem.hypercalls.socket import default_state_dir
+    from xentmem.emulator._statedir import running  # only off Xen
+    from xentmem.hypercalls._where import ROOT_STATE_DIR, default_state_dir
 
     state = default_state_dir()
     if running(state) is not None:
         return _parse("emulator", domid)
     if any(os.path.exists(p) for p in XENBUS_PATHS):
         return _parse(XEN_SYSTEM, domid)  # a guest without privcmd: its xenstore still answers
+    owner = _owner(ROOT_STATE_DIR) if state != ROOT_STATE_DIR else None
+    if owner is not None:
+        # root's daemon: its directory and sockets are root's only (0700 / 0600)
+        raise TransportError(errno.EACCES, f"no emulator daemon of yours in {state}; "
+                             f"{ROOT_STATE_DIR} is {owner}'s and only {owner} may use its "
+                             f"daemon: run as {owner}, or start your own with `xentmem "
+                             "emulator up`")
     # exit 1, not 2: the command line is well formed, this machine just has no host to talk to
     # (as `-c emulator:DIR` naming a stopped daemon fails with 1)
     raise TransportError(errno.ENOENT, f"no host here: no /dev/xen/privcmd and no emulator "
                          f"daemon in {state}; start one with `xentmem emulator up`, or name a "
                          f"host with -c emulator:DIR or -c {XEN_SYSTEM}")
+
+
+def _owner(directory: Path) -> str | None:
+    """Who owns ``directory`` when it is someone else (None: nobody, or us)."""
+    try:
+        uid = directory.stat().st_uid
+    except OSError:
+        return None
+    if uid == os.geteuid():
+        return None
+    return "root" if uid == 0 else f"uid {uid}"
 
 
 def resolve_target(connect: str | None = None, *, xenstored: str | None = None,

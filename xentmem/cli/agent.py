@@ -21,15 +21,14 @@ import typer
 
 from xentmem.agent import Agent, SysfsSink
 from xentmem.agent.service import once_row, serve, unit_text
-from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import Connect, XenStored, resolve_target
+from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._connect import resolve_target
+from xentmem.cli._options import Connect, Json, Timeout, XenStored
 from xentmem.cli._render import render
 
 __all__ = ["agent_app"]
 
-agent_app = typer.Typer(help="The guest agent: control/ in xenstore -> sysfs -> data/tmem.",
-                        no_args_is_help=True)
-app.add_typer(agent_app, name="agent")
+agent_app = sub_app("agent")
 
 
 @agent_app.command("run")
@@ -44,8 +43,7 @@ def run(
         "--sysfs-root", help="Directory holding sys/ (a real guest: /).")] = Path("/"),
     stats_interval: Annotated[float, typer.Option(
         min=0.1, max=3600, help="Seconds between counter updates.")] = 5.0,
-    timeout: Annotated[float, typer.Option(min=0.1, max=600,
-                                           help="Seconds per xenstore call.")] = 5.0,
+    timeout: Timeout = 5.0,
     once: Annotated[bool, typer.Option(
         "--once", help="Apply control/ once, publish data/tmem, print the outcome, exit "
         "(1 if refused).")] = False,
@@ -69,6 +67,7 @@ def run(
     try:
         if once:
             row = once_row(agent.reconcile())
+            row["reason"] = row["reason"] or None  # applied: no reason, null
             render(row, as_json=as_json, title="agent")
             if row["state"] == "refused":
                 raise typer.Exit(1)
@@ -99,7 +98,7 @@ def build_zipapp(
     out: Annotated[Path, typer.Argument(metavar="OUT.pyz", help="The file to write.")],
     interpreter: Annotated[str, typer.Option(
         help="The #! line's interpreter.")] = "/usr/bin/env python3",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Build the single-file agent for a guest: pure Python (pyxs inside), no compiled parts;
     in the guest `python3 OUT.pyz run`, `python3 OUT.pyz --print-unit` for its systemd unit."""

@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import Connect, LibvirtUri, Target, XenStored, resolve_target
+from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._connect import Target, resolve_target
+from xentmem.cli._options import Connect, Json, LibvirtUri, Timeout, XenStored
 from xentmem.cli._render import render
-from xentmem.cli.guest import Json, Timeout, open_host
+from xentmem.cli.guest import open_host
 from xentmem.errors import TmemError, TransportError, XentmemError
 
 if TYPE_CHECKING:
@@ -35,10 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = ["balance_app"]
 
-balance_app = typer.Typer(help="The host memory manager: decide every guest's memory target "
-                          "(qmemman, MoM or tmem-aware policy) and say why.",
-                          no_args_is_help=True)
-app.add_typer(balance_app, name="balance")
+balance_app = sub_app("balance")
 
 POLICY_NAMES = ("qmemman", "mom", "tmem")  # xentmem.balance.POLICIES, without importing it
 Policy = Annotated[str, typer.Option("--policy", "-p", help="qmemman (proportional, donors "

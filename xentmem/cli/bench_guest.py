@@ -8,7 +8,8 @@ import typer
 
 from xentmem.abi import XenVersion
 from xentmem.cli._app import UsageError
-from xentmem.cli._render import render
+from xentmem.cli._options import Json
+from xentmem.cli._render import progress, render
 from xentmem.cli.bench import bench_app
 
 __all__ = ["guest"]
@@ -21,7 +22,7 @@ def guest(
         "--drain-pages", help="Pages to drain on unload (default: --pages).")] = None,
     xen_version: Annotated[str, typer.Option("--xen-version", help="Imitated Xen.")] = "4.12",
     rounds: Annotated[int, typer.Option("--rounds", min=1, help="Timed rounds (best kept).")] = 3,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    as_json: Json = False,
 ) -> None:
     """frontswap store+load pages/s with no backend (the fast path), zcache and tmem on the
     emulator; the cost of one store call; the time to drain N pages when tmem unloads."""
@@ -33,7 +34,9 @@ def guest(
         raise UsageError(str(exc)) from None
     from xentmem.emulator.bench_guest import bench_guest
 
-    rows = [r.as_dict() for r in bench_guest(pages, rounds=rounds, xen_version=xen_version,
-                                             drain_pages=drain_pages)]
+    with progress(f"bench guest: {rounds} round(s) of {pages} pages"):
+        rows = [r.as_dict() for r in bench_guest(pages, rounds=rounds,
+                                                 xen_version=xen_version,
+                                                 drain_pages=drain_pages)]
     render(rows, as_json=as_json, title="guest model: frontswap data path and unload drain",
            columns=["case", "pages", "seconds", "pages_per_s", "ns_per_call"])

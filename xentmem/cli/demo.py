@@ -4,18 +4,20 @@ then unloading with every frontswap page drained back to swap — on an emulated
 from __future__ import annotations
 
 from importlib.resources import files
-from typing import Annotated
 
 import typer
 
-from xentmem.cli._app import app
+from xentmem.cli._app import sub_app
+from xentmem.cli._options import Json
 from xentmem.cli.emulator_run import run_and_report
 
-__all__ = ["demo"]
+__all__ = ["demo_app"]
+
+demo_app = sub_app()
 
 
-@app.command()
-def demo(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+@demo_app.command()
+def demo(as_json: Json = False) -> None:
     """Run the built-in scenario on an emulated Xen host (no Xen needed); exit 1 if any page
     was lost or stale."""
     from xentmem.emulator.scenario import load_scenario

@@ -6,15 +6,20 @@ from typing import Annotated
 
 import typer
 
-from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import XEN_SYSTEM, Connect, LibvirtUri, XenStored, resolve_target
+from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._connect import XEN_SYSTEM, resolve_target
+from xentmem.cli._options import Connect, Json, LibvirtUri, XenStored
 from xentmem.cli._render import render
 from xentmem.host.doctor import run_checks
 
+__all__ = ["doctor_app"]
 
-@app.command()
+doctor_app = sub_app()
+
+
+@doctor_app.command()
 def doctor(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: Json = False,
     connect: Connect = None,
     privcmd: Annotated[str | None, typer.Option(
         help="privcmd device to use (the same as -c privcmd:DEVICE).")] = None,
@@ -35,4 +40,4 @@ def doctor(
         hypervisor=target.open_hypervisor if target.hypervisor_uri else None,
         transport=scheme or "privcmd", libvirt=target.libvirt_uri is not None)
     render([c.as_dict() for c in checks], as_json=as_json, title="xentmem doctor",
-           columns=["check", "ok", "status", "detail"])
+           columns=["check", "ok", "status", "detail"], key="checks")

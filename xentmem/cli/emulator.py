@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import typer
-
-from xentmem.cli._app import app
+from xentmem.cli._app import sub_app
 
 __all__ = ["emulator_app"]
 
-emulator_app = typer.Typer(help="The emulated Xen host: run scenarios, start or stop the daemon.",
-                           no_args_is_help=True)
-app.add_typer(emulator_app, name="emulator")
+emulator_app = sub_app("emulator")

@@ -10,18 +10,18 @@ import typer
 from rich.console import Console
 
 from xentmem.cli._app import UsageError
-from xentmem.cli._render import render
+from xentmem.cli._options import Json
+from xentmem.cli._render import render, unit_keys
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import EmulatorError, TransportError
 from xentmem.host.tmemlist import parse_tmem_list
-from xentmem.hypercalls.socket import default_state_dir
+from xentmem.hypercalls._where import default_state_dir
 
 __all__ = ["create_domain", "destroy_domain", "down", "status", "up"]
 
 State = Annotated[Path | None, typer.Option(
     "--state", help="State directory: sockets, pid, saved host (default $XENTMEM_STATE, "
     "/run/xentmem as root, else $XDG_RUNTIME_DIR/xentmem).", show_default=False)]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Workload = Annotated[list[str] | None, typer.Option(
     "--workload", help="What the guests run: idle, web, db or batch, for all guests or as "
     "N=NAME for guest N (repeat); or a scenario TOML file whose guests to run instead "
@@ -78,12 +78,16 @@ def _daemon() -> ModuleType:
 
 
 def _dir(state: Path | None) -> Path:
-    return (state or default_state_dir()).absolute()
+    directory = (state or default_state_dir()).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"{'--state ' if state else 'state directory '}{directory} is not a "
+                         "directory")
+    return directory
 
 
 def _summary(info: dict[str, Any]) -> dict[str, Any]:
     return {"pid": info["pid"], "xen_version": info["xen_version"],
-            "memory_mb": info["memory_mb"], "free_mb": info["free_mb"],
+            "memory_mib": info["memory_mib"], "free_mib": info["free_mib"],
             "domains": " ".join(str(d["domid"]) for d in info["domains"]) or "-",
             "crashed": info["crashed"] or "no",
             "hypercall_socket": info["hypercall_socket"],
@@ -150,7 +154,8 @@ def up(state: State = None,
     config = _daemon().HostConfig(xen_version, memory_mb, tmem_compress, designed, guests,
                                guest_memory_mb, workloads, kernels, bare, speed, scenario,
                                checkpoint_interval, tmem_dedup, tmem_tze)
-    info = _daemon().start(_dir(state), config, fresh=fresh, recover=recover, timeout=timeout)
+    info = unit_keys(_daemon().start(_dir(state), config, fresh=fresh, recover=recover,
+                                     timeout=timeout))
     if as_json:
         render(info, as_json=True)
         return
@@ -167,7 +172,7 @@ def up(state: State = None,
 
 def _render_guests(guests: list[dict[str, Any]]) -> None:
     rows = [{"dom": g["domid"], "name": g["name"], "kernel": g["kernel"],
-             "runs": g["workload"], "MiB": g["memory_mb"], "target": g["target_mb"],
+             "runs": g["workload"], "MiB": g["memory_mib"], "target": g["target_mib"],
              "tmem": g["tmem_pages"], "swap": g["swap_pages"], "lost": g["lost"],
              "stale": g["stale"], "agent": (g["agent"] or {}).get("state", "-")}
             for g in guests]
@@ -209,7 +214,7 @@ def _control(state: Path | None, cmd: str, **args: Any) -> Any:
 @emulator_app.command()
 def status(state: State = None, as_json: Json = False) -> None:
     """The running host: configuration, domains, memory and the tmem summary."""
-    info = _control(state, "status")
+    info = unit_keys(_control(state, "status"))
     text = info.pop("tmem_list")
     tmem = [r.as_dict() for r in parse_tmem_list(text or "")]
     if as_json:
@@ -220,10 +225,9 @@ def status(state: State = None, as_json: Json = False) -> None:
         render(info["domains"], as_json=False, title="domains")
     if info.get("guests"):
         _render_guests(info["guests"])
-    wanted = [r for r in tmem if r["kind"] in ("global", "client")]
-    if wanted:
-        render(wanted, as_json=False, title="tmem",
-               columns=sorted({k for r in wanted for k in r}, key=lambda k: (k != "kind", k)))
+    from xentmem.cli.tmem import render_tmem_records
+
+    render_tmem_records([r for r in tmem if r["kind"] in ("global", "client")])
 
 
 @emulator_app.command("create-domain")
@@ -249,7 +253,7 @@ def create_domain(name: Annotated[str, typer.Argument(help="Domain name.")],
                       max_memory_mb=max_memory_mb, workload=workload, kernel=kernel,
                       bare=bare)
     if as_json:
-        render(result, as_json=True)
+        render(unit_keys(result), as_json=True)
     else:
         typer.echo(f"created domain {result['domid']} ({name})")
 

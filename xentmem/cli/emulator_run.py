@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 
 from xentmem.cli._app import UsageError
-from xentmem.cli._render import render
+from xentmem.cli._options import Json
+from xentmem.cli._render import render, say, unit_keys
 from xentmem.cli.emulator import emulator_app
 from xentmem.errors import GuestError
 
@@ -30,8 +31,12 @@ def run_and_report(scenario: Scenario, *, as_json: bool) -> ScenarioResult:
     console = Console(highlight=False)
     live = not as_json
     if live:
-        console.rule(f"[bold]{scenario.name}[/bold] · emulated Xen {scenario.xen_version} · "
-                     f"{len(scenario.guests)} guest(s) · {scenario.duration:g} model seconds")
+        heading = (f"{scenario.name} · emulated Xen {scenario.xen_version} · "
+                   f"{len(scenario.guests)} guest(s) · {scenario.duration:g} model seconds")
+        if console.is_terminal:
+            console.rule(f"[bold]{heading}[/bold]")
+        else:  # a log: no ruled line
+            say(heading)
         if scenario.description:
             console.print(" ".join(scenario.description.split()), style="dim")
     progress = Progress(TextColumn("model time"), BarColumn(),
@@ -50,8 +55,8 @@ def run_and_report(scenario: Scenario, *, as_json: bool) -> ScenarioResult:
         result = run_scenario(scenario, on_event=on_event,
                               on_tick=lambda t: progress.update(task, completed=t))
     if as_json:
-        render({"summary": result.totals(), "guests": result.rows, "events": result.events},
-               as_json=True)
+        render(unit_keys({"summary": result.totals(), "guests": result.rows,
+                          "events": result.events}), as_json=True)
         return result
     render(result.rows, as_json=False, title="guests", columns=_COLUMNS)
     t = result.totals()
@@ -65,7 +70,7 @@ def run_and_report(scenario: Scenario, *, as_json: bool) -> ScenarioResult:
 @emulator_app.command("run")
 def run(scenario: Annotated[Path, typer.Argument(help="Scenario TOML file.",
                                                  show_default=False)],
-        as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+        as_json: Json = False) -> None:
     """Run a scenario on an in-process emulated host; exit 1 on any lost or stale page."""
     from xentmem.emulator.scenario import load_scenario
 

@@ -13,31 +13,23 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import Connect, LibvirtUri, Target, XenStored, resolve_target
+from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._connect import Target, resolve_target
+from xentmem.cli._options import Connect, Json, LibvirtUri, Timeout, XenStored
 from xentmem.cli._render import render
 from xentmem.errors import XentmemError
 from xentmem.host.guests import GuestInfo, Host, ToggleResult, mib
-from xentmem.host.libvirt import LibvirtConnection
 from xentmem.xenstore.keys import key
 
 __all__ = [
-    "Json",
-    "Timeout",
     "guest_app",
     "open_host",
     "render_guests",
 ]
 
-guest_app = typer.Typer(help="Per-guest tmem / self-ballooning toggles and memory targets.",
-                        no_args_is_help=True)
-app.add_typer(guest_app, name="guest")
+guest_app = sub_app("guest")
 
-Timeout = Annotated[float, typer.Option("--timeout", min=0.1, max=600,
-                                        help="Seconds per xenstore / libvirt call.")]
-Json = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 Dom = Annotated[str, typer.Argument(help="Domain name or id.", show_default=False)]
 
 
@@ -45,7 +37,11 @@ Dom = Annotated[str, typer.Argument(help="Domain name or id.", show_default=Fals
 def open_host(target: Target, timeout: float) -> Iterator[Host]:
     """The :class:`Host` at ``target`` (its xenstored, and its libvirt if any); closed on exit."""
     xs = target.xenstore(timeout)
-    lv = LibvirtConnection(target.libvirt_uri, timeout=timeout) if target.libvirt_uri else None
+    lv = None
+    if target.libvirt_uri:
+        from xentmem.host.libvirt import LibvirtConnection  # libvirt only for a host with it
+
+        lv = LibvirtConnection(target.libvirt_uri, timeout=timeout)
     try:
         yield Host(xs, lv, ack_timeout=timeout)
     except (ValueError, LookupError) as exc:
@@ -79,7 +75,7 @@ def _show(g: GuestInfo) -> dict[str, Any]:
         record["note"] = g.note
     settings = [] if t is None else [
         {"key": k.name, "requested": t.requested.get(k.name), "applied": t.applied.get(k.name),
-         "refused": t.refused.get(k.name, "")}
+         "refused": t.refused.get(k.name)}
         for k in (key(n) for n in t.applied)]
     return {"guest": record, "settings": settings,
             "stats": dict(t.stats) if t else {},
@@ -96,14 +92,15 @@ def _tmem_cell(row: dict[str, Any]) -> str:
 def render_guests(rows: list[dict[str, Any]], *, as_json: bool) -> None:
     """``GuestInfo.row()``s: every field with ``--json``; a table that fits 80 columns."""
     if as_json:
-        render(rows, as_json=True)
+        render(rows, as_json=True, key="guests")
         return
     table = [{"domid": r["domid"], "name": r["name"], "state": r["state"],
               "memory_mib": r["memory_mib"], "tmem": _tmem_cell(r),
               "selfballoon": {None: "-", 0: "off", 1: "on"}.get(r["selfballooning"], "-"),
               "agent": r["agent"]} for r in rows]
     render(table, as_json=False, title="guests",
-           columns=["domid", "name", "state", "memory_mib", "tmem", "selfballoon", "agent"])
+           columns=["domid", "name", "state", "memory_mib", "tmem", "selfballoon", "agent"],
+           headers={"memory_mib": "MiB"})
 
 
 @guest_app.command("list")
@@ -192,7 +189,8 @@ def set_(dom: Dom,
 def _report(result: ToggleResult, as_json: bool) -> None:
     if as_json:
         render({"domid": result.domid, "name": result.name, "request": result.seq,
-                "status": result.status, "reason": result.reason, "settings": result.rows()},
+                "status": result.status, "reason": result.reason or None,
+                "settings": result.rows()},
                as_json=True)
         return
     render(result.rows(), as_json=False, title=f"{result.name}: request {result.seq}",
@@ -201,6 +199,8 @@ def _report(result: ToggleResult, as_json: bool) -> None:
     line = f"[{colour}]{result.status}[/{colour}]"
     if result.reason:
         line += f"  {result.reason}"
+    from rich.console import Console  # for a person only: --json stays light
+
     Console(highlight=False).print(line)
 
 

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+from xentmem.cli._app import sub_app
+from xentmem.cli._connect import resolve_target
+from xentmem.cli._options import Connect, Json, LibvirtUri, Timeout, XenStored
+from xentmem.cli._render import render, say
+from xentmem.cli.guest import open_host, render_guests
 
-from xentmem.cli._app import app
-from xentmem.cli._connect import Connect, LibvirtUri, XenStored, resolve_target
-from xentmem.cli._render import render
-from xentmem.cli.guest import Json, Timeout, open_host, render_guests
+__all__ = ["status_app"]
 
-__all__ = ["status"]
+status_app = sub_app()
 
 
-@app.command()
+@status_app.command()
 def status(as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
            libvirt_uri: LibvirtUri = None, timeout: Timeout = 5.0) -> None:
     """Host summary: domains, memory, and each guest's tmem / agent state."""
@@ -27,7 +28,7 @@ def status(as_json: Json = False, connect: Connect = None, xenstored: XenStored 
     where = h["connect"] or h["libvirt"] or h["xenstore"]
     memory = (f", {h['memory_mib']} MiB ({h['free_mib']} MiB free)"
               if "memory_mib" in h else "")
-    Console(highlight=False, soft_wrap=True).print(
-        f"[bold]{h['kind']} host[/bold] {where}{memory}: {summary['domains']} domain(s), "
-        f"{summary['assigned_mib']} MiB assigned, {summary['agents']} agent(s) reporting")
+    say(f"{h['kind']} host {where}{memory}:")
+    say(f"{summary['domains']} domain(s), {summary['assigned_mib']} MiB assigned, "
+        f"{summary['agents']} agent(s) reporting")
     render_guests(summary["guests"], as_json=False)

@@ -10,18 +10,15 @@ from typing import Annotated, Any
 
 import typer
 
-from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import Connect, XenStored, resolve_target
-from xentmem.cli._render import render
-from xentmem.cli.guest import Timeout
+from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._connect import resolve_target
+from xentmem.cli._options import Connect, Json, Timeout, XenStored
+from xentmem.cli._render import progress, render, say
 from xentmem.errors import TraceError
 from xentmem.guest.selfballoon import SelfBalloonKnobs
 
-tune_app = typer.Typer(help="Replay memory traces through the self-balloon law, sweep its knobs, "
-                       "report (terminal, JSON, HTML).", no_args_is_help=True)
-app.add_typer(tune_app, name="tune")
+tune_app = sub_app("tune")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 TraceArg = Annotated[Path, typer.Argument(help="Trace file (CSV, JSON lines or .parquet; see "
                                           "xentmem.tuning.trace for the format).")]
 KnobOpt = Annotated[list[str] | None, typer.Option(
@@ -45,6 +42,12 @@ def _usage() -> Iterator[None]:
         yield
     except TraceError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _writable(path: Path | None, option: str) -> None:
+    """Refuse an output file whose directory does not exist: before the work, not after."""
+    if path is not None and not path.absolute().parent.is_dir():
+        raise UsageError(f"{option} {path}: no directory {path.absolute().parent}")
 
 
 def _save(trace: Any, path: Path) -> None:
@@ -86,11 +89,12 @@ def synth_cmd(
     period: Annotated[int | None, typer.Option(
         help="Diurnal period, s (default: a day, or the duration if shorter).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Write a synthetic trace."""
     from xentmem.tuning import SynthSpec, synthesize
 
+    _writable(out, "--out")
     with _usage():
         trace = synthesize(SynthSpec(kind, duration, step, memory_mb, base, peak, noise, bursts,
                                      burst, period, seed))
@@ -115,15 +119,13 @@ def collect_cmd(
     swap_mb: Annotated[int, typer.Option("--swap-mb")] = 256,
     tmem_mb: Annotated[int, typer.Option("--tmem-mb", help="Domain max above memory.")] = 128,
     backend: Annotated[str, typer.Option(help="tmem | none")] = "tmem",
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Record a trace: run guest-model workloads on the emulator (self-ballooning off), or
     sample a living guest of the emulator daemon (``-c emulator:DIR --domid N``)."""
-    from rich.console import Console
-    from rich.progress import Progress
-
     from xentmem.tuning import CollectSpec, collect_trace, parse_workload
 
+    _writable(out, "--out")
     if (domid is None) == (not workload):
         raise UsageError("give either --workload (a new guest model) or --domid (a living "
                          "guest of the daemon -c names)")
@@ -132,13 +134,7 @@ def collect_cmd(
         with _usage():
             spec = CollectSpec(tuple(parse_workload(w, seed=i) for i, w in enumerate(workload)),
                                duration, step, memory_mb, swap_mb, tmem_mb, backend)
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("collecting (model seconds)", total=duration)
-
-        def tick(now: float) -> None:
-            bar.update(task, completed=now)
-
+    with progress("collecting (model seconds)", duration) as tick:
         if spec is not None:
             trace = collect_trace(spec, name=out.stem, on_tick=tick)
         else:
@@ -171,19 +167,33 @@ def record_cmd(
     step: Annotated[float, typer.Option(min=0.001, help="Seconds between samples.")] = 5.0,
     root: Annotated[Path, typer.Option(help="Read proc/ and sys/ under this root.")]
     = Path("/"),
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
-    """Record this Linux system's memory (/proc/meminfo, /proc/zoneinfo, Xen balloon sysfs)."""
-    from xentmem.tuning.procfs import record_procfs
+    """Record this Linux system's memory (/proc/meminfo, /proc/zoneinfo, Xen balloon sysfs);
+    Ctrl-C stops early and writes what was recorded (exit 130)."""
+    from xentmem.tuning.procfs import RecordInterrupted, read_sample, record_procfs
 
+    _writable(out, "--out")
     with _usage():
-        trace = record_procfs(duration, step, root=root, name=out.stem)
+        read_sample(root)  # an unreadable /proc fails now, not after the first step
+    try:
+        with _usage(), progress("recording (seconds)", duration) as tick:
+            trace = record_procfs(duration, step, root=root, name=out.stem, on_sample=tick)
+    except RecordInterrupted as stopped:
+        if stopped.trace is None:
+            raise KeyboardInterrupt from None  # under two samples: nothing to keep
+        _save(stopped.trace, out)
+        render({**stopped.trace.summary(), "file": str(out), "interrupted": True},
+               as_json=as_json)
+        typer.echo(f"interrupted: wrote the {len(stopped.trace)} samples taken to "
+                   f"{out}", err=True)
+        raise typer.Exit(130) from None
     _save(trace, out)
-    render({**trace.summary(), "file": str(out)}, as_json=as_json)
+    render({**trace.summary(), "file": str(out), "interrupted": False}, as_json=as_json)
 
 
 @tune_app.command("show")
-def show_cmd(trace_file: TraceArg, as_json: JsonOpt = False) -> None:
+def show_cmd(trace_file: TraceArg, as_json: Json = False) -> None:
     """Check a trace file and summarise it."""
     render(_load(trace_file).summary(), as_json=as_json)
 
@@ -195,16 +205,18 @@ def replay_cmd(
     balloon_rate: RateOpt = 0,
     series: Annotated[bool, typer.Option("--series", help="Also print every run.")] = False,
     html: HtmlOpt = None,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Replay a trace through the law with the given knobs (kernel defaults otherwise)."""
     from xentmem.tuning import parse_knobs, replay
     from xentmem.tuning.sweep import knob_values
 
+    _writable(html, "--html")
     trace = _load(trace_file)
     with _usage():
         knobs = parse_knobs(knob or [])
-    result = replay(trace, knobs, balloon_rate=balloon_rate)
+    with progress("replaying"):
+        result = replay(trace, knobs, balloon_rate=balloon_rate)
     values = knob_values(knobs)
     record = {"trace": trace.name, "balloon_rate": balloon_rate, **result.scores.as_row()}
     if as_json:
@@ -246,12 +258,13 @@ def sweep_cmd(
     report_dir: Annotated[Path | None, typer.Option(
         "--report-dir", help="Fleet: write a report per guest (guests/GUEST.json and .html) "
         "and the fleet's (fleet.json, fleet.html) into this existing directory.")] = None,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Replay every combination of a knob grid; print the Pareto front and a recommendation
     (several traces, --cluster, --results or --report-dir: a fleet, one report per guest)."""
     from xentmem.tuning import parse_grid, parse_knobs, sweep
 
+    _writable(html, "--html")
     with _usage():
         base = parse_knobs(knob or [])
         parsed = parse_grid(grid)
@@ -260,7 +273,7 @@ def sweep_cmd(
                      report_dir, html, as_json)
         return
     trace = _load(trace_files[0])
-    with _usage():
+    with _usage(), progress("sweeping the grid"):
         result = sweep(trace, parsed, base=base, balloon_rate=balloon_rate,
                        max_shortfall_page_s=max_shortfall)
     if as_json:
@@ -274,7 +287,7 @@ def sweep_cmd(
         render([{"setting": f"recommended (#{result.recommended})", **picked},
                 {"setting": "kernel defaults", **result.defaults.as_row()}],
                as_json=False, columns=["setting", *_BRIEF])
-        typer.echo(result.rationale)
+        say(result.rationale)
     _html(html, trace, report=result.as_dict(all_rows=True))
 
 
@@ -282,9 +295,6 @@ def _sweep_fleet(paths: list[Path], grid: dict[str, tuple[int, ...]], base: Self
                  balloon_rate: int, max_shortfall: float | None, cluster: str | None,
                  results: Path | None, report_dir: Path | None, html: Path | None,
                  as_json: bool) -> None:
-    from rich.console import Console
-    from rich.progress import Progress
-
     from xentmem.tuning.fleet import (
         FleetSpec,
         fleet_rows,
@@ -301,15 +311,12 @@ def _sweep_fleet(paths: list[Path], grid: dict[str, tuple[int, ...]], base: Self
         traces = load_fleet(paths)
     if report_dir is not None and not report_dir.is_dir():
         raise UsageError(f"--report-dir {report_dir}: not a directory")
-    console = Console(stderr=True)
-    with Progress(console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task(f"sweeping {len(traces)} guests"
-                            + (f" on {cluster}" if cluster else ""), total=len(traces))
+    with progress(f"sweeping {len(traces)} guests" + (f" on {cluster}" if cluster else ""),
+                  total=len(traces)) as update:
         try:
             with _usage():
                 fleet = run_fleet(traces, spec, cluster=cluster, results=results,
-                                  on_result=lambda _g, done, _n: bar.update(task,
-                                                                            completed=done))
+                                  on_result=lambda _g, done, _n: update(done))
         except KeyboardInterrupt:
             kept = f"; finished guests are in {results}, run again to resume" if results else ""
             typer.echo(f"interrupted{kept}", err=True)
@@ -324,7 +331,7 @@ def _sweep_fleet(paths: list[Path], grid: dict[str, tuple[int, ...]], base: Self
     render(fleet_rows(summary), as_json=False,
            title=f"{len(traces)} guests, {summary['fleet']['combinations']} settings each"
            + (f" ({fleet.resumed} taken from {results})" if fleet.resumed else ""))
-    typer.echo(fleet.describe())
+    say(fleet.describe())
 
 
 @tune_app.command("bench")
@@ -334,7 +341,7 @@ def bench_cmd(
     grid: Annotated[list[str] | None, typer.Option("--grid", "-g", help="name=v1,v2,...")]
     = None,
     repeat: Annotated[int, typer.Option(min=1, help="Vectorised passes (best kept).")] = 3,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Time the vectorised sweep against the scalar reference on the same grid."""
     from xentmem.tuning import SynthSpec, bench, expand_grid, parse_grid, synthesize
@@ -343,8 +350,9 @@ def bench_cmd(
         trace = (_load(trace_file) if trace_file is not None else
                  synthesize(SynthSpec("bursty", duration=21600, step=10, seed=1)))
         knobs = expand_grid(parse_grid(grid or list(BENCH_GRID)))
-    render(bench(trace, knobs, repeat=repeat), as_json=as_json,
-           title="vectorised vs scalar replay")
+    with progress(f"timing {len(knobs)} settings"):
+        result = bench(trace, knobs, repeat=repeat)
+    render(result, as_json=as_json, title="vectorised vs scalar replay")
 
 
 @tune_app.command("apply")
@@ -357,7 +365,7 @@ def apply_cmd(
     connect: Connect = None,
     xenstored: XenStored = None,
     timeout: Timeout = 5.0,
-    as_json: JsonOpt = False,
+    as_json: Json = False,
 ) -> None:
     """Apply a report's recommendation to a guest: exactly its ``xentmem guest set DOM ...``
     line (exit 1 if the guest refused any setting)."""

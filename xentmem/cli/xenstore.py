@@ -18,16 +18,14 @@ from typing import Annotated
 
 import typer
 
-from xentmem.cli._app import UsageError, app
-from xentmem.cli._connect import Connect, XenStored, resolve_target
-from xentmem.cli._render import render
-from xentmem.cli.guest import Json, Timeout
-from xentmem.errors import XenStoreError, XenStoreTimeout
+from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._connect import resolve_target
+from xentmem.cli._options import Connect, Json, Timeout, XenStored
+from xentmem.cli._render import emit_json, render
+from xentmem.errors import XenStoreError, XenStoreTimeout, XenStoreUnavailable
 from xentmem.xenstore import XenStoreClient, escape_value, ls_lines, walk
 
-xenstore_app = typer.Typer(help="Read and change xenstore (the C xenstore-* tools' output, "
-                           "with timeouts).", no_args_is_help=True)
-app.add_typer(xenstore_app, name="xenstore")
+xenstore_app = sub_app("xenstore")
 
 Paths = Annotated[list[str], typer.Argument(help="xenstore paths.", show_default=False)]
 
@@ -59,7 +57,8 @@ def ls(
         nodes = list(walk(xs, _check(path)))
     if as_json:
         render([{"path": n.path, "value": None if n.value is None else escape_value(n.value),
-                 **({"error": str(n.error)} if n.error else {})} for n in nodes], as_json=True)
+                 **({"error": str(n.error)} if n.error else {})} for n in nodes], as_json=True,
+               key="nodes")
     else:
         # the C tool fits a terminal's width, and 80 columns anywhere else
         width = shutil.get_terminal_size((80, 24)).columns if sys.stdout.isatty() else 80
@@ -77,7 +76,7 @@ def read(paths: Paths, as_json: Json = False, connect: Connect = None,
     with _xs(connect, xenstored, timeout) as xs:
         values = {p: escape_value(xs.read(_check(p))) for p in paths}
     if as_json:
-        render(values, as_json=True)
+        render({"values": values}, as_json=True)
     else:
         _out(list(values.values()))
 
@@ -98,7 +97,8 @@ def list_(path: Annotated[str, typer.Argument(help="Directory to list.")],
 @xenstore_app.command("write")
 def write(pairs: Annotated[list[str], typer.Argument(help="PATH VALUE [PATH VALUE ...]",
                                                      show_default=False)],
-          connect: Connect = None, xenstored: XenStored = None, timeout: Timeout = 5.0) -> None:
+          as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+          timeout: Timeout = 5.0) -> None:
     """Write each VALUE to its PATH (created with its parents, as xenstore-write does)."""
     if len(pairs) % 2:
         raise UsageError("write takes PATH VALUE pairs")
@@ -106,15 +106,19 @@ def write(pairs: Annotated[list[str], typer.Argument(help="PATH VALUE [PATH VALU
     with _xs(connect, xenstored, timeout) as xs:
         for path, value in writes:
             xs.write(path, value)
+    if as_json:
+        emit_json({"written": [{"path": p, "value": v} for p, v in writes]})
 
 
 @xenstore_app.command("rm")
-def rm(paths: Paths, connect: Connect = None, xenstored: XenStored = None,
-       timeout: Timeout = 5.0) -> None:
+def rm(paths: Paths, as_json: Json = False, connect: Connect = None,
+       xenstored: XenStored = None, timeout: Timeout = 5.0) -> None:
     """Remove each PATH and everything below it."""
     with _xs(connect, xenstored, timeout) as xs:
         for path in paths:
             xs.rm(_check(path))
+    if as_json:
+        emit_json({"removed": paths})
 
 
 @xenstore_app.command("watch")
@@ -124,9 +128,11 @@ def watch(
                                               help="Stop after this many events.")] = None,
     duration: Annotated[float | None, typer.Option(
         "--for", min=0.1, help="Stop this many seconds after the watch is set.")] = None,
-    connect: Connect = None, xenstored: XenStored = None, timeout: Timeout = 5.0,
+    as_json: Json = False, connect: Connect = None, xenstored: XenStored = None,
+    timeout: Timeout = 5.0,
 ) -> None:
-    """Print the path of each event (the first fires at once), as xenstore-watch does."""
+    """Print the path of each event (the first fires at once), as xenstore-watch does; with
+    --json one JSON object per line and event."""
     seen = 0
     with _xs(connect, xenstored, timeout) as xs, \
             xs.watch(_check(path), timeout=None) as w:
@@ -139,5 +145,12 @@ def watch(
                 event = w.get(left)
             except XenStoreTimeout:
                 break  # --for ran out
-            print(escape_value(event.path), flush=True)
+            except XenStoreUnavailable:
+                raise XenStoreUnavailable(f"the xenstored at {xs.path} went away while "
+                                          f"watching {path} (after {seen} event(s))") from None
+            if as_json:
+                emit_json({"event": escape_value(event.path)}, indent=None)
+                sys.stdout.flush()
+            else:
+                print(escape_value(event.path), flush=True)
             seen += 1

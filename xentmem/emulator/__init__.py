@@ -56,10 +56,14 @@ chance at eviction). A saved dedup host restores its pages and counters and shar
 again as they are restored.
 """
 
-from __future__ import annotations
-
-from xentmem.emulator._behaviour import Behaviour
-from xentmem.emulator._bench import BenchRow, TmemBench, bench_tmem
-from xentmem.emulator._host import Domain, EmulatedHost
+from xentmem._lazy import lazy_exports
 
 __all__ = ["Behaviour", "BenchRow", "Domain", "EmulatedHost", "TmemBench", "bench_tmem"]
+
+# each name's module is imported on first use: importing a submodule (or this package)
+# stays light
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "._behaviour": ("Behaviour",),
+    "._bench": ("BenchRow", "TmemBench", "bench_tmem"),
+    "._host": ("Domain", "EmulatedHost"),
+})

@@ -47,8 +47,9 @@ class BenchRow:
 
     def as_dict(self) -> dict[str, object]:
         return {"scenario": self.scenario, "mode": self.mode, "op": self.op,
-                "pages_s": round(self.pages_per_s), "dict_pages_s": round(self.dict_pages_per_s),
-                "ratio": round(self.ratio, 3), "gb_s": round(self.gb_per_s, 3),
+                "pages_per_s": round(self.pages_per_s),
+                "dict_pages_per_s": round(self.dict_pages_per_s),
+                "ratio": round(self.ratio, 3), "gb_per_s": round(self.gb_per_s, 3),
                 "hits": self.hits}
 
 
@@ -173,8 +174,8 @@ class TmemBench:
                 "resident_bytes_per_page": round(self.resident_bytes_per_page),
                 "resident_bytes_per_compressed_page":
                     round(self.resident_bytes_per_compressed_page),
-                "lzo_pages_s": {"compress": round(self.lzo_compress_pages_s),
-                                "decompress": round(self.lzo_decompress_pages_s)}}
+                "lzo_pages_per_s": {"compress": round(self.lzo_compress_pages_s),
+                                    "decompress": round(self.lzo_decompress_pages_s)}}
 
 
 def bench_tmem(pages: int = 20000, *, xen_version: str = "4.12",

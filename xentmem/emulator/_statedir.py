@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import secrets
 import socket
@@ -27,9 +28,12 @@ from pathlib import Path
 
 from xentmem.errors import EmulatorError
 
-__all__ = ["bind_private", "check_state_dir", "open_private", "prepare_state_dir",
-           "read_private", "write_private"]
+__all__ = ["LOCK", "PIDFILE", "XENSTORE_SOCKET", "bind_private", "check_state_dir",
+           "open_private", "prepare_state_dir", "read_private", "running", "write_private"]
 
+# the daemon's files in it (its hypercall socket is the client's HYPERCALL_SOCKET)
+XENSTORE_SOCKET = "xenstore.sock"
+LOCK, PIDFILE = "daemon.lock", "daemon.pid"
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _UNIX_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 on Linux
@@ -261,3 +265,22 @@ def _mkdir_bind_dir(private: Path) -> bool:
         raise EmulatorError(f"cannot bind a socket in {private.parent}: {exc.strerror}") from None
     os.chmod(private, _DIR_MODE)  # the umask may have taken our own bits
     return True
+
+
+def running(directory: Path) -> int | None:
+    """The pid of the daemon running in ``directory`` (0 if unknown), or ``None``."""
+    check_state_dir(directory)  # never trust (nor signal) what another user planted
+    try:
+        fd = open_private(directory / LOCK, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            return int((read_private(directory / PIDFILE) or b"").strip() or 0)
+        except ValueError:
+            return 0
+    finally:
+        os.close(fd)  # also drops the lock if we got it
+    return None

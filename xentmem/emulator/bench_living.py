@@ -24,7 +24,7 @@ from pathlib import Path
 
 from xentmem.emulator.daemon import HostConfig, control, running, start, stop
 
-__all__ = ["LivingBenchRow", "bench_living"]
+__all__ = ["LivingBenchRow", "StartupBenchRow", "bench_living", "bench_startup"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -59,26 +59,71 @@ class LivingBenchRow:
         return row
 
 
+@dataclass(frozen=True)
+class StartupBenchRow:
+    """One command's whole-process wall time (median) beside ``virsh list``'s in the same run,
+    and the ratio issue 16 set as the goal."""
+
+    command: str
+    seconds: float
+    virsh_list_s: float | None
+    goal_ratio: float
+
+    def as_dict(self) -> dict[str, object]:
+        ratio = None if not self.virsh_list_s else round(self.seconds / self.virsh_list_s, 1)
+        return {"command": self.command, "seconds": round(self.seconds, 3),
+                "virsh_list_s": None if self.virsh_list_s is None else
+                round(self.virsh_list_s, 3),
+                "ratio": ratio, "goal_ratio": self.goal_ratio,
+                "met": None if ratio is None else ratio <= self.goal_ratio}
+
+
+def _wall(argv: list[str]) -> float:
+    """The wall time of one run of ``argv`` (which must succeed)."""
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)
+    return time.perf_counter() - started
+
+
+def _beside_virsh(argv: list[str], runs: int) -> tuple[float, float | None]:
+    """Medians of ``argv`` and of ``virsh -c test:///default list``, run in turn so that the
+    machine's load falls on both alike."""
+    virsh = shutil.which("virsh")
+    ours, theirs = [], []
+    for _ in range(runs):
+        ours.append(_wall(argv))
+        if virsh:
+            theirs.append(_wall([virsh, "-c", "test:///default", "list"]))
+    return statistics.median(ours), statistics.median(theirs) if theirs else None
+
+
+def bench_startup(guests: int = 50, *, runs: int = 9) -> list[StartupBenchRow]:
+    """``xentmem --help`` (before the host starts: its guests would load the machine) and
+    ``xentmem status --json`` against a living host of ``guests`` (default workloads), each
+    run as a user runs it, beside ``virsh -c test:///default list``; medians of ``runs``."""
+    xentmem = str(Path(sys.executable).with_name("xentmem"))
+    rows = [StartupBenchRow("xentmem --help", *_beside_virsh([xentmem, "--help"], runs), 5.0)]
+    directory = Path(tempfile.mkdtemp(prefix="xtbs", dir="/tmp"))
+    try:
+        start(directory, HostConfig(guests=guests, memory_mb=512 + 300 * guests))
+        status = [xentmem, "status", "-c", f"emulator:{directory}", "--json"]
+        rows.append(StartupBenchRow(f"xentmem status --json ({guests} guests)",
+                                    *_beside_virsh(status, runs), 10.0))
+    finally:
+        stop(directory)
+        shutil.rmtree(directory, ignore_errors=True)
+    return rows
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-
-
-def _best_wall(argv: list[str], runs: int) -> float:
-    """The median wall time of ``argv`` over ``runs`` runs (each must succeed)."""
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(argv, check=True, capture_output=True, timeout=120)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def bench_living(counts: tuple[int, ...] = (3, 20), *, seconds: float = 20.0,
                  warmup: float = 10.0, runs: int = 5) -> list[LivingBenchRow]:
     """One row per guest count (see the module docstring)."""
     xentmem = str(Path(sys.executable).with_name("xentmem"))
-    virsh = shutil.which("virsh")
     rows = []
     for count in counts:
         directory = Path(tempfile.mkdtemp(prefix="xtbl", dir="/tmp"))
@@ -96,10 +141,8 @@ def bench_living(counts: tuple[int, ...] = (3, 20), *, seconds: float = 20.0,
             # what a save of this host costs now, as at down; then as a periodic one
             saved = control(directory, "checkpoint", timeout=300)
             forked = control(directory, "checkpoint", background=True, timeout=300)
-            status_s = _best_wall([xentmem, "status", "-c", f"emulator:{directory}", "--json"],
-                                  runs)
-            virsh_s = (_best_wall([virsh, "-c", "test:///default", "list"], runs)
-                       if virsh else None)
+            status_s, virsh_s = _beside_virsh(
+                [xentmem, "status", "-c", f"emulator:{directory}", "--json"], runs)
             rows.append(LivingBenchRow(
                 count, round(window, 1), cpu_pct, cpu_pct / count,
                 (info["tmem_ops"] - ops0) / window, info["clock"]["lag_s"],

@@ -50,12 +50,15 @@ from typing import Any, NamedTuple
 from xentmem.abi import MAX_POOLS_PER_DOMAIN, PAGE_SIZE, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
 from xentmem.emulator._daemon_store import Record, StateStore
-from xentmem.emulator._statedir import (
+from xentmem.emulator._statedir import (  # the layout and running(): light, for the CLI
+    LOCK,
+    PIDFILE,
+    XENSTORE_SOCKET,
     bind_private,
     check_state_dir,
     open_private,
     prepare_state_dir,
-    read_private,
+    running,
     write_private,
 )
 from xentmem.emulator.machine import EmulatedMachine, GuestSpec, living_guest
@@ -96,8 +99,7 @@ __all__ = ["XENSTORE_SOCKET", "Daemon", "HostConfig", "control", "load_host", "m
 
 log = logging.getLogger("xentmem.emulator.daemon")
 
-XENSTORE_SOCKET = "xenstore.sock"
-LOCK, PIDFILE, LOGFILE, EXITFILE = "daemon.lock", "daemon.pid", "daemon.log", "daemon.exit"
+LOGFILE, EXITFILE = "daemon.log", "daemon.exit"
 JOURNAL_LIMIT = 256 << 20  # compact into a snapshot beyond this many journal bytes
 # What one domain may hold of the daemon through its own socket (hypercall.sock.domN), like
 # oxenstored's quotas: connections, the largest request (a 128-page batch is 512 KiB), and
@@ -1100,25 +1102,6 @@ def serve(directory: Path, config: HostConfig, *, fresh: bool = False, sync: boo
 
 
 # ---- the library side of the CLI ------------------------------------------------------------
-
-
-def running(directory: Path) -> int | None:
-    """The pid of the daemon running in ``directory`` (0 if unknown), or ``None``."""
-    check_state_dir(directory)  # never trust (nor signal) what another user planted
-    try:
-        fd = open_private(directory / LOCK, os.O_RDWR)
-    except FileNotFoundError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            return int((read_private(directory / PIDFILE) or b"").strip() or 0)
-        except ValueError:
-            return 0
-    finally:
-        os.close(fd)  # also drops the lock if we got it
-    return None
 
 
 def control(directory: Path, cmd: str, *, timeout: float = 10.0, **args: Any) -> Any:

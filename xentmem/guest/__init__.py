@@ -3,23 +3,7 @@ with lazy backend registration (the seed) and backend unload, the tmem and compr
 the balloon and self-balloon drivers, and their sysfs/debugfs view.
 """
 
-from xentmem.guest.backends import BackendModule, UnloadReport, XenTmem, Zcache
-from xentmem.guest.balloon import (
-    Balloon,
-    HypervisorReservation,
-    InMemoryTargetSource,
-    SelfBalloon,
-    TargetSource,
-)
-from xentmem.guest.cleancache import Cleancache, CleancacheOps
-from xentmem.guest.frontswap import DrainReport, Frontswap, FrontswapOps
-from xentmem.guest.fs import Filesystem, FsDisk
-from xentmem.guest.guest import Guest, GuestStats, anon_content
-from xentmem.guest.kernel import Kernel
-from xentmem.guest.selfballoon import MemorySnapshot, SelfBalloonKnobs
-from xentmem.guest.swap import FileSlotStore, MemorySlotStore, SlotStore, SwapDevice
-from xentmem.guest.sysfs import SysfsView
-from xentmem.guest.workload import Workload, WorkloadSpec
+from xentmem._lazy import lazy_exports
 
 __all__ = [
     "BackendModule",
@@ -52,3 +36,22 @@ __all__ = [
     "Zcache",
     "anon_content",
 ]
+
+# each name's module is imported on first use: importing a submodule (or this package)
+# stays light
+__getattr__, __dir__ = lazy_exports(__name__, {
+    ".backends": ("BackendModule", "UnloadReport", "XenTmem", "Zcache"),
+    ".balloon": (
+        "Balloon", "HypervisorReservation", "InMemoryTargetSource", "SelfBalloon",
+        "TargetSource",
+    ),
+    ".cleancache": ("Cleancache", "CleancacheOps"),
+    ".frontswap": ("DrainReport", "Frontswap", "FrontswapOps"),
+    ".fs": ("Filesystem", "FsDisk"),
+    ".guest": ("Guest", "GuestStats", "anon_content"),
+    ".kernel": ("Kernel",),
+    ".selfballoon": ("MemorySnapshot", "SelfBalloonKnobs"),
+    ".swap": ("FileSlotStore", "MemorySlotStore", "SlotStore", "SwapDevice"),
+    ".sysfs": ("SysfsView",),
+    ".workload": ("Workload", "WorkloadSpec"),
+})

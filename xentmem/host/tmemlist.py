@@ -11,10 +11,40 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["KINDS", "TmemListRecord", "parse_tmem_list"]
+__all__ = ["FIELDS", "KINDS", "TmemListRecord", "parse_tmem_list"]
 
 KINDS = {"G": "global", "S": "shared_pool", "C": "client", "P": "pool", "T": "timing"}
 _HEX_KEYS = frozenset({"U0", "U1"})
+_POOL_LONG = {"Pc": "pages", "Pm": "pages_max", "Oc": "objects", "Om": "objects_max",
+              "Nc": "nodes", "Nm": "nodes_max", "ps": "puts_ok", "pt": "puts",
+              "pd": "dup_puts_failed",
+              "pr": "dup_puts_replaced", "px": "puts_failed", "gs": "gets_hit", "gt": "gets",
+              "fs": "flushes_found", "ft": "flushes", "os": "obj_flushes_found",
+              "ot": "obj_flushes"}
+# every key's long name, per kind, in the order Xen writes them (ref §4.2, counters §3.11);
+# tables show these, --raw and JSON keep the two-letter codes
+FIELDS: dict[str, dict[str, str]] = {
+    "global": {"Tt": "ops", "Te": "ops_failed", "Cf": "copies_failed",
+               "Af": "subpage_allocs_failed", "Pf": "page_allocs_failed", "Ta": "free_list_pages",
+               "Lm": "low_memory_events", "Et": "evicted", "Ea": "evictions_tried",
+               "Rt": "relinquished", "Ra": "relinquishes_tried", "Rx": "max_evicted_at_once",
+               "Fp": "pools_flushed", "Ec": "eph_pages", "Em": "eph_pages_max",
+               "Oc": "objects", "Om": "objects_max", "Nc": "nodes", "Nm": "nodes_max",
+               "Pc": "page_descriptors", "Pm": "page_descriptors_max", "Fc": "frames",
+               "Fm": "frames_max", "Sc": "dedup_descriptors", "Sm": "dedup_descriptors_max",
+               "Ep": "eph_puts", "Gd": "dedup_puts", "Zt": "tze_bytes",
+               "Gz": "dedup_compressed_bytes"},
+    "shared_pool": {"SI": "slot", "PT": "type", "U0": "uuid_lo", "U1": "uuid_hi",
+                    "SC": "sharers", **_POOL_LONG},
+    "client": {"CI": "domain", "ww": "weight", "ca": "cap", "co": "compress", "fr": "frozen",
+               "Tc": "cycles", "Ge": "eph_gets", "Pp": "pers_puts",
+               "Gp": "pers_gets", "Ec": "eph_pages", "Em": "eph_pages_max",
+               "cp": "compressed_pages", "cb": "compressed_bytes", "cn": "compress_poor",
+               "cm": "compress_no_memory"},
+    "pool": {"CI": "domain", "PI": "pool", "PT": "type", "U0": "uuid_lo", "U1": "uuid_hi",
+             **_POOL_LONG},
+    "timing": {},
+}
 
 
 @dataclass

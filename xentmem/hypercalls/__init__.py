@@ -7,9 +7,7 @@ Transports (chosen at the edge, never by a global switch):
 - ``xentmem.hypercalls.socket.SocketHypervisor``: the emulator daemon over a unix socket.
 """
 
-from xentmem.hypercalls._base import Buffer, Frame, Frames, Hypervisor
-from xentmem.hypercalls.privcmd import PrivcmdHypervisor
-from xentmem.hypercalls.tmem import ALL_CLIENTS, ClientImage, PoolImage, Tmem, xen_version
+from xentmem._lazy import lazy_exports
 
 __all__ = [
     "ALL_CLIENTS",
@@ -23,3 +21,11 @@ __all__ = [
     "Tmem",
     "xen_version",
 ]
+
+# each name's module is imported on first use: importing a submodule (or this package)
+# stays light
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "._base": ("Buffer", "Frame", "Frames", "Hypervisor"),
+    ".privcmd": ("PrivcmdHypervisor",),
+    ".tmem": ("ALL_CLIENTS", "ClientImage", "PoolImage", "Tmem", "xen_version"),
+})

@@ -31,10 +31,10 @@ from xentmem.abi import (
 )
 from xentmem.errors import TmemError, TransportError, tmem_error
 from xentmem.hypercalls._base import check_fits, page_span
+from xentmem.hypercalls._where import PRIVCMD_PATHS  # re-exported
 
 __all__ = ["PRIVCMD_PATHS", "LockedBuffer", "PrivcmdHypervisor", "guest_type"]
 
-PRIVCMD_PATHS = ("/dev/xen/privcmd", "/proc/xen/privcmd")
 
 _libc_ffi = cffi.FFI()
 _libc_ffi.cdef("""

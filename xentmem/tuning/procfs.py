@@ -28,8 +28,8 @@ from xentmem.agent.procfs import totalreserve_pages, zoneinfo_max_pfn  # one rea
 from xentmem.errors import TraceError
 from xentmem.tuning.trace import Trace
 
-__all__ = ["ProcSample", "parse_meminfo", "read_sample", "record_procfs", "totalreserve_pages",
-           "zoneinfo_max_pfn"]
+__all__ = ["ProcSample", "RecordInterrupted", "parse_meminfo", "read_sample", "record_procfs",
+           "totalreserve_pages", "zoneinfo_max_pfn"]
 
 _BALLOON = "sys/devices/system/xen_memory/xen_memory0/info"
 
@@ -89,31 +89,51 @@ def read_sample(root: Path = Path("/")) -> ProcSample:
                       maxram=min(totalram + balloon, max(max_pfn, totalram)))
 
 
+class RecordInterrupted(KeyboardInterrupt):
+    """Ctrl-C while recording: ``trace`` holds the samples taken so far (None if fewer than
+    two, which make no trace)."""
+
+    def __init__(self, trace: Trace | None) -> None:
+        super().__init__()
+        self.trace = trace
+
+
 def record_procfs(duration: float, step: float, *, root: Path = Path("/"), name: str = "proc",
                   clock: Callable[[], float] = time.monotonic,
                   sleep: Callable[[float], None] = time.sleep,
                   on_sample: Callable[[float], None] | None = None) -> Trace:
     """Sample every ``step`` seconds for ``duration`` seconds (first sample at once); each
-    wait is at most ``step``. Times are relative to the first sample, in milliseconds."""
+    wait is at most ``step``. Times are relative to the first sample, in milliseconds.
+    Interrupted (Ctrl-C), it raises :class:`RecordInterrupted` with what it has."""
     if not (step > 0 and duration >= step):
         raise TraceError("record: need step > 0 and duration >= step")
     cols: dict[str, list[int]] = {k: [] for k in ("time_ms", "committed", "reserve", "max_pfn",
                                                   "totalram", "maxram")}
     start = clock()
     count = int(duration / step + 1e-9) + 1
-    for n in range(count):
-        due = start + n * step
-        wait = due - clock()
-        if wait > 0:
-            sleep(min(wait, step))
-        now_ms = round((clock() - start) * 1000)
-        if cols["time_ms"] and now_ms <= cols["time_ms"][-1]:
-            now_ms = cols["time_ms"][-1] + 1  # a coarse clock: keep time increasing
-        sample = read_sample(root)
-        cols["time_ms"].append(now_ms)
-        for key in ("committed", "reserve", "max_pfn", "totalram", "maxram"):
-            cols[key].append(getattr(sample, key))
-        if on_sample is not None:
-            on_sample(now_ms / 1000)
-    return Trace.build(cols["time_ms"], cols["committed"], cols["reserve"], cols["max_pfn"],
-                       cols["totalram"], cols["maxram"], None, name=name)
+
+    def trace() -> Trace:
+        return Trace.build(cols["time_ms"], cols["committed"], cols["reserve"], cols["max_pfn"],
+                           cols["totalram"], cols["maxram"], None, name=name)
+
+    try:
+        for n in range(count):
+            due = start + n * step
+            wait = due - clock()
+            if wait > 0:
+                sleep(min(wait, step))
+            now_ms = round((clock() - start) * 1000)
+            if cols["time_ms"] and now_ms <= cols["time_ms"][-1]:
+                now_ms = cols["time_ms"][-1] + 1  # a coarse clock: keep time increasing
+            sample = read_sample(root)
+            cols["time_ms"].append(now_ms)
+            for key in ("committed", "reserve", "max_pfn", "totalram", "maxram"):
+                cols[key].append(getattr(sample, key))
+            if on_sample is not None:
+                on_sample(now_ms / 1000)
+    except KeyboardInterrupt:
+        rows = min(len(c) for c in cols.values())  # a row the interrupt cut short goes
+        for c in cols.values():
+            del c[rows:]
+        raise RecordInterrupted(trace() if rows >= 2 else None) from None
+    return trace()

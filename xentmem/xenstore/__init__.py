@@ -25,32 +25,7 @@ Errors are those of :mod:`xentmem.errors`: ``XenStoreNotFound`` (ENOENT), ``XenS
 ``.errno`` (EAGAIN for a conflict, E2BIG for a value too long, ENOSPC for a quota, ...).
 """
 
-from ._client import (
-    LocalXenStore,
-    Transaction,
-    Watch,
-    WatchEvent,
-    XenStore,
-    XenStoreClient,
-    XenStoreOps,
-    resolve_path,
-    transaction,
-)
-from ._store import Quota
-from ._wire import Op, Perm
-from .sanitize import (
-    escape_value,
-    sanitize_bool,
-    sanitize_choice,
-    sanitize_domid,
-    sanitize_int,
-    sanitize_kib,
-    sanitize_meminfo,
-    sanitize_text,
-)
-from .server import ConnectionLimits, XenStoreServer
-from .toolstack import layout_dom0, layout_domain, teardown_domain
-from .tree import TreeNode, ls_lines, walk
+from xentmem._lazy import lazy_exports
 
 __all__ = [
     "ConnectionLimits",
@@ -82,3 +57,21 @@ __all__ = [
     "transaction",
     "walk",
 ]
+
+# each name's module is imported on first use: importing a submodule (or this package)
+# stays light
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "._client": (
+        "LocalXenStore", "Transaction", "Watch", "WatchEvent", "XenStore", "XenStoreClient",
+        "XenStoreOps", "resolve_path", "transaction",
+    ),
+    "._store": ("Quota",),
+    "._wire": ("Op", "Perm"),
+    ".sanitize": (
+        "escape_value", "sanitize_bool", "sanitize_choice", "sanitize_domid", "sanitize_int",
+        "sanitize_kib", "sanitize_meminfo", "sanitize_text",
+    ),
+    ".server": ("ConnectionLimits", "XenStoreServer"),
+    ".toolstack": ("layout_dom0", "layout_domain", "teardown_domain"),
+    ".tree": ("TreeNode", "ls_lines", "walk"),
+})

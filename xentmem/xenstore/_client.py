@@ -88,6 +88,10 @@ class XenStoreOps(Protocol):
         """The value at ``path``; ``default`` (if given) instead of raising XenStoreNotFound."""
         ...
 
+    def read_many(self, paths: Iterable[PathLike], default: Any = MISSING) -> list[Any]:
+        """:meth:`read` of each path, in order (pipelined where the connection allows)."""
+        ...
+
     def write(self, path: PathLike, value: bytes | str) -> None: ...
     def mkdir(self, path: PathLike) -> None: ...
     def rm(self, path: PathLike) -> None: ...
@@ -151,6 +155,8 @@ class _Link(Protocol):
     """One connection lifetime: send requests, subscribe watch sinks by token."""
 
     def request(self, op: int, payload: bytes, tx_id: int, timeout: float) -> tuple[int, bytes]: ...
+    def request_many(self, requests: list[tuple[int, bytes]], tx_id: int, timeout: float
+                     ) -> list[tuple[int, bytes]]: ...
     def alive(self) -> bool: ...
     def subscribe(self, token: bytes, sink: _Sink) -> None: ...
     def unsubscribe(self, token: bytes, sink: _Sink) -> None: ...
@@ -183,6 +189,29 @@ class _Ops:
             if default is MISSING:
                 raise
             return default
+
+    def read_many(self, paths: Iterable[PathLike], default: Any = MISSING) -> list[Any]:
+        """:meth:`read` of each path, in order; sent together where the connection allows
+        (one round trip instead of one each), answered and checked one by one."""
+        raws = [_enc_path(p) for p in paths]
+        out = []
+        for reply, error in self._call_many([(Op.READ, raw + NUL, _text(raw)) for raw in raws]):
+            if error is not None and not (isinstance(error, XenStoreNotFound)
+                                          and default is not MISSING):
+                raise error
+            out.append(default if error is not None else reply)
+        return out
+
+    def _call_many(self, calls: list[tuple[int, bytes, str | None]]
+                   ) -> list[tuple[bytes, XenStoreError | None]]:
+        """``_call`` of each (op, payload, path): (reply, None) or (b"", the error)."""
+        out: list[tuple[bytes, XenStoreError | None]] = []
+        for op, payload, path in calls:
+            try:
+                out.append((self._call(op, payload, path), None))
+            except (XenStoreNotFound, XenStorePermission) as exc:
+                out.append((b"", exc))
+        return out
 
     def write(self, path: PathLike, value: bytes | str) -> None:
         raw = _enc_path(path)
@@ -311,21 +340,49 @@ class _Connection(_Ops):
     def _call(self, op: int, payload: bytes, path: str | None) -> bytes:
         return self._call_on(self._current(), op, payload, 0, path)
 
-    def _call_on(self, link: _Link, op: int, payload: bytes, tx_id: int, path: str | None) -> bytes:
+    def _call_many(self, calls: list[tuple[int, bytes, str | None]]
+                   ) -> list[tuple[bytes, XenStoreError | None]]:
+        return self._call_many_on(self._current(), calls, 0)
+
+    @staticmethod
+    def _check_size(op: int, payload: bytes, path: str | None) -> None:
         if len(payload) > PAYLOAD_MAX:
             raise XenStoreError(
                 f"{_op_name(op)} {path or ''}: {len(payload)} bytes exceed {PAYLOAD_MAX}",
                 E.E2BIG,
                 path,
             )
+
+    def _call_on(self, link: _Link, op: int, payload: bytes, tx_id: int, path: str | None) -> bytes:
+        self._check_size(op, payload, path)
         try:
             rop, reply = link.request(op, payload, tx_id, self.timeout)
-        except XenStoreTimeout:
+        except (XenStoreTimeout, XenStoreUnavailable):
             self._drop_link(link)
             raise
-        except XenStoreUnavailable:
+        return self._reply(link, op, rop, reply, path)
+
+    def _call_many_on(self, link: _Link, calls: list[tuple[int, bytes, str | None]],
+                      tx_id: int) -> list[tuple[bytes, XenStoreError | None]]:
+        """The calls pipelined on ``link``: all sent, then each reply checked as ``_call_on``
+        checks one; an error reply of the node kind is returned beside the others."""
+        for op, payload, path in calls:
+            self._check_size(op, payload, path)
+        try:
+            replies = link.request_many([(op, payload) for op, payload, _ in calls], tx_id,
+                                        self.timeout)
+        except (XenStoreTimeout, XenStoreUnavailable):
             self._drop_link(link)
             raise
+        out: list[tuple[bytes, XenStoreError | None]] = []
+        for (op, _, path), (rop, reply) in zip(calls, replies, strict=True):
+            try:
+                out.append((self._reply(link, op, rop, reply, path), None))
+            except (XenStoreNotFound, XenStorePermission) as exc:
+                out.append((b"", exc))
+        return out
+
+    def _reply(self, link: _Link, op: int, rop: int, reply: bytes, path: str | None) -> bytes:
         if rop == Op.ERROR:
             raise _error(op, _wire.errno_from_name(reply), path)
         if rop != op:
@@ -514,6 +571,15 @@ class Transaction(_Ops):
             self._done = True
             raise XenStoreUnavailable("connection lost; the transaction was aborted", 0, path)
         return self.client._call_on(self._link, op, payload, self.id, path)
+
+    def _call_many(self, calls: list[tuple[int, bytes, str | None]]
+                   ) -> list[tuple[bytes, XenStoreError | None]]:
+        if self._done:
+            raise XenStoreError("transaction already ended", E.EINVAL, None)
+        if not self._link.alive():
+            self._done = True
+            raise XenStoreUnavailable("connection lost; the transaction was aborted")
+        return self.client._call_many_on(self._link, calls, self.id)
 
     def commit(self) -> bool:
         """Commit: True, or False if it conflicted (EAGAIN) and must be redone."""
@@ -732,6 +798,18 @@ class _PyxsLink:
         return not self.router.dead and self.router.thread.is_alive()
 
     def request(self, op: int, payload: bytes, tx_id: int, timeout: float) -> tuple[int, bytes]:
+        return self._wait(op, self._send(op, payload, tx_id), timeout)
+
+    def request_many(self, requests: list[tuple[int, bytes]], tx_id: int, timeout: float
+                     ) -> list[tuple[int, bytes]]:
+        """Every request sent before the first reply is awaited (xenstored answers a
+        connection's requests in order); ``timeout`` bounds the whole batch."""
+        deadline = time.monotonic() + timeout
+        sent = [(op, self._send(op, payload, tx_id)) for op, payload in requests]
+        return [self._wait(op, rvar, max(0.0, deadline - time.monotonic()))
+                for op, rvar in sent]
+
+    def _send(self, op: int, payload: bytes, tx_id: int) -> Any:
         with self._rq_lock:  # pyxs's own next_rq_id() is an unlocked global
             rq_id = next(self._rq) & 0xFFFFFFFF
         # Packet._make skips pyxs's op whitelist (no RESET_WATCHES / DIRECTORY_PARTIAL there).
@@ -745,6 +823,9 @@ class _PyxsLink:
             raise XenStoreUnavailable(f"connection to {self.path} lost: {exc}") from None
         if router.dead and rvar.target is None:
             raise XenStoreUnavailable(f"connection to {self.path} lost")
+        return rvar
+
+    def _wait(self, op: int, rvar: Any, timeout: float) -> tuple[int, bytes]:
         with rvar.condition:
             if not rvar.condition.wait_for(lambda: rvar.target is not None, timeout):
                 raise XenStoreTimeout(
@@ -819,6 +900,10 @@ class _LocalLink:
         except ConnectionError:
             self._lost()
             raise XenStoreUnavailable("in-process xenstore connection closed") from None
+
+    def request_many(self, requests: list[tuple[int, bytes]], tx_id: int, timeout: float
+                     ) -> list[tuple[int, bytes]]:
+        return [self.request(op, payload, tx_id, timeout) for op, payload in requests]
 
     def _lost(self) -> None:
         for sinks in self._sinks.values():

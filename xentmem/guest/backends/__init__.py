@@ -5,8 +5,14 @@ can be unloaded again.
 - ``Zcache``: a compressed in-guest backend in the spirit of zcache (ref §6), lz4.
 """
 
-from xentmem.guest.backends._module import BackendModule, UnloadReport
-from xentmem.guest.backends.tmem import XenTmem
-from xentmem.guest.backends.zcache import Zcache
+from xentmem._lazy import lazy_exports
 
 __all__ = ["BackendModule", "UnloadReport", "XenTmem", "Zcache"]
+
+# each name's module is imported on first use: importing a submodule (or this package)
+# stays light
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "._module": ("BackendModule", "UnloadReport"),
+    ".tmem": ("XenTmem",),
+    ".zcache": ("Zcache",),
+})
