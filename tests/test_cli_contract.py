@@ -138,12 +138,29 @@ def cases(state: Path, files: Path) -> dict[str, tuple[list[str], dict[str, Any]
                        rows_of("rows", "pages_per_s")),
         "bench guest": (["bench", "guest", "-n", "100", "--rounds", "1"],
                         rows_of("rows", "case", "pages_per_s")),
+        "balance plan": (["balance", "plan"], keys("policy", "budget_mib", "guests", "tmem")),
+        "balance explain": (["balance", "explain", "guest1"], keys("now", "logged")),
+        "balance set": (["balance", "set", "guest2", "--priority", "3"],
+                        keys("domid", "name", "floor_mib", "priority")),
+        "balance compare": (["balance", "compare", "--guests", "idle", "--for", "10", "-p",
+                             "tmem"], keys("guests", "memory_mib", "host_mib", "table")),
+        "tune apply": (["tune", "apply", str(sweep_report(files)), "guest2", "--wait", "10"],
+                       keys("domid", "request", "status", "settings")),
     }
 
 
 # a minute or more each (their JSON goes through the same renderer), and demo: seconds, and
 # its JSON is emulator run's (run_and_report)
 SLOW = {"bench living", "bench daemon", "bench cli", "demo"}
+
+
+def sweep_report(files: Path) -> Path:
+    """A sweep's JSON report, for ``tune apply``."""
+    path = files / "sweep.json"
+    if not path.exists():
+        path.write_text(cli("tune", "sweep", str(files / "t.csv"), "-g", "downhysteresis=1,8",
+                            "--json").stdout)
+    return path
 
 
 def sysfs_root(files: Path) -> Path:

@@ -87,8 +87,8 @@ def test_set_stores_settings_and_refuses_bad_ones(living):
     uri = f"emulator:{living}"
     data = json.loads(run("balance", "set", "guest1", "--floor", "100", "--priority", "20",
                           "-c", uri, "--json"))
-    assert data == {"domid": 1, "name": "guest1", "floor_mib": 100, "ceiling_mib": None,
-                    "opt_out": False, "priority": 20}
+    assert data == {"schema_version": 1, "command": "balance set", "domid": 1, "name": "guest1",
+                    "floor_mib": 100, "ceiling_mib": None, "opt_out": False, "priority": 20}
     err = run("balance", "set", "guest1", "--floor", "300", "--ceiling", "200", "-c", uri, code=2)
     assert "above the ceiling" in err and len(err.strip().splitlines()) == 1
     data = json.loads(run("balance", "set", "guest1", "--opt-out", "-c", uri, "--json"))

@@ -57,7 +57,9 @@ def test_cli_local_dask_cluster_equals_in_process(fleet_files, in_process):
     dask = runner.invoke(app, [*args, "--cluster", "local:2", "--json"])
     assert local.exit_code == 0, local.output
     assert dask.exit_code == 0, dask.output
-    assert json.loads(dask.stdout) == json.loads(local.stdout) == in_process.as_dict()
+    envelope = {"schema_version": 1, "command": "tune sweep"}  # the CLI's JSON contract
+    assert json.loads(dask.stdout) == json.loads(local.stdout) == {**envelope,
+                                                                   **in_process.as_dict()}
 
 
 def test_an_existing_scheduler_gives_the_same(fleet_files, in_process):

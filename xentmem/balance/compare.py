@@ -323,8 +323,8 @@ class Comparison:
 
     def as_dict(self, *, series: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "guests": list(self.spec.guests), "memory_mb": self.spec.memory_mb,
-            "host_mb": self.spec.host_memory_mb, "duration_s": self.spec.duration_s,
+            "guests": list(self.spec.guests), "memory_mib": self.spec.memory_mb,
+            "host_mib": self.spec.host_memory_mb, "duration_s": self.spec.duration_s,
             "interval_s": self.spec.interval_s, "table": self.rows()}
         if series:
             out["runs"] = [{**r.series(), "scores": r.scores, "events": r.events}

@@ -267,6 +267,6 @@ def inputs_row(g: GuestState) -> dict[str, Any]:
             "max_mib": mib(g.max_kib), "used_mib": mib(g.used_kib),
             "used_avg_mib": mib(g.used_avg_kib), "committed_mib": mib(g.committed_kib),
             "free_mib": mib(g.free_kib), "cache_mib": mib(g.cache_kib),
-            "swap_in_pages_s": round(g.swap_in_rate, 1), "tmem": g.tmem_enabled,
+            "swap_in_pages_per_s": round(g.swap_in_rate, 1), "tmem": g.tmem_enabled,
             "selfballooning": g.selfballooning, **g.settings.row(),
             "excluded": g.excluded}

@@ -170,8 +170,8 @@ class Plan:
         return next((d for d in self.decisions if d.domid == domid), None)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"policy": self.policy, "budget_mib": _mib(self.budget_kib), "note": self.note,
-                "guests": [d.row() for d in self.decisions],
+        return {"policy": self.policy, "budget_mib": _mib(self.budget_kib),
+                "note": self.note or None, "guests": [d.row() for d in self.decisions],
                 "tmem": [a.row() for a in self.tmem]}
 
 
