@@ -13,6 +13,7 @@ from xentmem import abi
 from xentmem.abi import PAGE_SIZE, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
 from xentmem.emulator._codec import decompress_page
+from xentmem.emulator._tmem import REGION
 from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import EmulatorError, HostCrashed, TmemNoPoolError
 from xentmem.hypercalls.tmem import Tmem
@@ -282,8 +283,9 @@ def _before_metadata(state: dict, fmt: int) -> dict:
     `Fc`), as the releases before tmem's metadata took pages wrote it for the same calls
     (``git show 8f207e1:xentmem/emulator/_state.py``): no metadata fields, nothing of dedup,
     the global `cbytes` of compressed data, whose pages (and no others) tmem took, from Xen's
-    heap. Format 1 (8f207e1) also kept lz4 blocks, and a page that lz4 fits in Xen's
-    sub-page allocator (LZO does not) compressed; format 2 (20f2f67) kept LZO's."""
+    heap, and a domain charged a page for each persistent page, compressed or not. Format 1
+    (8f207e1) also kept lz4 blocks, and a page that lz4 fits in Xen's sub-page allocator
+    (LZO does not) compressed; format 2 (20f2f67) kept LZO's."""
     old = pickle.loads(pickle.dumps(state))
     old["format"] = fmt
     del old["config"]["tmem_dedup"], old["config"]["tmem_tze"]
@@ -313,10 +315,11 @@ def _before_metadata(state: dict, fmt: int) -> dict:
                     pages += 1
                 elif not csize:
                     continue
-                p["pages"][n] = data = (oid, index, block, len(block), last)
+                p["pages"][n] = (oid, index, block, len(block), last)
                 owner["cb"] += len(block) - csize
                 csize = len(block)
             cbytes += csize
+            domains[p["owner"]]["tmem_pages"] += p["persistent"] and csize > 0
     t["cbytes"] = cbytes
     old["heap_free"] += pages - -(-cbytes // PAGE_SIZE)
     return old
@@ -329,7 +332,7 @@ def _charged(host: EmulatedHost) -> None:
     for holder in (tm, *tm.clients.values()):
         mine = [p for p in pools.values() if (p.client if p.persistent else tm) is holder]
         assert holder.meta_used == sum(map(tm.meta_bytes, mine))
-        assert holder.meta_pages == -(-holder.meta_used // (PAGE_SIZE - 16))
+        assert holder.meta_pages == -(-holder.meta_used // REGION)
 
 
 @pytest.mark.parametrize("fmt", [1, 2])

@@ -104,14 +104,12 @@ def _lz4_to_lzo(state: dict[str, Any]) -> int:
     """A format 1 state (written when lz4 stood in for LZO) as format 2, in place: each
     compressed page recompressed as Xen's LZO1X-1 does, its owner's `cp` and `cb` following;
     one whose LZO block would not fit Xen's sub-page allocator is stored raw instead, in a
-    frame (`Fc`; a persistent pool's charged to its owner's domain), compression found poor
-    (`cn`). `cbytes` stays as
-    written: it tells which pages the old blocks took. Returns the frames still to take."""
+    frame (`Fc`), compression found poor (`cn`). `cbytes` and the domains' charges stay as
+    written (``_old_charges`` reads them). Returns the frames still to take."""
     import lz4.block
 
     t = state["tmem"]
     clients = {c["domid"]: c for c in t["clients"]}
-    domains = {d["domid"]: d for d in state["domains"]}
     frames = 0
     for p in t["pools"]:
         owner = clients.get(p["owner"])
@@ -129,14 +127,25 @@ def _lz4_to_lzo(state: dict[str, Any]) -> int:
             frames += 1
             t["raw_pages"] += 1
             t["Fm"] = max(t["Fm"], t["raw_pages"])
-            if p["persistent"]:
-                domains[p["owner"]]["tmem_pages"] += 1
             if owner is not None:
                 owner["cp"] -= 1
                 owner["cb"] -= csize
                 owner["cn"] += 1
     state["format"] = 2
     return frames
+
+
+def _old_charges(state: dict[str, Any]) -> int:
+    """Formats 1 and 2 charged a domain a page for each persistent page, compressed or not,
+    and took the pages the global `cbytes` of compressed data spanned: the compressed pages'
+    charges go (``_settle_metadata`` charges their blocks) and so does `cbytes`. Returns the
+    pages it spanned, which tmem gives back."""
+    t = state["tmem"]
+    domains = {d["domid"]: d for d in state["domains"]}
+    for p in t["pools"]:
+        if p["persistent"] and p["owner"] in domains:
+            domains[p["owner"]]["tmem_pages"] -= sum(1 for page in p["pages"] if page[3])
+    return -(-t.pop("cbytes") // PAGE_SIZE)
 
 
 def _settle_metadata(tm: Tmem, pools: list[Pool | None], owed: int) -> None:
@@ -178,8 +187,7 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
     old = state.get("format") in (1, 2)
     if old:
         state = copy.deepcopy(state)  # a failed load leaves the caller's state as it was
-        owed = _lz4_to_lzo(state) if state["format"] == 1 else 0
-        owed -= -(-state["tmem"].pop("cbytes") // PAGE_SIZE)
+        owed = (_lz4_to_lzo(state) if state["format"] == 1 else 0) - _old_charges(state)
         state["format"] = FORMAT
     if state.get("format") != FORMAT:
         raise ValueError(f"unknown emulator state format {state.get('format')!r}")
