@@ -361,6 +361,8 @@ def test_a_state_from_before_metadata_pages_loads_as_if_this_model_had_stored_it
     assert pickle.dumps(old) == kept  # the caller's state is left as it was
     assert again.to_state() == want
     _charged(again)
+    # main at e5148d6 wrote this very shape as format 2
+    assert EmulatedHost.from_state({**want, "format": 2}).to_state() == want
     for h in (host, again):
         g1, g2 = Guest(h, d1.domid), Guest(h, d2.domid)
         assert g1.get(pp, 9, 0) == (1, lzo_too_long)

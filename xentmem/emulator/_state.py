@@ -183,11 +183,13 @@ def _settle_metadata(tm: Tmem, pools: list[Pool | None], owed: int) -> None:
 
 
 def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
-    # formats 1 and 2 kept no metadata: the pages their compressed data spanned go back
-    old = state.get("format") in (1, 2)
-    if old:
+    fmt = state.get("format")
+    # formats 1 and 2 kept no metadata: the pages their compressed data spanned go back (main
+    # at e5148d6 wrote today's state, with no `cbytes`, as format 2)
+    old = fmt == 1 or (fmt == 2 and "cbytes" in state["tmem"])
+    if old or fmt == 2:
         state = copy.deepcopy(state)  # a failed load leaves the caller's state as it was
-        owed = (_lz4_to_lzo(state) if state["format"] == 1 else 0) - _old_charges(state)
+        owed = (_lz4_to_lzo(state) if fmt == 1 else 0) - _old_charges(state) if old else 0
         state["format"] = FORMAT
     if state.get("format") != FORMAT:
         raise ValueError(f"unknown emulator state format {state.get('format')!r}")
