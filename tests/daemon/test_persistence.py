@@ -15,6 +15,7 @@ import pytest
 from xentmem.emulator import EmulatedHost, daemon
 from xentmem.emulator import _daemon_store as store_mod
 from xentmem.emulator._daemon_store import JOURNAL, SNAPSHOT, Record, StateStore
+from xentmem.emulator._tmem import REGION
 from xentmem.errors import EmulatorError, StateDamaged, TransportError
 from xentmem.hypercalls import Tmem
 from xentmem.hypercalls.socket import SocketHypervisor
@@ -209,3 +210,38 @@ def test_a_long_journal_is_compacted_into_a_snapshot(make_daemon, monkeypatch):
     _check(d.directory, pers, 40)
     d.restart()
     _check(d.directory, pers, 40)
+
+
+def test_the_state_the_release_before_lzo_wrote_comes_up(make_daemon, state_dir: Path):
+    """A snapshot and journal of 8f207e1 (lz4 blocks, no metadata pages; written by
+    fixtures/release-8f207e1/make_state.py, which says what it holds): ``up`` restores it and
+    replays its journal, every page reads back, tmem's metadata is charged as this model
+    charges it (the persistent pool's to its domain), and destroying the pools gives every
+    page tmem holds back to its free list."""
+    made = Path(__file__).parent / "fixtures" / "release-8f207e1"
+    for name in ("host.state", "journal", "xenstore.state", "xenstore.journal"):
+        (state_dir / name).write_bytes((made / name).read_bytes())
+    d = make_daemon()
+    assert "replayed 5 journaled" in d.note
+    tm = d.daemon.host.tmem
+    client = tm.client(1)
+    pers, eph = client.pools[0], client.pools[1]
+    assert pers.npages == 304 and eph.npages == 300 and client.cp == 604
+    assert client.meta_used == tm.meta_bytes(pers) and tm.meta_used == tm.meta_bytes(eph)
+    assert client.meta_pages == -(-client.meta_used // REGION) > 0 and tm.meta_pages > 0
+    assert client.dom.tmem_pages == client.meta_pages  # every page compressed: no frames
+
+    def text(i: int) -> bytes:  # make_state.py's pages
+        return (f"page {i} of the old release " * 200).encode()[:4096]
+
+    with SocketHypervisor(d.directory, 1) as hv:
+        guest = Tmem(hv)
+        for i in range(305):
+            want = None if i == 1 else text(i) if i % 4 else bytes([i % 251]) * 4096
+            assert guest.get_page(0, (i % 3, 0, 7), i * 37) == want, i
+        assert guest.get_page(1, 5, 299) == text(299)[::-1]
+        held = tm.raw_pages + tm.meta_pages + client.meta_pages
+        free = tm.free_list
+        assert guest.destroy_pool(0) and guest.destroy_pool(1)
+    assert tm.meta_used == tm.meta_pages == client.meta_used == client.meta_pages == 0
+    assert client.dom.tmem_pages == tm.raw_pages == 0 and tm.free_list == free + held

@@ -13,6 +13,7 @@ from xentmem import abi
 from xentmem.abi import PAGE_SIZE, Hypercall, TmemCmd
 from xentmem.emulator import EmulatedHost
 from xentmem.emulator._codec import decompress_page
+from xentmem.emulator._tmem import REGION
 from xentmem.emulator.transport import EmulatedHypervisor
 from xentmem.errors import EmulatorError, HostCrashed, TmemNoPoolError
 from xentmem.hypercalls.tmem import Tmem
@@ -277,30 +278,131 @@ def test_state_round_trip(version):
     assert again.create_domain("next", 16) == host.create_domain("next", 16)
 
 
-def test_a_format_1_state_with_lz4_pages_loads_as_if_lzo_had_stored_them():
-    host, (_d0, d1) = make("4.12", guests=1, tmem_compress=True)
+def _before_metadata(state: dict, fmt: int) -> dict:
+    """``state``, of a host whose tmem never gave a page back (its free list empty, `Fm` =
+    `Fc`), as the releases before tmem's metadata took pages wrote it for the same calls
+    (``git show 8f207e1:xentmem/emulator/_state.py``): no metadata fields, nothing of dedup,
+    the global `cbytes` of compressed data, whose pages (and no others) tmem took, from Xen's
+    heap, and a domain charged a page for each persistent page, compressed or not. Format 1
+    (8f207e1) also kept lz4 blocks, and a page that lz4 fits in Xen's sub-page allocator
+    (LZO does not) compressed; format 2 (20f2f67) kept LZO's."""
+    old = pickle.loads(pickle.dumps(state))
+    old["format"] = fmt
+    del old["config"]["tmem_dedup"], old["config"]["tmem_tze"]
+    t = old["tmem"]
+    assert t["free_list"] == 0 and t["Fm"] == t["raw_pages"]
+    for name in ("meta_used", "Sc", "Sm", "Gd", "Zt", "Gz"):
+        del t[name]
+    pages = t.pop("meta_pages")  # the pages tmem holds that the old release did not take
+    clients = {c["domid"]: c for c in t["clients"]}
+    domains = {d["domid"]: d for d in old["domains"]}
+    for c in t["clients"]:
+        del c["meta_used"]
+        domains[c["domid"]]["tmem_pages"] -= c["meta_pages"]
+        pages += c.pop("meta_pages")
+    cbytes = 0
+    for p in t["pools"]:
+        owner = clients[p["owner"]]
+        for n, (oid, index, data, csize, last) in enumerate(p["pages"]):
+            if fmt == 1 and (csize or owner["compress"]):
+                block = lz4.block.compress(decompress_page(data) if csize else data,
+                                           store_size=False)
+                if not csize and len(block) < 4096 - 32:  # no frame, and no `cn`
+                    owner.update(cp=owner["cp"] + 1, cn=owner["cn"] - 1)
+                    t["raw_pages"] -= 1
+                    t["Fm"] -= 1
+                    domains[p["owner"]]["tmem_pages"] -= p["persistent"]
+                    pages += 1
+                elif not csize:
+                    continue
+                p["pages"][n] = (oid, index, block, len(block), last)
+                owner["cb"] += len(block) - csize
+                csize = len(block)
+            cbytes += csize
+            domains[p["owner"]]["tmem_pages"] += p["persistent"] and csize > 0
+    t["cbytes"] = cbytes
+    old["heap_free"] += pages - -(-cbytes // PAGE_SIZE)
+    return old
+
+
+def _charged(host: EmulatedHost) -> None:
+    """Each sub-page pool holds exactly its pools' blocks, in the fewest pages."""
+    tm = host.tmem
+    pools = {id(p): p for c in tm.clients.values() for p in c.pools if p is not None}
+    for holder in (tm, *tm.clients.values()):
+        mine = [p for p in pools.values() if (p.client if p.persistent else tm) is holder]
+        assert holder.meta_used == sum(map(tm.meta_bytes, mine))
+        assert holder.meta_pages == -(-holder.meta_used // REGION)
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_a_state_from_before_metadata_pages_loads_as_if_this_model_had_stored_its_pages(fmt):
+    """A state of the releases before LZO (format 1) and before metadata pages (format 2)
+    loads as the host these calls build now, state for state: pages recompressed (one that
+    LZO cannot fit stored raw), each sub-page pool's blocks and pages charged, its domain's
+    for a persistent pool. The same flushes then give the same host again, down to an
+    empty tmem."""
+    host, (d0, d1, d2) = make("4.5", guests=2, tmem_compress=True)
     pp = d1.new_pool(PRIV_PERS)
     pe = d1.new_pool(PRIV_EPH)
-    for i in range(400):  # LZO needs 44-53 bytes a page here, lz4 fewer: more pages spanned
-        d1.put(pp, 1, i, text_page(i) if i % 5 else page(i))
+    raw = d2.new_pool(PRIV_PERS)
+    d0.ctl("SET_COMPRESS", d2.domid, arg1=0)  # its pages take frames
+    lzo_too_long = page(9)[:3900] + bytes(196)  # lz4: 3937 bytes, LZO1X-1: 4077
+    for i in range(400):  # LZO needs 44-53 bytes a page here, lz4 fewer
+        d1.put(pp, 1 + i % 3, i * 37, text_page(i) if i % 5 else page(i))
         d1.put(pe, 2, i, text_page(i + 1000))
+        d2.put(raw, 4, i * 70, page(i + 2000))
+    assert d1.put(pp, 9, 0, lzo_too_long) == 1 and d1.put(pe, 9, 0, lzo_too_long) == 1
     want = host.to_state()
-    # what the release that stored lz4 blocks wrote for the same calls
-    old = pickle.loads(pickle.dumps(want))
-    t = old["tmem"]
-    (client,) = (c for c in t["clients"] if c["domid"] == d1.domid)
-    spanned = -(-t["cbytes"] // PAGE_SIZE)
-    for p in t["pools"]:
-        for n, (oid, index, data, csize, last) in enumerate(p["pages"]):
-            if csize:
-                block = lz4.block.compress(decompress_page(data), store_size=False)
-                p["pages"][n] = (oid, index, block, len(block), last)
-                t["cbytes"] += len(block) - csize
-                client["cb"] += len(block) - csize
-    t["free_list"] += spanned - -(-t["cbytes"] // PAGE_SIZE)
-    old["format"] = 1
-    assert -(-t["cbytes"] // PAGE_SIZE) < spanned  # so loading it takes free-list pages
+    old = _before_metadata(want, fmt)
+    kept = pickle.dumps(old)
 
     again = EmulatedHost.from_state(old)
+    assert pickle.dumps(old) == kept  # the caller's state is left as it was
     assert again.to_state() == want
-    assert Guest(again, d1.domid).get(pp, 1, 7) == (1, text_page(7))
+    _charged(again)
+    # main at e5148d6 wrote this very shape as format 2
+    assert EmulatedHost.from_state({**want, "format": 2}).to_state() == want
+    for h in (host, again):
+        g1, g2 = Guest(h, d1.domid), Guest(h, d2.domid)
+        assert g1.get(pp, 9, 0) == (1, lzo_too_long)
+        assert g1.flush_object(pp, 2) == 1 and g1.flush(pe, 2, 7) == 1
+        assert g2.flush_object(raw, 4) == 1
+        assert g1.destroy(pe) == 1
+    assert again.to_state() == host.to_state()
+    assert again.tmem.meta_used == again.tmem.client(d2.domid).meta_used == 0
+    assert again.domain_info(d2.domid)["tmem_pages"] == 0
+
+
+def test_an_old_state_with_no_room_for_metadata_evicts_ephemeral_pages_keeps_persistent():
+    """A format 1 host with no page left: its ephemeral pages are evicted, oldest first,
+    till the metadata fits; every persistent page stays. With no ephemeral page to evict
+    the load fails and says why, changing nothing."""
+    host, (_d0, d1) = make("4.12", guests=1)
+    pp = d1.new_pool(PRIV_PERS)
+    pe = d1.new_pool(PRIV_EPH)
+    for i in range(300):
+        d1.put(pp, 1, i, page(i))
+        d1.put(pe, 2, i, page(i + 1000))
+    old = _before_metadata(host.to_state(), 1)
+    old["heap_free"] = 0
+    again = EmulatedHost.from_state(old)
+    tm = again.tmem
+    evicted = tm.Et
+    assert 0 < evicted < 300 and tm.Ea == evicted and tm.free_list + again.heap_free < 10
+    assert tm.eph_count == 300 - evicted
+    g = Guest(again, d1.domid)
+    assert g.get(pe, 2, evicted - 1)[0] == 0 and g.get(pe, 2, evicted) == (1, page(evicted + 1000))
+    assert all(g.get(pp, 1, i) == (1, page(i)) for i in range(300))
+    _charged(again)
+
+    host, (_d0, d1) = make("4.12", guests=1)
+    pp = d1.new_pool(PRIV_PERS)
+    for i in range(300):
+        d1.put(pp, 1, i, page(i))
+    bare = _before_metadata(host.to_state(), 1)
+    bare["heap_free"] = 0
+    kept = pickle.dumps(bare)
+    with pytest.raises(ValueError, match=r"needs \d+ pages .* has 0: load it with the release"):
+        EmulatedHost.from_state(bare)
+    assert pickle.dumps(bare) == kept

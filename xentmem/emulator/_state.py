@@ -9,17 +9,19 @@ and handed-out buffers are not kept: they belong to connections, which a restart
 
 from __future__ import annotations
 
+import copy
 import zlib
 from typing import TYPE_CHECKING, Any
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.emulator._codec import compress_page
-from xentmem.emulator._tmem import Obj, Page, Pool, _index
+from xentmem.emulator._tmem import REGION, SUBPAGE_MAX, Obj, Page, Pool, Tmem, _index
 
 if TYPE_CHECKING:
     from xentmem.emulator._host import EmulatedHost
 
-FORMAT = 2  # 1: compressed pages were lz4 blocks (still read: _lz4_to_lzo)
+# 1: lz4 blocks (read: _lz4_to_lzo); 2: no metadata pages, `cbytes` (read: _settle_metadata)
+FORMAT = 3
 _TMEM = ("Tt", "Te", "Cf", "Af", "Pf", "Lm", "Et", "Ea", "Rt", "Ra", "Rx", "Fp", "Ep", "Em",
          "Om", "Pm", "Fm", "Nm", "free_list", "reserve", "auth_disabled", "weight_sum",
          "raw_pages", "meta_used", "meta_pages", "npages", "nobjs", "nodes", "eph_count", "ptr_seq",
@@ -98,37 +100,97 @@ def to_state(host: EmulatedHost) -> dict[str, Any]:
     }
 
 
-def _lz4_to_lzo(state: dict[str, Any]) -> None:
+def _lz4_to_lzo(state: dict[str, Any]) -> int:
     """A format 1 state (written when lz4 stood in for LZO) as format 2, in place: each
-    compressed page recompressed as Xen's LZO1X-1 does (kept compressed even where LZO would not
-    fit Xen's sub-page allocator), its owner's `cb` and the host's compressed bytes following.
-    The pages those bytes span shrink back to tmem's free list or grow from it, then from Xen's
-    heap (on a host with no page left the growth, under a page per 4 KiB of difference, is not
-    charged)."""
+    compressed page recompressed as Xen's LZO1X-1 does, its owner's `cp` and `cb` following;
+    one whose LZO block would not fit Xen's sub-page allocator is stored raw instead, in a
+    frame (`Fc`), compression found poor (`cn`). `cbytes` and the domains' charges stay as
+    written (``_old_charges`` reads them). Returns the frames still to take."""
     import lz4.block
 
     t = state["tmem"]
     clients = {c["domid"]: c for c in t["clients"]}
-    spanned = (t["cbytes"] + PAGE_SIZE - 1) // PAGE_SIZE
+    frames = 0
     for p in t["pools"]:
         owner = clients.get(p["owner"])
         for n, (oid, index, data, csize, last) in enumerate(p["pages"]):
-            if csize:
-                packed = compress_page(lz4.block.decompress(data, uncompressed_size=PAGE_SIZE))
+            if not csize:
+                continue
+            page = lz4.block.decompress(data, uncompressed_size=PAGE_SIZE)
+            packed = compress_page(page)
+            if len(packed) < SUBPAGE_MAX:
                 p["pages"][n] = (oid, index, packed, len(packed), last)
-                t["cbytes"] += len(packed) - csize
                 if owner is not None:
                     owner["cb"] += len(packed) - csize
-    grow = (t["cbytes"] + PAGE_SIZE - 1) // PAGE_SIZE - spanned
-    from_list = min(grow, t["free_list"])
-    t["free_list"] -= from_list
-    state["heap_free"] = max(0, state["heap_free"] - (grow - from_list))
-    state["format"] = FORMAT
+                continue
+            p["pages"][n] = (oid, index, page, 0, last)
+            frames += 1
+            t["raw_pages"] += 1
+            t["Fm"] = max(t["Fm"], t["raw_pages"])
+            if owner is not None:
+                owner["cp"] -= 1
+                owner["cb"] -= csize
+                owner["cn"] += 1
+    state["format"] = 2
+    return frames
+
+
+def _old_charges(state: dict[str, Any]) -> int:
+    """Formats 1 and 2 charged a domain a page for each persistent page, compressed or not,
+    and took the pages the global `cbytes` of compressed data spanned: the compressed pages'
+    charges go (``_settle_metadata`` charges their blocks) and so does `cbytes`. Returns the
+    pages it spanned, which tmem gives back."""
+    t = state["tmem"]
+    domains = {d["domid"]: d for d in state["domains"]}
+    for p in t["pools"]:
+        if p["persistent"] and p["owner"] in domains:
+            domains[p["owner"]]["tmem_pages"] -= sum(1 for page in p["pages"] if page[3])
+    return -(-t.pop("cbytes") // PAGE_SIZE)
+
+
+def _settle_metadata(tm: Tmem, pools: list[Pool | None], owed: int) -> None:
+    """Tmem's own structures on a host loaded from a state that kept none (format 1 or 2),
+    charged as the model would have charged them storing the same pages: each sub-page
+    pool's blocks (``Tmem.meta_bytes`` of its pools) and the pages they span (the ephemeral
+    pools' the host's, a persistent pool's its owner's, charged to the owner's domain). Those
+    pages and ``owed`` (frames, less the pages the old compressed data took) come from tmem's
+    free list, then Xen's heap. Where the old host has too few, ephemeral pages are evicted,
+    oldest first (`Et`, `Ea`), as Xen would to make room. A persistent page is never
+    dropped: a domain may end up past its max_pages (it then PUTs nothing new until it
+    frees pages), and if even with every ephemeral page gone the host cannot hold the
+    persistent pages' metadata, the load fails (ValueError), the state left as it was
+    written for the release that wrote it."""
+    for pool in pools:
+        if pool is not None:
+            holder = pool.client if pool.persistent else tm
+            holder.meta_used += tm.meta_bytes(pool)
+    for holder in (tm, *tm.clients.values()):
+        holder.meta_pages = -(-holder.meta_used // REGION)
+        owed += holder.meta_pages
+        if holder is not tm:
+            holder.dom.tmem_pages += holder.meta_pages  # type: ignore[union-attr]
+    # an eviction frees a frame, or with the last ephemeral page the ephemeral pool's pages,
+    # to the free list: ``owed`` counts them, taken back below
+    while owed > tm.free_list + tm.host.heap_free and tm.evict(None):
+        pass
+    if owed < 0:
+        tm.free_list -= owed
+    elif not tm._take_pages(owed):
+        raise ValueError(f"the saved host (state format 1 or 2) needs {owed} pages for "
+                         f"tmem's persistent pages and their metadata, and has "
+                         f"{tm.free_list + tm.host.heap_free}: load it with the release that "
+                         "wrote it and free persistent pages first")
 
 
 def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
-    if state.get("format") == 1:
-        _lz4_to_lzo(state)
+    fmt = state.get("format")
+    # formats 1 and 2 kept no metadata: the pages their compressed data spanned go back (main
+    # at e5148d6 wrote today's state, with no `cbytes`, as format 2)
+    old = fmt == 1 or (fmt == 2 and "cbytes" in state["tmem"])
+    if old or fmt == 2:
+        state = copy.deepcopy(state)  # a failed load leaves the caller's state as it was
+        owed = (_lz4_to_lzo(state) if fmt == 1 else 0) - _old_charges(state) if old else 0
+        state["format"] = FORMAT
     if state.get("format") != FORMAT:
         raise ValueError(f"unknown emulator state format {state.get('format')!r}")
     cfg = state["config"]
@@ -224,6 +286,8 @@ def from_state(cls: type[EmulatedHost], state: dict[str, Any]) -> EmulatedHost:
         host.heap_free = state["heap_free"]
     for name in _TMEM:
         setattr(tm, name, t.get(name, 0))
+    if old:
+        _settle_metadata(tm, pools, owed)
     return host
 
 

@@ -546,6 +546,17 @@ class Tmem:
         holder.meta_used = used
         return True
 
+    def meta_bytes(self, pool: Pool) -> int:
+        """The bytes of blocks ``pool``'s structures hold in its sub-page pool, from its
+        contents: what ``_meta`` charged for its objects (those a failed GET emptied too),
+        page descriptors (orphans included), radix nodes and compressed data. Without dedup:
+        a shared copy (``pcd_of``) belongs to no one pool."""
+        pages = [pg for obj in pool.objs.values() for pg in obj.pages.values()]
+        pages += [pg for pg in self.orphans if pg.obj.pool is pool]  # type: ignore[union-attr]
+        return (len(pool.objs) * self.obj_block + pool.npages * self.pgp_block
+                + pool.nodes * self.node_block
+                + sum(xmem_block(pg.csize) for pg in pages if pg.csize > 0))
+
     def _meta_bound(self, indexes: Sequence[int]) -> int:
         """At most the pages the descriptors, object and radix nodes of new pages at
         ``indexes`` (of one object) take: a bulk run with that much room never fails."""
