@@ -3,7 +3,7 @@ with lazy backend registration (the seed) and backend unload, the tmem and compr
 the balloon and self-balloon drivers, and their sysfs/debugfs view.
 """
 
-from xentmem.guest.backends import BackendModule, UnloadReport, XenTmem, Zcache
+from xentmem.guest.backends import BackendModule, Ramster, UnloadReport, XenTmem, Zcache
 from xentmem.guest.balloon import (
     Balloon,
     HypervisorReservation,
@@ -39,6 +39,7 @@ __all__ = [
     "Kernel",
     "MemorySlotStore",
     "MemorySnapshot",
+    "Ramster",
     "SelfBalloon",
     "SelfBalloonKnobs",
     "SlotStore",

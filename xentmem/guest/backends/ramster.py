@@ -1,0 +1,827 @@
+"""RAMster (``drivers/staging/zcache/ramster``, Linux 3.9-3.12; ref §6): zcache whose pages
+can live in another node's RAM, as a loadable and unloadable module.
+
+Pages are put and compressed locally exactly as :class:`~.zcache.Zcache` does. Every
+``remotify_interval`` (model seconds, at the guest's timer tick) the pages above the
+``remotify_above`` watermark (percent of the local pool), oldest first, are sent to the
+configured remote node (``PUT_EPH`` / ``PUT_PERS``); the local copy is dropped once that node
+acknowledged the page. A GET of a remote page sends ``ASYNC_GET_AND_FREE_REQUEST`` (exclusive
+gets) or ``ASYNC_GET_REQUEST`` and the faulting caller sleeps until ``ASYNC_GET_REPLY`` arrives,
+at most ``get_timeout_s``: a node that does not answer in time is declared dead. The remote side
+keeps such pages in foreign pools, created on demand per (node, pool). The selfshrinker, every
+``selfshrink_interval``, repatriates remote persistent pages while the local pool is below
+``repatriate_below`` percent and the guest has free memory. Flushes (``FLUSH``, ``FLOBJ``,
+``DESTROY_POOL``) of a remote key are queued under the engine's lock behind any put of it, on
+the one ordered connection to its node, so puts and flushes of one key apply in order.
+
+A page is in one of these states (``_Remote.state``; no entry: only local, or nowhere):
+
+=========  ===========================================================================
+INFLIGHT   local copy kept, a PUT sent and not yet acknowledged
+REMOTE     only on ``node``
+GETTING    only on ``node``, an ASYNC_GET_AND_FREE_REQUEST on its way (``waiter``)
+ONDISK     its node died; the copy on the guest's swap slot is current (durable mode)
+LOST       its node died with the only copy (faithful mode): loads say so (-EIO)
+=========  ===========================================================================
+
+Modes: ``faithful`` is RAMster as it was: when a node dies the ephemeral pages remotified to it
+are misses and the persistent ones are lost, counted in ``lost_pers_pages`` and reported to the
+frontend as such, never answered with stale data. ``durable`` (the default) writes a persistent
+page to its swap slot before remotifying it, so a death costs a disk read, never the page.
+
+Unloading repatriates every remote page through the frontswap drain (each is fetched and
+written to its swap slot), drops the ephemeral ones, waits until every queued message is sent,
+then leaves the cluster; the pages this node held for others are gone with it, as on any death.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from lz4.block import LZ4BlockError
+
+from xentmem.errors import GuestError
+from xentmem.guest.backends import _r2net as net
+from xentmem.guest.backends._module import UnloadReport
+from xentmem.guest.backends.zcache import (
+    SWIZ_BITS,
+    SWIZ_MASK,
+    Zcache,
+    _Engine,
+    _FrontswapOps,
+    _Handle,
+    _Pool,
+    compress,
+    decompress,
+)
+from xentmem.guest.frontswap import LOST
+
+if TYPE_CHECKING:
+    from xentmem.guest.guest import Guest
+
+__all__ = ["MODES", "STATS", "Ramster"]
+
+MODES = ("durable", "faithful")
+INFLIGHT, REMOTE, GETTING, ONDISK, LOST_STATE = range(5)
+_DEAD = 1  # a waiter's status when its node died: look again, the entry was resolved
+STATS = (  # sys/kernel/debug/ramster/<name>, data/tmem/stats/ramster_<name>
+    "remote_eph_pages", "remote_pers_pages", "foreign_eph_pages", "foreign_pers_pages",
+    "remotified_pages", "remotify_failed", "repatriated_pages", "remote_gets",
+    "remote_get_misses", "lost_pers_pages", "dropped_eph_pages", "recovered_pers_pages",
+    "durable_writes", "nodes_alive", "bad_frames",
+)
+SYSFS_DIR = "sys/kernel/mm/ramster"
+DEBUGFS_DIR = "sys/kernel/debug/ramster"
+_Key = tuple[int, _Handle]  # (local pool id, handle)
+_SYNC_POLL = 0.002
+
+
+class _Lost(Exception):
+    """The page's only copy died with its node (faithful mode)."""
+
+
+class _Remote:
+    __slots__ = ("node", "seq", "size", "state", "waiter")
+
+    def __init__(self, node: int, state: int, seq: int, size: int) -> None:
+        self.node, self.state, self.seq, self.size = node, state, seq, size
+        self.waiter: _Waiter | None = None
+
+
+class _Waiter:
+    """A GET on its way: the caller (or the selfshrinker's reply handler) takes the page."""
+
+    __slots__ = ("data", "event", "key", "node", "repatriate", "status")
+
+    def __init__(self, key: _Key, node: int, repatriate: bool) -> None:
+        self.key, self.node, self.repatriate = key, node, repatriate
+        self.event = threading.Event()
+        self.status = 0
+        self.data = b""
+
+
+class _SwapDisk:
+    """The swap slots behind the frontswap pool: durable mode's safe copy."""
+
+    def __init__(self, guest: Guest) -> None:
+        self.guest = guest
+
+    @staticmethod
+    def slot(handle: _Handle) -> tuple[int, int]:
+        return handle[0] >> SWIZ_BITS, (handle[3] << SWIZ_BITS) | (handle[0] & SWIZ_MASK)
+
+    def lock(self, handle: _Handle) -> threading.Lock:
+        type, offset = self.slot(handle)
+        sis = self.guest.swap_info[type]
+        if sis is None:
+            raise GuestError(f"swap type {type} is gone")
+        return sis.slot_lock(offset)
+
+    def write(self, handle: _Handle, page: bytes) -> None:
+        type, offset = self.slot(handle)
+        self.guest.swap_info[type].store.write(offset, page)  # type: ignore[union-attr]
+
+    def read(self, handle: _Handle) -> bytes:
+        type, offset = self.slot(handle)
+        return self.guest.swap_info[type].store.read(offset)  # type: ignore[union-attr]
+
+
+_ENGINES: weakref.WeakSet[_RamsterEngine] = weakref.WeakSet()
+
+
+class _RamsterEngine(_Engine):
+    """zcache's engine, its pages also on other nodes, and foreign pools for theirs; also the
+    handler of its node's messages. One reentrant lock guards all of it; nothing waits for the
+    network while holding it (sending only queues)."""
+
+    def __init__(self, max_bytes: int, owner: Ramster) -> None:
+        super().__init__(max_bytes)
+        self.lock = threading.RLock()  # type: ignore[assignment]
+        self.owner = owner
+        self.remote: dict[_Key, _Remote] = {}
+        self.inflight: dict[int, _Key] = {}  # PUT seq -> key
+        self.waiters: dict[int, _Waiter] = {}  # request id -> waiter
+        self.foreign: dict[tuple[int, int], _Pool] = {}  # (node, their pool) -> pages
+        self.foreign_bytes = 0
+        self.persistent_pool = -1
+        self.disk: _SwapDisk | None = None
+        self.counters = dict.fromkeys(STATS, 0)
+        self._ids = itertools.count(1)
+        _ENGINES.add(self)
+
+    # -- checkpoints: the engine at one instant, without the network --
+
+    def __getstate__(self) -> dict[str, Any]:
+        with self.lock:
+            state = self.__dict__.copy()
+            state["pools"] = {i: _copy_pool(p) for i, p in self.pools.items()}
+            state["foreign"] = {k: _copy_pool(p) for k, p in self.foreign.items()}
+            state["counters"] = dict(self.counters)
+            remote = {}
+            for key, e in self.remote.items():
+                if e.state == INFLIGHT:
+                    continue  # its ack is lost with the process: the local copy stays
+                state_ = REMOTE if e.state == GETTING else e.state
+                remote[key] = _Remote(e.node, state_, e.seq, e.size)
+            state["remote"] = remote
+            state["inflight"], state["waiters"] = {}, {}
+            state["_ids"] = next(self._ids) + 1_000_000  # ids stay unique after a restore
+            return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._ids = itertools.count(state["_ids"])
+        _ENGINES.add(self)
+
+    # -- what the owner asks --
+
+    @property
+    def node(self) -> net.Node | None:
+        return self.owner.node
+
+    def _send(self, num: int, type: int, payload: bytes, msg_id: int = 0) -> bool:
+        node = self.node
+        return node is not None and node.send(num, type, payload, msg_id=msg_id)
+
+    def _persistent(self, pool_id: int) -> bool:
+        pool = self.pools.get(pool_id)
+        return pool is not None and not pool.ephemeral
+
+    # -- the local pool's data path, aware of remote copies --
+
+    def put(self, pool_id: int, handle: _Handle, page: bytes) -> bool:
+        data = compress(page)
+        with self.lock:
+            self._forget((pool_id, handle))
+            return self._put_locked(pool_id, handle, data)
+
+    def flush(self, pool_id: int, handle: _Handle) -> None:
+        with self.lock:
+            super().flush(pool_id, handle)
+            self._forget((pool_id, handle))
+
+    def flush_where(self, pool_id: int, match: Callable[[_Handle], bool]) -> None:
+        """Flush matching pages; every match is a whole object, so remote nodes get FLOBJ."""
+        with self.lock:
+            super().flush_where(pool_id, match)
+            objects: set[tuple[int, tuple[int, int, int]]] = set()
+            for key in [k for k in self.remote if k[0] == pool_id and match(k[1])]:
+                e = self._drop_entry(key)
+                if e.state in (INFLIGHT, REMOTE, GETTING):
+                    objects.add((e.node, key[1][:3]))
+            for num, oid in sorted(objects):
+                self._send(num, net.FLOBJ, net.OBJ.pack(pool_id, *oid))
+
+    def destroy_pool(self, pool_id: int) -> None:
+        with self.lock:
+            super().destroy_pool(pool_id)
+            nodes = set()
+            for key in [k for k in self.remote if k[0] == pool_id]:
+                e = self._drop_entry(key)
+                if e.state in (INFLIGHT, REMOTE, GETTING):
+                    nodes.add(e.node)
+            for num in sorted(nodes):
+                self._send(num, net.DESTROY_POOL, net.POOL.pack(pool_id))
+
+    def _drop_entry(self, key: _Key) -> _Remote:
+        e = self.remote.pop(key)
+        if e.state == INFLIGHT:
+            self.inflight.pop(e.seq, None)
+        return e
+
+    def _forget(self, key: _Key) -> None:
+        """The page's remote copy is no longer wanted: FLUSH it, queued behind its PUT."""
+        if key in self.remote:
+            e = self._drop_entry(key)
+            if e.state in (INFLIGHT, REMOTE, GETTING):
+                self._send(e.node, net.FLUSH, net.KEY.pack(key[0], *key[1]))
+
+    def get(self, pool_id: int, handle: _Handle, page: bytearray, exclusive: bool) -> bool:
+        """Fill ``page``; a remote page is fetched (the caller sleeps for the reply). Raises
+        ``_Lost`` for a page that died with its node in faithful mode."""
+        key = (pool_id, handle)
+        data = None
+        for _ in range(8):  # each round resolves one state; a page needs at most three
+            with self.lock:
+                pool = self.pools.get(pool_id)
+                if pool is None:
+                    return False
+                data = pool.pages.get(handle)
+                if data is not None:
+                    if exclusive:
+                        del pool.pages[handle]
+                        self.bytes -= len(data)
+                        self._forget(key)
+                    break
+                e = self.remote.get(key)
+                if e is None:
+                    return False
+                if e.state == LOST_STATE:
+                    raise _Lost
+                if e.state == ONDISK:
+                    if exclusive:
+                        del self.remote[key]
+                    self.counters["recovered_pers_pages"] += 1
+                    page[:] = self.disk.read(handle)  # type: ignore[union-attr]
+                    return True
+                if e.state == INFLIGHT:  # an evicted ephemeral page on its way: a miss
+                    self._forget(key)
+                    return False
+                waiter = e.waiter if e.state == GETTING else None
+                num = e.node
+                alive = self.node is not None and self.node.alive(num)
+                if waiter is None and alive:
+                    waiter = self._request(key, e, free=exclusive, repatriate=False)
+            if waiter is None:
+                self._wait_alive_or_resolve(num)
+                continue
+            if not waiter.event.wait(self.owner.get_timeout_s):
+                self._declare_dead(num, "no ASYNC_GET_REPLY in time")
+                continue
+            if waiter.repatriate:
+                continue  # the selfshrinker brought it back: look again
+            with self.lock:
+                if waiter.status == _DEAD:
+                    continue
+                if waiter.status != 0:  # the node does not have it
+                    self.counters["remote_get_misses"] += 1
+                    if self.remote.get(key) is e:
+                        self._resolve_dead(key, e)
+                    continue
+                self.counters["remote_gets"] += 1
+                data = waiter.data
+            break
+        if data is None:
+            return False
+        try:
+            page[:] = decompress(data)
+        except LZ4BlockError:
+            self.counters["remote_get_misses"] += 1
+            return False
+        return True
+
+    def _request(self, key: _Key, e: _Remote, *, free: bool, repatriate: bool) -> _Waiter | None:
+        """Send an ASYNC_GET(_AND_FREE)_REQUEST (lock held); None if it could not be sent."""
+        msg_id = next(self._ids)
+        waiter = _Waiter(key, e.node, repatriate)
+        msg = net.ASYNC_GET_AND_FREE_REQUEST if free else net.ASYNC_GET_REQUEST
+        if not self._send(e.node, msg, net.KEY.pack(key[0], *key[1]), msg_id):
+            return None
+        self.waiters[msg_id] = waiter
+        if free:
+            e.state, e.waiter = GETTING, waiter
+        return waiter
+
+    def _wait_alive_or_resolve(self, num: int) -> None:
+        """Node ``num`` is not (yet) reachable: give it ``get_timeout_s`` to come back (a node
+        just restarted needs a heartbeat), then resolve its pages as dead."""
+        deadline = time.monotonic() + self.owner.get_timeout_s
+        while time.monotonic() < deadline:
+            node = self.node
+            if node is not None and node.alive(num):
+                return
+            time.sleep(0.01)
+        self.on_peer_dead(num, "unreachable")
+
+    def _declare_dead(self, num: int, why: str) -> None:
+        node = self.node
+        if node is not None:
+            node.declare_dead(num, why)
+        self.on_peer_dead(num, why)  # idempotent: resolves whatever is left
+
+    # -- remotify and repatriate --
+
+    def remotify(self, target: int, limit: int, above: int) -> int:
+        """Send up to ``limit`` of the oldest local pages beyond ``above`` bytes to node
+        ``target``; the pages sent."""
+        node = self.node
+        if node is None or target < 0 or not node.alive(target):
+            return 0
+        with self.lock:
+            excess = self.bytes - above
+            candidates = []
+            for pool_id, pool in self.pools.items():
+                for handle, data in pool.pages.items():
+                    if excess <= 0 or len(candidates) >= limit:
+                        break
+                    if (pool_id, handle) not in self.remote:
+                        candidates.append((pool_id, handle, data))
+                        excess -= len(data)
+        sent = 0
+        for pool_id, handle, data in candidates:
+            if self._persistent(pool_id) and self.owner.mode == "durable":
+                ok = self._remotify_durable(target, pool_id, handle, data)
+            else:
+                with self.lock:
+                    ok = self._remotify_locked(target, pool_id, handle, data)
+            if not ok:
+                break
+            sent += 1
+        return sent
+
+    def _remotify_durable(self, target: int, pool_id: int, handle: _Handle, data: bytes) -> bool:
+        """Write the page to its swap slot first (the slot's lock held, so the frontend does
+        not touch it meanwhile), then send it."""
+        disk = self.disk
+        if disk is None:
+            return False
+        with disk.lock(handle):
+            with self.lock:
+                pool = self.pools.get(pool_id)
+                if pool is None or pool.pages.get(handle) is not data:
+                    return True  # changed meanwhile: skip it, go on with the others
+            disk.write(handle, decompress(data))
+            with self.lock:
+                self.counters["durable_writes"] += 1
+                return self._remotify_locked(target, pool_id, handle, data)
+
+    def _remotify_locked(self, target: int, pool_id: int, handle: _Handle, data: bytes) -> bool:
+        pool = self.pools.get(pool_id)
+        key = (pool_id, handle)
+        if pool is None or pool.pages.get(handle) is not data or key in self.remote:
+            return True
+        seq = next(self._ids)
+        msg = net.PUT_EPH if pool.ephemeral else net.PUT_PERS
+        if not self._send(target, msg, net.KEY.pack(pool_id, *handle) + data, seq):
+            return False
+        self.remote[key] = _Remote(target, INFLIGHT, seq, len(data))
+        self.inflight[seq] = key
+        return True
+
+    def repatriate(self, limit: int, below: int) -> int:
+        """Ask for up to ``limit`` remote persistent pages back while the local pool stays
+        under ``below`` bytes; the requests sent (replies land in the local pool)."""
+        node = self.node
+        if node is None:
+            return 0
+        sent = 0
+        with self.lock:
+            room = below - self.bytes
+            for key, e in list(self.remote.items()):
+                if sent >= limit or room <= 0:
+                    break
+                if (e.state == REMOTE and self._persistent(key[0]) and node.alive(e.node)
+                        and self._request(key, e, free=True, repatriate=True) is not None):
+                    sent += 1
+                    room -= e.size
+        return sent
+
+    def settled(self) -> bool:
+        """No PUT awaits its acknowledgement and no GET its reply."""
+        with self.lock:
+            return not self.inflight and not self.waiters
+
+    # -- messages from other nodes (the node's reader threads, one connection at a time) --
+
+    def on_message(self, conn: net.Connection, header: net.Header, payload: bytes) -> None:
+        t = header.type
+        if t == net.MSG_STATUS:
+            self._acked(header.msg_id, header.status)
+        elif t == net.ASYNC_GET_REPLY:
+            self._replied(header.msg_id, header.status, payload[net.KEY.size:])
+        elif t in (net.FLOBJ, net.DESTROY_POOL):
+            pool_id, *oid = (net.OBJ if t == net.FLOBJ else net.POOL).unpack(payload)
+            with self.lock:
+                fp = self.foreign.get((header.sender, pool_id))
+                if fp is None:
+                    return
+                for h in [h for h in fp.pages if t == net.DESTROY_POOL or list(h[:3]) == oid]:
+                    self.foreign_bytes -= len(fp.pages.pop(h))
+                if t == net.DESTROY_POOL:
+                    del self.foreign[(header.sender, pool_id)]
+        else:
+            pool_id, o0, o1, o2, index = net.KEY.unpack_from(payload)
+            self._foreign_op(conn, header, (header.sender, pool_id), (o0, o1, o2, index),
+                             payload[net.KEY.size:])
+
+    def _foreign_op(self, conn: net.Connection, header: net.Header, fkey: tuple[int, int],
+                    handle: _Handle, data: bytes) -> None:
+        t = header.type
+        node = self.node
+        with self.lock:
+            fp = self.foreign.get(fkey)
+            if t in (net.PUT_EPH, net.PUT_PERS):
+                status = self._foreign_put(fkey, fp, t == net.PUT_EPH, handle, data)
+                if node is not None:
+                    node.reply(conn, net.MSG_STATUS, msg_id=header.msg_id, status=status)
+                return
+            if t == net.FLUSH:
+                old = None if fp is None else fp.pages.pop(handle, None)
+                self.foreign_bytes -= len(old) if old is not None else 0
+                return
+            free = t == net.ASYNC_GET_AND_FREE_REQUEST
+            found = None if fp is None else (fp.pages.pop(handle, None) if free
+                                             else fp.pages.get(handle))
+            if found is not None and free:
+                self.foreign_bytes -= len(found)
+        if node is not None:
+            node.reply(conn, net.ASYNC_GET_REPLY, net.KEY.pack(fkey[1], *handle) + (found or b""),
+                       msg_id=header.msg_id, status=0 if found is not None else -errno.ENOENT)
+
+    def _foreign_put(self, fkey: tuple[int, int], fp: _Pool | None, ephemeral: bool,
+                     handle: _Handle, data: bytes) -> int:
+        if fp is None:  # foreign pools are created on demand
+            fp = self.foreign[fkey] = _Pool(ephemeral)
+        if fp.ephemeral != ephemeral:
+            return -errno.EINVAL
+        old = fp.pages.pop(handle, None)
+        if old is not None:
+            self.foreign_bytes -= len(old)
+        limit = self.owner.foreign_max_bytes
+        for pool in self.foreign.values():  # make room: the oldest foreign ephemeral pages
+            while pool.ephemeral and pool.pages and self.foreign_bytes + len(data) > limit:
+                self.foreign_bytes -= len(pool.pages.popitem(last=False)[1])
+        if self.foreign_bytes + len(data) > limit:
+            return -errno.ENOMEM
+        fp.pages[handle] = data
+        self.foreign_bytes += len(data)
+        return 0
+
+    def _acked(self, seq: int, status: int) -> None:
+        with self.lock:
+            key = self.inflight.pop(seq, None)
+            e = None if key is None else self.remote.get(key)
+            if e is None or e.seq != seq or e.state != INFLIGHT:
+                return  # flushed or replaced meanwhile: its FLUSH followed the PUT
+            assert key is not None
+            if status != 0:
+                del self.remote[key]
+                self.counters["remotify_failed"] += 1
+                return
+            pool = self.pools.get(key[0])
+            data = None if pool is None else pool.pages.pop(key[1], None)
+            if data is not None:
+                self.bytes -= len(data)
+            e.state = REMOTE
+            self.counters["remotified_pages"] += 1
+
+    def _replied(self, msg_id: int, status: int, data: bytes) -> None:
+        with self.lock:
+            waiter = self.waiters.pop(msg_id, None)
+            if waiter is None:
+                return  # its caller gave up, or the node was declared dead
+            e = self.remote.get(waiter.key)
+            mine = e is not None and e.waiter is waiter
+            if mine and status == 0:
+                del self.remote[waiter.key]  # the node freed it
+            if waiter.repatriate:
+                pool = self.pools.get(waiter.key[0])
+                if mine and status == 0 and pool is not None:
+                    pool.pages[waiter.key[1]] = data  # over budget if need be: never dropped
+                    self.bytes += len(data)
+                    self.counters["repatriated_pages"] += 1
+                elif mine:
+                    self._resolve_dead(waiter.key, e)  # type: ignore[arg-type]
+            waiter.status, waiter.data = status, data
+            waiter.event.set()
+
+    # -- the cluster's view of other nodes --
+
+    def on_peer_alive(self, num: int, incarnation: int, revived: bool) -> None:
+        with self.lock:
+            if revived:  # whatever it still holds of ours is garbage now
+                pools = set(self.pools) | {k[0] for k in self.remote}
+                for pool_id in sorted(pools):
+                    self._send(num, net.DESTROY_POOL, net.POOL.pack(pool_id))
+                for fkey in [k for k in self.foreign if k[0] == num]:
+                    self.foreign_bytes -= sum(len(v) for v in self.foreign.pop(fkey).pages.values())
+
+    def on_peer_dead(self, num: int, why: str) -> None:
+        with self.lock:
+            for key, e in list(self.remote.items()):
+                if e.node == num and e.state in (INFLIGHT, REMOTE, GETTING):
+                    self._resolve_dead(key, e)
+            for msg_id, w in list(self.waiters.items()):
+                if w.node == num:
+                    del self.waiters[msg_id]
+                    w.status = _DEAD
+                    w.event.set()
+            for fkey in [k for k in self.foreign if k[0] == num]:
+                self.foreign_bytes -= sum(len(v) for v in self.foreign.pop(fkey).pages.values())
+
+    def _resolve_dead(self, key: _Key, e: _Remote) -> None:
+        """The page's node is gone (or does not have it): what is left of the page."""
+        if e.state == INFLIGHT:
+            self._drop_entry(key)  # the local copy is still here
+        elif not self._persistent(key[0]):
+            del self.remote[key]
+            self.counters["dropped_eph_pages"] += 1
+        elif self.owner.mode == "durable":
+            e.state, e.waiter = ONDISK, None
+        else:
+            e.state, e.waiter = LOST_STATE, None
+            self.counters["lost_pers_pages"] += 1
+
+    def kill(self) -> None:
+        """This node died: the foreign pages it held are gone, nobody waits any more."""
+        with self.lock:
+            self.foreign.clear()
+            self.foreign_bytes = 0
+            for w in self.waiters.values():
+                w.status = _DEAD
+                w.event.set()
+            self.waiters.clear()
+            for key in [k for k, e in self.remote.items() if e.state == INFLIGHT]:
+                self._drop_entry(key)
+
+    def stats(self) -> dict[str, int]:
+        with self.lock:
+            out = dict(self.counters)
+            for state_name, ephemeral in (("remote_eph_pages", True),
+                                          ("remote_pers_pages", False)):
+                out[state_name] = sum(
+                    1 for k, e in self.remote.items()
+                    if e.state in (REMOTE, GETTING) and self._persistent(k[0]) != ephemeral)
+            out["foreign_eph_pages"] = sum(len(p.pages) for p in self.foreign.values()
+                                           if p.ephemeral)
+            out["foreign_pers_pages"] = sum(len(p.pages) for p in self.foreign.values()
+                                            if not p.ephemeral)
+        node = self.node
+        out["nodes_alive"] = 0 if node is None else sum(
+            node.alive(n) for n in self.owner.nodes if n != self.owner.node_num)
+        out["bad_frames"] = 0 if node is None else node.bad_frames
+        return out
+
+
+def _copy_pool(pool: _Pool) -> _Pool:
+    copy = _Pool(pool.ephemeral)
+    copy.pages.update(pool.pages)
+    return copy
+
+
+class _RamsterFrontswapOps(_FrontswapOps):
+    engine: _RamsterEngine
+
+    def init(self, type: int) -> None:
+        super().init(type)
+        self.engine.persistent_pool = self.pool_id
+
+    def load(self, type: int, offset: int, page: bytearray) -> int:
+        try:
+            return super().load(type, offset, page)
+        except _Lost:
+            return LOST
+
+
+def _lock_engines() -> None:
+    for engine in list(_ENGINES):
+        engine.lock.acquire()
+
+
+def _unlock_engines() -> None:
+    for engine in list(_ENGINES):
+        engine.lock.release()
+
+
+# A daemon snapshots its guests in a forked child: no engine lock may be held by a network
+# thread (which the child does not have) at that instant.
+os.register_at_fork(before=_lock_engines, after_in_parent=_unlock_engines,
+                    after_in_child=_unlock_engines)
+
+
+class Ramster(Zcache):
+    """The RAMster module of one node.
+
+    ``node`` is this node's number and ``nodes`` the cluster (``"0=127.0.0.1:7800
+    1=127.0.0.1:7801"``, at most eight; port 0 for this node: any free port), ``target`` the
+    node pages are remotified to (-1: none; a memory server sets none), ``mode`` ``durable`` or
+    ``faithful``. Sizes in MiB; watermarks in percent of the local pool; intervals in model
+    seconds (the guest's tick), the heartbeat and timeouts in wall seconds.
+    """
+
+    name = "ramster"
+
+    def __init__(self, *, node: int = 0, nodes: str | dict[int, str] = "", target: int = -1,
+                 mode: str = "durable", cluster: str = "ramster", max_pool_mb: int = 64,
+                 foreign_max_mb: int = 256, remotify_above: int = 50,
+                 repatriate_below: int = 25, remotify_batch: int = 1024,
+                 remotify_interval: float = 1.0, selfshrink: bool = True,
+                 selfshrink_interval: float = 5.0, heartbeat_s: float = 0.5,
+                 dead_s: float = 3.0, get_timeout_s: float = 2.0, frontswap: bool = True,
+                 cleancache: bool = True, exclusive_gets: bool = True) -> None:
+        if mode not in MODES:
+            raise GuestError(f"ramster mode must be one of {', '.join(MODES)}, not {mode!r}")
+        if not (0 <= node < net.MAX_NODES):
+            raise GuestError(f"ramster node must be 0..{net.MAX_NODES - 1}, not {node}")
+        if not (0 <= repatriate_below <= remotify_above <= 100):
+            raise GuestError("ramster needs 0 <= repatriate_below <= remotify_above <= 100")
+        if min(max_pool_mb, foreign_max_mb, remotify_batch) < 1 or min(
+                remotify_interval, selfshrink_interval, get_timeout_s) <= 0:
+            raise GuestError("ramster sizes, batch, intervals and timeouts must be positive")
+        self.node_num = node
+        self.nodes = net.parse_nodes(nodes) or {node: net.NodeAddress(node, "127.0.0.1", 0)}
+        self.nodes.setdefault(node, net.NodeAddress(node, "127.0.0.1", 0))
+        self.mode = mode
+        self.cluster = cluster
+        self.foreign_max_bytes = foreign_max_mb << 20
+        self.remotify_above = remotify_above
+        self.repatriate_below = repatriate_below
+        self.remotify_batch = remotify_batch
+        self.remotify_interval = remotify_interval
+        self.selfshrink = selfshrink
+        self.selfshrink_interval = selfshrink_interval
+        self.heartbeat_s, self.dead_s, self.get_timeout_s = heartbeat_s, dead_s, get_timeout_s
+        self.node: net.Node | None = None
+        self.incarnation = net.new_incarnation()
+        self.guest: Guest | None = None
+        self._next_remotify = self._next_selfshrink = 0.0
+        super().__init__(max_pool_mb=max_pool_mb, frontswap=frontswap, cleancache=cleancache,
+                         exclusive_gets=exclusive_gets)
+        self.target = -1
+        self.set_target(target)
+
+    def _new_engine(self, max_bytes: int) -> _RamsterEngine:
+        return _RamsterEngine(max_bytes, self)
+
+    def _new_frontswap_ops(self) -> _RamsterFrontswapOps:
+        return _RamsterFrontswapOps(self.engine)
+
+    engine: _RamsterEngine
+
+    # -- checkpoints --
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["node"] = None  # a restored node joins again at its first tick
+        return state
+
+    # -- configuration (ramster-tools wrote these through configfs and sysfs) --
+
+    def set_target(self, target: int) -> None:
+        """``ramster_remote_target_nodenum``: -1, or a configured node other than this one."""
+        if target != -1 and (target == self.node_num or target not in self.nodes):
+            raise GuestError(f"ramster target {target}: not another node of the cluster "
+                             f"({', '.join(str(n) for n in sorted(self.nodes))}) (-EINVAL)")
+        self.target = target
+
+    def set_nodes(self, untrusted: str | dict[int, str]) -> None:
+        """Replace the node list; this node's own entry must stay as it is."""
+        nodes = net.parse_nodes(untrusted)
+        mine = nodes.get(self.node_num)
+        if mine is None:
+            raise GuestError(f"ramster nodes: node {self.node_num} (this one) is missing")
+        if self.node is not None and self.node.address is not None and (
+                mine.host, mine.port) not in (self.node.address, (self.nodes[self.node_num].host,
+                                                                   self.nodes[self.node_num].port)):
+            raise GuestError(f"ramster nodes: this node listens on "
+                             f"{self.node.address[0]}:{self.node.address[1]}")
+        if self.target != -1 and self.target not in nodes:
+            raise GuestError(f"ramster nodes: the target {self.target} would be missing")
+        if self.node is not None and self.node.address is not None:
+            nodes[self.node_num] = net.NodeAddress(self.node_num, *self.node.address)
+        self.nodes = nodes
+        if self.node is not None:
+            self.node.set_peers(nodes)
+
+    @property
+    def address(self) -> net.NodeAddress:
+        """This node's address as the others must name it (known once it listens)."""
+        return self.nodes[self.node_num]
+
+    # -- module life cycle --
+
+    def start_node(self) -> None:
+        """Join the cluster (at load, or at the first tick after a restore)."""
+        if self.node is not None:
+            return
+        me = self.nodes[self.node_num]
+        node = net.Node(self.node_num, self.cluster, self.engine, incarnation=self.incarnation,
+                        heartbeat_s=self.heartbeat_s, dead_s=self.dead_s,
+                        io_timeout=min(1.0, self.dead_s / 2))
+        host, port = node.start(me.host, me.port)
+        self.nodes[self.node_num] = net.NodeAddress(self.node_num, host, port)
+        node.set_peers(self.nodes)
+        self.node = node
+
+    def module_init(self, guest: Guest) -> None:
+        self.guest = guest
+        self.engine.disk = _SwapDisk(guest)
+        self.start_node()
+        super().module_init(guest)
+
+    def module_exit(self, guest: Guest) -> UnloadReport:
+        report = super().module_exit(guest)  # the drain fetches every remote page
+        self.sync(timeout=max(self.get_timeout_s, 1.0))
+        deadline = time.monotonic() + self.get_timeout_s
+        while self.node is not None and not self.node.idle() and time.monotonic() < deadline:
+            time.sleep(_SYNC_POLL)
+        self.shutdown()
+        return report
+
+    def shutdown(self) -> None:
+        """Leave the cluster at once (a crash, as the others see it)."""
+        node, self.node = self.node, None
+        if node is not None:
+            node.stop()
+        self.engine.kill()
+
+    # -- periodic work (the guest's timer tick) --
+
+    def tick(self, now: float) -> None:
+        if self.node is None and self.guest is not None and self.guest.backend is self:
+            self.start_node()  # restored from a checkpoint
+        if now >= self._next_remotify:
+            self._next_remotify = now + self.remotify_interval
+            self.remotify()
+        if self.selfshrink and now >= self._next_selfshrink:
+            self._next_selfshrink = now + self.selfshrink_interval
+            self.repatriate()
+
+    def remotify(self, limit: int | None = None) -> int:
+        """Send local pages above the watermark to the target; pages sent."""
+        above = self.engine.max_bytes * self.remotify_above // 100
+        return self.engine.remotify(self.target, limit or self.remotify_batch, above)
+
+    def repatriate(self, limit: int | None = None) -> int:
+        """The selfshrinker: bring remote persistent pages back while local memory allows."""
+        guest = self.guest
+        if guest is not None and guest.free_pages <= guest.totalreserve_pages:
+            return 0
+        below = self.engine.max_bytes * self.repatriate_below // 100
+        return self.engine.repatriate(limit or self.remotify_batch, below)
+
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until every PUT is acknowledged and every GET answered (or timeout)."""
+        deadline = time.monotonic() + timeout
+        while not self.engine.settled():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_SYNC_POLL)
+        return True
+
+    def kill(self) -> None:
+        """Crash this node: it leaves the cluster and the pages it held for others die."""
+        self.shutdown()
+
+    # -- statistics and the sysfs view --
+
+    def stats(self) -> dict[str, int]:
+        return self.engine.stats()
+
+    def sysfs_files(self) -> dict[str, tuple[Callable[[], str], Callable[[str], None] | None]]:
+        """Files for the guest's sysfs view: path -> (read, write or None)."""
+        files: dict[str, tuple[Callable[[], str], Callable[[str], None] | None]] = {
+            f"{SYSFS_DIR}/ramster_remote_target_nodenum": (lambda: f"{self.target}\n",
+                                                           self._write_target),
+            f"{SYSFS_DIR}/ramster_nodes": (
+                lambda: " ".join(str(a) for _, a in sorted(self.nodes.items())) + "\n",
+                self.set_nodes),
+            f"{SYSFS_DIR}/ramster_node": (lambda: f"{self.node_num}\n", None),
+            f"{SYSFS_DIR}/ramster_mode": (lambda: f"{self.mode}\n", None),
+        }
+        for name in STATS:
+            files[f"{DEBUGFS_DIR}/{name}"] = (lambda n=name: f"{self.stats()[n]}\n", None)
+        return files
+
+    def _write_target(self, untrusted: str) -> None:
+        text = untrusted.strip()
+        if not (text.lstrip("-").isdigit() and len(text) < 4):
+            raise GuestError(f"ramster_remote_target_nodenum: {text!r} is not a node (-EINVAL)")
+        self.set_target(int(text))
