@@ -51,6 +51,7 @@ from xentmem.xenstore.keys import (
     DATA_STATE,
     KEYS,
     MAX_SEQ,
+    RAMSTER_STATS_KEYS,
     STATS_KEYS,
     Key,
     balloon_key,
@@ -76,7 +77,8 @@ SYSFS_PATHS: dict[str, str] = {  # key name -> sysfs file (ref §3.1, §4.3)
     "min_usable_mb": f"{_SB}/selfballoon_min_usable_mb",
     "reserved_mb": f"{_SB}/selfballoon_reserved_mb",
 }
-_STATS_PATHS = {name: "sys/kernel/debug/{}/{}".format(*name.split("_", 1)) for name in STATS_KEYS}
+_STATS_PATHS = {name: "sys/kernel/debug/{}/{}".format(*name.split("_", 1))
+                for name in (*STATS_KEYS, *RAMSTER_STATS_KEYS)}
 _BALLOON_PATHS = {"current_kib": f"{BALLOON_DIR}/info/current_kb",
                   "target_kib": f"{BALLOON_DIR}/target_kb"}
 # Module parameters first (a reload resets the flags), the numeric knobs before the flags

@@ -51,6 +51,7 @@ from xentmem.xenstore.keys import (
     KEYS,
     MAX_SEQ,
     MODES,
+    RAMSTER_STATS_KEYS,
     STATES,
     STATS_KEYS,
     balloon_key,
@@ -237,8 +238,11 @@ def _read_report(tx, dom: str, now: float) -> TmemReport:
         reason=sanitize_text(tx.read(f"{dom}/{DATA_REASON}", None)),
         refused=refused,
         sink=sanitize_choice(tx.read(f"{dom}/{DATA_SINK}", None), ("sysfs", "model")),
-        stats={n: sanitize_int(tx.read(f"{dom}/{stats_key(n)}", None), 0, _U64)
-               for n in STATS_KEYS},
+        stats={**{n: sanitize_int(tx.read(f"{dom}/{stats_key(n)}", None), 0, _U64)
+                  for n in STATS_KEYS},
+               **{n: v for n in RAMSTER_STATS_KEYS  # only guests running ramster have them
+                  if (v := sanitize_int(tx.read(f"{dom}/{stats_key(n)}", None), 0, _U64))
+                  is not None}},
         balloon={n: sanitize_kib(tx.read(f"{dom}/{balloon_key(n)}", None))
                  for n in BALLOON_KEYS},
         heartbeat_age_s=None if heartbeat is None else int(now) - heartbeat,

@@ -286,9 +286,9 @@ class Connection:
             while not self.closed:
                 try:
                     chunk = self.sock.recv(_RECV)
-                except TimeoutError:
-                    if time.monotonic() - last > self.node.dead_s:
-                        self.close("no frame within the dead time")
+                except TimeoutError:  # liveness is the heartbeat's; a torn frame is ours
+                    if buf and time.monotonic() - last > self.node.dead_s:
+                        self.close("a frame stalled half-way")
                         return
                     continue
                 if not chunk:

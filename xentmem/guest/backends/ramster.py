@@ -62,6 +62,7 @@ from xentmem.guest.backends.zcache import (
     decompress,
 )
 from xentmem.guest.frontswap import LOST
+from xentmem.xenstore.keys import RAMSTER_STATS
 
 if TYPE_CHECKING:
     from xentmem.guest.guest import Guest
@@ -71,12 +72,7 @@ __all__ = ["MODES", "STATS", "Ramster"]
 MODES = ("durable", "faithful")
 INFLIGHT, REMOTE, GETTING, ONDISK, LOST_STATE = range(5)
 _DEAD = 1  # a waiter's status when its node died: look again, the entry was resolved
-STATS = (  # sys/kernel/debug/ramster/<name>, data/tmem/stats/ramster_<name>
-    "remote_eph_pages", "remote_pers_pages", "foreign_eph_pages", "foreign_pers_pages",
-    "remotified_pages", "remotify_failed", "repatriated_pages", "remote_gets",
-    "remote_get_misses", "lost_pers_pages", "dropped_eph_pages", "recovered_pers_pages",
-    "durable_writes", "nodes_alive", "bad_frames",
-)
+STATS = RAMSTER_STATS  # sys/kernel/debug/ramster/<name>, data/tmem/stats/ramster_<name>
 SYSFS_DIR = "sys/kernel/mm/ramster"
 DEBUGFS_DIR = "sys/kernel/debug/ramster"
 _Key = tuple[int, _Handle]  # (local pool id, handle)

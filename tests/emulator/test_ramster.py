@@ -1,0 +1,178 @@
+"""RAMster clusters across emulated machines in one process: a memory-heavy client, an idle
+memory server (and a second client), pages flowing over loopback TCP and back."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MachineGuest, SwapSpec
+from xentmem.emulator.ramster import form_cluster, kill, ramster_of, wait_joined
+from xentmem.guest import SysfsView, WorkloadSpec, anon_content
+from xentmem.guest.backends.ramster import DEBUGFS_DIR, SYSFS_DIR
+from xentmem.guest.backends.zcache import decompress
+
+# wall-clock knobs small enough that a death is noticed within a second
+FAST = {"heartbeat_s": 0.05, "dead_s": 0.6, "get_timeout_s": 0.6, "remotify_above": 0,
+        "repatriate_below": 0, "selfshrink": False}
+
+
+def _client(name: str, mb: int = 48, seed: int = 0) -> GuestSpec:
+    return GuestSpec(name, memory_mb=32, swap=(SwapSpec(128),), agent=False,
+                     workloads=(WorkloadSpec("anon", mb=mb, grow=2, rate=3000,
+                                             write_fraction=0.3, seed=seed),))
+
+
+@pytest.fixture
+def machines() -> Iterator[list[EmulatedMachine]]:
+    ms = [EmulatedMachine.boot(memory_mb=1024) for _ in range(3)]
+    yield ms
+    for m in ms:
+        m.close()
+
+
+def _pair(machines: list[EmulatedMachine], **params) -> tuple[MachineGuest, MachineGuest]:
+    server = machines[0].add_guest(GuestSpec("server", memory_mb=64, swap=(SwapSpec(16),),
+                                             agent=False))
+    client = machines[1].add_guest(_client("client"))
+    form_cluster([server, client], server=0, params={**FAST, **params})
+    assert wait_joined([server, client])
+    return server, client
+
+
+def _remotified(client: MachineGuest, machine: EmulatedMachine, seconds: float = 4) -> int:
+    machine.advance(seconds)
+    rc = ramster_of(client)
+    rc.remotify(limit=1 << 20)  # whatever the periodic step left
+    assert rc.sync()
+    return rc.stats()["remote_pers_pages"]
+
+
+def test_pages_flow_to_the_server_and_come_back_exact(machines) -> None:
+    server, client = _pair(machines)
+    rs, rc = ramster_of(server), ramster_of(client)
+    view = SysfsView(client.guest)
+    view.write(f"{SYSFS_DIR}/ramster_remote_target_nodenum", "-1")  # remotify nothing yet
+    machines[1].advance(4)
+    local_before = rc.engine.bytes
+    held = client.guest.frontswap.curr_pages()
+    assert held > 1000 and local_before > 0 and rs.stats()["foreign_pers_pages"] == 0
+
+    view.write(f"{SYSFS_DIR}/ramster_remote_target_nodenum", "0")
+    remote = _remotified(client, machines[1], seconds=1)
+    assert remote > 0
+    assert rs.stats()["foreign_pers_pages"] == remote  # every acknowledged page is there
+    assert rc.engine.bytes < local_before / 4  # the client's own memory pressure dropped
+    assert int(view.read(f"{DEBUGFS_DIR}/remotified_pages")) >= remote
+    assert int(view.read(f"{DEBUGFS_DIR}/nodes_alive")) == 1
+
+    machines[1].verify()  # every page read back and checked
+    g = client.guest.stats
+    assert g.lost == g.stale == 0
+    st = rc.stats()
+    assert st["remote_gets"] > 0 and st["remote_pers_pages"] < remote
+    assert rs.stats()["foreign_pers_pages"] == st["remote_pers_pages"]  # exclusive gets freed
+
+
+def test_three_machines_two_clients_one_server(machines) -> None:
+    server = machines[0].add_guest(GuestSpec("server", memory_mb=64, swap=(SwapSpec(16),),
+                                             agent=False))
+    clients = [machines[i].add_guest(_client(f"client{i}", seed=i)) for i in (1, 2)]
+    form_cluster([server, *clients], server=0, params=FAST)
+    assert wait_joined([server, *clients])
+    remote = [_remotified(c, machines[i]) for i, c in zip((1, 2), clients, strict=True)]
+    rs = ramster_of(server)
+    assert min(remote) > 0
+    assert rs.stats()["foreign_pers_pages"] == sum(remote)
+    assert {k[0] for k in rs.engine.foreign} == {1, 2}  # a foreign pool per client node
+    for m in machines[1:]:
+        m.verify()
+        assert m.lost == m.stale == 0
+
+
+@pytest.mark.parametrize("mode", ["faithful", "durable"])
+def test_a_killed_server_costs_speed_in_durable_mode_and_counted_pages_in_faithful(
+        machines, mode: str) -> None:
+    server, client = _pair(machines, mode=mode)
+    remote = _remotified(client, machines[1])
+    assert remote > 0
+    kill(server)
+    rc = ramster_of(client)
+    deadline = time.monotonic() + 5
+    while rc.node.alive(0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not rc.node.alive(0)
+
+    machines[1].verify()
+    g, st = client.guest.stats, rc.stats()
+    assert g.stale == 0  # never silently stale
+    if mode == "faithful":
+        assert st["lost_pers_pages"] == remote == g.lost  # each lost page counted exactly once
+    else:
+        assert g.lost == st["lost_pers_pages"] == 0
+        assert st["recovered_pers_pages"] == remote  # read from the swap slot instead
+        assert st["durable_writes"] >= remote
+    client.guest.verify_anon()  # a second pass: nothing is counted twice
+    assert client.guest.stats.lost == g.lost
+
+
+def test_unload_with_remote_pages_outstanding_drains_them_to_swap(machines) -> None:
+    server, client = _pair(machines, mode="faithful")
+    remote = _remotified(client, machines[1])
+    held = client.guest.frontswap.curr_pages()
+    assert remote > 0 and held >= remote
+    report = client.guest.unload_backend()
+    assert report.drained == held and report.missing == 0
+    rs = ramster_of(server)
+    deadline = time.monotonic() + 5
+    while rs.stats()["foreign_pers_pages"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rs.stats()["foreign_pers_pages"] == 0  # nothing left behind on the server
+    machines[1].verify()
+    assert client.guest.stats.lost == client.guest.stats.stale == 0
+
+
+def test_put_and_flush_of_one_key_stay_ordered_under_a_racing_remotify(machines) -> None:
+    server, client = _pair(machines)
+    g, rc, rs = client.guest, ramster_of(client), ramster_of(server)
+    pids = g.alloc_anon(8)
+    stop = threading.Event()
+
+    def remotify() -> None:
+        while not stop.is_set():
+            rc.remotify()
+
+    racer = threading.Thread(target=remotify)
+    racer.start()
+    try:
+        for n in range(400):  # new versions (dup stores: FLUSH behind the PUT), frees, reads
+            pid = pids[n % len(pids)]
+            g.write_anon(pid)
+            g.swap_out(pid)
+            if n % 7 == 0:
+                g.read_anon(pid)
+    finally:
+        stop.set()
+        racer.join()
+    rc.remotify()
+    assert rc.sync()
+    deadline = time.monotonic() + 5
+    while not rc.node.idle() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # the server applies what was sent
+
+    # the server holds exactly the pages the client believes are there, each the current version
+    by_slot = {p.entry: p for p in g.pages_in(pids) if p.entry is not None}
+    remote = {k for k, e in rc.engine.remote.items() if e.state == 2 - 1}  # REMOTE
+    foreign = {(pool, h): data for (node, pool), fp in rs.engine.foreign.items()
+               for h, data in fp.pages.items()}
+    assert set(foreign) == remote and remote
+    for (pool, h), data in foreign.items():
+        slot = (h[0] >> 8, (h[3] << 8) | (h[0] & 255))
+        page = by_slot[slot]
+        assert decompress(data) == anon_content(page.pid, page.version)
+    g.verify_anon()
+    assert g.stats.lost == g.stats.stale == 0
