@@ -12,7 +12,7 @@ import pytest
 from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MachineGuest, SwapSpec
 from xentmem.emulator.ramster import form_cluster, kill, ramster_of, wait_joined
 from xentmem.guest import SysfsView, WorkloadSpec, anon_content
-from xentmem.guest.backends.ramster import DEBUGFS_DIR, SYSFS_DIR
+from xentmem.guest.backends.ramster import DEBUGFS_DIR, REMOTE, SYSFS_DIR, _SwapDisk
 from xentmem.guest.backends.zcache import decompress
 
 # wall-clock knobs small enough that a death is noticed within a second
@@ -166,13 +166,12 @@ def test_put_and_flush_of_one_key_stay_ordered_under_a_racing_remotify(machines)
 
     # the server holds exactly the pages the client believes are there, each the current version
     by_slot = {p.entry: p for p in g.pages_in(pids) if p.entry is not None}
-    remote = {k for k, e in rc.engine.remote.items() if e.state == 2 - 1}  # REMOTE
+    remote = {k for k, e in rc.engine.remote.items() if e.state == REMOTE}
     foreign = {(pool, h): data for (node, pool), fp in rs.engine.foreign.items()
                for h, data in fp.pages.items()}
     assert set(foreign) == remote and remote
-    for (pool, h), data in foreign.items():
-        slot = (h[0] >> 8, (h[3] << 8) | (h[0] & 255))
-        page = by_slot[slot]
+    for (_, h), data in foreign.items():
+        page = by_slot[_SwapDisk.slot(h)]
         assert decompress(data) == anon_content(page.pid, page.version)
     g.verify_anon()
     assert g.stats.lost == g.stats.stale == 0
