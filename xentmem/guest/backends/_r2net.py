@@ -242,10 +242,10 @@ class Connection:
         sock.settimeout(node.io_timeout)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._threads = [threading.Thread(target=self._read_loop, daemon=True,
-                                          name=f"r2net-rx-{node.num}"),
-                         threading.Thread(target=self._write_loop, daemon=True,
-                                          name=f"r2net-tx-{node.num}")]
+        self._threads = [threading.Thread(target=self._write_loop, daemon=True,
+                                          name=f"r2net-tx-{node.num}"),
+                         threading.Thread(target=self._read_loop, daemon=True,
+                                          name=f"r2net-rx-{node.num}")]
 
     def start(self) -> Connection:
         for t in self._threads:
@@ -259,11 +259,12 @@ class Connection:
         if self.closed:
             return
         self.closed = True
+        log.debug("r2net node %d: link with node %s closed: %s", self.node.num, self.peer, why)
         self.outbox.close()
+        # Wake both threads; only the reader closes the descriptor, once the writer is gone:
+        # a descriptor closed under a thread still polling it may be reused by a new socket
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self.sock.close()
         self.node._closed(self, why)
 
     def _write_loop(self) -> None:
@@ -313,6 +314,10 @@ class Connection:
             self.close(f"bad frame: {exc}")
         except OSError as exc:
             self.close(f"receive failed: {exc}")
+        finally:
+            self.close("reader stopped")
+            self._threads[0].join()  # the writer (started first)
+            self.sock.close()
 
 
 class _Peer:
@@ -376,17 +381,16 @@ class Node:
     def stop(self) -> None:
         """Close every connection and stop (a crash looks the same to the peers)."""
         self._stop.set()
+        for t in self._threads:  # the listener is closed once nothing polls it
+            if t is not threading.current_thread():
+                t.join(timeout=5 * self.heartbeat_s + 1)
+        self._threads = []
         if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.close()
+            self._listener.close()
         with self._lock:
             conns = list(self._conns)
         for c in conns:
             c.close("node stopped")
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(timeout=5 * self.heartbeat_s + 1)
-        self._threads = []
 
     @property
     def running(self) -> bool:
