@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from xentmem.emulator._host import EmulatedHost
 from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MachineGuest, SwapSpec
 from xentmem.emulator.ramster import form_cluster, kill, ramster_of, wait_joined
 from xentmem.guest import SysfsView, WorkloadSpec, anon_content
@@ -175,3 +176,24 @@ def test_put_and_flush_of_one_key_stay_ordered_under_a_racing_remotify(machines)
         assert decompress(data) == anon_content(page.pid, page.version)
     g.verify_anon()
     assert g.stats.lost == g.stats.stale == 0
+
+
+def test_a_checkpoint_with_remote_pages_restores_and_its_node_rejoins(machines) -> None:
+    server, client = _pair(machines)
+    rc = ramster_of(client)
+    remote = _remotified(client, machines[1])
+    host_state, blob = machines[1].checkpoint()
+    machines[1].close()  # the client's node leaves: the server drops what it held for it
+    restored = EmulatedMachine(EmulatedHost.from_state(host_state))
+    try:
+        restored.restore_guests(blob)
+        again = ramster_of(restored.guest("client"))
+        assert again.node is None and again.incarnation == rc.incarnation
+        restored.advance(0.5)  # its first tick joins the cluster again
+        assert wait_joined([server, restored.guest("client")])
+        restored.verify()
+        g = restored.guest("client").guest.stats
+        assert g.lost == g.stale == 0  # durable: what the server dropped is on swap
+        assert again.stats()["recovered_pers_pages"] == remote
+    finally:
+        restored.close()

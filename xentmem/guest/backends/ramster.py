@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import threading
 import time
@@ -68,6 +69,8 @@ if TYPE_CHECKING:
     from xentmem.guest.guest import Guest
 
 __all__ = ["MODES", "STATS", "Ramster"]
+
+log = logging.getLogger(__name__)
 
 MODES = ("durable", "faithful")
 INFLIGHT, REMOTE, GETTING, ONDISK, LOST_STATE = range(5)
@@ -762,7 +765,10 @@ class Ramster(Zcache):
 
     def tick(self, now: float) -> None:
         if self.node is None and self.guest is not None and self.guest.backend is self:
-            self.start_node()  # restored from a checkpoint
+            try:
+                self.start_node()  # restored from a checkpoint: join again
+            except GuestError as exc:  # e.g. its port is taken: try again at the next tick
+                log.warning("ramster node %d: %s", self.node_num, exc)
         if now >= self._next_remotify:
             self._next_remotify = now + self.remotify_interval
             self.remotify()
