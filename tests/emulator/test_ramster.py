@@ -3,15 +3,21 @@ memory server (and a second client), pages flowing over loopback TCP and back.""
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from xentmem.emulator._host import EmulatedHost
 from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MachineGuest, SwapSpec
 from xentmem.emulator.ramster import form_cluster, kill, ramster_of, wait_joined
+from xentmem.errors import XenStoreNotFound
 from xentmem.guest import SysfsView, WorkloadSpec, anon_content
 from xentmem.guest.backends.ramster import DEBUGFS_DIR, REMOTE, SYSFS_DIR, _SwapDisk
 from xentmem.guest.backends.zcache import decompress
@@ -197,3 +203,29 @@ def test_a_checkpoint_with_remote_pages_restores_and_its_node_rejoins(machines) 
         assert again.stats()["recovered_pers_pages"] == remote
     finally:
         restored.close()
+
+
+def test_counters_reach_xenstore_through_the_agent(machines) -> None:
+    work = Path(tempfile.mkdtemp(prefix="xtr", dir="/tmp"))
+    try:
+        with EmulatedMachine.boot(xenstore=work / "xs") as m:
+            m.stats_interval = 0.1
+            server = machines[0].add_guest(GuestSpec("server", memory_mb=64, agent=False,
+                                                     swap=(SwapSpec(16),)))
+            client = m.add_guest(replace(_client("client"), agent=True))
+            form_cluster([server, client], params=FAST)
+            assert wait_joined([server, client])
+            remote = _remotified(client, m, seconds=2)
+            path = f"/local/domain/{client.domid}/data/tmem/stats/ramster_remote_pers_pages"
+            deadline = time.monotonic() + 10
+            with m.xenstore_dom0() as xs:
+                def published() -> bytes | None:
+                    with contextlib.suppress(XenStoreNotFound):
+                        return xs.read(path)
+                    return None
+                while published() != str(remote).encode() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert published() == str(remote).encode()
+            m.xenstore.stop()  # type: ignore[union-attr]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -116,12 +116,11 @@ class _SwapDisk:
     def slot(handle: _Handle) -> tuple[int, int]:
         return handle[0] >> SWIZ_BITS, (handle[3] << SWIZ_BITS) | (handle[0] & SWIZ_MASK)
 
-    def lock(self, handle: _Handle) -> threading.Lock:
+    def lock(self, handle: _Handle) -> threading.Lock | None:
+        """The slot's lock, or None once its device was swapped off."""
         type, offset = self.slot(handle)
         sis = self.guest.swap_info[type]
-        if sis is None:
-            raise GuestError(f"swap type {type} is gone")
-        return sis.slot_lock(offset)
+        return None if sis is None else sis.slot_lock(offset)
 
     def write(self, handle: _Handle, page: bytes) -> None:
         type, offset = self.slot(handle)
@@ -369,9 +368,10 @@ class _RamsterEngine(_Engine):
         """Write the page to its swap slot first (the slot's lock held, so the frontend does
         not touch it meanwhile), then send it."""
         disk = self.disk
-        if disk is None:
-            return False
-        with disk.lock(handle):
+        lock = None if disk is None else disk.lock(handle)
+        if disk is None or lock is None:
+            return True  # no slot to make it safe on: it stays local
+        with lock:
             with self.lock:
                 pool = self.pools.get(pool_id)
                 if pool is None or pool.pages.get(handle) is not data:
@@ -655,7 +655,7 @@ class Ramster(Zcache):
                 remotify_interval, selfshrink_interval, get_timeout_s) <= 0:
             raise GuestError("ramster sizes, batch, intervals and timeouts must be positive")
         self.node_num = node
-        self.nodes = net.parse_nodes(nodes) or {node: net.NodeAddress(node, "127.0.0.1", 0)}
+        self.nodes = net.parse_nodes(nodes)
         self.nodes.setdefault(node, net.NodeAddress(node, "127.0.0.1", 0))
         self.mode = mode
         self.cluster = cluster
