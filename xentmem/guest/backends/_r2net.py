@@ -321,7 +321,7 @@ class Connection:
 
 
 class _Peer:
-    __slots__ = ("addr", "alive", "conn", "heard", "incarnation")
+    __slots__ = ("addr", "alive", "conn", "heard", "incarnation", "pending", "pending_since")
 
     def __init__(self, addr: NodeAddress) -> None:
         self.addr = addr
@@ -329,6 +329,10 @@ class _Peer:
         self.heard = 0.0
         self.alive = False
         self.incarnation: int | None = None
+        # frames for a peer heard from (its own link to us is up) before ours is: they leave,
+        # in order, on our link once it is up, or die with the peer after the dead time
+        self.pending: list[bytes] = []
+        self.pending_since = 0.0
 
 
 class Node:
@@ -423,10 +427,17 @@ class Node:
     def send(self, num: int, type: int, payload: bytes = b"", *, msg_id: int = 0) -> bool:
         """Queue a frame for node ``num`` (never blocks). False when there is no live
         connection to it: the caller treats the message as not sent."""
+        frame = encode(type, self.num, payload, msg_id=msg_id)
         with self._lock:
             peer = self._peers.get(num)
-            conn = None if peer is None or not peer.alive else peer.conn
-        return conn is not None and conn.send(encode(type, self.num, payload, msg_id=msg_id))
+            if peer is None or not peer.alive:
+                return False
+            if peer.conn is None or peer.conn.closed:
+                if not peer.pending:
+                    peer.pending_since = time.monotonic()
+                peer.pending.append(frame)
+                return True
+            return peer.conn.send(frame)
 
     def reply(self, conn: Connection, type: int, payload: bytes = b"", *, msg_id: int,
               status: int = 0) -> None:
@@ -446,6 +457,7 @@ class Node:
             if peer is None or not peer.alive:
                 return
             peer.alive = False
+            peer.pending = []
             conn, peer.conn = peer.conn, None
         if conn is not None:
             conn.close(why)
@@ -480,6 +492,8 @@ class Node:
             for num, peer in peers:
                 if peer.alive and now - peer.heard > self.dead_s:
                     self.declare_dead(num, f"no heartbeat for {self.dead_s:g} s")
+                elif peer.pending and now - peer.pending_since > self.dead_s:
+                    self.declare_dead(num, f"no link to it for {self.dead_s:g} s")
                 elif peer.conn is None or peer.conn.closed:
                     self._connect(num, peer)
                 else:
@@ -499,6 +513,9 @@ class Node:
                 return
             self._conns.add(conn)
             peer.conn = conn
+            for frame in peer.pending:  # behind the HELLO, in the order they were sent
+                conn.send(frame)
+            peer.pending = []
         conn.start()
 
     # -- called by connections --
