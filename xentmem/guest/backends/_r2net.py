@@ -445,9 +445,11 @@ class Node:
         conn.send(encode(type, self.num, payload, msg_id=msg_id, status=status))
 
     def idle(self) -> bool:
-        """Nothing queued on any connection (written to the socket, not yet acknowledged)."""
+        """Nothing waits to be written to a socket (what was written may still be unread)."""
         with self._lock:
             conns = list(self._conns)
+            if any(p.pending for p in self._peers.values()):
+                return False
         return all(c.outbox.empty() for c in conns)
 
     def declare_dead(self, num: int, why: str) -> None:
