@@ -60,3 +60,12 @@ def test_bad_ramster_keys_are_refused(edit, why: str) -> None:
     edit(data)
     with pytest.raises(GuestError, match=why):
         parse_scenario(data)
+
+
+def test_the_two_daemon_examples_name_each_other() -> None:
+    server = load_scenario(EXAMPLE.parent / "ramster-daemons" / "memserver.toml").guests[0]
+    client = load_scenario(EXAMPLE.parent / "ramster-daemons" / "client.toml").guests[0]
+    expected = ["0=127.0.0.1:17800", "1=127.0.0.1:17801"]
+    assert sorted(server.backend_params["nodes"].split()) == expected
+    assert sorted(client.backend_params["nodes"].split()) == expected
+    assert (server.backend_params["target"], client.backend_params["target"]) == (-1, 0)
