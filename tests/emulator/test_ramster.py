@@ -126,6 +126,36 @@ def test_a_killed_server_costs_speed_in_durable_mode_and_counted_pages_in_faithf
     assert client.guest.stats.lost == g.lost
 
 
+def test_unload_after_a_faithful_loss_reports_the_lost_pages_never_older_copies(
+        machines) -> None:
+    server, client = _pair(machines, mode="faithful")
+    g = client.guest
+    pids = g.alloc_anon(64)
+    for pid in pids:  # an old version on disk, a newer one in RAMster
+        g.swap_out(pid)
+    g.unload_backend()
+    for pid in pids:
+        g.write_anon(pid)
+    rs = ramster_of(server)
+    g.load_backend(client.backend("ramster", {**FAST, "mode": "faithful", "node": 1,
+                                              "target": 0, "nodes": str(rs.address)}))
+    rc = ramster_of(client)
+    rs.set_nodes(f"{rs.address} {rc.address}")
+    assert wait_joined([server, client])
+    for pid in pids:
+        g.swap_out(pid)
+    rc.remotify(limit=1 << 20)
+    assert rc.sync() and rc.stats()["remote_pers_pages"] == 64
+    kill(server)
+    deadline = time.monotonic() + 5
+    while rc.stats()["lost_pers_pages"] < 64 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    report = g.unload_backend()
+    assert report.missing == 64
+    g.verify_anon()
+    assert g.stats.lost == 64 and g.stats.stale == 0  # the slots' older copies never read
+
+
 def test_unload_with_remote_pages_outstanding_drains_them_to_swap(machines) -> None:
     server, client = _pair(machines, mode="faithful")
     remote = _remotified(client, machines[1])

@@ -29,7 +29,7 @@ from typing import Protocol, runtime_checkable
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.errors import GuestError
-from xentmem.guest.swap import MAX_SWAPFILES, SwapDevice
+from xentmem.guest.swap import MAX_SWAPFILES, ZERO_PAGE, SwapDevice
 
 __all__ = ["LOST", "DrainReport", "Frontswap", "FrontswapOps", "SwapHost"]
 
@@ -194,11 +194,15 @@ class Frontswap:
                 with sis.slot_lock(offset):
                     if not sis.fs_test(offset):
                         continue  # invalidated or loaded exclusively meanwhile
-                    if ops.load(sis.type, offset, page) == 0:
+                    ret = ops.load(sis.type, offset, page)
+                    if ret == 0:
                         sis.store.write(offset, bytes(page))  # before the backend lets go
                         drained += 1
                     else:
                         missing += 1
+                        if ret == LOST:  # poison the slot: read later, it is a loss, never
+                            sis.store.write(offset, ZERO_PAGE)  # an older copy
+
                     ops.invalidate_page(sis.type, offset)
                     sis.fs_clear(offset)
         return drained, missing
