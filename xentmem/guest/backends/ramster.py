@@ -149,6 +149,9 @@ class _RamsterEngine(_Engine):
         self.foreign: dict[tuple[int, int], _Pool] = {}  # (node, their pool) -> pages
         self.foreign_bytes = 0
         self.persistent_pool = -1
+        # durable mode: the compressed page each swap slot holds a copy of, so a page that
+        # comes back unchanged (repatriated) is not written again when remotified again
+        self.on_disk: dict[_Key, bytes] = {}
         self.disk: _SwapDisk | None = None
         self.counters = dict.fromkeys(STATS, 0)
         self._ids = itertools.count(1)
@@ -162,6 +165,7 @@ class _RamsterEngine(_Engine):
             state["pools"] = {i: _copy_pool(p) for i, p in self.pools.items()}
             state["foreign"] = {k: _copy_pool(p) for k, p in self.foreign.items()}
             state["counters"] = dict(self.counters)
+            state["on_disk"] = dict(self.on_disk)
             remote = {}
             for key, e in self.remote.items():
                 if e.state == INFLIGHT:
@@ -198,17 +202,21 @@ class _RamsterEngine(_Engine):
         data = compress(page)
         with self.lock:
             self._forget((pool_id, handle))
+            self.on_disk.pop((pool_id, handle), None)  # a new version (or the disk's own)
             return self._put_locked(pool_id, handle, data)
 
     def flush(self, pool_id: int, handle: _Handle) -> None:
         with self.lock:
             super().flush(pool_id, handle)
             self._forget((pool_id, handle))
+            self.on_disk.pop((pool_id, handle), None)
 
     def flush_where(self, pool_id: int, match: Callable[[_Handle], bool]) -> None:
         """Flush matching pages; every match is a whole object, so remote nodes get FLOBJ."""
         with self.lock:
             super().flush_where(pool_id, match)
+            self.on_disk = {k: v for k, v in self.on_disk.items()
+                            if k[0] != pool_id or not match(k[1])}
             objects: set[tuple[int, tuple[int, int, int]]] = set()
             for key in [k for k in self.remote if k[0] == pool_id and match(k[1])]:
                 e = self._drop_entry(key)
@@ -220,6 +228,7 @@ class _RamsterEngine(_Engine):
     def destroy_pool(self, pool_id: int) -> None:
         with self.lock:
             super().destroy_pool(pool_id)
+            self.on_disk = {k: v for k, v in self.on_disk.items() if k[0] != pool_id}
             nodes = set()
             for key in [k for k in self.remote if k[0] == pool_id]:
                 e = self._drop_entry(key)
@@ -376,9 +385,13 @@ class _RamsterEngine(_Engine):
                 pool = self.pools.get(pool_id)
                 if pool is None or pool.pages.get(handle) is not data:
                     return True  # changed meanwhile: skip it, go on with the others
-            disk.write(handle, decompress(data))
+                written = self.on_disk.get((pool_id, handle)) == data
+            if not written:
+                disk.write(handle, decompress(data))
             with self.lock:
-                self.counters["durable_writes"] += 1
+                if not written:
+                    self.on_disk[(pool_id, handle)] = data
+                    self.counters["durable_writes"] += 1
                 return self._remotify_locked(target, pool_id, handle, data)
 
     def _remotify_locked(self, target: int, pool_id: int, handle: _Handle, data: bytes) -> bool:
