@@ -218,7 +218,7 @@ def test_cleancache_pages_go_remote_and_die_as_misses() -> None:
         assert rc.remotify() == 50 and rc.sync()
         assert rs.stats()["foreign_eph_pages"] == 50
         assert cli.read_file("data", 1, 0) == "cleancache"  # fetched from the server
-        rs.kill()
+        rs.shutdown()
         assert _eventually(lambda: not rc.node.alive(0))
         assert cli.read_file("data", 1, 1) == "disk"  # a miss, not a loss
         assert rc.stats()["dropped_eph_pages"] == 49 and rc.stats()["lost_pers_pages"] == 0
@@ -242,7 +242,7 @@ def test_the_selfshrinker_repatriates_when_local_memory_allows() -> None:
         st = rc.stats()
         assert st["repatriated_pages"] == 500 and st["remote_pers_pages"] == 0
         assert _eventually(lambda: rs.stats()["foreign_pers_pages"] == 0)
-        rs.kill()
+        rs.shutdown()
         cli.verify_anon()  # all local again: the server's death costs nothing
         assert cli.stats.lost == cli.stats.stale == 0 and cli.stats.disk_reads == 0
     finally:
@@ -282,7 +282,7 @@ def _run_schedule(mode: str, ops: list[tuple[str, int]]) -> None:
             elif not killed:
                 rc.sync()
                 remote_before = rc.stats()["remote_pers_pages"]
-                rs.kill()
+                rs.shutdown()
                 killed = True
                 assert _eventually(lambda: rc.stats()["remote_pers_pages"] == 0)  # resolved
                 lost = rc.stats()["lost_pers_pages"]

@@ -78,5 +78,5 @@ def wait_joined(guests: Iterable[MachineGuest], timeout: float = 10.0) -> bool:
 def kill(mg: MachineGuest) -> dict[str, Any]:
     """Kill the guest: its node dies with the pages it held for others, its domain goes;
     the guest's last report."""
-    ramster_of(mg).kill()
+    ramster_of(mg).shutdown()
     return mg.machine.remove_guest(mg.domid)

@@ -46,7 +46,6 @@ from xentmem.abi import PAGE_SIZE
 from xentmem.errors import GuestError
 
 __all__ = [
-    "DATA_MSGS",
     "KEY",
     "MAX_NODES",
     "MSG_NAMES",
@@ -83,7 +82,6 @@ MSG_NAMES = {MSG_HELLO: "HELLO", MSG_KEEPALIVE: "KEEPALIVE", MSG_STATUS: "STATUS
              ASYNC_GET_AND_FREE_REQUEST: "ASYNC_GET_AND_FREE_REQUEST",
              ASYNC_GET_REPLY: "ASYNC_GET_REPLY", FLUSH: "FLUSH", FLOBJ: "FLOBJ",
              DESTROY_POOL: "DESTROY_POOL"}
-DATA_MSGS = frozenset(MSG_NAMES) - {MSG_HELLO, MSG_KEEPALIVE, MSG_STATUS}
 # (smallest, largest) payload of each type
 _SIZES = {MSG_HELLO: (HELLO.size + 1, HELLO.size + MAX_NAME), MSG_KEEPALIVE: (0, 0),
           MSG_STATUS: (0, 0), PUT_EPH: (KEY.size + 1, MAX_PAYLOAD),
@@ -395,10 +393,6 @@ class Node:
             conns = list(self._conns)
         for c in conns:
             c.close("node stopped")
-
-    @property
-    def running(self) -> bool:
-        return self._listener is not None and not self._stop.is_set()
 
     def set_peers(self, nodes: Mapping[int, NodeAddress]) -> None:
         """The configured peers (every node but this one)."""

@@ -148,7 +148,6 @@ class _RamsterEngine(_Engine):
         self.waiters: dict[int, _Waiter] = {}  # request id -> waiter
         self.foreign: dict[tuple[int, int], _Pool] = {}  # (node, their pool) -> pages
         self.foreign_bytes = 0
-        self.persistent_pool = -1
         # durable mode: the compressed page each swap slot holds a copy of, so a page that
         # comes back unchanged (repatriated) is not written again when remotified again
         self.on_disk: dict[_Key, bytes] = {}
@@ -611,10 +610,6 @@ def _copy_pool(pool: _Pool) -> _Pool:
 class _RamsterFrontswapOps(_FrontswapOps):
     engine: _RamsterEngine
 
-    def init(self, type: int) -> None:
-        super().init(type)
-        self.engine.persistent_pool = self.pool_id
-
     def load(self, type: int, offset: int, page: bytearray) -> int:
         try:
             return super().load(type, offset, page)
@@ -768,7 +763,7 @@ class Ramster(Zcache):
         return report
 
     def shutdown(self) -> None:
-        """Leave the cluster at once (a crash, as the others see it)."""
+        """Leave the cluster at once, as a crash would: the pages held for others die."""
         node, self.node = self.node, None
         if node is not None:
             node.stop()
@@ -810,10 +805,6 @@ class Ramster(Zcache):
                 return False
             time.sleep(_SYNC_POLL)
         return True
-
-    def kill(self) -> None:
-        """Crash this node: it leaves the cluster and the pages it held for others die."""
-        self.shutdown()
 
     # -- statistics and the sysfs view --
 
