@@ -19,7 +19,8 @@ from xentmem.emulator.machine import EmulatedMachine, GuestSpec, MachineGuest, S
 from xentmem.emulator.ramster import form_cluster, kill, ramster_of, wait_joined
 from xentmem.errors import XenStoreNotFound
 from xentmem.guest import SysfsView, WorkloadSpec, anon_content
-from xentmem.guest.backends.ramster import DEBUGFS_DIR, REMOTE, SYSFS_DIR, _SwapDisk
+from xentmem.guest.backends._ramster_engine import REMOTE, _SwapDisk
+from xentmem.guest.backends.ramster import DEBUGFS_DIR, SYSFS_DIR
 from xentmem.guest.backends.zcache import decompress
 
 # wall-clock knobs small enough that a death is noticed within a second
