@@ -53,6 +53,7 @@ from xentmem.xenstore.keys import (
     KEYS,
     MAX_SEQ,
     MEMINFO_KEYS,
+    RAMSTER_STATS_KEYS,
     STATS_KEYS,
     VMSTAT_KEYS,
     Key,
@@ -84,7 +85,8 @@ SYSFS_PATHS: dict[str, str] = {  # key name -> sysfs file (ref §3.1, §4.3)
     "frontswap_hysteresis": f"{_SB}/frontswap_hysteresis",
     "frontswap_inertia": f"{_SB}/frontswap_inertia",
 }
-_STATS_PATHS = {name: "sys/kernel/debug/{}/{}".format(*name.split("_", 1)) for name in STATS_KEYS}
+_STATS_PATHS = {name: "sys/kernel/debug/{}/{}".format(*name.split("_", 1))
+                for name in (*STATS_KEYS, *RAMSTER_STATS_KEYS)}
 _BALLOON_PATHS = {"current_kib": f"{BALLOON_DIR}/info/current_kb",
                   "target_kib": f"{BALLOON_DIR}/target_kb"}
 # Module parameters first (a reload resets the flags), the numeric knobs before the flags

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from xentmem.abi import MAX_POOLS_PER_DOMAIN, PAGE_SIZE, Hypercall, TmemCmd
-from xentmem.emulator import EmulatedHost
+from xentmem.emulator import EmulatedHost, ramster
 from xentmem.emulator._daemon_store import Record, StateStore
 from xentmem.emulator._statedir import (  # the layout and running(): light, for the CLI
     LOCK,
@@ -337,6 +337,7 @@ class Daemon:
             return
         for spec in config.guest_specs():
             self.machine.add_guest(spec)
+        ramster.link(self.machine.guests.values())  # RAMster nodes on free ports meet
 
     def request_stop(self) -> None:
         """Make ``serve()`` return (safe from a signal handler or another thread)."""

@@ -53,6 +53,7 @@ from xentmem.guest import (
     HypervisorReservation,
     InMemoryTargetSource,
     Kernel,
+    Ramster,
     SysfsView,
     Workload,
     WorkloadSpec,
@@ -78,7 +79,7 @@ __all__ = [
 
 log = logging.getLogger("xentmem.emulator.machine")
 
-BACKENDS = ("tmem", "zcache")
+BACKENDS = ("tmem", "zcache", "ramster")
 CHECKPOINT_FORMAT = 1
 
 
@@ -105,9 +106,10 @@ class MountSpec:
 class GuestSpec:
     """One guest: its domain's memory (``max_memory_mb`` defaults to twice ``memory_mb``: Xen
     counts persistent tmem pages against the maximum), the ``kernel`` it runs, its swap and
-    filesystems, the backend loaded at boot (``tmem``, ``zcache`` or ``None``; ``tmem`` on a
-    kernel without it boots with none), the backend's module parameters, its workloads
-    (``concurrent``: one thread each per step) and whether an agent answers ``control/``."""
+    filesystems, the backend loaded at boot (``tmem``, ``zcache``, ``ramster`` or ``None``;
+    ``tmem`` on a kernel without it boots with none), the backend's module parameters, its
+    workloads (``concurrent``: one thread each per step) and whether an agent answers
+    ``control/``."""
 
     name: str
     memory_mb: int = 128
@@ -240,6 +242,8 @@ class MachineGuest:
         try:
             if name == "zcache":
                 return Zcache(**(params or {}))
+            if name == "ramster":  # its cluster: xentmem.emulator.ramster
+                return Ramster(**(params or {}))
             if name == "tmem":
                 if not self.guest.kernel.has_tmem:
                     raise GuestError(self.guest.kernel.missing("tmem"))
@@ -322,6 +326,8 @@ class MachineGuest:
         return self.agent
 
     def _disconnect(self) -> None:
+        if isinstance(self.guest.backend, Ramster):
+            self.guest.backend.shutdown()  # leaves its cluster (a restore joins it again)
         if self.agent is not None:
             self.agent.request_stop()
         if self.watcher is not None:
@@ -451,7 +457,8 @@ class EmulatedMachine:
             guest.mount(m.name, m.type, uuid=m.uuid, disk=disk)
         mg = MachineGuest(self, spec, domid, guest, [Workload(w, guest) for w in spec.workloads])
         mg.sysfs_root = None if sysfs_root is None else Path(sysfs_root)
-        if (spec.backend == "tmem" and guest.kernel.has_tmem) or spec.backend == "zcache":
+        if (spec.backend == "tmem" and guest.kernel.has_tmem) or spec.backend in ("zcache",
+                                                                                  "ramster"):
             guest.load_backend(mg.backend(spec.backend, spec.backend_params))
         with self.model_lock:
             self.guests[domid] = mg

@@ -27,21 +27,41 @@ model times, described in TOML and run to a summary.
     backend = "tmem"     # tmem | zcache
     params = { selfballooning = false }
 
+RAMster clusters (additive keys): a guest with ``ramster = { node = 1, target = 0 }`` boots
+with the ``ramster`` backend as that node (``port`` fixes its TCP port; 0, the default, takes a
+free one and the nodes are told each other's addresses after boot); ``machine = "b"`` puts a
+guest on another emulated machine of the same process; a top-level ``[ramster]`` table holds the
+parameters every node shares (``mode``, ``dead_s``, ...; ``peers = "2=127.0.0.1:17802"`` names
+nodes served by other daemons); ``action = "kill"`` kills a guest mid-run, its node with it::
+
+    [ramster]
+    mode = "durable"
+    [[guests]]
+    name = "server"
+    machine = "memory-server"
+    ramster = { node = 0 }
+    [[events]]
+    at = 20
+    guest = "server"
+    action = "kill"
+
 Every page is checked whenever it is read, and every guest reads all its pages back at the end:
 ``ScenarioResult.ok`` is False if any page came back lost or stale.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import tomllib
 import uuid as uuidlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from xentmem.emulator import ramster
 from xentmem.emulator.machine import (
     BACKENDS,
     EmulatedMachine,
@@ -51,6 +71,7 @@ from xentmem.emulator.machine import (
     SwapSpec,
 )
 from xentmem.errors import GuestError, XentmemError
+from xentmem.guest import Ramster
 from xentmem.guest.cleancache import FS_NO_BACKEND
 from xentmem.guest.fs import FSTYPES
 from xentmem.guest.selfballoon import MB
@@ -69,7 +90,8 @@ __all__ = [
     "run_scenario",
 ]
 
-ACTIONS = ("load", "unload", "replace", "target", "swapoff", "drop_caches", "sysfs")
+ACTIONS = ("load", "unload", "replace", "target", "swapoff", "drop_caches", "sysfs", "kill")
+DEFAULT_MACHINE = "host"
 _WORKLOAD_FIELDS = {f.name for f in fields(WorkloadSpec)}
 
 
@@ -94,6 +116,7 @@ class Scenario:
     guests: tuple[GuestSpec, ...]
     events: tuple[EventSpec, ...]
     description: str = ""
+    machines: Mapping[str, str] = field(default_factory=dict)  # guest -> machine, if not "host"
 
 
 # -- parsing (the TOML is untrusted input: every field checked, clear messages) ----------------
@@ -125,7 +148,7 @@ def _parse_guest(table: Any, i: int) -> GuestSpec:
     if not isinstance(table, dict):
         raise GuestError(f"{where}: must be a table")
     _unknown(table, {"name", "memory_mb", "max_memory_mb", "kernel", "swap", "mounts",
-                     "workloads", "concurrent"}, where)
+                     "workloads", "concurrent", "machine", "ramster"}, where)
     name = _get(table, "name", str, where)
     memory_mb = _get(table, "memory_mb", int, where, 128, positive=True)
     max_mb = _get(table, "max_memory_mb", int, where, memory_mb, positive=True)
@@ -169,6 +192,35 @@ def _parse_guest(table: Any, i: int) -> GuestSpec:
                                                            False), agent=False)
     except GuestError as exc:
         raise GuestError(f"{where}: {exc}") from None
+
+
+_RAMSTER_NODE_KEYS = {"node", "target", "port"}
+
+
+def _ramster_nodes(data: Mapping[str, Any], guests: list[Any]) -> dict[str, dict[str, Any]]:
+    """Each ramster guest's backend parameters: the shared ``[ramster]`` table, its node and
+    target, and the whole node list (ports 0 until the nodes listen; ``peers`` as given)."""
+    shared = dict(_get(data, "ramster", dict, "scenario", {}))
+    peers = str(shared.pop("peers", ""))
+    if set(shared) & (_RAMSTER_NODE_KEYS | {"nodes"}):
+        raise GuestError("ramster: node, target, port and nodes are set per guest "
+                         "(guests[].ramster) and peers, not in [ramster]")
+    mine: dict[str, tuple[int, int, int]] = {}
+    for i, g in enumerate(guests):
+        table = g.get("ramster") if isinstance(g, dict) else None
+        if table is None:
+            continue
+        w = f"guests[{i}].ramster"
+        if not isinstance(table, dict):
+            raise GuestError(f"{w}: must be a table")
+        _unknown(table, _RAMSTER_NODE_KEYS, w)
+        mine[str(g.get("name"))] = (_get(table, "node", int, w), _get(table, "target", int, w, -1),
+                                    _get(table, "port", int, w, 0))
+    if not mine:
+        return {}
+    nodes = " ".join([f"{n}=127.0.0.1:{port}" for n, _, port in mine.values()] + [peers])
+    return {name: {**shared, "node": n, "target": t, "nodes": nodes}
+            for name, (n, t, _) in mine.items()}
 
 
 def _parse_event(table: Any, i: int, guests: set[str]) -> EventSpec:
@@ -215,14 +267,24 @@ def _check_cluster_writes(guests: tuple[GuestSpec, ...]) -> None:
 
 def parse_scenario(data: Mapping[str, Any], name: str = "scenario") -> Scenario:
     """A ``Scenario`` from parsed TOML; ``GuestError`` names the first bad field."""
-    _unknown(data, {"name", "description", "duration", "step", "host", "guests", "events"},
-             "scenario")
+    _unknown(data, {"name", "description", "duration", "step", "host", "guests", "events",
+                    "ramster"}, "scenario")
     host = _get(data, "host", dict, "scenario", {})
     _unknown(host, {"memory_mb", "xen_version"}, "host")
-    guests = tuple(_parse_guest(g, i) for i, g in enumerate(_get(data, "guests", list,
-                                                                  "scenario")))
+    tables = _get(data, "guests", list, "scenario")
+    guests = tuple(_parse_guest(g, i) for i, g in enumerate(tables))
     if not guests:
         raise GuestError("scenario: at least one guest is needed")
+    params = _ramster_nodes(data, tables)
+    try:
+        for p in params.values():  # the module checks its parameters once, here
+            Ramster(**p)
+    except (GuestError, TypeError) as exc:
+        raise GuestError(f"ramster: {exc}") from None
+    guests = tuple(replace(g, backend="ramster", backend_params=params[g.name])
+                   if g.name in params else g for g in guests)
+    machines = {str(t["name"]): _get(t, "machine", str, f"guests[{i}]")
+                for i, t in enumerate(tables) if "machine" in t}
     names = [g.name for g in guests]
     if len(set(names)) != len(names):
         raise GuestError("scenario: guest names must be unique")
@@ -235,7 +297,7 @@ def parse_scenario(data: Mapping[str, Any], name: str = "scenario") -> Scenario:
     return Scenario(_get(data, "name", str, "scenario", name), duration, step,
                     _get(host, "memory_mb", int, "host", 2048, positive=True),
                     str(_get(host, "xen_version", (str, float), "host", "4.12")), guests, events,
-                    _get(data, "description", str, "scenario", ""))
+                    _get(data, "description", str, "scenario", ""), machines)
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -281,16 +343,30 @@ class ScenarioResult:
                 "seconds": round(self.seconds, 2), "ok": self.ok}
 
 
-def _boot(scenario: Scenario, tmpdir: Path | None) -> EmulatedMachine:
-    machine = EmulatedMachine.boot(memory_mb=scenario.host_memory_mb,
-                                   xen_version=scenario.xen_version, directory=tmpdir)
+def _boot(scenario: Scenario, tmpdir: Path | None,
+          stack: contextlib.ExitStack) -> list[EmulatedMachine]:
+    """One machine per ``machine`` name (``host`` first); RAMster nodes linked once all run."""
+    machines: dict[str, EmulatedMachine] = {}
     for spec in scenario.guests:
-        machine.add_guest(spec)
-    return machine
+        name = scenario.machines.get(spec.name, DEFAULT_MACHINE)
+        if name not in machines:
+            machines[name] = stack.enter_context(EmulatedMachine.boot(
+                memory_mb=scenario.host_memory_mb, xen_version=scenario.xen_version,
+                directory=tmpdir))
+        machines[name].add_guest(spec)
+    ramster.link(g for m in machines.values() for g in m.guests.values())
+    return list(machines.values())
 
 
 def _apply(event: EventSpec, b: MachineGuest) -> str:
     g = b.guest
+    if event.action == "kill":
+        if isinstance(g.backend, Ramster):
+            held = g.backend.stats()["foreign_pers_pages"]
+            ramster.kill(b)
+            return f"killed {g.name}; its node held {held} persistent page(s) of other nodes"
+        b.machine.remove_guest(b.domid)
+        return f"killed {g.name}"
     if event.action == "load":
         queued = sum(g.frontswap.need_init)
         pending = sum(real == FS_NO_BACKEND for real in (*g.cleancache.fs_poolid_map,
@@ -328,8 +404,9 @@ def run_scenario(scenario: Scenario, *, tmpdir: Path | None = None,
     """Boot, run and verify ``scenario``. ``on_event`` sees each applied event as it happens,
     ``on_tick`` the model time after each tick."""
     started = time.perf_counter()
-    with _boot(scenario, tmpdir) as machine:
-        by_name = {g.name: g for g in machine.guests.values()}
+    with contextlib.ExitStack() as stack:
+        machines = _boot(scenario, tmpdir, stack)
+        by_name = {g.name: g for m in machines for g in m.guests.values()}
         log: list[dict[str, Any]] = []
         pending = list(scenario.events)
         ops = 0
@@ -348,12 +425,15 @@ def run_scenario(scenario: Scenario, *, tmpdir: Path | None = None,
                     on_event(entry)
             if n == ticks:
                 break
-            machine.now = now
-            ops += machine.advance(scenario.step, tick=scenario.step)
+            for machine in machines:
+                machine.now = now
+                ops += machine.advance(scenario.step, tick=scenario.step)
             if on_tick is not None:
                 on_tick(now + scenario.step)
         rows = []
         for b in by_name.values():
+            if b.domid not in b.machine.guests:
+                continue  # killed
             held = b.guest.frontswap.curr_pages()  # before the read-back empties exclusive pools
             b.guest.verify_anon()
             g, s = b.guest, b.guest.stats

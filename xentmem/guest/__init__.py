@@ -23,6 +23,7 @@ __all__ = [
     "Kernel",
     "MemorySlotStore",
     "MemorySnapshot",
+    "Ramster",
     "SelfBalloon",
     "SelfBalloonKnobs",
     "SlotStore",
@@ -40,7 +41,7 @@ __all__ = [
 # each name's module is imported on first use: importing a submodule (or this package)
 # stays light
 __getattr__, __dir__ = lazy_exports(__name__, {
-    ".backends": ("BackendModule", "UnloadReport", "XenTmem", "Zcache"),
+    ".backends": ("BackendModule", "Ramster", "UnloadReport", "XenTmem", "Zcache"),
     ".balloon": (
         "Balloon", "HypervisorReservation", "InMemoryTargetSource", "SelfBalloon",
         "TargetSource",

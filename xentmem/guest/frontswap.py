@@ -19,6 +19,7 @@ re-queues the active types so that a later backend is initialised for them.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Sequence
@@ -28,11 +29,16 @@ from typing import Protocol, runtime_checkable
 
 from xentmem.abi import PAGE_SIZE
 from xentmem.errors import GuestError
-from xentmem.guest.swap import MAX_SWAPFILES, SwapDevice
+from xentmem.guest.swap import MAX_SWAPFILES, ZERO_PAGE, SwapDevice
 
-__all__ = ["DrainReport", "Frontswap", "FrontswapOps", "SwapHost"]
+__all__ = ["LOST", "DrainReport", "Frontswap", "FrontswapOps", "SwapHost"]
 
 log = logging.getLogger(__name__)
+
+# A load's answer beyond the kernel's: the backend held the page and lost it (RAMster's
+# faithful mode after a node died). The swap slot is no copy of it: the caller must not read
+# it, and the page is reported lost, as a swap read I/O error would be.
+LOST = -errno.EIO
 
 
 @runtime_checkable
@@ -47,7 +53,7 @@ class FrontswapOps(Protocol):
         old copy."""
 
     def load(self, type: int, offset: int, page: bytearray) -> int:
-        """Fill ``page``; 0 = filled, non-zero = miss."""
+        """Fill ``page``; 0 = filled, ``LOST`` = held and lost, other non-zero = miss."""
 
     def invalidate_page(self, type: int, offset: int) -> None:
         """Drop the page; later loads must fail. Must not block."""
@@ -188,11 +194,15 @@ class Frontswap:
                 with sis.slot_lock(offset):
                     if not sis.fs_test(offset):
                         continue  # invalidated or loaded exclusively meanwhile
-                    if ops.load(sis.type, offset, page) == 0:
+                    ret = ops.load(sis.type, offset, page)
+                    if ret == 0:
                         sis.store.write(offset, bytes(page))  # before the backend lets go
                         drained += 1
                     else:
                         missing += 1
+                        if ret == LOST:  # poison the slot: read later, it is a loss, never
+                            sis.store.write(offset, ZERO_PAGE)  # an older copy
+
                     ops.invalidate_page(sis.type, offset)
                     sis.fs_clear(offset)
         return drained, missing
@@ -237,7 +247,8 @@ class Frontswap:
         return ret
 
     def load(self, type: int, offset: int, page: bytearray) -> int:
-        """``__frontswap_load``; non-zero means the caller reads the disk."""
+        """``__frontswap_load``; non-zero means the caller reads the disk, but ``LOST``: the
+        page is gone."""
         ops = self._ops
         if ops is None:
             return -1

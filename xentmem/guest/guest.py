@@ -27,7 +27,7 @@ from xentmem.guest._pages import compact
 from xentmem.guest.backends import BackendModule, UnloadReport
 from xentmem.guest.balloon import Balloon, Reservation, SelfBalloon, TargetSource
 from xentmem.guest.cleancache import Cleancache
-from xentmem.guest.frontswap import Frontswap
+from xentmem.guest.frontswap import LOST, Frontswap
 from xentmem.guest.fs import Filesystem, FsDisk
 from xentmem.guest.kernel import DEFAULT_KERNEL, Kernel
 from xentmem.guest.selfballoon import MB, MemorySnapshot
@@ -310,11 +310,14 @@ class Guest:
         sis = self.swap_info[type]
         buf = bytearray(PAGE_SIZE)
         with sis.slot_lock(offset):
-            if self.frontswap.load(type, offset, buf) == 0:
+            ret = self.frontswap.load(type, offset, buf)
+            if ret == 0:
                 source: Source = "frontswap"
                 data = bytes(buf)
                 # exclusive get: the backend let go and the bit is clear, so only RAM has it
                 page.dirty = not sis.fs_test(offset)
+            elif ret == LOST:  # counted lost by the check below, never read from the slot
+                source, data, page.dirty = "frontswap", ZERO_PAGE, True
             else:
                 source = "swap"
                 data = sis.store.read(offset)
@@ -658,6 +661,9 @@ class Guest:
         self.now = now
         self.balloon.tick(now)
         self.selfballoon.tick(now)
+        backend_tick = getattr(self.backend, "tick", None)  # a backend's own periodic work
+        if backend_tick is not None:
+            backend_tick(now)
         self.balance()
 
     def pages_in(self, pids: Iterable[int]) -> list[AnonPage]:

@@ -138,6 +138,10 @@ class SysfsView:
             for name, value in params.items():
                 attrs[f"sys/module/{g.backend.name}/parameters/{name}"] = _Attr(
                     lambda v=value: "Y\n" if v else "N\n")
+        files = getattr(g.backend, "sysfs_files", None)  # a backend's own files (RAMster)
+        if files is not None:
+            for path, (read, write) in files().items():
+                attrs[path] = _Attr(read, write)
         attrs["proc/sys/kernel/osrelease"] = _Attr(lambda: f"{g.kernel}.0-xentmem\n")
         attrs["proc/meminfo"] = _Attr(lambda: "".join(
             f"{k + ':':<16}{v:>8} kB\n" for k, v in g.meminfo().items()))

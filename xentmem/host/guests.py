@@ -52,6 +52,7 @@ from xentmem.xenstore.keys import (
     MAX_SEQ,
     MEMINFO_KEYS,
     MODES,
+    RAMSTER_STATS_KEYS,
     STATES,
     STATS_KEYS,
     VMSTAT_KEYS,
@@ -216,7 +217,8 @@ _READERS = 8  # guests read at once by Host.guests (50 busy guests: about twice 
 _REPORT_NODES = (
     *(node for k in KEYS for node in (k.data, k.control)),
     DATA_HEARTBEAT, DATA_SEQ, CONTROL_SEQ, DATA_STATE, DATA_REASON, DATA_SINK,
-    *(stats_key(n) for n in STATS_KEYS), *(balloon_key(n) for n in BALLOON_KEYS),
+    *(stats_key(n) for n in (*STATS_KEYS, *RAMSTER_STATS_KEYS)),
+    *(balloon_key(n) for n in BALLOON_KEYS),
     DATA_HEARTBEAT_INTERVAL, DATA_MODE,
     *(meminfo_key(n) for n in MEMINFO_KEYS), *(vmstat_key(n) for n in VMSTAT_KEYS),
 )
@@ -264,7 +266,9 @@ def _read_report(tx, dom: str, now: float, *extra: str) -> tuple[TmemReport, lis
         reason=sanitize_text(untrusted[DATA_REASON]),
         refused=refused,
         sink=sanitize_choice(untrusted[DATA_SINK], ("sysfs", "model")),
-        stats={n: sanitize_int(untrusted[stats_key(n)], 0, _U64) for n in STATS_KEYS},
+        stats={**{n: sanitize_int(untrusted[stats_key(n)], 0, _U64) for n in STATS_KEYS},
+               **{n: v for n in RAMSTER_STATS_KEYS  # only guests running ramster have them
+                  if (v := sanitize_int(untrusted[stats_key(n)], 0, _U64)) is not None}},
         balloon={n: sanitize_kib(untrusted[balloon_key(n)]) for n in BALLOON_KEYS},
         heartbeat_age_s=None if heartbeat is None else int(now) - heartbeat,
         heartbeat_interval=sanitize_int(untrusted[DATA_HEARTBEAT_INTERVAL], 1, _MAX_INTERVAL),

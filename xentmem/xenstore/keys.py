@@ -36,6 +36,8 @@ __all__ = [
     "MAX_SEQ",
     "MEMINFO_KEYS",
     "MODES",
+    "RAMSTER_STATS",
+    "RAMSTER_STATS_KEYS",
     "STATES",
     "STATS_KEYS",
     "TOGGLES",
@@ -119,6 +121,15 @@ STATS_KEYS = (  # data/tmem/stats/<name>: the debugfs counters (ref §1.7, §2.3
     "frontswap_invalidates", "cleancache_succ_gets", "cleancache_failed_gets",
     "cleancache_puts", "cleancache_invalidates",
 )
+# RAMster's debugfs counters (sys/kernel/debug/ramster/<name>), published only by guests that
+# run it, as data/tmem/stats/ramster_<name>
+RAMSTER_STATS = (
+    "remote_eph_pages", "remote_pers_pages", "foreign_eph_pages", "foreign_pers_pages",
+    "remotified_pages", "remotify_failed", "repatriated_pages", "remote_gets",
+    "remote_get_misses", "lost_pers_pages", "dropped_eph_pages", "recovered_pers_pages",
+    "durable_writes", "nodes_alive", "bad_frames",
+)
+RAMSTER_STATS_KEYS = tuple(f"ramster_{name}" for name in RAMSTER_STATS)
 BALLOON_KEYS = ("current_kib", "target_kib")  # data/tmem/balloon/<name>
 # data/tmem/meminfo/<name>: /proc/meminfo lines in kB, what a host memory manager weighs
 MEMINFO_KEYS = ("MemTotal", "MemFree", "Cached", "SwapTotal", "SwapFree", "Committed_AS")

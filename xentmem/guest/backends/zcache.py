@@ -32,6 +32,16 @@ SWIZ_MASK = (1 << SWIZ_BITS) - 1
 _Handle = tuple[int, int, int, int]  # (oid0, oid1, oid2, index)
 
 
+def compress(page: bytes) -> bytes:
+    """A page as the engine keeps it."""
+    return lz4.block.compress(bytes(page), store_size=False)
+
+
+def decompress(data: bytes) -> bytes:
+    """The page ``compress`` made ``data`` of (``lz4.block.LZ4BlockError`` if it is not)."""
+    return lz4.block.decompress(data, uncompressed_size=PAGE_SIZE)
+
+
 class _Pool:
     __slots__ = ("ephemeral", "pages")
 
@@ -70,21 +80,25 @@ class _Engine:
                 self.bytes -= len(data)
 
     def put(self, pool_id: int, handle: _Handle, page: bytes) -> bool:
-        data = lz4.block.compress(bytes(page), store_size=False)
+        data = compress(page)
         with self.lock:
-            pool = self.pools.get(pool_id)
-            if pool is None:
-                return False
-            old = pool.pages.pop(handle, None)
-            if old is not None:  # a duplicate: the old copy goes whatever happens next
-                self.bytes -= len(old)
+            return self._put_locked(pool_id, handle, data)
+
+    def _put_locked(self, pool_id: int, handle: _Handle, data: bytes) -> bool:
+        """Store compressed ``data`` (the engine's lock held); False if it does not fit."""
+        pool = self.pools.get(pool_id)
+        if pool is None:
+            return False
+        old = pool.pages.pop(handle, None)
+        if old is not None:  # a duplicate: the old copy goes whatever happens next
+            self.bytes -= len(old)
+        if self.bytes + len(data) > self.max_bytes:
+            self._evict_ephemeral(len(data))
             if self.bytes + len(data) > self.max_bytes:
-                self._evict_ephemeral(len(data))
-                if self.bytes + len(data) > self.max_bytes:
-                    return False
-            pool.pages[handle] = data
-            self.bytes += len(data)
-            return True
+                return False
+        pool.pages[handle] = data
+        self.bytes += len(data)
+        return True
 
     def get(self, pool_id: int, handle: _Handle, page: bytearray, exclusive: bool) -> bool:
         with self.lock:
@@ -95,7 +109,7 @@ class _Engine:
                 return False
             if exclusive:
                 self.bytes -= len(data)
-        page[:] = lz4.block.decompress(data, uncompressed_size=PAGE_SIZE)
+        page[:] = decompress(data)
         return True
 
     def flush(self, pool_id: int, handle: _Handle) -> None:
@@ -184,12 +198,18 @@ class Zcache:
 
     def __init__(self, *, max_pool_mb: int = 64, frontswap: bool = True,
                  cleancache: bool = True, exclusive_gets: bool = True) -> None:
-        self.engine = _Engine(max_pool_mb << 20)
+        self.engine = self._new_engine(max_pool_mb << 20)
         self.frontswap_enabled = frontswap
         self.cleancache_enabled = cleancache
-        self.frontswap_ops = _FrontswapOps(self.engine)
+        self.frontswap_ops = self._new_frontswap_ops()
         self.frontswap_ops.exclusive = exclusive_gets
         self.cleancache_ops = _CleancacheOps(self.engine)
+
+    def _new_engine(self, max_bytes: int) -> _Engine:
+        return _Engine(max_bytes)
+
+    def _new_frontswap_ops(self) -> _FrontswapOps:
+        return _FrontswapOps(self.engine)
 
     def module_init(self, guest: Guest) -> None:
         if self.frontswap_enabled:
