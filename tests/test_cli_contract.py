@@ -256,6 +256,8 @@ TABLES = {
     "tune sweep": ["tune", "sweep", "{files}/t.csv", "-g", "downhysteresis=1,8", "--all"],
     "bench tmem": ["bench", "tmem", "--pages", "100", "--rounds", "1"],
     "agent build-zipapp": ["agent", "build-zipapp", "{files}/a.pyz"],
+    "balance plan": ["balance", "plan"], "balance explain": ["balance", "explain", "guest1"],
+    "balance compare": ["balance", "compare", "--guests", "idle,web", "--for", "10"],
 }
 
 

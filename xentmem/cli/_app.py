@@ -25,11 +25,19 @@ from typer.core import TyperGroup
 from xentmem import __version__
 from xentmem.errors import XentmemError
 
-__all__ = ["COMMANDS", "UsageError", "XentmemGroup", "app", "run", "sub_app", "summary"]
+__all__ = ["COMMANDS", "UsageError", "XentmemGroup", "app", "check_writable", "run", "sub_app",
+           "summary"]
 
 
 class UsageError(XentmemError):
     """Bad command-line input that only the command itself can detect (exit 2)."""
+
+
+def check_writable(path: Any, option: str) -> None:
+    """Refuse an output file (a ``Path``) whose directory does not exist: before the work,
+    not after it."""
+    if path is not None and not path.absolute().parent.is_dir():
+        raise UsageError(f"{option} {path}: no directory {path.absolute().parent}")
 
 
 # name -> (the modules that define it, the first holding ``<name>_app``; the line --help shows,

@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
-from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._app import UsageError, check_writable, sub_app
 from xentmem.cli._connect import Target, resolve_target
 from xentmem.cli._options import Connect, Json, LibvirtUri, Timeout, XenStored
-from xentmem.cli._render import render
+from xentmem.cli._render import progress, render, say
 from xentmem.cli.guest import open_host
 from xentmem.errors import TmemError, TransportError, XentmemError
 
@@ -152,7 +152,7 @@ def plan_(policy: Policy = "tmem", as_json: Json = False, connect: Connect = Non
     if r.plan.tmem:
         render([a.row() for a in r.plan.tmem], as_json=False, title="tmem requests")
     if r.plan.note:
-        Console(highlight=False, soft_wrap=True).print(r.plan.note)
+        say(r.plan.note)
 
 
 def _table(r: Round, policy: str, rounds: int) -> Any:
@@ -247,17 +247,16 @@ def explain(dom: Dom, policy: Policy = "tmem",
     if as_json:
         render({"now": now, "logged": logged}, as_json=True)
         return
-    console = Console(highlight=False, soft_wrap=True)
-    console.print(f"[bold]{now['name']}[/bold] (domain {domid}) with policy {policy}: "
-                  f"{now['current_mib']} -> {now['target_mib']} MiB")
-    console.print(f"  why: {now['reason']}", markup=False)
+    say(f"{now['name']} (domain {domid}) with policy {policy}: "
+        f"{now['current_mib']} -> {now['target_mib']} MiB")
+    say(f"  why: {now['reason']}")
     render(now["inputs"], as_json=False, title="inputs now")
     if logged:
         render([{k: r.get(k) for k in ("at", "policy", "acted", "current_mib",
                                        "target_mib", "reason")} for r in logged],
                as_json=False, title=f"last {len(logged)} logged decision(s)")
     else:
-        console.print("no decisions logged for it yet (`xentmem balance run` logs them)")
+        say("no decisions logged for it yet ('xentmem balance run' logs them)")
 
 
 def _find(manager: Manager, dom: str) -> int:
@@ -337,20 +336,10 @@ _COMPARE = (("policy", "policy"), ("saved_gib_h", "saved"), ("shortfall_gib_h", 
 
 
 def _compare_table(rows: list[dict[str, Any]], title: str) -> None:
-    from rich import box
-    from rich.table import Table
-
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 1), collapse_padding=True,
-                  caption="ranked by net = saved - short (GiB-hours); below: guest-seconds "
-                  "below need; swap-ins (disk: from the swap disk), refaults and tmem hits in "
-                  "pages", caption_justify="left")
-    for key, header in _COMPARE:
-        table.add_column(header, justify="left" if key == "policy" else "right",
-                         min_width=len(header), no_wrap=True)
-    for row in rows:
-        table.add_row(*(str(row[key]) for key, _ in _COMPARE))
-    Console(highlight=False).print(table)
+    render(rows, as_json=False, title=title, columns=[key for key, _ in _COMPARE],
+           headers=dict(_COMPARE))
+    say("ranked by net = saved - short (GiB-hours); below: guest-seconds below need; swap-ins "
+        "(disk: from the swap disk), refaults and tmem hits in pages")
 
 
 @balance_app.command("compare")
@@ -379,9 +368,9 @@ def compare_(guests: Annotated[str, typer.Option(
              as_json: Json = False) -> None:
     """Run the same workloads on a fresh living emulated host once per policy and once with
     static allocation; score memory saved, guest pain, tmem hits and fairness."""
-    from rich.progress import Progress
-
     from xentmem.balance.compare import CompareSpec, compare, parse_guests
+
+    check_writable(html, "--html")
 
     try:
         spec = CompareSpec(parse_guests(guests), memory_mb=memory, host_mb=host_mb,
@@ -389,12 +378,10 @@ def compare_(guests: Annotated[str, typer.Option(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     chosen = tuple(_policy(p) for p in policies) if policies else POLICY_NAMES
-    console = Console(stderr=True, highlight=False)
-    with Progress(console=console, transient=True, disable=as_json
-                  or not console.is_terminal) as progress:
-        tasks = {p: progress.add_task(p, total=for_) for p in ("static", *chosen)}
+    order = ("static", *chosen)
+    with progress(f"{len(order)} runs of {for_:g} model s", total=len(order) * for_) as update:
         result = compare(spec, chosen,
-                         on_round=lambda p, now: progress.update(tasks[p], completed=now))
+                         on_round=lambda p, now: update(order.index(p) * for_ + now))
     if html is not None:
         from xentmem.balance.report import write_html
 
@@ -405,4 +392,4 @@ def compare_(guests: Annotated[str, typer.Option(
     _compare_table(result.rows(), f"balance compare: {len(spec.guests)} guest(s) ({guests}), "
                    f"{for_:g} s, host {spec.host_memory_mb} MiB")
     if html is not None:
-        Console(highlight=False, soft_wrap=True).print(f"report: {html}")
+        say(f"report: {html}")

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from xentmem.cli._app import UsageError, sub_app
+from xentmem.cli._app import UsageError, check_writable, sub_app
 from xentmem.cli._connect import resolve_target
 from xentmem.cli._options import Connect, Json, Timeout, XenStored
 from xentmem.cli._render import progress, render, say
@@ -42,12 +42,6 @@ def _usage() -> Iterator[None]:
         yield
     except TraceError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _writable(path: Path | None, option: str) -> None:
-    """Refuse an output file whose directory does not exist: before the work, not after."""
-    if path is not None and not path.absolute().parent.is_dir():
-        raise UsageError(f"{option} {path}: no directory {path.absolute().parent}")
 
 
 def _save(trace: Any, path: Path) -> None:
@@ -94,7 +88,7 @@ def synth_cmd(
     """Write a synthetic trace."""
     from xentmem.tuning import SynthSpec, synthesize
 
-    _writable(out, "--out")
+    check_writable(out, "--out")
     with _usage():
         trace = synthesize(SynthSpec(kind, duration, step, memory_mb, base, peak, noise, bursts,
                                      burst, period, seed))
@@ -125,7 +119,7 @@ def collect_cmd(
     sample a living guest of the emulator daemon (``-c emulator:DIR --domid N``)."""
     from xentmem.tuning import CollectSpec, collect_trace, parse_workload
 
-    _writable(out, "--out")
+    check_writable(out, "--out")
     if (domid is None) == (not workload):
         raise UsageError("give either --workload (a new guest model) or --domid (a living "
                          "guest of the daemon -c names)")
@@ -173,7 +167,7 @@ def record_cmd(
     Ctrl-C stops early and writes what was recorded (exit 130)."""
     from xentmem.tuning.procfs import RecordInterrupted, read_sample, record_procfs
 
-    _writable(out, "--out")
+    check_writable(out, "--out")
     with _usage():
         read_sample(root)  # an unreadable /proc fails now, not after the first step
     try:
@@ -211,7 +205,7 @@ def replay_cmd(
     from xentmem.tuning import parse_knobs, replay
     from xentmem.tuning.sweep import knob_values
 
-    _writable(html, "--html")
+    check_writable(html, "--html")
     trace = _load(trace_file)
     with _usage():
         knobs = parse_knobs(knob or [])
@@ -264,7 +258,7 @@ def sweep_cmd(
     (several traces, --cluster, --results or --report-dir: a fleet, one report per guest)."""
     from xentmem.tuning import parse_grid, parse_knobs, sweep
 
-    _writable(html, "--html")
+    check_writable(html, "--html")
     with _usage():
         base = parse_knobs(knob or [])
         parsed = parse_grid(grid)
