@@ -25,6 +25,7 @@ import errno as E
 import itertools
 import os
 import queue
+import select
 import socket
 import stat
 import threading
@@ -58,6 +59,7 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RUNDIR = "/var/run/xenstored"
 XENBUS_PATHS = ("/dev/xen/xenbus", "/proc/xen/xenbus")
+_RECV_SIZE = 65536  # bytes per recv() of replies: a pipelined batch's in one or a few
 
 
 class _Missing:
@@ -686,6 +688,7 @@ class _UnixTransport:
     def __init__(self, path: str, timeout: float) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        self._inbuf, self._pos = b"", 0  # received, and how much of it was read
         try:
             _connect(self.sock, path, timeout)
         except BaseException:
@@ -696,14 +699,20 @@ class _UnixTransport:
         return self.sock.fileno()
 
     def recv(self, size: int) -> bytes:
-        view = memoryview(bytearray(size))
-        got = 0
-        while got < size:
-            n = self.sock.recv_into(view[got:])
-            if not n:
+        """``size`` bytes, from what an earlier recv() brought beyond its own first."""
+        end = self._pos + size
+        while len(self._inbuf) < end:  # one recv() can bring a whole pipelined batch
+            chunk = self.sock.recv(_RECV_SIZE)
+            if not chunk:
                 raise OSError(E.ECONNRESET, "xenstored closed the connection")
-            got += n
-        return view.tobytes()
+            self._inbuf, end = self._inbuf[self._pos:] + chunk, size
+            self._pos = 0
+        self._pos = end
+        return self._inbuf[end - size:end]
+
+    def buffered(self) -> bool:
+        """Whether bytes already received wait to be read (select() would not see them)."""
+        return self._pos < len(self._inbuf)
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -744,9 +753,31 @@ class _UnixConnection(_AnyOpRecv, pyxs.connection.PacketConnection):
     def create_transport(self) -> _UnixTransport:
         return _UnixTransport(self.path, self.timeout)
 
+    def buffered(self) -> bool:
+        return self.transport is not None and self.transport.buffered()
+
+    def send_many(self, packets: list[Any]) -> None:
+        """Every packet in one write (pyxs writes header and payload apart: two system calls
+        and two wake-ups of xenstored per request)."""
+        if not self.is_connected:
+            raise pyxs.exceptions.ConnectionError("not connected")
+        try:
+            self.transport.send(b"".join(
+                b"%b%b" % (_wire.HEADER.pack(p.op, p.rq_id, p.tx_id, p.size), p.payload)
+                for p in packets))
+        except OSError as exc:
+            self.close()
+            raise pyxs.exceptions.ConnectionError(f"error while writing: {exc}") from None
+
 
 class _XenBusConnection(_AnyOpRecv, pyxs.connection.XenBusConnection):
-    pass
+    def buffered(self) -> bool:
+        return False
+
+    def send_many(self, packets: list[Any]) -> None:
+        # the device takes one message per write (the kernel drops what follows one)
+        for packet in packets:
+            self.send(packet)
 
 
 class _Router(pyxs.Router):
@@ -757,9 +788,43 @@ class _Router(pyxs.Router):
         self.dead = False
         self.failure: BaseException | None = None
 
+    def send_many(self, packets: list[Any]) -> list[Any]:
+        """:meth:`send` for a batch: its reply slots, the packets written at once."""
+        with self.send_lock:
+            rvars = []
+            for packet in packets:  # registered first: the reply may beat send_many's return
+                self.rvars[packet.rq_id] = rvar = pyxs.client.RVar()
+                rvars.append(rvar)
+            self.connection.send_many(packets)
+            return rvars
+
+    def _serve(self) -> None:
+        """pyxs's loop, reading whatever the transport already holds before select()."""
+        connection = self.connection
+        try:
+            while True:
+                if not connection.buffered():
+                    ready, _, _ = select.select([connection, self.r_terminator], [], [])
+                    if self.r_terminator in ready:
+                        break
+                packet = connection.recv()
+                if packet.op == Op.WATCH_EVENT:
+                    event = pyxs._internal.Event(*packet.payload.split(NUL)[:-1])
+                    for monitor in self.monitors[event.token]:
+                        monitor.events.put(event)
+                    continue
+                rvar = self.rvars.pop(packet.rq_id, None)
+                if rvar is None:
+                    raise pyxs.exceptions.UnexpectedPacket(packet)
+                rvar.set(packet)
+        finally:
+            connection.close()
+            self.r_terminator.close()
+            self.w_terminator.close()
+
     def __call__(self) -> None:
         try:
-            super().__call__()
+            self._serve()
         except BaseException as exc:  # ECONNRESET, UnexpectedPacket, ...: the link is over
             self.failure = exc
         finally:
@@ -805,25 +870,33 @@ class _PyxsLink:
         """Every request sent before the first reply is awaited (xenstored answers a
         connection's requests in order); ``timeout`` bounds the whole batch."""
         deadline = time.monotonic() + timeout
-        sent = [(op, self._send(op, payload, tx_id)) for op, payload in requests]
+        with self._rq_lock:
+            ids = [next(self._rq) & 0xFFFFFFFF for _ in requests]
+        packets = [pyxs._internal.Packet._make((op, rq_id, tx_id, len(payload), payload))
+                   for (op, payload), rq_id in zip(requests, ids, strict=True)]
+        rvars = self._dispatch(lambda router: router.send_many(packets))
         return [self._wait(op, rvar, max(0.0, deadline - time.monotonic()))
-                for op, rvar in sent]
+                for (op, _), rvar in zip(requests, rvars, strict=True)]
 
     def _send(self, op: int, payload: bytes, tx_id: int) -> Any:
         with self._rq_lock:  # pyxs's own next_rq_id() is an unlocked global
             rq_id = next(self._rq) & 0xFFFFFFFF
         # Packet._make skips pyxs's op whitelist (no RESET_WATCHES / DIRECTORY_PARTIAL there).
         packet = pyxs._internal.Packet._make((op, rq_id, tx_id, len(payload), payload))
+        return self._dispatch(lambda router: router.send_many([packet]))[0]
+
+    def _dispatch(self, send: Callable[[_Router], list[Any]]) -> list[Any]:
+        """``send(router)``'s reply slots, or ``XenStoreUnavailable`` if the link is dead."""
         router = self.router
         if router.dead:
             raise XenStoreUnavailable(f"connection to {self.path} lost")
         try:
-            rvar = router.send(packet)
+            rvars = send(router)
         except (OSError, pyxs.PyXSError) as exc:
             raise XenStoreUnavailable(f"connection to {self.path} lost: {exc}") from None
-        if router.dead and rvar.target is None:
+        if router.dead and any(rvar.target is None for rvar in rvars):
             raise XenStoreUnavailable(f"connection to {self.path} lost")
-        return rvar
+        return rvars
 
     def _wait(self, op: int, rvar: Any, timeout: float) -> tuple[int, bytes]:
         with rvar.condition:
