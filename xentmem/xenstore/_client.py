@@ -780,6 +780,42 @@ class _XenBusConnection(_AnyOpRecv, pyxs.connection.XenBusConnection):
             self.send(packet)
 
 
+class _Slot:
+    """Where the router puts one reply (pyxs's ``RVar`` interface: ``set``, ``target``)."""
+
+    __slots__ = ("_replies", "target")
+
+    def __init__(self, replies: _Replies) -> None:
+        self._replies = replies
+        self.target: Any = None
+
+    def set(self, packet: Any) -> None:
+        self.target = packet
+        self._replies.arrived()
+
+
+class _Replies:
+    """The replies of one batch of requests, waited for together: one wake-up for the batch
+    rather than a condition variable per request."""
+
+    def __init__(self, count: int) -> None:
+        self.slots = [_Slot(self) for _ in range(count)]
+        self._left = count
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        if not count:
+            self._done.set()
+
+    def arrived(self) -> None:
+        with self._lock:
+            self._left -= 1
+            if not self._left:
+                self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
+
+
 class _Router(pyxs.Router):
     """pyxs's Router, plus: when its thread ends for any reason, every waiter is woken."""
 
@@ -788,15 +824,15 @@ class _Router(pyxs.Router):
         self.dead = False
         self.failure: BaseException | None = None
 
-    def send_many(self, packets: list[Any]) -> list[Any]:
-        """:meth:`send` for a batch: its reply slots, the packets written at once."""
+    def send_many(self, packets: list[Any]) -> _Replies:
+        """:meth:`send` for a batch: written at once, its replies awaited together."""
+        replies = _Replies(len(packets))
         with self.send_lock:
-            rvars = []
-            for packet in packets:  # registered first: the reply may beat send_many's return
-                self.rvars[packet.rq_id] = rvar = pyxs.client.RVar()
-                rvars.append(rvar)
+            for packet, slot in zip(packets, replies.slots, strict=True):
+                # registered first: the reply may beat send_many's return
+                self.rvars[packet.rq_id] = slot
             self.connection.send_many(packets)
-            return rvars
+        return replies
 
     def _serve(self) -> None:
         """pyxs's loop, reading whatever the transport already holds before select()."""
@@ -863,51 +899,44 @@ class _PyxsLink:
         return not self.router.dead and self.router.thread.is_alive()
 
     def request(self, op: int, payload: bytes, tx_id: int, timeout: float) -> tuple[int, bytes]:
-        return self._wait(op, self._send(op, payload, tx_id), timeout)
+        return self.request_many([(op, payload)], tx_id, timeout)[0]
 
     def request_many(self, requests: list[tuple[int, bytes]], tx_id: int, timeout: float
                      ) -> list[tuple[int, bytes]]:
         """Every request sent before the first reply is awaited (xenstored answers a
         connection's requests in order); ``timeout`` bounds the whole batch."""
         deadline = time.monotonic() + timeout
-        with self._rq_lock:
+        with self._rq_lock:  # pyxs's own next_rq_id() is an unlocked global
             ids = [next(self._rq) & 0xFFFFFFFF for _ in requests]
+        # Packet._make skips pyxs's op whitelist (no RESET_WATCHES / DIRECTORY_PARTIAL there)
         packets = [pyxs._internal.Packet._make((op, rq_id, tx_id, len(payload), payload))
                    for (op, payload), rq_id in zip(requests, ids, strict=True)]
-        rvars = self._dispatch(lambda router: router.send_many(packets))
-        return [self._wait(op, rvar, max(0.0, deadline - time.monotonic()))
-                for (op, _), rvar in zip(requests, rvars, strict=True)]
+        replies = self._send(packets)
+        if not replies.wait(max(0.0, deadline - time.monotonic())):
+            op = next(op for (op, _), slot in zip(requests, replies.slots, strict=True)
+                      if slot.target is None)
+            raise XenStoreTimeout(f"{_op_name(op)}: no reply from {self.path} within "
+                                  f"{timeout} s")
+        out = []
+        for (op, _), slot in zip(requests, replies.slots, strict=True):
+            if slot.target is _LOST:
+                raise XenStoreUnavailable(f"connection to {self.path} lost during "
+                                          f"{_op_name(op)}")
+            out.append((slot.target.op, slot.target.payload))
+        return out
 
-    def _send(self, op: int, payload: bytes, tx_id: int) -> Any:
-        with self._rq_lock:  # pyxs's own next_rq_id() is an unlocked global
-            rq_id = next(self._rq) & 0xFFFFFFFF
-        # Packet._make skips pyxs's op whitelist (no RESET_WATCHES / DIRECTORY_PARTIAL there).
-        packet = pyxs._internal.Packet._make((op, rq_id, tx_id, len(payload), payload))
-        return self._dispatch(lambda router: router.send_many([packet]))[0]
-
-    def _dispatch(self, send: Callable[[_Router], list[Any]]) -> list[Any]:
-        """``send(router)``'s reply slots, or ``XenStoreUnavailable`` if the link is dead."""
+    def _send(self, packets: list[Any]) -> _Replies:
+        """The packets written, or ``XenStoreUnavailable`` if the link is dead."""
         router = self.router
         if router.dead:
             raise XenStoreUnavailable(f"connection to {self.path} lost")
         try:
-            rvars = send(router)
+            replies = router.send_many(packets)
         except (OSError, pyxs.PyXSError) as exc:
             raise XenStoreUnavailable(f"connection to {self.path} lost: {exc}") from None
-        if router.dead and any(rvar.target is None for rvar in rvars):
+        if router.dead and any(slot.target is None for slot in replies.slots):
             raise XenStoreUnavailable(f"connection to {self.path} lost")
-        return rvars
-
-    def _wait(self, op: int, rvar: Any, timeout: float) -> tuple[int, bytes]:
-        with rvar.condition:
-            if not rvar.condition.wait_for(lambda: rvar.target is not None, timeout):
-                raise XenStoreTimeout(
-                    f"{_op_name(op)}: no reply from {self.path} within {timeout} s"
-                )
-        reply = rvar.target
-        if reply is _LOST:
-            raise XenStoreUnavailable(f"connection to {self.path} lost during {_op_name(op)}")
-        return reply.op, reply.payload
+        return replies
 
     def subscribe(self, token: bytes, sink: _Sink) -> None:
         self.router.subscribe(token, sink)
