@@ -9,8 +9,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from xentmem.errors import XenStoreError, XenStoreNotFound, XenStorePermission
+from xentmem.errors import XenStoreNotFound, XenStorePermission
 from xentmem.xenstore import LocalXenStore, Op, XenStoreServer, transaction
+from xentmem.xenstore._client import _ErrorReply
 
 if TYPE_CHECKING:
     from conftest import ServerUnderTest
@@ -85,7 +86,7 @@ def test_read_groups_reads_a_conflicting_group_again(xs_server: ServerUnderTest,
             ends.append(len(calls))
             if len(ends) == 1:
                 other.write(f"{base}/a", "new")
-                replies[0] = (b"", XenStoreError("TRANSACTION_END: EAGAIN", errno.EAGAIN))
+                replies[0] = (b"", _ErrorReply(Op.TRANSACTION_END, errno.EAGAIN, None))
         return replies
 
     monkeypatch.setattr(type(xs), "_call_many_on", conflicting)

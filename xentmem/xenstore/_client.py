@@ -148,14 +148,26 @@ def _error(op: int, number: int, path: str | None, detail: str = "") -> XenStore
     return XenStoreError(msg, number, path)
 
 
-def _or_default(reply: bytes, error: XenStoreError | None, default: Any) -> Any:
+class _ErrorReply(NamedTuple):
+    """An error answer to one request of a batch; the exception is built only if raised (a
+    host's status meets some 2000 missing nodes, each read with a default)."""
+
+    op: int
+    errno: int
+    path: str | None
+
+    def exception(self) -> XenStoreError:
+        return _error(self.op, self.errno, self.path)
+
+
+def _or_default(reply: bytes, error: _ErrorReply | None, default: Any) -> Any:
     """A read's value: its reply, ``default`` for a missing node if there is one, else its
     error raised."""
     if error is None:
         return reply
-    if isinstance(error, XenStoreNotFound) and default is not MISSING:
+    if error.errno == E.ENOENT and default is not MISSING:
         return default
-    raise error
+    raise error.exception()
 
 
 def _op_name(op: int) -> str:
@@ -212,15 +224,10 @@ class _Ops:
                 self._call_many([(Op.READ, raw + NUL, _text(raw)) for raw in raws])]
 
     def _call_many(self, calls: list[tuple[int, bytes, str | None]]
-                   ) -> list[tuple[bytes, XenStoreError | None]]:
-        """``_call`` of each (op, payload, path): (reply, None) or (b"", the error)."""
-        out: list[tuple[bytes, XenStoreError | None]] = []
-        for op, payload, path in calls:
-            try:
-                out.append((self._call(op, payload, path), None))
-            except (XenStoreNotFound, XenStorePermission) as exc:
-                out.append((b"", exc))
-        return out
+                   ) -> list[tuple[bytes, _ErrorReply | None]]:
+        """``_call`` of each (op, payload, path), pipelined: (reply, None) or (b"", the
+        error)."""
+        raise NotImplementedError
 
     def write(self, path: PathLike, value: bytes | str) -> None:
         raw = _enc_path(path)
@@ -350,7 +357,7 @@ class _Connection(_Ops):
         return self._call_on(self._current(), op, payload, 0, path)
 
     def _call_many(self, calls: list[tuple[int, bytes, str | None]]
-                   ) -> list[tuple[bytes, XenStoreError | None]]:
+                   ) -> list[tuple[bytes, _ErrorReply | None]]:
         return self._call_many_on(self._current(), [(*call, 0) for call in calls])
 
     @staticmethod
@@ -372,7 +379,7 @@ class _Connection(_Ops):
         return self._reply(link, op, rop, reply, path)
 
     def _call_many_on(self, link: _Link, calls: list[tuple[int, bytes, str | None, int]]
-                      ) -> list[tuple[bytes, XenStoreError | None]]:
+                      ) -> list[tuple[bytes, _ErrorReply | None]]:
         """The calls (op, payload, path, transaction) pipelined on ``link``: all sent, then
         each reply checked as ``_call_on`` checks one; an error reply is returned beside the
         others (b"", the error), for the caller to raise."""
@@ -384,10 +391,10 @@ class _Connection(_Ops):
         except (XenStoreTimeout, XenStoreUnavailable):
             self._drop_link(link)
             raise
-        out: list[tuple[bytes, XenStoreError | None]] = []
+        out: list[tuple[bytes, _ErrorReply | None]] = []
         for (op, _, path, _), (rop, reply) in zip(calls, replies, strict=True):
             if rop == Op.ERROR:
-                out.append((b"", _error(op, _wire.errno_from_name(reply), path)))
+                out.append((b"", _ErrorReply(op, _wire.errno_from_name(reply), path)))
             else:
                 out.append((self._reply(link, op, rop, reply, path), None))
         return out
@@ -457,7 +464,7 @@ class _Connection(_Ops):
             tx_ids = [int(reply) for reply, error in starts if error is None and reply.isdigit()]
             if len(tx_ids) < len(todo):  # a start refused (a quota?) or answered with junk
                 self._end_all(link, tx_ids)
-                raise next((error for _, error in starts if error is not None),
+                raise next((error.exception() for _, error in starts if error is not None),
                            XenStoreError("TRANSACTION_START: bad reply", E.EIO))
             try:
                 replies = iter(self._call_many_on(link, [
@@ -473,7 +480,7 @@ class _Connection(_Ops):
             conflicted = []
             for i, (_, error) in zip(todo, ends, strict=True):
                 if error is not None and error.errno != E.EAGAIN:
-                    raise error
+                    raise error.exception()
                 if error is not None:
                     conflicted.append(i)
             todo = conflicted
@@ -634,7 +641,7 @@ class Transaction(_Ops):
         return self.client._call_on(self._link, op, payload, self.id, path)
 
     def _call_many(self, calls: list[tuple[int, bytes, str | None]]
-                   ) -> list[tuple[bytes, XenStoreError | None]]:
+                   ) -> list[tuple[bytes, _ErrorReply | None]]:
         if self._done:
             raise XenStoreError("transaction already ended", E.EINVAL, None)
         if not self._link.alive():
