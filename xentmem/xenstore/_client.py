@@ -780,6 +780,21 @@ class _UnixTransport:
         """Whether bytes already received wait to be read (select() would not see them)."""
         return self._pos < len(self._inbuf)
 
+    def whole_packets(self) -> list[tuple[int, int, int, int, bytes]]:
+        """Every whole packet already received, (op, rq_id, tx_id, size, payload): a batch's
+        replies parsed in one loop rather than a recv() call each."""
+        buf, pos, end = self._inbuf, self._pos, len(self._inbuf)
+        out = []
+        while end - pos >= _wire.HEADER_SIZE:
+            op, rq_id, tx_id, size = _wire.HEADER.unpack_from(buf, pos)
+            start = pos + _wire.HEADER_SIZE
+            if start + size > end:
+                break
+            out.append((op, rq_id, tx_id, size, buf[start:start + size]))
+            pos = start + size
+        self._pos = pos
+        return out
+
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
 
@@ -822,6 +837,11 @@ class _UnixConnection(_AnyOpRecv, pyxs.connection.PacketConnection):
     def buffered(self) -> bool:
         return self.transport is not None and self.transport.buffered()
 
+    def recv_all(self) -> list[Any]:
+        """The next packet (waiting for it) and every whole one received with it."""
+        first = self.recv()
+        return [first, *map(pyxs._internal.Packet._make, self.transport.whole_packets())]
+
     def send_many(self, packets: list[Any]) -> None:
         """Every packet in one write (pyxs writes header and payload apart: two system calls
         and two wake-ups of xenstored per request)."""
@@ -839,6 +859,9 @@ class _UnixConnection(_AnyOpRecv, pyxs.connection.PacketConnection):
 class _XenBusConnection(_AnyOpRecv, pyxs.connection.XenBusConnection):
     def buffered(self) -> bool:
         return False
+
+    def recv_all(self) -> list[Any]:
+        return [self.recv()]
 
     def send_many(self, packets: list[Any]) -> None:
         # the device takes one message per write (the kernel drops what follows one)
@@ -908,16 +931,16 @@ class _Router(pyxs.Router):
                     ready, _, _ = select.select([connection, self.r_terminator], [], [])
                     if self.r_terminator in ready:
                         break
-                packet = connection.recv()
-                if packet.op == Op.WATCH_EVENT:
-                    event = pyxs._internal.Event(*packet.payload.split(NUL)[:-1])
-                    for monitor in self.monitors[event.token]:
-                        monitor.events.put(event)
-                    continue
-                rvar = self.rvars.pop(packet.rq_id, None)
-                if rvar is None:
-                    raise pyxs.exceptions.UnexpectedPacket(packet)
-                rvar.set(packet)
+                for packet in connection.recv_all():
+                    if packet.op == Op.WATCH_EVENT:
+                        event = pyxs._internal.Event(*packet.payload.split(NUL)[:-1])
+                        for monitor in self.monitors[event.token]:
+                            monitor.events.put(event)
+                        continue
+                    rvar = self.rvars.pop(packet.rq_id, None)
+                    if rvar is None:
+                        raise pyxs.exceptions.UnexpectedPacket(packet)
+                    rvar.set(packet)
         finally:
             connection.close()
             self.r_terminator.close()
