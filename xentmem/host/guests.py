@@ -207,7 +207,7 @@ def _acked(answered: int | None, wanted: int) -> bool:
     return (answered - wanted) % (MAX_SEQ + 1) < (MAX_SEQ + 1) // 2
 
 
-# what _read_report reads, relative to the domain: one pipelined batch (a round trip for the
+# what _read_reports reads, relative to the domain: one pipelined batch (a round trip for the
 # lot instead of one each: `status` on a busy host of 50 guests went from 6 s to well under 1);
 # the refused reasons by name (only KEYS may be refused), not by listing refused/ first
 _REPORT_NODES = (
@@ -235,6 +235,7 @@ def _read_reports(xs: XenStore, domids: list[int], now: float, *extra: str
 
 
 def _parse_report(values: list[Any], now: float) -> tuple[TmemReport, list[Any]]:
+    """One domain's report from its values (_REPORT_NODES, then the extra nodes)."""
     untrusted = {n: None if v is _ABSENT else v
                  for n, v in zip(_REPORT_NODES, values, strict=False)}
     requested: dict[str, int] = {}
@@ -255,7 +256,8 @@ def _parse_report(values: list[Any], now: float) -> tuple[TmemReport, list[Any]]
             if value is not None:
                 requested[k.name] = value
     refused: dict[str, str] = {}
-    for k, untrusted_why in zip(KEYS, values[len(_REPORT_NODES) - len(KEYS):], strict=False):
+    reasons = values[len(_REPORT_NODES) - len(KEYS):len(_REPORT_NODES)]
+    for k, untrusted_why in zip(KEYS, reasons, strict=True):
         if untrusted_why is not _ABSENT:
             why = sanitize_text(untrusted_why)
             refused[k.name] = why if why is not None else "(unreadable reason)"
