@@ -23,6 +23,7 @@ from typer._click.formatting import HelpFormatter
 from typer.core import TyperGroup
 
 from xentmem import __version__
+from xentmem.cli._params import light_coercion
 from xentmem.errors import XentmemError
 
 __all__ = ["COMMANDS", "UsageError", "XentmemGroup", "app", "check_writable", "run", "sub_app",
@@ -168,6 +169,10 @@ class _HelpFormatter(HelpFormatter):
 
 class _Context(click_core.Context):
     formatter_class = _HelpFormatter
+
+    def __init__(self, command: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(command, *args, **kwargs)
+        light_coercion(command.get_params(self))  # before parsing coerces anything
 
 
 def _set_wide(value: bool) -> None:

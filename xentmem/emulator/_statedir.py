@@ -21,7 +21,6 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import socket
 import stat
 from pathlib import Path
@@ -233,6 +232,8 @@ def bind_private(sock: socket.socket, path: Path, mode: int = _FILE_MODE) -> Non
         raise EmulatorError(f"state directory path too long for a unix socket: {path}")
     _check_stale(path)
     for _ in range(_BIND_TRIES):
+        import secrets  # here: a client finding a daemon needs none of it (hashlib, random)
+
         private = path.parent / f".b{secrets.token_hex(2)}"
         if not os.path.lexists(private) and _mkdir_bind_dir(private):
             break

@@ -25,11 +25,12 @@ import errno as E
 import itertools
 import os
 import queue
+import select
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar, Union, runtime_checkable
 
 import pyxs
@@ -58,6 +59,7 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 5.0
 DEFAULT_RUNDIR = "/var/run/xenstored"
 XENBUS_PATHS = ("/dev/xen/xenbus", "/proc/xen/xenbus")
+_RECV_SIZE = 65536  # bytes per recv() of replies: a pipelined batch's in one or a few
 
 
 class _Missing:
@@ -110,6 +112,8 @@ class XenStore(XenStoreOps, Protocol):
         self, path: PathLike, token: str | None = None, *, timeout: float | None = MISSING
     ) -> Watch: ...
     def transaction(self) -> Transaction: ...
+    def read_groups(self, groups: Sequence[Sequence[PathLike]], default: Any = MISSING
+                    ) -> list[list[Any]]: ...
     def close(self) -> None: ...
 
 
@@ -144,6 +148,28 @@ def _error(op: int, number: int, path: str | None, detail: str = "") -> XenStore
     return XenStoreError(msg, number, path)
 
 
+class _ErrorReply(NamedTuple):
+    """An error answer to one request of a batch; the exception is built only if raised (a
+    host's status meets some 2000 missing nodes, each read with a default)."""
+
+    op: int
+    errno: int
+    path: str | None
+
+    def exception(self) -> XenStoreError:
+        return _error(self.op, self.errno, self.path)
+
+
+def _or_default(reply: bytes, error: _ErrorReply | None, default: Any) -> Any:
+    """A read's value: its reply, ``default`` for a missing node if there is one, else its
+    error raised."""
+    if error is None:
+        return reply
+    if error.errno == E.ENOENT and default is not MISSING:
+        return default
+    raise error.exception()
+
+
 def _op_name(op: int) -> str:
     try:
         return Op(op).name
@@ -155,7 +181,7 @@ class _Link(Protocol):
     """One connection lifetime: send requests, subscribe watch sinks by token."""
 
     def request(self, op: int, payload: bytes, tx_id: int, timeout: float) -> tuple[int, bytes]: ...
-    def request_many(self, requests: list[tuple[int, bytes]], tx_id: int, timeout: float
+    def request_many(self, requests: list[tuple[int, bytes, int]], timeout: float
                      ) -> list[tuple[int, bytes]]: ...
     def alive(self) -> bool: ...
     def subscribe(self, token: bytes, sink: _Sink) -> None: ...
@@ -194,24 +220,14 @@ class _Ops:
         """:meth:`read` of each path, in order; sent together where the connection allows
         (one round trip instead of one each), answered and checked one by one."""
         raws = [_enc_path(p) for p in paths]
-        out = []
-        for reply, error in self._call_many([(Op.READ, raw + NUL, _text(raw)) for raw in raws]):
-            if error is not None and not (isinstance(error, XenStoreNotFound)
-                                          and default is not MISSING):
-                raise error
-            out.append(default if error is not None else reply)
-        return out
+        return [_or_default(reply, error, default) for reply, error in
+                self._call_many([(Op.READ, raw + NUL, _text(raw)) for raw in raws])]
 
     def _call_many(self, calls: list[tuple[int, bytes, str | None]]
-                   ) -> list[tuple[bytes, XenStoreError | None]]:
-        """``_call`` of each (op, payload, path): (reply, None) or (b"", the error)."""
-        out: list[tuple[bytes, XenStoreError | None]] = []
-        for op, payload, path in calls:
-            try:
-                out.append((self._call(op, payload, path), None))
-            except (XenStoreNotFound, XenStorePermission) as exc:
-                out.append((b"", exc))
-        return out
+                   ) -> list[tuple[bytes, _ErrorReply | None]]:
+        """``_call`` of each (op, payload, path), pipelined: (reply, None) or (b"", the
+        error)."""
+        raise NotImplementedError
 
     def write(self, path: PathLike, value: bytes | str) -> None:
         raw = _enc_path(path)
@@ -341,8 +357,8 @@ class _Connection(_Ops):
         return self._call_on(self._current(), op, payload, 0, path)
 
     def _call_many(self, calls: list[tuple[int, bytes, str | None]]
-                   ) -> list[tuple[bytes, XenStoreError | None]]:
-        return self._call_many_on(self._current(), calls, 0)
+                   ) -> list[tuple[bytes, _ErrorReply | None]]:
+        return self._call_many_on(self._current(), [(*call, 0) for call in calls])
 
     @staticmethod
     def _check_size(op: int, payload: bytes, path: str | None) -> None:
@@ -362,24 +378,25 @@ class _Connection(_Ops):
             raise
         return self._reply(link, op, rop, reply, path)
 
-    def _call_many_on(self, link: _Link, calls: list[tuple[int, bytes, str | None]],
-                      tx_id: int) -> list[tuple[bytes, XenStoreError | None]]:
-        """The calls pipelined on ``link``: all sent, then each reply checked as ``_call_on``
-        checks one; an error reply of the node kind is returned beside the others."""
-        for op, payload, path in calls:
+    def _call_many_on(self, link: _Link, calls: list[tuple[int, bytes, str | None, int]]
+                      ) -> list[tuple[bytes, _ErrorReply | None]]:
+        """The calls (op, payload, path, transaction) pipelined on ``link``: all sent, then
+        each reply checked as ``_call_on`` checks one; an error reply is returned beside the
+        others (b"", the error), for the caller to raise."""
+        for op, payload, path, _ in calls:
             self._check_size(op, payload, path)
         try:
-            replies = link.request_many([(op, payload) for op, payload, _ in calls], tx_id,
+            replies = link.request_many([(op, payload, tx) for op, payload, _, tx in calls],
                                         self.timeout)
         except (XenStoreTimeout, XenStoreUnavailable):
             self._drop_link(link)
             raise
-        out: list[tuple[bytes, XenStoreError | None]] = []
-        for (op, _, path), (rop, reply) in zip(calls, replies, strict=True):
-            try:
+        out: list[tuple[bytes, _ErrorReply | None]] = []
+        for (op, _, path, _), (rop, reply) in zip(calls, replies, strict=True):
+            if rop == Op.ERROR:
+                out.append((b"", _ErrorReply(op, _wire.errno_from_name(reply), path)))
+            else:
                 out.append((self._reply(link, op, rop, reply, path), None))
-            except (XenStoreNotFound, XenStorePermission) as exc:
-                out.append((b"", exc))
         return out
 
     def _reply(self, link: _Link, op: int, rop: int, reply: bytes, path: str | None) -> bytes:
@@ -427,6 +444,57 @@ class _Connection(_Ops):
         except ValueError:
             raise XenStoreError(f"TRANSACTION_START: bad reply {reply!r}", E.EIO) from None
         return Transaction(self, link, tx_id)
+
+    def read_groups(self, groups: Sequence[Sequence[PathLike]], default: Any = MISSING, *,
+                    retries: int = 16, backoff: float = 0.002) -> list[list[Any]]:
+        """:meth:`read_many` of each group, each group in a transaction of its own (a
+        consistent view of it), as ``transaction(xs, lambda tx: tx.read_many(group))`` for
+        each would read them, but the groups' transactions pipelined together: three round
+        trips for any number of groups, not three per group. A group whose transaction
+        conflicts is read again (up to ``retries`` times, then ``XenStoreError`` EAGAIN)."""
+        calls = [[(Op.READ, raw + NUL, _text(raw)) for raw in map(_enc_path, group)]
+                 for group in groups]
+        out: list[list[Any]] = [[] for _ in groups]
+        todo = list(range(len(groups)))
+        for attempt in range(retries + 1):
+            if not todo:
+                break
+            link = self._current()
+            starts = self._call_many_on(link, [(Op.TRANSACTION_START, NUL, None, 0)] * len(todo))
+            tx_ids = [int(reply) for reply, error in starts if error is None and reply.isdigit()]
+            if len(tx_ids) < len(todo):  # a start refused (a quota?) or answered with junk
+                self._end_all(link, tx_ids)
+                raise next((error.exception() for _, error in starts if error is not None),
+                           XenStoreError("TRANSACTION_START: bad reply", E.EIO))
+            try:
+                replies = iter(self._call_many_on(link, [
+                    (*call, tx) for i, tx in zip(todo, tx_ids, strict=True) for call in calls[i]]))
+                for i in todo:
+                    out[i] = [_or_default(reply, error, default)
+                              for reply, error in itertools.islice(replies, len(calls[i]))]
+            except BaseException:
+                self._end_all(link, tx_ids)
+                raise
+            ends = self._call_many_on(link, [(Op.TRANSACTION_END, b"T\0", None, tx)
+                                             for tx in tx_ids])
+            conflicted = []
+            for i, (_, error) in zip(todo, ends, strict=True):
+                if error is not None and error.errno != E.EAGAIN:
+                    raise error.exception()
+                if error is not None:
+                    conflicted.append(i)
+            todo = conflicted
+            if todo:
+                time.sleep(min(backoff * (2**attempt), 0.1))
+        if todo:
+            raise XenStoreError(f"transaction still conflicting after {retries} retries",
+                                E.EAGAIN)
+        return out
+
+    def _end_all(self, link: _Link, tx_ids: list[int]) -> None:
+        """Abort these transactions (nothing to do once the connection is lost)."""
+        with contextlib.suppress(XenStoreUnavailable, XenStoreTimeout):
+            self._call_many_on(link, [(Op.TRANSACTION_END, b"F\0", None, tx) for tx in tx_ids])
 
     # --- domain management (dom0) ------------------------------------------------------------
 
@@ -573,13 +641,13 @@ class Transaction(_Ops):
         return self.client._call_on(self._link, op, payload, self.id, path)
 
     def _call_many(self, calls: list[tuple[int, bytes, str | None]]
-                   ) -> list[tuple[bytes, XenStoreError | None]]:
+                   ) -> list[tuple[bytes, _ErrorReply | None]]:
         if self._done:
             raise XenStoreError("transaction already ended", E.EINVAL, None)
         if not self._link.alive():
             self._done = True
             raise XenStoreUnavailable("connection lost; the transaction was aborted")
-        return self.client._call_many_on(self._link, calls, self.id)
+        return self.client._call_many_on(self._link, [(*call, self.id) for call in calls])
 
     def commit(self) -> bool:
         """Commit: True, or False if it conflicted (EAGAIN) and must be redone."""
@@ -686,6 +754,7 @@ class _UnixTransport:
     def __init__(self, path: str, timeout: float) -> None:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout)
+        self._inbuf, self._pos = b"", 0  # received, and how much of it was read
         try:
             _connect(self.sock, path, timeout)
         except BaseException:
@@ -696,14 +765,35 @@ class _UnixTransport:
         return self.sock.fileno()
 
     def recv(self, size: int) -> bytes:
-        view = memoryview(bytearray(size))
-        got = 0
-        while got < size:
-            n = self.sock.recv_into(view[got:])
-            if not n:
+        """``size`` bytes, from what an earlier recv() brought beyond its own first."""
+        end = self._pos + size
+        while len(self._inbuf) < end:  # one recv() can bring a whole pipelined batch
+            chunk = self.sock.recv(_RECV_SIZE)
+            if not chunk:
                 raise OSError(E.ECONNRESET, "xenstored closed the connection")
-            got += n
-        return view.tobytes()
+            self._inbuf, end = self._inbuf[self._pos:] + chunk, size
+            self._pos = 0
+        self._pos = end
+        return self._inbuf[end - size:end]
+
+    def buffered(self) -> bool:
+        """Whether bytes already received wait to be read (select() would not see them)."""
+        return self._pos < len(self._inbuf)
+
+    def whole_packets(self) -> list[tuple[int, int, int, int, bytes]]:
+        """Every whole packet already received, (op, rq_id, tx_id, size, payload): a batch's
+        replies parsed in one loop rather than a recv() call each."""
+        buf, pos, end = self._inbuf, self._pos, len(self._inbuf)
+        out = []
+        while end - pos >= _wire.HEADER_SIZE:
+            op, rq_id, tx_id, size = _wire.HEADER.unpack_from(buf, pos)
+            start = pos + _wire.HEADER_SIZE
+            if start + size > end:
+                break
+            out.append((op, rq_id, tx_id, size, buf[start:start + size]))
+            pos = start + size
+        self._pos = pos
+        return out
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -744,9 +834,74 @@ class _UnixConnection(_AnyOpRecv, pyxs.connection.PacketConnection):
     def create_transport(self) -> _UnixTransport:
         return _UnixTransport(self.path, self.timeout)
 
+    def buffered(self) -> bool:
+        return self.transport is not None and self.transport.buffered()
+
+    def recv_all(self) -> list[Any]:
+        """The next packet (waiting for it) and every whole one received with it."""
+        first = self.recv()
+        return [first, *map(pyxs._internal.Packet._make, self.transport.whole_packets())]
+
+    def send_many(self, packets: list[Any]) -> None:
+        """Every packet in one write (pyxs writes header and payload apart: two system calls
+        and two wake-ups of xenstored per request)."""
+        if not self.is_connected:
+            raise pyxs.exceptions.ConnectionError("not connected")
+        try:
+            self.transport.send(b"".join(
+                b"%b%b" % (_wire.HEADER.pack(p.op, p.rq_id, p.tx_id, p.size), p.payload)
+                for p in packets))
+        except OSError as exc:
+            self.close()
+            raise pyxs.exceptions.ConnectionError(f"error while writing: {exc}") from None
+
 
 class _XenBusConnection(_AnyOpRecv, pyxs.connection.XenBusConnection):
-    pass
+    def buffered(self) -> bool:
+        return False
+
+    def recv_all(self) -> list[Any]:
+        return [self.recv()]
+
+    def send_many(self, packets: list[Any]) -> None:
+        # the device takes one message per write (the kernel drops what follows one)
+        for packet in packets:
+            self.send(packet)
+
+
+class _Slot:
+    """Where the router puts one reply (pyxs's ``RVar`` interface: ``set``, ``target``)."""
+
+    __slots__ = ("_replies", "target")
+
+    def __init__(self, replies: _Replies) -> None:
+        self._replies = replies
+        self.target: Any = None
+
+    def set(self, packet: Any) -> None:
+        self.target = packet
+        self._replies.arrived()
+
+
+class _Replies:
+    """The replies of one batch of requests, waited for together: one wake-up for the batch
+    rather than a condition variable per request."""
+
+    def __init__(self, count: int) -> None:
+        self.slots = [_Slot(self) for _ in range(count)]
+        self._left = count
+        self._done = threading.Event()
+        if not count:
+            self._done.set()
+
+    def arrived(self) -> None:
+        # only the router's thread calls this (a reply, or the link's end): no lock needed
+        self._left -= 1
+        if not self._left:
+            self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
 
 
 class _Router(pyxs.Router):
@@ -757,9 +912,43 @@ class _Router(pyxs.Router):
         self.dead = False
         self.failure: BaseException | None = None
 
+    def send_many(self, packets: list[Any]) -> _Replies:
+        """:meth:`send` for a batch: written at once, its replies awaited together."""
+        replies = _Replies(len(packets))
+        with self.send_lock:
+            for packet, slot in zip(packets, replies.slots, strict=True):
+                # registered first: the reply may beat send_many's return
+                self.rvars[packet.rq_id] = slot
+            self.connection.send_many(packets)
+        return replies
+
+    def _serve(self) -> None:
+        """pyxs's loop, reading whatever the transport already holds before select()."""
+        connection = self.connection
+        try:
+            while True:
+                if not connection.buffered():
+                    ready, _, _ = select.select([connection, self.r_terminator], [], [])
+                    if self.r_terminator in ready:
+                        break
+                for packet in connection.recv_all():
+                    if packet.op == Op.WATCH_EVENT:
+                        event = pyxs._internal.Event(*packet.payload.split(NUL)[:-1])
+                        for monitor in self.monitors[event.token]:
+                            monitor.events.put(event)
+                        continue
+                    rvar = self.rvars.pop(packet.rq_id, None)
+                    if rvar is None:
+                        raise pyxs.exceptions.UnexpectedPacket(packet)
+                    rvar.set(packet)
+        finally:
+            connection.close()
+            self.r_terminator.close()
+            self.w_terminator.close()
+
     def __call__(self) -> None:
         try:
-            super().__call__()
+            self._serve()
         except BaseException as exc:  # ECONNRESET, UnexpectedPacket, ...: the link is over
             self.failure = exc
         finally:
@@ -798,43 +987,44 @@ class _PyxsLink:
         return not self.router.dead and self.router.thread.is_alive()
 
     def request(self, op: int, payload: bytes, tx_id: int, timeout: float) -> tuple[int, bytes]:
-        return self._wait(op, self._send(op, payload, tx_id), timeout)
+        return self.request_many([(op, payload, tx_id)], timeout)[0]
 
-    def request_many(self, requests: list[tuple[int, bytes]], tx_id: int, timeout: float
+    def request_many(self, requests: list[tuple[int, bytes, int]], timeout: float
                      ) -> list[tuple[int, bytes]]:
         """Every request sent before the first reply is awaited (xenstored answers a
         connection's requests in order); ``timeout`` bounds the whole batch."""
         deadline = time.monotonic() + timeout
-        sent = [(op, self._send(op, payload, tx_id)) for op, payload in requests]
-        return [self._wait(op, rvar, max(0.0, deadline - time.monotonic()))
-                for op, rvar in sent]
-
-    def _send(self, op: int, payload: bytes, tx_id: int) -> Any:
         with self._rq_lock:  # pyxs's own next_rq_id() is an unlocked global
-            rq_id = next(self._rq) & 0xFFFFFFFF
-        # Packet._make skips pyxs's op whitelist (no RESET_WATCHES / DIRECTORY_PARTIAL there).
-        packet = pyxs._internal.Packet._make((op, rq_id, tx_id, len(payload), payload))
+            ids = [next(self._rq) & 0xFFFFFFFF for _ in requests]
+        # Packet._make skips pyxs's op whitelist (no RESET_WATCHES / DIRECTORY_PARTIAL there)
+        packets = [pyxs._internal.Packet._make((op, rq_id, tx_id, len(payload), payload))
+                   for (op, payload, tx_id), rq_id in zip(requests, ids, strict=True)]
+        replies = self._send(packets)
+        if not replies.wait(max(0.0, deadline - time.monotonic())):
+            op = next(op for (op, _, _), slot in zip(requests, replies.slots, strict=True)
+                      if slot.target is None)
+            raise XenStoreTimeout(f"{_op_name(op)}: no reply from {self.path} within "
+                                  f"{timeout} s")
+        out = []
+        for (op, _, _), slot in zip(requests, replies.slots, strict=True):
+            if slot.target is _LOST:
+                raise XenStoreUnavailable(f"connection to {self.path} lost during "
+                                          f"{_op_name(op)}")
+            out.append((slot.target.op, slot.target.payload))
+        return out
+
+    def _send(self, packets: list[Any]) -> _Replies:
+        """The packets written, or ``XenStoreUnavailable`` if the link is dead."""
         router = self.router
         if router.dead:
             raise XenStoreUnavailable(f"connection to {self.path} lost")
         try:
-            rvar = router.send(packet)
+            replies = router.send_many(packets)
         except (OSError, pyxs.PyXSError) as exc:
             raise XenStoreUnavailable(f"connection to {self.path} lost: {exc}") from None
-        if router.dead and rvar.target is None:
+        if router.dead and any(slot.target is None for slot in replies.slots):
             raise XenStoreUnavailable(f"connection to {self.path} lost")
-        return rvar
-
-    def _wait(self, op: int, rvar: Any, timeout: float) -> tuple[int, bytes]:
-        with rvar.condition:
-            if not rvar.condition.wait_for(lambda: rvar.target is not None, timeout):
-                raise XenStoreTimeout(
-                    f"{_op_name(op)}: no reply from {self.path} within {timeout} s"
-                )
-        reply = rvar.target
-        if reply is _LOST:
-            raise XenStoreUnavailable(f"connection to {self.path} lost during {_op_name(op)}")
-        return reply.op, reply.payload
+        return replies
 
     def subscribe(self, token: bytes, sink: _Sink) -> None:
         self.router.subscribe(token, sink)
@@ -901,9 +1091,9 @@ class _LocalLink:
             self._lost()
             raise XenStoreUnavailable("in-process xenstore connection closed") from None
 
-    def request_many(self, requests: list[tuple[int, bytes]], tx_id: int, timeout: float
+    def request_many(self, requests: list[tuple[int, bytes, int]], timeout: float
                      ) -> list[tuple[int, bytes]]:
-        return [self.request(op, payload, tx_id, timeout) for op, payload in requests]
+        return [self.request(op, payload, tx_id, timeout) for op, payload, tx_id in requests]
 
     def _lost(self) -> None:
         for sinks in self._sinks.values():
