@@ -208,17 +208,20 @@ def _acked(answered: int | None, wanted: int) -> bool:
 
 
 # what _read_reports reads, relative to the domain: one pipelined batch (a round trip for the
-# lot instead of one each: `status` on a busy host of 50 guests went from 6 s to well under 1);
-# the refused reasons by name (only KEYS may be refused), not by listing refused/ first
+# lot instead of one each: `status` on a busy host of 50 guests went from 6 s to well under 1).
+# RAMster's first counter stands for all of them: the rest, and the refused reasons (by name:
+# only KEYS may be refused), are read in a second batch, only for the domains that have them.
+_RAMSTER_MARK = stats_key(RAMSTER_STATS_KEYS[0])
 _REPORT_NODES = (
     *(node for k in KEYS for node in (k.data, k.control)),
     DATA_HEARTBEAT, DATA_SEQ, CONTROL_SEQ, DATA_STATE, DATA_REASON, DATA_SINK,
-    *(stats_key(n) for n in (*STATS_KEYS, *RAMSTER_STATS_KEYS)),
+    *(stats_key(n) for n in STATS_KEYS), _RAMSTER_MARK,
     *(balloon_key(n) for n in BALLOON_KEYS),
     DATA_HEARTBEAT_INTERVAL, DATA_MODE,
     *(meminfo_key(n) for n in MEMINFO_KEYS), *(vmstat_key(n) for n in VMSTAT_KEYS),
-    *(f"{DATA_REFUSED}/{k.name}" for k in KEYS),
 )
+_REFUSED_NODES = tuple(f"{DATA_REFUSED}/{k.name}" for k in KEYS)
+_RAMSTER_NODES = tuple(stats_key(n) for n in RAMSTER_STATS_KEYS[1:])
 _GUEST_NODES = ("name", "memory/target", "memory/static-max")  # read beside the report
 _ABSENT = object()  # a node that is not there, told apart from one holding junk
 
@@ -227,17 +230,33 @@ def _read_reports(xs: XenStore, domids: list[int], now: float, *extra: str
                   ) -> list[tuple[TmemReport, list[Any]]]:
     """Everything under control/ and data/tmem of each domain, sanitised; ``now`` is dom0's
     clock, to age the agents' heartbeats. Each domain is read in a transaction of its own, all
-    of them pipelined together (three round trips for a host, not three per domain); the
-    ``extra`` nodes of each are read in the same batch and returned unsanitised beside its
-    report (None where missing)."""
+    of them pipelined together (three round trips for a host, not three per domain; three more
+    when an agent refused something or a guest runs RAMster); the ``extra`` nodes of each are
+    read in the same batch and returned unsanitised beside its report (None where missing)."""
     groups = [[f"{domain_path(d)}/{n}" for n in (*_REPORT_NODES, *extra)] for d in domids]
-    return [_parse_report(values, now) for values in xs.read_groups(groups, _ABSENT)]
+    untrusted = [dict(zip((*_REPORT_NODES, *extra), values, strict=True))
+                 for values in xs.read_groups(groups, _ABSENT)]
+    more = {i: (*(_REFUSED_NODES if _refused(u[DATA_STATE]) else ()),
+                *(_RAMSTER_NODES if u[_RAMSTER_MARK] is not _ABSENT else ()))
+            for i, u in enumerate(untrusted)}
+    more = {i: nodes for i, nodes in more.items() if nodes}
+    if more:
+        second = xs.read_groups([[f"{domain_path(domids[i])}/{n}" for n in nodes]
+                                 for i, nodes in more.items()], _ABSENT)
+        for (i, nodes), values in zip(more.items(), second, strict=True):
+            untrusted[i].update(zip(nodes, values, strict=True))
+    return [(_parse_report(u, now), [None if u[n] is _ABSENT else u[n] for n in extra])
+            for u in untrusted]
 
 
-def _parse_report(values: list[Any], now: float) -> tuple[TmemReport, list[Any]]:
-    """One domain's report from its values (_REPORT_NODES, then the extra nodes)."""
-    untrusted = {n: None if v is _ABSENT else v
-                 for n, v in zip(_REPORT_NODES, values, strict=False)}
+def _refused(untrusted_state: Any) -> bool:
+    """Whether an agent's state says it refused something (junk: look, to show what is there)."""
+    return untrusted_state is not _ABSENT and sanitize_choice(untrusted_state, STATES) != "applied"
+
+
+def _parse_report(nodes: Mapping[str, Any], now: float) -> TmemReport:
+    """One domain's report from the values of its nodes (_ABSENT where missing)."""
+    untrusted = {n: None if v is _ABSENT else v for n, v in nodes.items()}
     requested: dict[str, int] = {}
     applied: dict[str, int | None] = {}
     for k in KEYS:
@@ -256,10 +275,9 @@ def _parse_report(values: list[Any], now: float) -> tuple[TmemReport, list[Any]]
             if value is not None:
                 requested[k.name] = value
     refused: dict[str, str] = {}
-    reasons = values[len(_REPORT_NODES) - len(KEYS):len(_REPORT_NODES)]
-    for k, untrusted_why in zip(KEYS, reasons, strict=True):
-        if untrusted_why is not _ABSENT:
-            why = sanitize_text(untrusted_why)
+    for k, node in zip(KEYS, _REFUSED_NODES, strict=True):
+        if nodes.get(node, _ABSENT) is not _ABSENT:
+            why = sanitize_text(untrusted[node])
             refused[k.name] = why if why is not None else "(unreadable reason)"
     heartbeat = sanitize_int(untrusted[DATA_HEARTBEAT], 0, _MAX_EPOCH_S)
     return TmemReport(
@@ -273,14 +291,14 @@ def _parse_report(values: list[Any], now: float) -> tuple[TmemReport, list[Any]]
         sink=sanitize_choice(untrusted[DATA_SINK], ("sysfs", "model")),
         stats={**{n: sanitize_int(untrusted[stats_key(n)], 0, _U64) for n in STATS_KEYS},
                **{n: v for n in RAMSTER_STATS_KEYS  # only guests running ramster have them
-                  if (v := sanitize_int(untrusted[stats_key(n)], 0, _U64)) is not None}},
+                  if (v := sanitize_int(untrusted.get(stats_key(n)), 0, _U64)) is not None}},
         balloon={n: sanitize_kib(untrusted[balloon_key(n)]) for n in BALLOON_KEYS},
         heartbeat_age_s=None if heartbeat is None else int(now) - heartbeat,
         heartbeat_interval=sanitize_int(untrusted[DATA_HEARTBEAT_INTERVAL], 1, _MAX_INTERVAL),
         mode=sanitize_choice(untrusted[DATA_MODE], MODES),
         meminfo={n: sanitize_kib(untrusted[meminfo_key(n)]) for n in MEMINFO_KEYS},
         vmstat={n: sanitize_int(untrusted[vmstat_key(n)], 0, _U64) for n in VMSTAT_KEYS},
-    ), [None if v is _ABSENT else v for v in values[len(_REPORT_NODES):]]
+    )
 
 
 def validate(values: Mapping[str, int | bool | None]) -> dict[str, int | None]:
