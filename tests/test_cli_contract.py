@@ -138,6 +138,8 @@ def cases(state: Path, files: Path) -> dict[str, tuple[list[str], dict[str, Any]
                        rows_of("rows", "pages_per_s")),
         "bench guest": (["bench", "guest", "-n", "100", "--rounds", "1"],
                         rows_of("rows", "case", "pages_per_s")),
+        "bench ramster": (["bench", "ramster", "--pages", "100", "--seconds", "1"],
+                          rows_of("rows", "case", "value", "unit", "baseline")),
         "balance plan": (["balance", "plan"], keys("policy", "budget_mib", "guests", "tmem")),
         "balance explain": (["balance", "explain", "guest1"], keys("now", "logged")),
         "balance set": (["balance", "set", "guest2", "--priority", "3"],

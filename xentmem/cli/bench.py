@@ -96,3 +96,23 @@ def daemon_cmd(
     with progress(f"bench daemon: {mib} MiB"):
         result = bench_daemon(mib).as_dict()
     render(result, as_json=as_json, title="emulator daemon: snapshot pauses, hostile guest")
+
+
+@bench_app.command("ramster")
+def ramster_cmd(
+    pages: Annotated[int, typer.Option("--pages", "-n", min=100, max=1_000_000,
+                                       help="Pages per data-path run.")] = 20000,
+    seconds: Annotated[float, typer.Option("--seconds", min=1, max=3600,
+                                           help="Model seconds of the swap-out workload.")]
+    = 20.0,
+    as_json: Json = False,
+) -> None:
+    """RAMster over loopback TCP, each figure beside its same-process baseline: pages/s
+    remotified and repatriated, GET latency of remote vs local pages (faithful and durable
+    mode), and a memory-heavy guest's swap-outs with and without a memory server."""
+    from xentmem.emulator.bench_ramster import bench_ramster
+
+    with progress(f"bench ramster: {pages} pages, {seconds:g} model s"):
+        rows = [f.as_dict() for f in bench_ramster(pages, seconds)]
+    render(rows, as_json=as_json, key="rows", title="RAMster (value, and its baseline in the "
+           "same process)")

@@ -2,7 +2,7 @@
 latency of local and remote pages, and a memory-heavy guest's swap-outs with and without a
 memory server, each against a baseline run in the same process.
 
-    .venv/bin/python -m pytest tests/bench/test_ramster_bench.py -m bench -q -s
+    xentmem bench ramster [--pages N] [--seconds S] [--json]
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class Figure:
     @property
     def ratio(self) -> float:
         return self.value / self.baseline if self.baseline else float("inf")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"case": self.case, "value": round(self.value, 1), "unit": self.unit,
+                "baseline": round(self.baseline, 1),
+                "ratio": round(self.ratio, 3) if self.baseline else None}
 
 
 @contextmanager
@@ -119,7 +124,7 @@ def _swapouts(seconds: float) -> list[Figure]:
                                   "alone, same 1 MiB pool)", mg.guest.stats.disk_writes,
                                   baseline, "pages"))
             if mode == "durable":
-                figures.append(Figure("  durable copies written behind remotify (baseline: "
+                figures.append(Figure("durable copies written behind remotify (baseline: "
                                       "zcache alone's swap-outs)",
                                       ramster_of(mg).stats()["durable_writes"], baseline,
                                       "pages"))
