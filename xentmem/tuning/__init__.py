@@ -1,7 +1,8 @@
 """Self-balloon tuning: memory traces (files, synthetic, collected from an emulated guest, or
 recorded from a real system's /proc by ``xentmem.tuning.procfs``), the closed-loop replay of
-the Linux self-balloon law (scalar reference and numpy-vectorised sweep, identical numbers),
-knob sweeps with scores and a Pareto front, and reports (terminal, JSON, HTML with plots).
+the Linux self-balloon law (scalar reference, and a sweep compiled with numba giving identical
+numbers), knob sweeps with scores and a Pareto front, fleets of traces (in process or on Dask:
+``xentmem.tuning.fleet``), and reports (terminal, JSON, HTML with plots).
 
 Policy is pure: traces, replays and sweeps take frozen values and return numbers; only
 ``collect`` (the emulator), ``procfs`` (/proc, sysfs) and the file/HTML writers touch the
