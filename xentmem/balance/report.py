@@ -4,11 +4,10 @@ every guest's target, reservation and need over time."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 from xentmem.balance.compare import Comparison, Run
-from xentmem.tuning.report import b64, figure, png, render_template
+from xentmem.tuning.report import b64, figure, generated, png, render_template
 
 __all__ = ["plot_run", "render_html", "write_html"]
 
@@ -41,7 +40,7 @@ def render_html(result: Comparison, *, title: str | None = None) -> str:
     return render_template(
         "compare.html.j2", search=[_TEMPLATES],
         title=title or f"balance compare: {len(spec.guests)} guests, {spec.duration_s:g} s",
-        generated=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        generated=generated(),
         spec={"guests": ", ".join(spec.guests), "memory per guest (MiB)": spec.memory_mb,
               "host (MiB)": spec.host_memory_mb, "duration (model s)": spec.duration_s,
               "round interval (model s)": spec.interval_s},

@@ -25,8 +25,9 @@ from xentmem.tuning.knobs import knob_values, parse_knobs
 from xentmem.tuning.replay import Replay, replay
 from xentmem.tuning.trace import Trace
 
-__all__ = ["b64", "figure", "label", "plot_fleet", "plot_pareto", "plot_replay", "plot_trace",
-           "png", "render_fleet_html", "render_html", "render_template", "write_html"]
+__all__ = ["b64", "figure", "generated", "label", "plot_fleet", "plot_pareto", "plot_replay",
+           "plot_trace", "png", "render_fleet_html", "render_html", "render_template",
+           "write_html"]
 
 _TEMPLATES = Path(__file__).parent / "templates"
 
@@ -267,7 +268,8 @@ def render_template(name: str, *, search: Sequence[Path] = (), **context: Any) -
     return _environment(search).get_template(name).render(**context)
 
 
-def _generated() -> str:
+def generated() -> str:
+    """When a report was made, as its page says it."""
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -292,7 +294,7 @@ def render_html(trace: Trace, *, report: Mapping[str, Any] | None = None,
     default = knob_values(SelfBalloonKnobs())
     summary = {**trace.summary(), "duration_s": _duration(trace.duration_ms / 1000)}
     return _environment().get_template("report.html.j2").render(
-        title=title or f"Self-balloon tuning: {trace.name}", generated=_generated(),
+        title=title or f"Self-balloon tuning: {trace.name}", generated=generated(),
         trace=summary, balloon_rate=balloon_rate,
         knobs=[(n, v, default[n]) for n, v in knob_values(knobs).items()],
         which=which, score_columns=_SCORE_COLUMNS,
@@ -307,7 +309,7 @@ def render_fleet_html(fleet: Mapping[str, Any], links: Mapping[str, str] | None 
 
     return _environment().get_template("fleet.html.j2").render(
         title=f"Self-balloon tuning: {fleet['fleet']['guests']} guests",
-        generated=_generated(), fleet=fleet["fleet"], rows=fleet_rows(fleet),
+        generated=generated(), fleet=fleet["fleet"], rows=fleet_rows(fleet),
         links=links or {}, plot=b64(plot_fleet(fleet)),
         applies={g: r["recommended"]["apply"] for g, r in fleet["guests"].items()})
 
